@@ -1,0 +1,1 @@
+"""Built-in adapters, installed as `conformance.adapters` (one module per implementation)."""

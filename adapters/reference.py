@@ -1,0 +1,27 @@
+"""`reference`: the oracle itself, run through the same path as every adapter.
+
+It must pass every case: a failure here is a bug in the plumbing (inputs, masks, comparison),
+never in an implementation.
+"""
+
+from __future__ import annotations
+
+from conformance.adapter import Adapter, Declaration
+from conformance.case import FEATURES
+from conformance.reference import attention
+
+
+class ReferenceAdapter(Adapter):
+    declaration = Declaration(
+        name="reference",
+        summary="the float64 NumPy oracle (conformance.reference) through the adapter path",
+        framework="numpy",
+        features=frozenset(FEATURES),
+        worker="numpy",
+    )
+
+    def run(self, case, inputs, device):  # noqa: ANN001 - signature documented on Adapter
+        return attention(case, inputs)
+
+
+ADAPTERS = [ReferenceAdapter]

@@ -1,0 +1,263 @@
+"""The resolved attention case: every number an implementation needs, nothing framework-specific.
+
+Shape letters used throughout (as in the multi-query paper and JAX's docstrings):
+    B batch, T query length, S key/value length, H query heads, G key/value heads (H = G * r),
+    K key/query head dim, V value head dim, Dq/Dk/Dv model dims of the query/key/value inputs,
+    Do output dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+MODES = ("layer", "kernel")
+COMPARABLE = ("output", "weights", "weights_mean")
+MASKED_ROW_POLICIES = ("nan", "zeros", "uniform")
+CAUSAL_ALIGNMENTS = ("top-left", "bottom-right")
+
+Mode = Literal["layer", "kernel"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of one case. `inner` holds extra axes for multi-axis attention (Keras attention_axes)."""
+
+    batch: int  # B
+    query_len: int  # T (product of the attention axes' sizes when attention_axes is set)
+    kv_len: int  # S
+    num_heads: int  # H
+    num_kv_heads: int  # G
+    key_dim: int  # K
+    value_dim: int  # V
+    query_dim: int  # Dq
+    key_input_dim: int  # Dk
+    value_input_dim: int  # Dv
+    output_dim: int  # Do
+    query_shape: tuple[int, ...] = ()  # axes between batch and features, multi-axis only
+    kv_shape: tuple[int, ...] = ()
+    attention_axes: tuple[int, ...] = ()  # axes of the full [B, *inner, D] tensor
+
+    @property
+    def group_size(self) -> int:
+        """r: query heads per key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def outer(self) -> tuple[int, ...]:
+        """Sizes of the inner axes that are not attended over (they act like batch axes)."""
+        axes = set(self.attention_axes)
+        return tuple(n for i, n in enumerate(self.query_shape, start=1) if i not in axes)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Neutral mask description; components combine with logical AND (additive terms add)."""
+
+    causal: str | None = None  # "top-left" | "bottom-right"
+    key_padding: tuple[int, ...] | None = None  # valid key count per batch element
+    query_padding: tuple[int, ...] | None = None  # valid query count per batch element
+    random_density: float | None = None  # fraction of (t, s) pairs masked out, seeded
+    per_head: bool = False  # random/additive masks differ per head: [B, H, T, S]
+    additive_density: float | None = None  # 0/-inf additive mask, fraction -inf
+    bias_scale: float | None = None  # finite additive bias ~ N(0, scale^2)
+    window: tuple[int, int] | None = None  # (left, right) visible keys around the diagonal
+    masked_rows: tuple[tuple[int, int], ...] = ()  # (b, t) rows with every key masked
+    fully_masked_rows: str = "nan"  # what the case expects such a row to yield
+
+    def is_empty(self) -> bool:
+        return (
+            self.causal is None
+            and self.key_padding is None
+            and self.query_padding is None
+            and self.random_density is None
+            and self.additive_density is None
+            and self.bias_scale is None
+            and self.window is None
+            and not self.masked_rows
+        )
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Incremental decoding: run `prefix` tokens at once, then `steps` single-token steps."""
+
+    prefix: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """One resolved case. `id` is stable and readable, e.g. `masks/causal[T=5,S=7,float32]`."""
+
+    id: str
+    family: str
+    name: str
+    mode: Mode
+    shape: Shape
+    mask: Mask = field(default_factory=Mask)
+    dtype: str = "float32"
+    scale: float | None = None
+    self_attention: bool = True  # layer mode: key/value inputs are the query input itself
+    use_bias: bool = True
+    add_bias_kv: bool = False
+    add_zero_attn: bool = False
+    decode: Decode | None = None
+    compare: tuple[str, ...] = ("output",)
+    seed: int = 0
+    description: str = ""
+    source: str = ""  # "file:line" the case came from
+    params: tuple[tuple[str, Any], ...] = ()  # matrix parameters, for reports and ids
+    expected: dict | None = None  # stored expected outputs (imported peer suites), by name
+
+    @property
+    def data_key(self) -> str:
+        """What input generation is keyed on: the id without the dtype.
+
+        float32 and float64 variants of one case then see the same underlying numbers.
+        """
+        params = ",".join(f"{k}={v}" for k, v in self.params if k != "dtype")
+        return f"{self.family}/{self.name}[{params}]#{self.seed}"
+
+    @property
+    def effective_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.shape.key_dim)
+
+    @property
+    def extra_keys(self) -> int:
+        """Key positions appended after projection (torch add_bias_kv / add_zero_attn)."""
+        return int(self.add_bias_kv) + int(self.add_zero_attn)
+
+    @functools.cached_property
+    def features(self) -> frozenset[str]:
+        """Feature tags an implementation must support to express this case."""
+        return case_features(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> Case:
+        data = dict(data)
+        shape = dict(data["shape"])
+        for key in ("query_shape", "kv_shape", "attention_axes"):
+            shape[key] = tuple(shape.get(key, ()))
+        mask = dict(data.get("mask") or {})
+        for key in ("key_padding", "query_padding", "window"):
+            if mask.get(key) is not None:
+                mask[key] = tuple(mask[key])
+        mask["masked_rows"] = tuple(tuple(r) for r in mask.get("masked_rows", ()))
+        decode = data.get("decode")
+        data["shape"] = Shape(**shape)
+        data["mask"] = Mask(**mask)
+        data["decode"] = Decode(**decode) if decode else None
+        data["compare"] = tuple(data.get("compare", ("output",)))
+        data["params"] = tuple(tuple(p) for p in data.get("params", ()))
+        return Case(**data)
+
+
+# Feature tags. An adapter declares which it supports; a case needing one it lacks is
+# `unsupported`. Every tag is documented here because users read them in reports.
+FEATURES: dict[str, str] = {
+    "layer": "full layer: query/key/value/output projections with canonical weights",
+    "kernel": "scaled dot-product core on already-projected per-head Q, K, V",
+    "cross-attention": "layer mode: key/value come from a different input than the query",
+    "kv-input-dims": "key/value inputs have model dims different from the query's",
+    "value-dim": "value head dim differs from key head dim",
+    "output-dim": "output dim differs from the query model dim",
+    "kv-len": "key/value length differs from query length",
+    "grouped-query": "fewer key/value heads than query heads (1 < G < H)",
+    "multi-query": "a single key/value head shared by all query heads (G = 1 < H)",
+    "causal": "causal mask (T == S, both alignments agree)",
+    "causal-top-left": "causal mask aligned at the top-left when T != S",
+    "causal-bottom-right": "causal mask aligned at the bottom-right when T != S",
+    "key-padding": "per-batch key lengths (padding at the end)",
+    "query-padding": "per-batch query lengths (padded query rows fully masked)",
+    "bool-mask": "explicit boolean mask [B, T, S]",
+    "per-head-mask": "explicit mask that differs per head [B, H, T, S]",
+    "additive-mask": "additive float mask with values 0 and -inf",
+    "attn-bias": "additive finite bias added to the logits",
+    "window": "sliding-window (local) attention",
+    "fully-masked-rows": "some query rows have every key masked",
+    "scale": "a scale other than 1/sqrt(K)",
+    "no-bias": "projections without biases",
+    "bias-kv": "torch add_bias_kv: a learned key/value position appended",
+    "zero-attn": "torch add_zero_attn: a zero key/value position appended",
+    "decode": "incremental decoding with a key/value cache",
+    "multi-axis": "attention over several axes (Keras attention_axes)",
+    "weights": "per-head attention weights [B, H, T, S] are compared",
+    "weights-mean": "head-averaged attention weights [B, T, S] are compared",
+}
+FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
+
+
+def case_features(case: Case) -> frozenset[str]:
+    s = case.shape
+    m = case.mask
+    tags = {case.mode, case.dtype}
+    if case.mode == "layer":
+        if not case.self_attention:
+            tags.add("cross-attention")
+        if s.key_input_dim != s.query_dim or s.value_input_dim != s.query_dim:
+            tags.add("kv-input-dims")
+        if s.output_dim != s.query_dim:
+            tags.add("output-dim")
+        if not case.use_bias:
+            tags.add("no-bias")
+    if s.value_dim != s.key_dim:
+        tags.add("value-dim")
+    if s.kv_len != s.query_len:
+        tags.add("kv-len")
+    if s.num_kv_heads == 1 and s.num_heads > 1:
+        tags.add("multi-query")
+    elif s.num_kv_heads < s.num_heads:
+        tags.add("grouped-query")
+    if m.causal:
+        tags.add("causal")
+        if s.query_len != s.kv_len:
+            tags.add(f"causal-{m.causal}")
+    if m.key_padding is not None:
+        tags.add("key-padding")
+    if m.query_padding is not None:
+        tags.add("query-padding")
+    if m.random_density is not None:
+        tags.add("bool-mask")
+    if m.per_head:
+        tags.add("per-head-mask")
+    if m.additive_density is not None:
+        tags.add("additive-mask")
+    if m.bias_scale is not None:
+        tags.add("attn-bias")
+    if m.window is not None:
+        tags.add("window")
+    if has_fully_masked_rows(case):
+        tags.add("fully-masked-rows")
+    if case.scale is not None:
+        tags.add("scale")
+    if case.add_bias_kv:
+        tags.add("bias-kv")
+    if case.add_zero_attn:
+        tags.add("zero-attn")
+    if case.decode is not None:
+        tags.add("decode")
+    if s.attention_axes:
+        tags.add("multi-axis")
+    if "weights" in case.compare:
+        tags.add("weights")
+    if "weights_mean" in case.compare:
+        tags.add("weights-mean")
+    return frozenset(tags)
+
+
+def has_fully_masked_rows(case: Case) -> bool:
+    """Whether any query row ends up with every key masked (computed, not guessed)."""
+    from .masks import visible  # local: masks imports case
+
+    if case.extra_keys:  # torch's appended key positions are always visible
+        return False
+    seen = visible(case)
+    return seen is not None and bool((~seen.any(axis=-1)).any())

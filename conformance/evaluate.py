@@ -1,0 +1,245 @@
+"""One (case, adapter, device): run it, compare with the reference, decide the verdict.
+
+Verdicts:
+    pass         every compared output within tolerance of the reference
+    fail         numbers differ beyond tolerance (or NaN/Inf where the reference has none)
+    diverges     a declared divergence applies and the result matches what it says happens
+    unsupported  the implementation cannot express the case (with the reason)
+    error        exception, wrong output shape/dtype, crash or timeout (with the message)
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+from .adapter import Adapter, Divergence, Unsupported
+from .case import Case
+from .compare import Comparison, baseline_error, compare
+from .inputs import CaseInputs, make_inputs
+from .reference import attention, baseline
+from .tolerance import Tolerance, tolerance_for
+
+VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")
+PREVIEW_LIMIT = 48  # largest T or S for which heatmap previews are stored in the record
+
+
+def record_key(case_id: str, adapter: str, device: str) -> str:
+    """The identity of a result; the dtype is part of the case."""
+    return f"{case_id}|{adapter}|{device}"
+
+
+def base_record(case: Case, adapter: str, device: str) -> dict:
+    return {
+        "case": case.id,
+        "family": case.family,
+        "adapter": adapter,
+        "device": device,
+        "dtype": case.dtype,
+        "mode": case.mode,
+        "verdict": None,
+        "max_abs_error": None,
+        "max_rel_error": None,
+        "atol": None,
+        "rtol": None,
+        "message": "",
+        "duration_s": 0.0,
+        "mismatches": None,
+        "first_mismatch": None,
+        "divergence": None,
+        "compared": list(case.compare),
+        "features": sorted(case.features),
+    }
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _preview(arr: np.ndarray | None) -> list | None:
+    """A small 2-D slice (batch 0, head 0) for report heatmaps; NaN as null."""
+    if arr is None:
+        return None
+    a = np.asarray(arr, dtype=np.float64)
+    while a.ndim > 2:
+        a = a[0]
+    if a.ndim < 2 or max(a.shape) > PREVIEW_LIMIT:
+        return None
+    return [[None if not np.isfinite(x) else round(float(x), 6) for x in row] for row in a]
+
+
+class ReferenceCache:
+    """Reference results per (case, policy), so variants of one adapter share them."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._inputs: dict[str, CaseInputs] = {}
+        self._refs: dict[tuple[str, str, bool], dict] = {}
+        self._size = size
+
+    def inputs(self, case: Case) -> CaseInputs:
+        if case.id not in self._inputs:
+            if len(self._inputs) >= self._size:
+                self._inputs.clear()
+                self._refs.clear()
+            self._inputs[case.id] = make_inputs(case)
+        return self._inputs[case.id]
+
+    def reference(self, case: Case, policy: str, same_dtype: bool = False) -> dict:
+        key = (case.id, policy, same_dtype)
+        if key not in self._refs:
+            fn = baseline if same_dtype else attention
+            self._refs[key] = fn(case, self.inputs(case), masked_rows=policy)
+        return self._refs[key]
+
+
+def _check_output(name: str, value, case: Case) -> str | None:  # noqa: ANN001
+    if not isinstance(value, np.ndarray):
+        return f"'{name}' is a {type(value).__name__}, not a NumPy array"
+    if not np.issubdtype(value.dtype, np.floating):
+        return f"'{name}' has dtype {value.dtype}, not a floating dtype"
+    return None
+
+
+def _compare_all(
+    case: Case,
+    outputs: dict,
+    expected: dict,
+    tol: Tolerance,
+    base: dict | None,
+    names: tuple[str, ...],
+) -> list[Comparison]:
+    results = []
+    for name in names:
+        b_err = baseline_error(base[name], expected[name]) if base is not None else None
+        results.append(compare(name, outputs[name], expected[name], tol, b_err))
+    return results
+
+
+def _fill_errors(record: dict, comparisons: list[Comparison], tol: Tolerance) -> None:
+    abs_errs = [c.max_abs_error for c in comparisons if c.max_abs_error is not None]
+    rel_errs = [c.max_rel_error for c in comparisons if c.max_rel_error is not None]
+    record["max_abs_error"] = _finite_or_none(max(abs_errs)) if abs_errs else None
+    record["max_rel_error"] = _finite_or_none(max(rel_errs)) if rel_errs else None
+    record["atol"], record["rtol"] = tol.atol, tol.rtol
+    record["tolerance"] = tol.describe() + ("" if tol.source == "policy" else f" ({tol.source})")
+    failing = [c for c in comparisons if not c.ok]
+    record["mismatches"] = sum(c.mismatches for c in failing)
+    record["first_mismatch"] = (
+        {"output": failing[0].name, "index": list(failing[0].first_mismatch)}
+        if failing and failing[0].first_mismatch is not None
+        else None
+    )
+
+
+def evaluate(
+    adapter: Adapter, case: Case, device: str, cache: ReferenceCache | None = None
+) -> dict:
+    """Run one case on one adapter and device; return the result record (JSON-ready)."""
+    cache = cache or ReferenceCache()
+    decl = adapter.declaration
+    record = base_record(case, decl.name, device)
+    reason = decl.unsupported_reason(case)
+    if reason:
+        record.update(verdict="unsupported", message=reason)
+        return record
+
+    inputs = cache.inputs(case)
+    start = time.perf_counter()
+    try:
+        outputs = adapter.run(case, inputs, device)
+    except Unsupported as error:
+        record.update(verdict="unsupported", message=f"{decl.name}: {error}")
+        return record
+    except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
+        last = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        record.update(verdict="error", message=f"{type(error).__name__}: {error}{where}")
+        record["duration_s"] = time.perf_counter() - start
+        return record
+    record["duration_s"] = time.perf_counter() - start
+
+    names = tuple(case.compare)
+    for name in names:
+        if name not in outputs:
+            record.update(verdict="error", message=f"adapter returned no '{name}' output")
+            return record
+        problem = _check_output(name, outputs[name], case)
+        if problem:
+            record.update(verdict="error", message=problem)
+            return record
+    notes = []
+    for name in names:
+        got = outputs[name].dtype
+        if np.finfo(got).bits < (64 if case.dtype == "float64" else 16):
+            notes.append(f"'{name}' came back as {got} for a {case.dtype} case")
+
+    divergence = decl.divergence_for(case, device)
+    tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
+    policy = case.mask.fully_masked_rows
+    low = tol.baseline_factor is not None
+    expected = cache.reference(case, policy)
+    base = cache.reference(case, policy, same_dtype=True) if low else None
+    comparisons = _compare_all(case, outputs, expected, tol, base, names)
+    _fill_errors(record, comparisons, tol)
+    record["preview"] = {
+        "reference_weights": _preview(expected["weights"]),
+        "weights": _preview(outputs.get("weights")),
+        "output_error": _preview(np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])),
+    }
+
+    if all(c.ok for c in comparisons):
+        record["verdict"] = "pass"
+        if divergence is not None:
+            notes.append(f"declared divergence '{divergence.id}' did not show on this case")
+        record["message"] = "; ".join(notes)
+        return record
+
+    failed = "; ".join(c.summary() for c in comparisons if not c.ok)
+    if divergence is None:
+        record["verdict"] = "fail"
+        record["message"] = "; ".join([failed, *notes])
+        return record
+    record["divergence"] = {"id": divergence.id, "reason": divergence.reason, "link": divergence.link}
+    verified, how = _verify_divergence(divergence, case, outputs, cache, tol, names)
+    if verified:
+        record["verdict"] = "diverges"
+        record["message"] = f"{divergence.id}: {divergence.reason} [{how}]"
+    else:
+        record["verdict"] = "fail"
+        record["message"] = (
+            f"{failed}; the declared divergence '{divergence.id}' does not explain it either: {how}"
+        )
+    return record
+
+
+def _verify_divergence(
+    divergence: Divergence,
+    case: Case,
+    outputs: dict,
+    cache: ReferenceCache,
+    tol: Tolerance,
+    names: tuple[str, ...],
+) -> tuple[bool, str]:
+    """Check the result against what the divergence says happens instead."""
+    if divergence.unverifiable:
+        return True, "unverifiable by declaration; measured errors are in the record"
+    policy = divergence.masked_rows or case.mask.fully_masked_rows
+    alt_tol = tolerance_for(divergence.compute_dtype) if divergence.compute_dtype else tol
+    if divergence.compute_dtype and alt_tol.baseline_factor is None:
+        alt_tol = Tolerance(alt_tol.rtol, alt_tol.atol, source=alt_tol.source)
+    expected = cache.reference(case, policy)
+    affected = divergence.outputs or names
+    comparisons = [
+        compare(name, outputs[name], expected[name], alt_tol if name in affected else tol)
+        for name in names
+    ]
+    if all(c.ok for c in comparisons):
+        parts = []
+        if divergence.masked_rows:
+            parts.append(f"fully masked rows match policy '{policy}'")
+        if divergence.compute_dtype:
+            parts.append(f"matches at {divergence.compute_dtype} tolerance")
+        return True, "verified: " + ", ".join(parts or ["matches"])
+    return False, "; ".join(c.summary() for c in comparisons if not c.ok)

@@ -1,0 +1,194 @@
+"""The float64 oracle: attention written to be read, as einsums with shape letters.
+
+    B batch, T queries, S keys, H query heads, G key/value heads (H = G * R), R = H // G,
+    K key head dim, V value head dim, D model dims.
+
+Query head h uses key/value head h // R (contiguous groups, like repeat_interleave).
+A row of the logits whose every key is masked has no agreed answer; `masked_rows` picks the
+policy: "nan" (softmax of all -inf, IEEE), "zeros", "uniform" (a large finite negative in
+place of -inf: every key equally), or "unmasked" (the finite-negative trick in high precision,
+where the row's own logits survive: softmax as if nothing were masked).
+
+`rounding` is applied after every operation. The oracle uses the identity (float64
+throughout); `baseline()` rounds to the case dtype, giving "a straightforward implementation
+in the same dtype" that the low-precision tolerance rule measures against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .case import MASKED_ROW_POLICIES, Case
+from .dtypes import round_to
+from .inputs import CaseInputs
+from .masks import build_mask
+
+Rounding = Callable[[np.ndarray], np.ndarray]
+POLICIES = (*MASKED_ROW_POLICIES, "unmasked")
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def softmax_rows(
+    logits: np.ndarray,
+    visible: np.ndarray,
+    masked_rows: str = "nan",
+    rounding: Rounding = _identity,
+) -> np.ndarray:
+    """Softmax over the last axis of `logits` restricted to `visible` keys.
+
+    logits [..., S] finite; visible [..., S] bool (broadcastable). Rows with no visible key
+    follow `masked_rows`.
+    """
+    if masked_rows not in POLICIES:
+        raise ValueError(f"masked_rows must be one of {POLICIES}, got {masked_rows!r}")
+    visible = np.broadcast_to(visible, logits.shape)
+    empty = ~visible.any(axis=-1, keepdims=True)  # [..., 1]
+    # For "unmasked", an empty row keeps all its keys: softmax as if it had no mask.
+    if masked_rows == "unmasked":
+        visible = visible | empty
+    masked = np.where(visible, logits, -np.inf)
+    peak = np.max(np.where(visible, logits, -np.inf), axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        exps = rounding(np.exp(rounding(masked - peak)))
+        total = rounding(exps.sum(axis=-1, keepdims=True))
+        probs = rounding(exps / total)  # empty rows: 0 / 0 = nan
+    if masked_rows == "zeros":
+        probs = np.where(empty, 0.0, probs)
+    elif masked_rows == "uniform":
+        probs = np.where(empty, 1.0 / logits.shape[-1], probs)
+    return probs
+
+
+def dot_product_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    scale: float,
+    attend: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    masked_rows: str = "nan",
+    rounding: Rounding = _identity,
+) -> tuple[np.ndarray, np.ndarray]:
+    """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
+    probs [B,H,T,S])."""
+    b, h, t, kd = q.shape
+    g, s = k.shape[1], k.shape[2]
+    if h % g:
+        raise ValueError(f"query heads H={h} must be a multiple of key/value heads G={g}")
+    r = h // g
+    qg = q.reshape(b, g, r, t, kd)
+    logits = rounding(np.einsum("bgrtk,bgsk->bgrts", qg, k).reshape(b, h, t, s))
+    logits = rounding(logits * scale)
+    visible = np.ones((1, 1, 1, s), dtype=bool) if attend is None else attend
+    if bias is not None:
+        visible = visible & np.isfinite(bias)
+        logits = rounding(logits + np.where(np.isfinite(bias), bias, 0.0))
+    probs = softmax_rows(logits, visible, masked_rows, rounding)
+    pg = probs.reshape(b, g, r, t, s)
+    out = rounding(np.einsum("bgrts,bgsv->bgrtv", pg, v).reshape(b, h, t, v.shape[-1]))
+    return out, probs
+
+
+def _append_extra_keys(
+    case: Case, weights: dict, k: np.ndarray, v: np.ndarray, attend, bias
+) -> tuple:
+    """torch's add_bias_kv then add_zero_attn: extra key positions, always visible."""
+    b, g = k.shape[0], k.shape[1]
+    extra_k, extra_v = [], []
+    if case.add_bias_kv:
+        extra_k.append(np.broadcast_to(weights["bias_k"][None, :, None, :], (b, g, 1, k.shape[3])))
+        extra_v.append(np.broadcast_to(weights["bias_v"][None, :, None, :], (b, g, 1, v.shape[3])))
+    if case.add_zero_attn:
+        extra_k.append(np.zeros((b, g, 1, k.shape[3])))
+        extra_v.append(np.zeros((b, g, 1, v.shape[3])))
+    n = len(extra_k)
+    if not n:
+        return k, v, attend, bias
+    k = np.concatenate([k, *extra_k], axis=2)
+    v = np.concatenate([v, *extra_v], axis=2)
+    if attend is not None:
+        pad = np.ones((*attend.shape[:3], n), dtype=bool)
+        attend = np.concatenate([attend, pad], axis=3)
+    if bias is not None:
+        bias = np.concatenate([bias, np.zeros((*bias.shape[:3], n))], axis=3)
+    return k, v, attend, bias
+
+
+def _to_sequence(case: Case, x: np.ndarray, inner: tuple[int, ...]) -> np.ndarray:
+    """[B, *inner, D] -> [B * outer, L, D]: non-attended axes join the batch."""
+    axes = case.shape.attention_axes
+    if not axes:
+        return x
+    n = x.ndim
+    outer = [i for i in range(1, n - 1) if i not in axes]
+    moved = np.transpose(x, (0, *outer, *axes, n - 1))
+    lead = int(np.prod([x.shape[i] for i in (0, *outer)]))
+    return moved.reshape(lead, -1, x.shape[-1])
+
+
+def _from_sequence(case: Case, y: np.ndarray, like_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of _to_sequence for the output [B * outer, T, Do] -> [B, *inner, Do]."""
+    axes = case.shape.attention_axes
+    if not axes:
+        return y
+    n = len(like_shape)
+    outer = [i for i in range(1, n - 1) if i not in axes]
+    order = (0, *outer, *axes)
+    moved_shape = tuple(like_shape[i] for i in order) + (y.shape[-1],)
+    moved = y.reshape(moved_shape)
+    inverse = np.argsort((*order, n - 1))
+    return np.transpose(moved, inverse)
+
+
+def project_heads(x: np.ndarray, w: np.ndarray, b: np.ndarray, rounding: Rounding) -> np.ndarray:
+    """x [B, L, D], w [N, D, K], b [N, K] -> [B, N, L, K]."""
+    return rounding(rounding(np.einsum("bld,ndk->bnlk", x, w)) + b[None, :, None, :])
+
+
+def attention(
+    case: Case,
+    inputs: CaseInputs,
+    *,
+    masked_rows: str | None = None,
+    rounding: Rounding = _identity,
+) -> dict[str, np.ndarray]:
+    """Everything a case can compare: output, per-head weights, head-averaged weights."""
+    policy = masked_rows or case.mask.fully_masked_rows
+    attend, bias = build_mask(case)
+    a, w = inputs.arrays, inputs.weights
+    if case.mode == "kernel":
+        k, v = a["k"], a["v"]
+        out, probs = dot_product_attention(
+            a["q"], k, v, scale=case.effective_scale, attend=attend, bias=bias,
+            masked_rows=policy, rounding=rounding,
+        )  # fmt: skip
+        return {"output": out, "weights": probs, "weights_mean": probs.mean(axis=1)}
+
+    query = _to_sequence(case, a["query"], case.shape.query_shape)
+    key = _to_sequence(case, a["key"], case.shape.kv_shape)
+    value = _to_sequence(case, a["value"], case.shape.kv_shape)
+    q = project_heads(query, w["wq"], w["bq"], rounding)  # [B, H, T, K]
+    k = project_heads(key, w["wk"], w["bk"], rounding)  # [B, G, S, K]
+    v = project_heads(value, w["wv"], w["bv"], rounding)  # [B, G, S, V]
+    k, v, attend, bias = _append_extra_keys(case, w, k, v, attend, bias)
+    heads, probs = dot_product_attention(
+        q, k, v, scale=case.effective_scale, attend=attend, bias=bias,
+        masked_rows=policy, rounding=rounding,
+    )  # fmt: skip
+    y = rounding(rounding(np.einsum("bhtv,hvd->btd", heads, w["wo"])) + w["bo"])
+    y = _from_sequence(case, y, a["query"].shape)
+    return {"output": y, "weights": probs, "weights_mean": probs.mean(axis=1)}
+
+
+def baseline(case: Case, inputs: CaseInputs, masked_rows: str | None = None) -> dict:
+    """A straightforward implementation in the case dtype: every op rounded to it."""
+    return attention(
+        case, inputs, masked_rows=masked_rows, rounding=lambda x: round_to(x, case.dtype)
+    )

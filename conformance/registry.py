@@ -1,0 +1,124 @@
+"""Where adapters come from: built-in modules, entry points, or `module:Class` on the command line.
+
+Every adapter module exposes `ADAPTERS`, a list of Adapter subclasses. Listing adapters
+imports the modules (cheap: frameworks are imported in `setup()`, inside workers) and reads
+their declarations. Plugin code runs only when the user names it or installs it as an entry
+point in the group below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from .adapter import Adapter, Declaration
+from .errors import UsageError, did_you_mean
+
+ENTRY_POINT_GROUP = "attention_conformance.adapters"
+
+# One module per framework implementation, under conformance.adapters (the repo's adapters/).
+BUILTIN_MODULES = (
+    "reference",
+    "numpy_einsum",
+    "torch_mha",
+    "torch_sdpa",
+    "jax_dpa",
+    "flax_nnx",
+    "flax_linen",
+    "keras_mha",
+    "keras_gqa",
+    "tf_keras_mha",
+    "onnx_attention",
+    "ort_contrib",
+    "torch_onnx",
+)
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    name: str
+    target: str  # "module:Class", importable inside a worker process
+    declaration: Declaration
+    source: str  # "builtin", "entry-point" or "command line"
+
+
+def _entries_from_module(module_name: str, source: str) -> list[AdapterEntry]:
+    module = importlib.import_module(module_name)
+    adapters = getattr(module, "ADAPTERS", None)
+    if adapters is None:
+        raise UsageError(f"module '{module_name}' has no ADAPTERS list")
+    return [
+        AdapterEntry(cls.declaration.name, f"{module_name}:{cls.__qualname__}", cls.declaration, source)
+        for cls in adapters
+    ]
+
+
+def builtin_entries() -> list[AdapterEntry]:
+    entries: list[AdapterEntry] = []
+    for short in BUILTIN_MODULES:
+        name = f"conformance.adapters.{short}"
+        if importlib.util.find_spec(name) is None:
+            continue  # not written yet, or stripped from this install
+        entries.extend(_entries_from_module(name, "builtin"))
+    return entries
+
+
+def plugin_entries() -> list[AdapterEntry]:
+    entries: list[AdapterEntry] = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        module_name = point.value.split(":")[0]
+        entries.extend(_entries_from_module(module_name, "entry-point"))
+    return entries
+
+
+def load_target(target: str) -> type[Adapter]:
+    """Import "module:Class" and return the class (or an adapter built from a function)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(
+            f"cannot import adapter module '{module_name}': {error}"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    declaration = getattr(obj, "declaration", None)
+    if not isinstance(declaration, Declaration):
+        raise UsageError(
+            f"'{target}' is not an adapter: it needs a `declaration` (conformance.Declaration)",
+        )
+    return obj
+
+
+def all_entries() -> list[AdapterEntry]:
+    return builtin_entries() + plugin_entries()
+
+
+def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
+    """Adapters named by --adapter values (exact names, prefixes like 'torch', or module:Class)."""
+    entries = all_entries()
+    if not selectors:
+        return entries
+    chosen: list[AdapterEntry] = []
+    for selector in selectors:
+        if ":" in selector:
+            cls = load_target(selector)
+            chosen.append(AdapterEntry(cls.declaration.name, selector, cls.declaration, "command line"))
+            continue
+        matched = [
+            e for e in entries if e.name == selector or e.name.startswith(selector + ".")
+        ]
+        if not matched:
+            hint = did_you_mean(selector, [e.name for e in entries])
+            raise UsageError(
+                f"unknown adapter '{selector}'"
+                + (f"; {hint}" if hint else "")
+                + "\n  hint: `conformance list adapters` shows every name; "
+                "a plugin is named as module:Class"
+            )
+        chosen.extend(e for e in matched if e not in chosen)
+    return chosen

@@ -1,0 +1,672 @@
+"""Spec files (YAML) -> resolved cases.
+
+A spec file:
+
+    # yaml-language-server: $schema=../conformance/schema/spec.schema.json
+    version: 1
+    family: masks                  # defaults to the file name
+    defaults: {mode: kernel}       # merged into every case
+    cases:
+      - name: causal-${align}
+        shape: {batch: 2, query_len: $T, kv_len: $S, num_heads: 4, key_dim: 8}
+        mask: {causal: $align}
+        matrix:
+          align: [top-left, bottom-right]
+          T: [5]
+          S: [7]
+          dtype: [float32, float64]    # names a case key: applied directly
+
+expands into `masks/causal-top-left[T=5,S=7,float32]` and three siblings. A matrix parameter
+is used by `$name` (a whole value) or `${name}` (inside a string); a parameter named like a
+case or shape key (dtype, mode, scale, batch, num_heads, ...) applies directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .case import (
+    CAUSAL_ALIGNMENTS,
+    COMPARABLE,
+    DTYPES,
+    MASKED_ROW_POLICIES,
+    MODES,
+    Case,
+    Decode,
+    Mask,
+    Shape,
+)
+from .errors import SpecError, did_you_mean
+from .yamlload import LocatedDict, LocatedList, load_yaml_file
+
+SPEC_VERSION = 1
+MAX_MATRIX_CASES = 10_000
+MAX_CASE_BYTES = 512 * 2**20  # refuse cases whose arrays would need more memory than this
+
+FILE_KEYS = {
+    "version": "spec format version (1)",
+    "family": "case family: the first part of every case id",
+    "description": "what this file tests",
+    "defaults": "keys merged into every case",
+    "cases": "list of cases or case templates",
+}
+CASE_KEYS = {
+    "name": "case name, may use ${param}",
+    "description": "what the case checks and why",
+    "mode": "layer (with projections) or kernel (scaled dot-product on per-head Q, K, V)",
+    "shape": "sizes: batch, query_len, kv_len, num_heads, num_kv_heads, key_dim, ...",
+    "mask": "neutral mask components",
+    "dtype": "float64, float32, float16 or bfloat16",
+    "scale": "logit scale; default 1/sqrt(key_dim)",
+    "cross": "layer mode: key/value come from their own inputs",
+    "bias": "projection biases on (default) or off",
+    "add_bias_kv": "torch add_bias_kv: learned key/value position appended",
+    "add_zero_attn": "torch add_zero_attn: zero key/value position appended",
+    "decode": "incremental decoding: {prefix, steps}",
+    "compare": "what to compare: output, weights, weights_mean",
+    "seed": "seed for inputs and weights (default 0)",
+    "matrix": "parameters expanded into one case per combination",
+}
+SHAPE_KEYS = {
+    "batch": "B (default 2)",
+    "query_len": "T, query length",
+    "kv_len": "S, key/value length (default T)",
+    "num_heads": "H, query heads",
+    "num_kv_heads": "G, key/value heads (default H; 1 = multi-query)",
+    "key_dim": "K, per-head query/key dim",
+    "value_dim": "V, per-head value dim (default K)",
+    "query_dim": "Dq, query input model dim (layer mode; default H*K)",
+    "key_input_dim": "Dk, key input model dim (default Dq)",
+    "value_input_dim": "Dv, value input model dim (default Dk)",
+    "output_dim": "Do, output dim (default Dq)",
+    "query_shape": "multi-axis: the axes between batch and features, e.g. [5, 3, 4]",
+    "kv_shape": "multi-axis: same for key/value (default query_shape)",
+    "attention_axes": "multi-axis: axes attended over, counted in the full [B, ..., D] tensor",
+}
+MASK_KEYS = {
+    "causal": "top-left or bottom-right (true = top-left)",
+    "key_padding": "valid key count per batch element",
+    "query_padding": "valid query count per batch element",
+    "random": "{density}: seeded boolean mask, that fraction masked out",
+    "additive": "{density}: seeded 0/-inf additive mask",
+    "bias": "{scale}: seeded finite additive bias",
+    "per_head": "random/additive/bias masks differ per head",
+    "window": "[left, right]: visible keys around the diagonal",
+    "masked_rows": "[[b, t], ...]: query rows with every key masked",
+    "fully_masked_rows": "what a row with every key masked must yield: nan, zeros or uniform",
+}
+DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
+DIRECT_PARAMS = set(CASE_KEYS) - {"matrix", "name", "description", "shape", "mask", "decode"}
+DIRECT_PARAMS |= set(SHAPE_KEYS)
+
+_REF = re.compile(r"\$\{(\w+)\}|^\$(\w+)$")
+
+
+class _Ctx:
+    """Where we are, for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def error(self, message: str, node: Any = None, key: str | None = None, hint=None) -> SpecError:
+        line = None
+        if isinstance(node, LocatedDict):
+            line = node.line_of(key) if key else node.line
+        elif isinstance(node, LocatedList):
+            line = node.line
+        return SpecError(message, file=self.file, line=line, key=key, hint=hint)
+
+
+def _check_keys(ctx: _Ctx, node: LocatedDict, allowed: dict[str, str], what: str) -> None:
+    for key in node:
+        if key not in allowed:
+            hint = did_you_mean(key, allowed) or f"{what} keys are: {', '.join(allowed)}"
+            raise ctx.error(f"unknown {what} key", node, key, hint)
+
+
+def _mapping(ctx: _Ctx, value: Any, parent: Any, key: str) -> LocatedDict:
+    if not isinstance(value, dict):
+        raise ctx.error(
+            f"must be a mapping (key: value pairs), got {type(value).__name__}", parent, key
+        )
+    return value
+
+
+def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(f"must be an integer, got {value!r}", parent, key)
+    if value < minimum:
+        raise ctx.error(f"must be >= {minimum}, got {value}", parent, key)
+    return value
+
+
+def _number(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.error(f"must be a number, got {value!r}", parent, key)
+    if not math.isfinite(value):
+        raise ctx.error(f"must be finite, got {value!r}", parent, key)
+    return float(value)
+
+
+def _bool(ctx: _Ctx, value: Any, parent: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(f"must be true or false, got {value!r}", parent, key)
+    return value
+
+
+def _choice(ctx: _Ctx, value: Any, parent: Any, key: str, choices) -> str:  # noqa: ANN001
+    if value not in choices:
+        hint = did_you_mean(str(value), choices) or f"choose one of: {', '.join(choices)}"
+        raise ctx.error(f"{value!r} is not one of {', '.join(choices)}", parent, key, hint)
+    return value
+
+
+def _int_list(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 0) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ctx.error(f"must be a list of integers, got {value!r}", parent, key)
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+            raise ctx.error(f"must hold integers >= {minimum}, got {item!r}", parent, key)
+    return tuple(value)
+
+
+def _density(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
+    node = _mapping(ctx, value, parent, key)
+    _check_keys(ctx, node, {"density": "fraction masked"}, f"mask.{key}")
+    if "density" not in node:
+        raise ctx.error("needs a density", parent, key, "e.g. {density: 0.3}")
+    density = _number(ctx, node["density"], node, "density")
+    if not 0 <= density <= 1:
+        raise ctx.error(f"density must be within [0, 1], got {density}", node, "density")
+    return density
+
+
+# --- substitution of matrix parameters ------------------------------------------------------
+
+
+def _substitute(value: Any, params: dict[str, Any], used: set[str]) -> Any:
+    """Replace $name / ${name} references; keep the located containers and their lines."""
+    if isinstance(value, LocatedDict):
+        out = LocatedDict({k: _substitute(v, params, used) for k, v in value.items()})
+        out.line, out.key_lines = value.line, value.key_lines
+        return out
+    if isinstance(value, LocatedList):
+        out = LocatedList(_substitute(v, params, used) for v in value)
+        out.line = value.line
+        return out
+    if isinstance(value, str):
+        whole = re.fullmatch(r"\$(\w+)|\$\{(\w+)\}", value)
+        if whole:
+            name = whole.group(1) or whole.group(2)
+            if name in params:
+                used.add(name)
+                return params[name]
+            return value
+        def repl(m: re.Match) -> str:
+            name = m.group(1)
+            if name in params:
+                used.add(name)
+                return str(params[name])
+            return m.group(0)
+        return re.sub(r"\$\{(\w+)\}", repl, value)
+    return value
+
+
+def _unresolved(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for v in value.values():
+            found = _unresolved(v)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _unresolved(v)
+            if found:
+                return found
+    elif isinstance(value, str):
+        m = re.search(r"\$\{?(\w+)\}?", value)
+        if m and (value.startswith("$") or "${" in value):
+            return m.group(1)
+    return None
+
+
+def _merge(defaults: LocatedDict, case: LocatedDict) -> LocatedDict:
+    merged = LocatedDict()
+    merged.line = case.line
+    merged.key_lines = {}
+    for source in (defaults, case):
+        for key, value in source.items():
+            if (
+                key in ("shape", "mask")
+                and isinstance(value, dict)
+                and isinstance(merged.get(key), dict)
+            ):
+                inner = LocatedDict({**merged[key], **value})
+                inner.line = value.line if isinstance(value, LocatedDict) else case.line
+                inner.key_lines = {
+                    **getattr(merged[key], "key_lines", {}),
+                    **getattr(value, "key_lines", {}),
+                }
+                merged[key] = inner
+            else:
+                merged[key] = value
+            merged.key_lines[key] = source.line_of(key) if isinstance(source, LocatedDict) else None
+    return merged
+
+
+# --- one case ------------------------------------------------------------------------------
+
+
+def _resolve_shape(ctx: _Ctx, node: LocatedDict, mode: str, parent: LocatedDict) -> dict:
+    _check_keys(ctx, node, SHAPE_KEYS, "shape")
+    multi = "attention_axes" in node or "query_shape" in node
+    required = ("num_heads", "key_dim") if multi else ("query_len", "num_heads", "key_dim")
+    for key in required:
+        if key not in node:
+            raise ctx.error(
+                f"shape needs '{key}'", parent, "shape", f"{key}: {SHAPE_KEYS[key]}"
+            )
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("query_shape", "kv_shape", "attention_axes"):
+            out[key] = _int_list(ctx, value, node, key, minimum=1)
+        else:
+            out[key] = _int(ctx, value, node, key, minimum=1)
+    if mode == "kernel":
+        for key in ("query_dim", "key_input_dim", "value_input_dim", "output_dim"):
+            if key in out:
+                raise ctx.error(
+                    "has no meaning in kernel mode (there are no projections)",
+                    node, key, "remove it, or use mode: layer",
+                )  # fmt: skip
+    h = out["num_heads"]
+    g = out.setdefault("num_kv_heads", h)
+    if h % g:
+        raise ctx.error(
+            f"num_heads={h} is not a multiple of num_kv_heads={g}",
+            node, "num_kv_heads", "grouped-query attention needs H = G * r",
+        )  # fmt: skip
+    out.setdefault("batch", 2)
+    out.setdefault("value_dim", out["key_dim"])
+    if multi:
+        if "query_shape" not in out or "attention_axes" not in out:
+            raise ctx.error(
+                "multi-axis attention needs both query_shape and attention_axes",
+                node, None, "e.g. query_shape: [5, 3, 4], attention_axes: [2, 3]",
+            )  # fmt: skip
+        qs = out["query_shape"]
+        kvs = out.setdefault("kv_shape", qs)
+        axes = out["attention_axes"]
+        if len(kvs) != len(qs):
+            raise ctx.error("kv_shape must have as many axes as query_shape", node, "kv_shape")
+        if len(set(axes)) != len(axes) or any(a > len(qs) for a in axes):
+            raise ctx.error(
+                f"attention_axes {list(axes)} must be distinct axes among 1..{len(qs)} "
+                f"(axis 0 is the batch, axis {len(qs) + 1} the features)",
+                node, "attention_axes",
+            )  # fmt: skip
+        if list(axes) != sorted(axes):
+            raise ctx.error("attention_axes must be in increasing order", node, "attention_axes")
+        for i in range(1, len(qs) + 1):
+            if i not in axes and qs[i - 1] != kvs[i - 1]:
+                raise ctx.error(
+                    f"axis {i} is not attended over, so query and kv sizes must match",
+                    node, "kv_shape",
+                )  # fmt: skip
+        for key in ("query_len", "kv_len"):
+            if key in out:
+                raise ctx.error(
+                    "is derived from query_shape/kv_shape in multi-axis cases", node, key
+                )
+        out["query_len"] = math.prod(qs[a - 1] for a in axes)
+        out["kv_len"] = math.prod(kvs[a - 1] for a in axes)
+    out.setdefault("kv_len", out["query_len"])
+    if mode == "layer":
+        out.setdefault("query_dim", h * out["key_dim"])
+        out.setdefault("key_input_dim", out["query_dim"])
+        out.setdefault("value_input_dim", out["key_input_dim"])
+        out.setdefault("output_dim", out["query_dim"])
+    else:
+        out["query_dim"] = h * out["key_dim"]
+        out["key_input_dim"] = out["value_input_dim"] = out["output_dim"] = out["query_dim"]
+    return out
+
+
+def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
+    _check_keys(ctx, node, MASK_KEYS, "mask")
+    kw: dict[str, Any] = {}
+    b, t, s = shape["batch"], shape["query_len"], shape["kv_len"]
+    if "causal" in node:
+        value = node["causal"]
+        if value is True:
+            value = "top-left"
+        if value is not False:
+            kw["causal"] = _choice(ctx, value, node, "causal", CAUSAL_ALIGNMENTS)
+    for key, limit in (("key_padding", s), ("query_padding", t)):
+        if key in node:
+            lengths = _int_list(ctx, node[key], node, key)
+            if len(lengths) != b:
+                raise ctx.error(
+                    f"needs one length per batch element ({b}), got {len(lengths)}", node, key
+                )
+            if max(lengths) > limit:
+                raise ctx.error(f"lengths must be <= {limit}, got {max(lengths)}", node, key)
+            kw[key] = lengths
+    if "random" in node:
+        kw["random_density"] = _density(ctx, node["random"], node, "random")
+    if "additive" in node:
+        kw["additive_density"] = _density(ctx, node["additive"], node, "additive")
+    if "bias" in node:
+        inner = _mapping(ctx, node["bias"], node, "bias")
+        _check_keys(ctx, inner, {"scale": "standard deviation"}, "mask.bias")
+        kw["bias_scale"] = _number(ctx, inner.get("scale", 1.0), inner, "scale")
+    if "per_head" in node:
+        kw["per_head"] = _bool(ctx, node["per_head"], node, "per_head")
+        if kw["per_head"] and not ({"random_density", "additive_density", "bias_scale"} & set(kw)):
+            raise ctx.error(
+                "per_head needs a random, additive or bias mask to vary", node, "per_head"
+            )
+    if "window" in node:
+        window = _int_list(ctx, node["window"], node, "window")
+        if len(window) != 2:
+            raise ctx.error("must be [left, right]", node, "window")
+        kw["window"] = window
+    if "masked_rows" in node:
+        rows = node["masked_rows"]
+        if not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r)
+            for r in rows
+        ):
+            raise ctx.error("must be a list of [batch, query_row] pairs", node, "masked_rows")
+        for bi, ti in rows:
+            if not (0 <= bi < b and 0 <= ti < t):
+                raise ctx.error(
+                    f"row [{bi}, {ti}] is outside batch {b} x query_len {t}", node, "masked_rows"
+                )
+        kw["masked_rows"] = tuple(tuple(r) for r in rows)
+    if "fully_masked_rows" in node:
+        kw["fully_masked_rows"] = _choice(
+            ctx, node["fully_masked_rows"], node, "fully_masked_rows", MASKED_ROW_POLICIES
+        )
+    return Mask(**kw)
+
+
+def _resolve_case(
+    ctx: _Ctx, node: LocatedDict, family: str, params: dict[str, Any], source_line: int | None
+) -> Case:
+    name = node.get("name")
+    if not isinstance(name, str) or not name:
+        raise ctx.error("every case needs a name (a short word)", node, "name")
+    if not re.fullmatch(r"[A-Za-z0-9_.+\-=]+", name):
+        raise ctx.error(
+            f"name {name!r} may only hold letters, digits and _ . + - =", node, "name",
+            "it becomes part of the case id",
+        )  # fmt: skip
+    mode = _choice(ctx, node.get("mode", "layer"), node, "mode", MODES)
+    if "shape" not in node:
+        raise ctx.error("case needs a shape", node, None, "e.g. shape: {query_len: 5, num_heads: 2, key_dim: 4}")
+    shape = _resolve_shape(ctx, _mapping(ctx, node["shape"], node, "shape"), mode, node)
+    mask = _resolve_mask(ctx, _mapping(ctx, node.get("mask") or LocatedDict(), node, "mask"), shape)
+    dtype = _choice(ctx, node.get("dtype", "float32"), node, "dtype", DTYPES)
+    scale = None
+    if node.get("scale") is not None:
+        scale = _number(ctx, node["scale"], node, "scale")
+    decode = None
+    if "decode" in node:
+        dnode = _mapping(ctx, node["decode"], node, "decode")
+        _check_keys(ctx, dnode, DECODE_KEYS, "decode")
+        prefix = _int(ctx, dnode.get("prefix", 1), dnode, "prefix", minimum=0)
+        steps = _int(ctx, dnode.get("steps", 1), dnode, "steps", minimum=1)
+        decode = Decode(prefix=prefix, steps=steps)
+        total = prefix + steps
+        if shape["query_len"] != total or shape["kv_len"] != total:
+            raise ctx.error(
+                f"decoding {prefix} + {steps} tokens needs query_len = kv_len = {total}",
+                node, "decode",
+            )  # fmt: skip
+        if not mask.is_empty() and (
+            mask.causal != "top-left" or mask != Mask(causal="top-left")
+        ):
+            raise ctx.error(
+                "incremental decoding is causal self-attention; other masks contradict it",
+                node, "mask", "drop the mask: decode implies causal",
+            )  # fmt: skip
+        mask = Mask(causal="top-left")
+    layer_dims_differ = shape["key_input_dim"] != shape["query_dim"] or shape[
+        "value_input_dim"
+    ] != shape["query_dim"]
+    needs_cross = mode == "layer" and (
+        shape["kv_len"] != shape["query_len"]
+        or layer_dims_differ
+        or shape.get("kv_shape", ()) != shape.get("query_shape", ())
+    )
+    cross = needs_cross
+    if "cross" in node:
+        cross = _bool(ctx, node["cross"], node, "cross")
+        if mode == "kernel":
+            raise ctx.error("has no meaning in kernel mode", node, "cross")
+        if needs_cross and not cross:
+            raise ctx.error(
+                "cross: false contradicts the shape (kv_len or key/value input dims differ "
+                "from the query's)", node, "cross",
+            )  # fmt: skip
+    if decode and cross:
+        raise ctx.error("incremental decoding is self-attention; cross contradicts it", node, "decode")
+    flags = {}
+    for key in ("bias", "add_bias_kv", "add_zero_attn"):
+        if key in node:
+            flags[key] = _bool(ctx, node[key], node, key)
+            if mode == "kernel":
+                raise ctx.error("is a layer-mode option (kernel mode has no projections)", node, key)
+    compare = ("output",)
+    if "compare" in node:
+        value = node["compare"]
+        if not isinstance(value, list) or not value:
+            raise ctx.error("must be a non-empty list", node, "compare", f"of: {', '.join(COMPARABLE)}")
+        compare = tuple(_choice(ctx, v, node, "compare", COMPARABLE) for v in value)
+        if decode and compare != ("output",):
+            raise ctx.error("decoding cases compare the output only", node, "compare")
+    if shape.get("attention_axes"):
+        if not mask.is_empty():
+            raise ctx.error("masks are not supported with attention_axes", node, "mask")
+        if mode != "layer":
+            raise ctx.error("multi-axis attention is a layer-mode case", node, "mode")
+        if "weights" in compare or "weights_mean" in compare:
+            raise ctx.error("multi-axis cases compare the output only", node, "compare")
+    seed = _int(ctx, node.get("seed", 0), node, "seed", minimum=0)
+    description = node.get("description", "")
+    if not isinstance(description, str):
+        raise ctx.error("must be text", node, "description")
+
+    b, h = shape["batch"], shape["num_heads"]
+    t, s = shape["query_len"], shape["kv_len"]
+    width = max(shape["key_dim"], shape["value_dim"], shape.get("query_dim", 1), shape["output_dim"])
+    estimate = 8 * (4 * b * h * t * (s + 2) + 4 * b * (t + s) * width * h)
+    if estimate > MAX_CASE_BYTES:
+        raise ctx.error(
+            f"this case would need about {estimate / 2**30:.1f} GiB; the limit is "
+            f"{MAX_CASE_BYTES / 2**30:.1f} GiB",
+            node, "shape", "conformance cases should be small: shrink the shape",
+        )  # fmt: skip
+
+    shown = [(k, v) for k, v in params.items()]
+    in_name = set(re.findall(r"\$\{(\w+)\}", node.get("__raw_name__", "")))
+    id_params = [
+        str(v) if k == "dtype" else f"{k}={v}" for k, v in shown if k not in in_name
+    ]
+    case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
+    return Case(
+        id=case_id,
+        family=family,
+        name=name,
+        mode=mode,
+        shape=Shape(**shape),
+        mask=mask,
+        dtype=dtype,
+        scale=scale,
+        self_attention=not cross,
+        use_bias=flags.get("bias", True),
+        add_bias_kv=flags.get("add_bias_kv", False),
+        add_zero_attn=flags.get("add_zero_attn", False),
+        decode=decode,
+        compare=compare,
+        seed=seed,
+        description=description,
+        source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
+        params=tuple(shown),
+    )
+
+
+def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) -> list[Case]:
+    matrix = node.get("matrix")
+    template = _merge(defaults, node)
+    template.pop("matrix", None)
+    raw_name = template.get("name") if isinstance(template.get("name"), str) else ""
+    if matrix is None:
+        grid: list[dict[str, Any]] = [{}]
+    else:
+        matrix = _mapping(ctx, matrix, node, "matrix")
+        if not matrix:
+            raise ctx.error("matrix is empty", node, "matrix", "give each parameter a list of values")
+        names, values = [], []
+        for key, options in matrix.items():
+            if not isinstance(options, list) or not options:
+                raise ctx.error(
+                    "matrix parameter needs a non-empty list of values", matrix, key,
+                    f"e.g. {key}: [a, b]",
+                )  # fmt: skip
+            names.append(key)
+            values.append(options)
+        count = math.prod(len(v) for v in values)
+        if count > MAX_MATRIX_CASES:
+            raise ctx.error(
+                f"matrix expands to {count} cases (limit {MAX_MATRIX_CASES})", node, "matrix"
+            )
+        grid = [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    cases = []
+    for params in grid:
+        used: set[str] = set()
+        resolved = _substitute(template, params, used)
+        for key, value in params.items():
+            if key in used:
+                continue
+            if key in SHAPE_KEYS:
+                shape = resolved.setdefault("shape", LocatedDict())
+                if not isinstance(shape, LocatedDict):
+                    continue
+                shape[key] = value
+                shape.key_lines = getattr(shape, "key_lines", {})
+            elif key in DIRECT_PARAMS:
+                resolved[key] = value
+            else:
+                hint = did_you_mean(key, DIRECT_PARAMS) or (
+                    f"use it as ${key} or ${{{key}}} in the case, or name a case key"
+                )
+                raise ctx.error(f"matrix parameter '{key}' is not used", matrix, key, hint)
+        leftover = _unresolved({k: v for k, v in resolved.items() if k != "description"})
+        if leftover:
+            raise ctx.error(
+                f"'${leftover}' refers to no matrix parameter", node, None,
+                f"add {leftover}: [...] under matrix:",
+            )  # fmt: skip
+        resolved["__raw_name__"] = raw_name
+        try:
+            case = _resolve_case(ctx, resolved, family, params, node.line)
+        except SpecError as error:
+            if params:
+                error = SpecError(
+                    error.message + f" (with {', '.join(f'{k}={v}' for k, v in params.items())})",
+                    file=error.file, line=error.line, key=error.key, hint=error.hint,
+                )  # fmt: skip
+            raise error from None
+        cases.append(case)
+    return cases
+
+
+def load_spec(path: str | Path) -> list[Case]:
+    """Load one spec file into resolved cases, or raise SpecError naming file, line and key."""
+    path = Path(path)
+    ctx = _Ctx(str(path))
+    data = load_yaml_file(path)
+    if data is None:
+        raise SpecError("file is empty", file=ctx.file, hint="a spec needs `cases:` (see README)")
+    if not isinstance(data, LocatedDict):
+        raise SpecError(
+            f"the top level must be a mapping with `cases:`, got {type(data).__name__}",
+            file=ctx.file, line=1,
+        )  # fmt: skip
+    _check_keys(ctx, data, FILE_KEYS, "file")
+    version = data.get("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise ctx.error(f"unknown spec version {version!r}; this tool reads version {SPEC_VERSION}", data, "version")
+    family = data.get("family", path.stem)
+    if not isinstance(family, str) or not re.fullmatch(r"[A-Za-z0-9_.\-/]+", family):
+        raise ctx.error("family must be a word (letters, digits, _ . - /)", data, "family")
+    defaults = data.get("defaults") or LocatedDict()
+    defaults = _mapping(ctx, defaults, data, "defaults")
+    for key in defaults:
+        if key not in CASE_KEYS or key in ("name", "matrix"):
+            raise ctx.error("not a key defaults can set", defaults, key, did_you_mean(key, CASE_KEYS))
+    if "cases" not in data:
+        raise ctx.error("no `cases:` list", data, None, "add cases: with at least one case")
+    items = data["cases"]
+    if not isinstance(items, list):
+        raise ctx.error("must be a list of cases", data, "cases")
+    if not items:
+        raise ctx.error("the cases list is empty", data, "cases", "add at least one case")
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, LocatedDict):
+            raise ctx.error(f"each case must be a mapping, got {item!r}", data, "cases")
+        _check_keys(ctx, item, CASE_KEYS, "case")
+        for case in _expand(ctx, item, defaults, family):
+            if case.id in seen:
+                raise ctx.error(
+                    f"duplicate case id '{case.id}' (first at {seen[case.id]})", item, "name",
+                    "give the cases different names or matrix values",
+                )  # fmt: skip
+            seen[case.id] = case.source
+            cases.append(case)
+    return cases
+
+
+def spec_files(paths: list[str | Path]) -> list[Path]:
+    """Expand directories into their *.yaml / *.yml files (sorted, recursive)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise SpecError("no such file or directory", file=str(path))
+    return files
+
+
+def load_specs(paths: list[str | Path]) -> list[Case]:
+    """Load every spec; case ids must be unique across files."""
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for file in spec_files(paths):
+        for case in load_spec(file):
+            if case.id in seen:
+                raise SpecError(
+                    f"duplicate case id '{case.id}' (also at {seen[case.id]})",
+                    file=case.source.rsplit(":", 1)[0],
+                    line=int(case.source.rsplit(":", 1)[1]) if ":" in case.source else None,
+                    hint="give each file its own family",
+                )
+            seen[case.id] = case.source
+            cases.append(case)
+    return cases
+
+
+def shipped_specs_dir() -> Path:
+    """specs/ of the source checkout this package runs from."""
+    return Path(__file__).resolve().parent.parent / "specs"

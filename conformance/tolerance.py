@@ -1,0 +1,56 @@
+"""The tolerance policy, per dtype.
+
+Fixed rule (every element): |actual - expected| <= atol + rtol * |expected|, with (rtol, atol)
+from torch.testing.assert_close's defaults, except float64, which is tighter on purpose:
+torch's float64 default (1e-7, 1e-7) would let an implementation that quietly computes float64
+layers in float32 (errors ~1e-7) slip through. A genuine float64 computation of these small
+cases errs by ~1e-15, so 1e-9 leaves six orders of margin on both sides.
+
+Baseline rule (float16/bfloat16 only, the FlashAttention test rule): the result also passes
+when max|actual - expected| <= K * max|baseline - expected| + floor, where `baseline` is a
+straightforward implementation in the same dtype (every op rounded to it; see
+reference.baseline). K is 2 for outputs (3 for gradients, as FlashAttention uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+    baseline_factor: float | None = None  # K of the baseline rule, None = fixed rule only
+    floor: float = 0.0
+    source: str = "policy"
+
+    def describe(self) -> str:
+        text = f"rtol={self.rtol:g}, atol={self.atol:g}"
+        if self.baseline_factor:
+            text += f", or <= {self.baseline_factor:g}x same-dtype baseline + {self.floor:g}"
+        return text
+
+
+POLICY: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-9, atol=1e-9),
+    "float32": Tolerance(rtol=1.3e-6, atol=1e-5),
+    "float16": Tolerance(rtol=1e-3, atol=1e-5, baseline_factor=2.0, floor=1e-3),
+    "bfloat16": Tolerance(rtol=1.6e-2, atol=1e-5, baseline_factor=2.0, floor=8e-3),
+}
+
+GRADIENT_BASELINE_FACTOR = 3.0
+
+
+def tolerance_for(dtype: str, override=None) -> Tolerance:  # noqa: ANN001 - ToleranceOverride
+    """The policy for `dtype`, or an adapter's declared override (which carries its reason)."""
+    base = POLICY[dtype]
+    if override is None:
+        return base
+    return Tolerance(
+        rtol=override.rtol,
+        atol=override.atol,
+        baseline_factor=base.baseline_factor,
+        floor=base.floor,
+        source=f"override: {override.reason}",
+    )
