@@ -56,13 +56,11 @@ def _version() -> str:
     return f"attention-conformance {__version__}"
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args._raw_argv = raw[1:] if raw and raw[0] == "run" else raw
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
