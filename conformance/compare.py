@@ -65,7 +65,8 @@ def compare(
     ok = mismatches == 0
     message = ""
     if not ok and not placement.any() and tol.baseline_factor and baseline_error is not None:
-        budget = tol.baseline_factor * baseline_error + tol.floor
+        magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
+        budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
         if max_abs <= budget:
             ok = True
             message = f"within {tol.baseline_factor:g}x same-dtype baseline error"
@@ -87,7 +88,11 @@ def compare(
                 f"{max_abs:.3g} ({tol.describe()})"
             )
             if tol.baseline_factor and baseline_error is not None:
-                message += f"; same-dtype baseline error {baseline_error:.3g}"
+                magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
+                budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
+                message += (
+                    f"; same-dtype baseline error {baseline_error:.3g}, budget {budget:.3g}"
+                )
     return Comparison(
         name, ok, max_abs, max_rel, 0 if ok else mismatches, total,
         None if ok else _first(bad), message,

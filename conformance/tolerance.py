@@ -9,7 +9,9 @@ cases errs by ~1e-15, so 1e-9 leaves six orders of margin on both sides.
 Baseline rule (float16/bfloat16 only, the FlashAttention test rule): the result also passes
 when max|actual - expected| <= K * max|baseline - expected| + floor, where `baseline` is a
 straightforward implementation in the same dtype (every op rounded to it; see
-reference.baseline). K is 2 for outputs (3 for gradients, as FlashAttention uses).
+reference.baseline). K is 2 for outputs (3 for gradients, as FlashAttention uses). The floor is `floor_ulps` units
+of the dtype's epsilon at the largest reference magnitude (one ulp of the biggest value): an
+implementation that merely rounds differently than the baseline cannot be told apart below it.
 """
 
 from __future__ import annotations
@@ -22,21 +24,28 @@ class Tolerance:
     rtol: float
     atol: float
     baseline_factor: float | None = None  # K of the baseline rule, None = fixed rule only
-    floor: float = 0.0
+    floor_ulps: float = 0.0  # floor = floor_ulps * eps(dtype) * max|expected|
+    eps: float = 0.0
     source: str = "policy"
+
+    def floor(self, magnitude: float) -> float:
+        return self.floor_ulps * self.eps * max(magnitude, 1.0)
 
     def describe(self) -> str:
         text = f"rtol={self.rtol:g}, atol={self.atol:g}"
         if self.baseline_factor:
-            text += f", or <= {self.baseline_factor:g}x same-dtype baseline + {self.floor:g}"
+            text += (
+                f", or <= {self.baseline_factor:g}x same-dtype baseline error"
+                f" + {self.floor_ulps:g} ulp"
+            )
         return text
 
 
 POLICY: dict[str, Tolerance] = {
     "float64": Tolerance(rtol=1e-9, atol=1e-9),
     "float32": Tolerance(rtol=1.3e-6, atol=1e-5),
-    "float16": Tolerance(rtol=1e-3, atol=1e-5, baseline_factor=2.0, floor=1e-3),
-    "bfloat16": Tolerance(rtol=1.6e-2, atol=1e-5, baseline_factor=2.0, floor=8e-3),
+    "float16": Tolerance(rtol=1e-3, atol=1e-5, baseline_factor=2.0, floor_ulps=1.0, eps=2.0**-10),
+    "bfloat16": Tolerance(rtol=1.6e-2, atol=1e-5, baseline_factor=2.0, floor_ulps=1.0, eps=2.0**-7),
 }
 
 GRADIENT_BASELINE_FACTOR = 3.0
@@ -51,6 +60,7 @@ def tolerance_for(dtype: str, override=None) -> Tolerance:  # noqa: ANN001 - Tol
         rtol=override.rtol,
         atol=override.atol,
         baseline_factor=base.baseline_factor,
-        floor=base.floor,
+        floor_ulps=base.floor_ulps,
+        eps=base.eps,
         source=f"override: {override.reason}",
     )

@@ -1,0 +1,159 @@
+"""`numpy.einsum`: the multi-query paper's batched einsum functions, transcribed to NumPy.
+
+Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need", sections 2.3-3:
+MultiheadAttentionBatched, MultiqueryAttentionBatched and the incremental self-attention
+functions. Written independently of conformance.reference (which it must agree with) so the
+harness has a second implementation from day one. Extensions beyond the paper, each one line:
+projection biases, the logit scale (the paper omits it), and a combined additive mask.
+The computation runs in the case dtype (NumPy has no bfloat16, so that dtype is unsupported).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration
+from conformance.masks import build_mask, combined_additive
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """tf.nn.softmax over the last axis; a row of all -inf gives NaN, as in TensorFlow."""
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+def multihead_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
+    """X [b,n,d], M [b,m,d], mask [b,h,n,m] additive, P_q/P_k [h,d,k], P_v [h,d,v], P_o [h,d,v]."""
+    Q = np.einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
+    K = np.einsum("bmd,hdk->bhmk", M["k"], P_k) + b["k"][None, :, None, :]  # noqa: N806
+    V = np.einsum("bmd,hdv->bhmv", M["v"], P_v) + b["v"][None, :, None, :]  # noqa: N806
+    logits = np.einsum("bhnk,bhmk->bhnm", Q, K) * scale
+    weights = softmax(logits + mask)
+    O = np.einsum("bhnm,bhmv->bhnv", weights, V)  # noqa: N806
+    Y = np.einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
+    return Y, weights
+
+
+def multiquery_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
+    """As above with one shared key/value head: P_k [d,k], P_v [d,v]."""
+    Q = np.einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
+    K = np.einsum("bmd,dk->bmk", M["k"], P_k) + b["k"]  # noqa: N806
+    V = np.einsum("bmd,dv->bmv", M["v"], P_v) + b["v"]  # noqa: N806
+    logits = np.einsum("bhnk,bmk->bhnm", Q, K) * scale
+    weights = softmax(logits + mask)
+    O = np.einsum("bhnm,bmv->bhnv", weights, V)  # noqa: N806
+    Y = np.einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
+    return Y, weights
+
+
+def kernel_attention(q, k, v, mask, scale):  # noqa: ANN001
+    """The paper's DotProductAttention core, batched over heads; k/v heads shared when G=1."""
+    if k.shape[1] == 1:
+        logits = np.einsum("bhnk,bmk->bhnm", q, k[:, 0]) * scale
+        weights = softmax(logits + mask)
+        return np.einsum("bhnm,bmv->bhnv", weights, v[:, 0]), weights
+    logits = np.einsum("bhnk,bhmk->bhnm", q, k) * scale
+    weights = softmax(logits + mask)
+    return np.einsum("bhnm,bhmv->bhnv", weights, v), weights
+
+
+class NumpyEinsum(Adapter):
+    declaration = Declaration(
+        name="numpy.einsum",
+        summary="the multi-query paper's batched/incremental einsum functions in NumPy, "
+        "computed in the case dtype",
+        framework="numpy",
+        features=frozenset({
+            "layer", "kernel", "cross-attention", "kv-input-dims", "value-dim", "output-dim",
+            "kv-len", "multi-query", "causal", "causal-top-left", "causal-bottom-right",
+            "key-padding", "query-padding", "bool-mask", "per-head-mask", "additive-mask",
+            "attn-bias", "window", "fully-masked-rows", "scale", "no-bias", "decode", "weights",
+            "weights-mean",
+        }),  # fmt: skip
+        dtypes=frozenset({"float64", "float32", "float16"}),
+        worker="numpy",
+        unsupported_reasons={
+            "grouped-query": "the paper defines multi-head (G=H) and multi-query (G=1) only",
+            "bfloat16": "NumPy has no bfloat16",
+            "multi-axis": "the paper's functions attend over one sequence axis",
+            "bias-kv": "a torch-only extension",
+            "zero-attn": "a torch-only extension",
+        },
+    )
+
+    def run(self, case, inputs, device):  # noqa: ANN001 - documented on Adapter
+        dt = np.dtype(case.dtype)
+        attend, bias = build_mask(case)
+        s = case.shape
+        mask = combined_additive(attend, bias, dt)
+        if mask is None:
+            mask = np.zeros((1, 1, 1, 1), dt)
+        scale = dt.type(case.effective_scale)
+        if case.mode == "kernel":
+            q, k, v = (inputs.native(n) for n in ("q", "k", "v"))
+            if case.decode:
+                return {"output": self._kernel_incremental(q, k, v, scale)}
+            out, weights = kernel_attention(q, k, v, mask, scale)
+            return {"output": out, "weights": weights, "weights_mean": weights.mean(axis=1)}
+
+        w = {n: inputs.native(n) for n in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")}
+        X = inputs.native("query")  # noqa: N806
+        M = {"k": inputs.native("key"), "v": inputs.native("value")}  # noqa: N806
+        P_o = np.transpose(w["wo"], (0, 2, 1))  # canonical [h,v,d] -> the paper's [h,d,v]  # noqa: N806
+        b = {"q": w["bq"], "k": w["bk"], "v": w["bv"], "o": w["bo"]}
+        multi_query = s.num_kv_heads == 1 and s.num_heads > 1
+        if multi_query:
+            P_k, P_v = w["wk"][0], w["wv"][0]  # noqa: N806
+            b["k"], b["v"] = w["bk"][0], w["bv"][0]
+            fn = multiquery_attention_batched
+        else:
+            P_k, P_v, fn = w["wk"], w["wv"], multihead_attention_batched  # noqa: N806
+        if case.decode:
+            return {"output": self._layer_incremental(X, w["wq"], P_k, P_v, P_o, b, scale, multi_query)}
+        Y, weights = fn(X, M, mask, w["wq"], P_k, P_v, P_o, b, scale)  # noqa: N806
+        return {"output": Y, "weights": weights, "weights_mean": weights.mean(axis=1)}
+
+    @staticmethod
+    def _kernel_incremental(q, k, v, scale):  # noqa: ANN001, ANN205
+        """One query position at a time against a growing key/value cache."""
+        outs = []
+        for i in range(q.shape[2]):
+            cache_k, cache_v = k[:, :, : i + 1], v[:, :, : i + 1]
+            out, _ = kernel_attention(q[:, :, i : i + 1], cache_k, cache_v, 0.0, scale)
+            outs.append(out)
+        return np.concatenate(outs, axis=2)
+
+    @staticmethod
+    def _layer_incremental(X, P_q, P_k, P_v, P_o, b, scale, multi_query):  # noqa: ANN001, ANN205, N803
+        """The paper's MultiquerySelfAttentionIncremental / multi-head analogue, step by step.
+
+        Each step projects one new token, appends its key and value to the cache, and attends
+        over the cache (causal by construction).
+        """
+        outs = []
+        prev_k = prev_v = None
+        for i in range(X.shape[1]):
+            x = X[:, i]  # [b, d]
+            q = np.einsum("bd,hdk->bhk", x, P_q) + b["q"]
+            if multi_query:
+                new_k = (np.einsum("bd,dk->bk", x, P_k) + b["k"])[:, None]  # [b, 1, k]
+                new_v = (np.einsum("bd,dv->bv", x, P_v) + b["v"])[:, None]
+                prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=1)
+                prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=1)
+                logits = np.einsum("bhk,bmk->bhm", q, prev_k) * scale
+                weights = softmax(logits)
+                o = np.einsum("bhm,bmv->bhv", weights, prev_v)
+            else:
+                new_k = (np.einsum("bd,hdk->bhk", x, P_k) + b["k"])[:, :, None]  # [b, h, 1, k]
+                new_v = (np.einsum("bd,hdv->bhv", x, P_v) + b["v"])[:, :, None]
+                prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=2)
+                prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=2)
+                logits = np.einsum("bhk,bhmk->bhm", q, prev_k) * scale
+                weights = softmax(logits)
+                o = np.einsum("bhm,bhmv->bhv", weights, prev_v)
+            outs.append(np.einsum("bhv,hdv->bd", o, P_o) + b["o"])
+        return np.stack(outs, axis=1)
+
+
+ADAPTERS = [NumpyEinsum]
