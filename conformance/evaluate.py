@@ -231,10 +231,17 @@ def _verify_divergence(
         alt_tol = Tolerance(alt_tol.rtol, alt_tol.atol, source=alt_tol.source)
     expected = cache.reference(case, policy)
     affected = divergence.outputs or names
-    comparisons = [
-        compare(name, outputs[name], expected[name], alt_tol if name in affected else tol)
-        for name in names
-    ]
+    comparisons = []
+    for name in names:
+        use = alt_tol if name in affected else tol
+        # The low-precision baseline rule applies here too, against the same-dtype baseline
+        # computed under the divergence's policy (else every float16/bfloat16 divergence
+        # would be held to the fixed rule alone).
+        b_err = None
+        if use.baseline_factor is not None:
+            base = cache.reference(case, policy, same_dtype=True)
+            b_err = baseline_error(base[name], expected[name])
+        comparisons.append(compare(name, outputs[name], expected[name], use, b_err))
     if all(c.ok for c in comparisons):
         parts = []
         if divergence.masked_rows:
