@@ -46,6 +46,7 @@ from .yamlload import LocatedDict, LocatedList, load_yaml_file
 SPEC_VERSION = 1
 MAX_MATRIX_CASES = 10_000
 MAX_CASE_BYTES = 512 * 2**20  # refuse cases whose arrays would need more memory than this
+MAX_INNER_AXES = 5  # multi-axis: axes between batch and features (frameworks' einsums run out)
 
 FILE_KEYS = {
     "version": "spec format version (1)",
@@ -99,6 +100,7 @@ MASK_KEYS = {
     "masked_rows": "[[b, t], ...]: query rows with every key masked",
     "fully_masked_rows": "what a row with every key masked must yield: nan, zeros or uniform",
 }
+LAYER_DIMS = ("query_dim", "key_input_dim", "value_input_dim", "output_dim")
 DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
 DIRECT_PARAMS = set(CASE_KEYS) - {"matrix", "name", "description", "shape", "mask", "decode"}
 DIRECT_PARAMS |= set(SHAPE_KEYS)
@@ -188,30 +190,37 @@ def _density(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
 # --- substitution of matrix parameters ------------------------------------------------------
 
 
-def _substitute(value: Any, params: dict[str, Any], used: set[str]) -> Any:
-    """Replace $name / ${name} references; keep the located containers and their lines."""
+def _substitute(value: Any, params: dict[str, Any], whole: set[str], inline: set[str]) -> Any:
+    """Replace $name / ${name} references; keep the located containers and their lines.
+
+    `whole` collects parameters used as a whole value (`$T`), `inline` those used inside text
+    (`causal-${align}`): only a whole-value use stops a parameter named like a case key from
+    also setting that key.
+    """
     if isinstance(value, LocatedDict):
-        out = LocatedDict({k: _substitute(v, params, used) for k, v in value.items()})
+        out = LocatedDict({k: _substitute(v, params, whole, inline) for k, v in value.items()})
         out.line, out.key_lines = value.line, value.key_lines
         return out
     if isinstance(value, LocatedList):
-        out = LocatedList(_substitute(v, params, used) for v in value)
+        out = LocatedList(_substitute(v, params, whole, inline) for v in value)
         out.line = value.line
         return out
     if isinstance(value, str):
-        whole = re.fullmatch(r"\$(\w+)|\$\{(\w+)\}", value)
-        if whole:
-            name = whole.group(1) or whole.group(2)
+        match = re.fullmatch(r"\$(\w+)|\$\{(\w+)\}", value)
+        if match:
+            name = match.group(1) or match.group(2)
             if name in params:
-                used.add(name)
+                whole.add(name)
                 return params[name]
             return value
+
         def repl(m: re.Match) -> str:
             name = m.group(1)
             if name in params:
-                used.add(name)
+                inline.add(name)
                 return str(params[name])
             return m.group(0)
+
         return re.sub(r"\$\{(\w+)\}", repl, value)
     return value
 
@@ -263,17 +272,17 @@ def _merge(defaults: LocatedDict, case: LocatedDict) -> LocatedDict:
 
 def _resolve_shape(ctx: _Ctx, node: LocatedDict, mode: str, parent: LocatedDict) -> dict:
     _check_keys(ctx, node, SHAPE_KEYS, "shape")
-    multi = "attention_axes" in node or "query_shape" in node
+    multi = "attention_axes" in node or "query_shape" in node or "kv_shape" in node
     required = ("num_heads", "key_dim") if multi else ("query_len", "num_heads", "key_dim")
     for key in required:
         if key not in node:
-            raise ctx.error(
-                f"shape needs '{key}'", parent, "shape", f"{key}: {SHAPE_KEYS[key]}"
-            )
+            raise ctx.error(f"shape needs '{key}'", parent, "shape", f"{key}: {SHAPE_KEYS[key]}")
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("query_shape", "kv_shape", "attention_axes"):
             out[key] = _int_list(ctx, value, node, key, minimum=1)
+            if not 1 <= len(out[key]) <= MAX_INNER_AXES:
+                raise ctx.error(f"needs 1 to {MAX_INNER_AXES} axes, got {len(out[key])}", node, key)
         else:
             out[key] = _int(ctx, value, node, key, minimum=1)
     if mode == "kernel":
@@ -295,7 +304,8 @@ def _resolve_shape(ctx: _Ctx, node: LocatedDict, mode: str, parent: LocatedDict)
     if multi:
         if "query_shape" not in out or "attention_axes" not in out:
             raise ctx.error(
-                "multi-axis attention needs both query_shape and attention_axes",
+                "multi-axis attention needs both query_shape and attention_axes "
+                "(kv_shape is optional)",
                 node, None, "e.g. query_shape: [5, 3, 4], attention_axes: [2, 3]",
             )  # fmt: skip
         qs = out["query_shape"]
@@ -378,7 +388,9 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
     if "masked_rows" in node:
         rows = node["masked_rows"]
         if not isinstance(rows, list) or not all(
-            isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r)
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in r)
             for r in rows
         ):
             raise ctx.error("must be a list of [batch, query_row] pairs", node, "masked_rows")
@@ -395,6 +407,37 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
     return Mask(**kw)
 
 
+def estimate_bytes(shape: dict[str, Any], mode: str) -> int:
+    """Float64 bytes a case's inputs, weights and reference intermediates need (exact ints).
+
+    Counted before anything is allocated, so that a huge shape is refused up front.
+    """
+    h, g = shape["num_heads"], shape["num_kv_heads"]
+    t, s = shape["query_len"], shape["kv_len"]
+    k, v = shape["key_dim"], shape["value_dim"]
+    axes = set(shape.get("attention_axes") or ())
+    outer = math.prod(n for i, n in enumerate(shape.get("query_shape") or (), 1) if i not in axes)
+    rows = shape["batch"] * outer  # multi-axis: non-attended axes act like batch axes
+    values = rows * h * t * (k + v)  # q and per-head outputs
+    values += rows * g * (s + 2) * (k + v)  # k and v (+ torch's extra positions)
+    values += 6 * rows * h * t * (s + 2)  # masks, logits, exps and probabilities
+    if mode == "layer":
+        dq, dk, dv, do = (shape[key] for key in LAYER_DIMS)
+        values += rows * (t * (dq + do) + s * (dk + dv))  # inputs and output
+        values += h * dq * k + g * dk * k + g * dv * v + h * v * do  # weights
+    return 8 * values
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            whole = n // size
+            if whole >= 10**6:  # absurd sizes: the order of magnitude says enough
+                return f"10^{len(str(whole)) - 1} {unit}"
+            return f"{whole:,} {unit}" if whole >= 1000 else f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _resolve_case(
     ctx: _Ctx, node: LocatedDict, family: str, params: dict[str, Any], source_line: int | None
 ) -> Case:
@@ -408,7 +451,9 @@ def _resolve_case(
         )  # fmt: skip
     mode = _choice(ctx, node.get("mode", "layer"), node, "mode", MODES)
     if "shape" not in node:
-        raise ctx.error("case needs a shape", node, None, "e.g. shape: {query_len: 5, num_heads: 2, key_dim: 4}")
+        raise ctx.error(
+            "case needs a shape", node, None, "e.g. shape: {query_len: 5, num_heads: 2, key_dim: 4}"
+        )
     shape = _resolve_shape(ctx, _mapping(ctx, node["shape"], node, "shape"), mode, node)
     mask = _resolve_mask(ctx, _mapping(ctx, node.get("mask") or LocatedDict(), node, "mask"), shape)
     dtype = _choice(ctx, node.get("dtype", "float32"), node, "dtype", DTYPES)
@@ -428,17 +473,16 @@ def _resolve_case(
                 f"decoding {prefix} + {steps} tokens needs query_len = kv_len = {total}",
                 node, "decode",
             )  # fmt: skip
-        if not mask.is_empty() and (
-            mask.causal != "top-left" or mask != Mask(causal="top-left")
-        ):
+        if not mask.is_empty() and (mask.causal != "top-left" or mask != Mask(causal="top-left")):
             raise ctx.error(
                 "incremental decoding is causal self-attention; other masks contradict it",
                 node, "mask", "drop the mask: decode implies causal",
             )  # fmt: skip
         mask = Mask(causal="top-left")
-    layer_dims_differ = shape["key_input_dim"] != shape["query_dim"] or shape[
-        "value_input_dim"
-    ] != shape["query_dim"]
+    layer_dims_differ = (
+        shape["key_input_dim"] != shape["query_dim"]
+        or shape["value_input_dim"] != shape["query_dim"]
+    )
     needs_cross = mode == "layer" and (
         shape["kv_len"] != shape["query_len"]
         or layer_dims_differ
@@ -454,20 +498,33 @@ def _resolve_case(
                 "cross: false contradicts the shape (kv_len or key/value input dims differ "
                 "from the query's)", node, "cross",
             )  # fmt: skip
+    if decode and shape.get("attention_axes"):
+        raise ctx.error(
+            "incremental decoding runs over one sequence axis; attention_axes contradicts it",
+            node, "decode",
+        )  # fmt: skip
     if decode and cross:
-        raise ctx.error("incremental decoding is self-attention; cross contradicts it", node, "decode")
+        raise ctx.error(
+            "incremental decoding is self-attention; cross contradicts it", node, "decode"
+        )
     flags = {}
     for key in ("bias", "add_bias_kv", "add_zero_attn"):
         if key in node:
             flags[key] = _bool(ctx, node[key], node, key)
             if mode == "kernel":
-                raise ctx.error("is a layer-mode option (kernel mode has no projections)", node, key)
+                raise ctx.error(
+                    "is a layer-mode option (kernel mode has no projections)", node, key
+                )
     compare = ("output",)
     if "compare" in node:
         value = node["compare"]
         if not isinstance(value, list) or not value:
-            raise ctx.error("must be a non-empty list", node, "compare", f"of: {', '.join(COMPARABLE)}")
+            raise ctx.error(
+                "must be a non-empty list", node, "compare", f"of: {', '.join(COMPARABLE)}"
+            )
         compare = tuple(_choice(ctx, v, node, "compare", COMPARABLE) for v in value)
+        if len(set(compare)) != len(compare):
+            raise ctx.error("lists an output twice", node, "compare")
         if decode and compare != ("output",):
             raise ctx.error("decoding cases compare the output only", node, "compare")
     if shape.get("attention_axes"):
@@ -482,22 +539,17 @@ def _resolve_case(
     if not isinstance(description, str):
         raise ctx.error("must be text", node, "description")
 
-    b, h = shape["batch"], shape["num_heads"]
-    t, s = shape["query_len"], shape["kv_len"]
-    width = max(shape["key_dim"], shape["value_dim"], shape.get("query_dim", 1), shape["output_dim"])
-    estimate = 8 * (4 * b * h * t * (s + 2) + 4 * b * (t + s) * width * h)
+    estimate = estimate_bytes(shape, mode)
     if estimate > MAX_CASE_BYTES:
         raise ctx.error(
-            f"this case would need about {estimate / 2**30:.1f} GiB; the limit is "
-            f"{MAX_CASE_BYTES / 2**30:.1f} GiB",
+            f"this case would need about {_human_bytes(estimate)} of memory; the limit is "
+            f"{_human_bytes(MAX_CASE_BYTES)}",
             node, "shape", "conformance cases should be small: shrink the shape",
         )  # fmt: skip
 
     shown = [(k, v) for k, v in params.items()]
     in_name = set(re.findall(r"\$\{(\w+)\}", node.get("__raw_name__", "")))
-    id_params = [
-        str(v) if k == "dtype" else f"{k}={v}" for k, v in shown if k not in in_name
-    ]
+    id_params = [str(v) if k == "dtype" else f"{k}={v}" for k, v in shown if k not in in_name]
     case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
     return Case(
         id=case_id,
@@ -521,6 +573,13 @@ def _resolve_case(
     )
 
 
+def _conflict(ctx: _Ctx, matrix: LocatedDict, key: str, where: str) -> SpecError:
+    return ctx.error(
+        f"matrix parameter '{key}' sets {where}, which the case also sets",
+        matrix, key, f"remove {where} from the case, or use ${key} there",
+    )  # fmt: skip
+
+
 def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) -> list[Case]:
     matrix = node.get("matrix")
     template = _merge(defaults, node)
@@ -531,7 +590,9 @@ def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) ->
     else:
         matrix = _mapping(ctx, matrix, node, "matrix")
         if not matrix:
-            raise ctx.error("matrix is empty", node, "matrix", "give each parameter a list of values")
+            raise ctx.error(
+                "matrix is empty", node, "matrix", "give each parameter a list of values"
+            )
         names, values = [], []
         for key, options in matrix.items():
             if not isinstance(options, list) or not options:
@@ -546,23 +607,30 @@ def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) ->
             raise ctx.error(
                 f"matrix expands to {count} cases (limit {MAX_MATRIX_CASES})", node, "matrix"
             )
-        grid = [dict(zip(names, combo)) for combo in itertools.product(*values)]
+        grid = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
     cases = []
     for params in grid:
-        used: set[str] = set()
-        resolved = _substitute(template, params, used)
+        whole: set[str] = set()
+        inline: set[str] = set()
+        resolved = _substitute(template, params, whole, inline)
         for key, value in params.items():
-            if key in used:
+            if key in whole:
                 continue
             if key in SHAPE_KEYS:
                 shape = resolved.setdefault("shape", LocatedDict())
                 if not isinstance(shape, LocatedDict):
-                    continue
+                    continue  # reported when the shape is resolved
+                raw_shape = node.get("shape")
+                if isinstance(raw_shape, dict) and key in raw_shape:
+                    raise _conflict(ctx, matrix, key, f"shape.{key}")
                 shape[key] = value
-                shape.key_lines = getattr(shape, "key_lines", {})
+                shape.key_lines[key] = matrix.line_of(key)
             elif key in DIRECT_PARAMS:
+                if key in node:
+                    raise _conflict(ctx, matrix, key, key)
                 resolved[key] = value
-            else:
+                resolved.key_lines[key] = matrix.line_of(key)
+            elif key not in inline:
                 hint = did_you_mean(key, DIRECT_PARAMS) or (
                     f"use it as ${key} or ${{{key}}} in the case, or name a case key"
                 )
@@ -601,8 +669,12 @@ def load_spec(path: str | Path) -> list[Case]:
         )  # fmt: skip
     _check_keys(ctx, data, FILE_KEYS, "file")
     version = data.get("version", SPEC_VERSION)
-    if version != SPEC_VERSION:
-        raise ctx.error(f"unknown spec version {version!r}; this tool reads version {SPEC_VERSION}", data, "version")
+    if isinstance(version, bool) or version != SPEC_VERSION:
+        raise ctx.error(
+            f"unknown spec version {version!r}; this tool reads version {SPEC_VERSION}",
+            data,
+            "version",
+        )
     family = data.get("family", path.stem)
     if not isinstance(family, str) or not re.fullmatch(r"[A-Za-z0-9_.\-/]+", family):
         raise ctx.error("family must be a word (letters, digits, _ . - /)", data, "family")
@@ -610,7 +682,9 @@ def load_spec(path: str | Path) -> list[Case]:
     defaults = _mapping(ctx, defaults, data, "defaults")
     for key in defaults:
         if key not in CASE_KEYS or key in ("name", "matrix"):
-            raise ctx.error("not a key defaults can set", defaults, key, did_you_mean(key, CASE_KEYS))
+            raise ctx.error(
+                "not a key defaults can set", defaults, key, did_you_mean(key, CASE_KEYS)
+            )
     if "cases" not in data:
         raise ctx.error("no `cases:` list", data, None, "add cases: with at least one case")
     items = data["cases"]
@@ -641,7 +715,10 @@ def spec_files(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+            if not found:
+                raise SpecError("no spec files (*.yaml, *.yml) in this directory", file=str(path))
+            files.extend(found)
         elif path.exists():
             files.append(path)
         else:
@@ -658,13 +735,20 @@ def load_specs(paths: list[str | Path]) -> list[Case]:
             if case.id in seen:
                 raise SpecError(
                     f"duplicate case id '{case.id}' (also at {seen[case.id]})",
-                    file=case.source.rsplit(":", 1)[0],
-                    line=int(case.source.rsplit(":", 1)[1]) if ":" in case.source else None,
+                    file=str(file),
+                    line=_source_line(case.source),
+                    key="name",
                     hint="give each file its own family",
                 )
             seen[case.id] = case.source
             cases.append(case)
     return cases
+
+
+def _source_line(source: str) -> int | None:
+    """The line of a "file:line" source, or None."""
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 def shipped_specs_dir() -> Path:
