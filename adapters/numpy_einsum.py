@@ -64,13 +64,34 @@ class NumpyEinsum(Adapter):
         summary="the multi-query paper's batched/incremental einsum functions in NumPy, "
         "computed in the case dtype",
         framework="numpy",
-        features=frozenset({
-            "layer", "kernel", "cross-attention", "kv-input-dims", "value-dim", "output-dim",
-            "kv-len", "multi-query", "causal", "causal-top-left", "causal-bottom-right",
-            "key-padding", "query-padding", "bool-mask", "per-head-mask", "additive-mask",
-            "attn-bias", "window", "fully-masked-rows", "scale", "no-bias", "decode", "weights",
-            "weights-mean",
-        }),  # fmt: skip
+        features=frozenset(
+            {
+                "layer",
+                "kernel",
+                "cross-attention",
+                "kv-input-dims",
+                "value-dim",
+                "output-dim",
+                "kv-len",
+                "multi-query",
+                "causal",
+                "causal-top-left",
+                "causal-bottom-right",
+                "key-padding",
+                "query-padding",
+                "bool-mask",
+                "per-head-mask",
+                "additive-mask",
+                "attn-bias",
+                "window",
+                "fully-masked-rows",
+                "scale",
+                "no-bias",
+                "decode",
+                "weights",
+                "weights-mean",
+            }
+        ),  # fmt: skip
         dtypes=frozenset({"float64", "float32", "float16"}),
         worker="numpy",
         unsupported_reasons={
@@ -110,7 +131,9 @@ class NumpyEinsum(Adapter):
         else:
             P_k, P_v, fn = w["wk"], w["wv"], multihead_attention_batched  # noqa: N806
         if case.decode:
-            return {"output": self._layer_incremental(X, w["wq"], P_k, P_v, P_o, b, scale, multi_query)}
+            return {
+                "output": self._layer_incremental(X, w["wq"], P_k, P_v, P_o, b, scale, multi_query)
+            }
         Y, weights = fn(X, M, mask, w["wq"], P_k, P_v, P_o, b, scale)  # noqa: N806
         return {"output": Y, "weights": weights, "weights_mean": weights.mean(axis=1)}
 

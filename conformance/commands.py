@@ -25,7 +25,7 @@ from .results import (
     read_stream,
     write_json_atomic,
 )
-from .runner import DEFAULT_TIMEOUT_S, RunOptions, Runner, default_jobs
+from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
 
 DEFAULT_OUT = Path("reports/latest")
@@ -173,9 +173,7 @@ def write_results(
         "environment": environment(frameworks, devices),
         "adapters": {e.name: _adapter_block(e, adapter_info.get(e.name, {})) for e in entries},
         "cases": {c.id: c.to_dict() for c in cases},
-        "results": sorted(
-            dedupe(records), key=lambda r: (r["adapter"], r["device"], r["case"])
-        ),
+        "results": sorted(dedupe(records), key=lambda r: (r["adapter"], r["device"], r["case"])),
     }
     path = out_dir / "results.json"
     write_json_atomic(path, data)
@@ -192,7 +190,9 @@ def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None: 
         print(header, file=stream)
         for name in sorted(by_adapter):
             counts = by_adapter[name]
-            print(name.ljust(width) + "".join(str(counts[v]).rjust(12) for v in VERDICTS), file=stream)
+            print(
+                name.ljust(width) + "".join(str(counts[v]).rjust(12) for v in VERDICTS), file=stream
+            )
     if missing:
         names = ", ".join(f"{e.name} ({e.declaration.installed()[1]})" for e in missing)
         print(f"\nnot installed, not run: {names}", file=stream)
@@ -343,25 +343,53 @@ def _run_handler(args: argparse.Namespace) -> int:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("specs", nargs="*", metavar="SPEC_PATH",
-                   help="spec files or folders (default: every shipped spec in specs/)")
-    p.add_argument("--adapter", "-a", action="append", metavar="NAME",
-                   help="adapter name, prefix (torch = every torch.* adapter) or module:Class; "
-                   "repeatable (default: every installed adapter)")
-    p.add_argument("--device", action="append", metavar="DEV",
-                   help="cpu, cuda, cuda:0 ... (default: every device each adapter sees)")
+    p.add_argument(
+        "specs",
+        nargs="*",
+        metavar="SPEC_PATH",
+        help="spec files or folders (default: every shipped spec in specs/)",
+    )
+    p.add_argument(
+        "--adapter",
+        "-a",
+        action="append",
+        metavar="NAME",
+        help="adapter name, prefix (torch = every torch.* adapter) or module:Class; "
+        "repeatable (default: every installed adapter)",
+    )
+    p.add_argument(
+        "--device",
+        action="append",
+        metavar="DEV",
+        help="cpu, cuda, cuda:0 ... (default: every device each adapter sees)",
+    )
     p.add_argument("--dtype", action="append", metavar="DT", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--case", action="append", metavar="ID", help="exact case id; repeatable")
-    p.add_argument("-k", dest="keyword", metavar="EXPR",
-                   help="select case ids by substring expression, e.g. -k 'causal and not float16'")
-    p.add_argument("--shard", metavar="I/N", help="run the I-th of N deterministic slices of the cases")
+    p.add_argument(
+        "-k",
+        dest="keyword",
+        metavar="EXPR",
+        help="select case ids by substring expression, e.g. -k 'causal and not float16'",
+    )
+    p.add_argument(
+        "--shard", metavar="I/N", help="run the I-th of N deterministic slices of the cases"
+    )
     p.add_argument("--out", "-o", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--jobs", "-j", type=int, metavar="N",
-                   help="worker processes at once (default: CPU count)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"per-case timeout in seconds (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--resume", metavar="DIR",
-                   help="continue an interrupted run in DIR without redoing finished results")
+    p.add_argument(
+        "--jobs", "-j", type=int, metavar="N", help="worker processes at once (default: CPU count)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"per-case timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue an interrupted run in DIR without redoing finished results",
+    )
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
 
@@ -410,23 +438,38 @@ def describe_case(case: Case) -> str:
     lines = [
         case.id,
         f"  from        {case.source}",
-        f"  mode        {case.mode}" + ("" if case.mode == "kernel" else
-                                         (" (self-attention)" if case.self_attention else " (cross-attention)")),
+        f"  mode        {case.mode}"
+        + (
+            ""
+            if case.mode == "kernel"
+            else (" (self-attention)" if case.self_attention else " (cross-attention)")
+        ),
         f"  dtype       {case.dtype}",
         f"  shape       B={s.batch} T={s.query_len} S={s.kv_len} H={s.num_heads} G={s.num_kv_heads} "
         f"K={s.key_dim} V={s.value_dim}",
     ]
     if case.mode == "layer":
-        lines.append(f"  model dims  Dq={s.query_dim} Dk={s.key_input_dim} Dv={s.value_input_dim} Do={s.output_dim}")
+        lines.append(
+            f"  model dims  Dq={s.query_dim} Dk={s.key_input_dim} Dv={s.value_input_dim} Do={s.output_dim}"
+        )
     if s.attention_axes:
-        lines.append(f"  multi-axis  query_shape={list(s.query_shape)} attention_axes={list(s.attention_axes)}")
-    lines.append(f"  scale       {case.effective_scale:.6g}" + (" (default 1/sqrt(K))" if case.scale is None else ""))
+        lines.append(
+            f"  multi-axis  query_shape={list(s.query_shape)} attention_axes={list(s.attention_axes)}"
+        )
+    lines.append(
+        f"  scale       {case.effective_scale:.6g}"
+        + (" (default 1/sqrt(K))" if case.scale is None else "")
+    )
     if case.mode == "layer":
-        lines.append(f"  biases      {'on' if case.use_bias else 'off'}"
-                     + (", add_bias_kv" if case.add_bias_kv else "")
-                     + (", add_zero_attn" if case.add_zero_attn else ""))
+        lines.append(
+            f"  biases      {'on' if case.use_bias else 'off'}"
+            + (", add_bias_kv" if case.add_bias_kv else "")
+            + (", add_zero_attn" if case.add_zero_attn else "")
+        )
     if case.decode:
-        lines.append(f"  decode      prefix {case.decode.prefix}, then {case.decode.steps} single-token steps")
+        lines.append(
+            f"  decode      prefix {case.decode.prefix}, then {case.decode.steps} single-token steps"
+        )
     lines.append(f"  compares    {', '.join(case.compare)}")
     lines.append(f"  features    {', '.join(sorted(case.features))}")
     if "fully-masked-rows" in case.features:

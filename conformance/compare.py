@@ -90,9 +90,7 @@ def compare(
             if tol.baseline_factor and baseline_error is not None:
                 magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
                 budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
-                message += (
-                    f"; same-dtype baseline error {baseline_error:.3g}, budget {budget:.3g}"
-                )
+                message += f"; same-dtype baseline error {baseline_error:.3g}, budget {budget:.3g}"
     return Comparison(
         name, ok, max_abs, max_rel, 0 if ok else mismatches, total,
         None if ok else _first(bad), message,

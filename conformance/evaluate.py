@@ -180,13 +180,23 @@ def evaluate(
     policy = case.mask.fully_masked_rows
     low = tol.baseline_factor is not None
     expected = cache.reference(case, policy)
+    for name in names:
+        if outputs[name].shape != expected[name].shape:
+            record.update(
+                verdict="error",
+                message=f"'{name}' has shape {tuple(outputs[name].shape)}; the case needs "
+                f"{tuple(expected[name].shape)}",
+            )
+            return record
     base = cache.reference(case, policy, same_dtype=True) if low else None
     comparisons = _compare_all(case, outputs, expected, tol, base, names)
     _fill_errors(record, comparisons, tol)
     record["preview"] = {
         "reference_weights": _preview(expected["weights"]),
         "weights": _preview(outputs.get("weights")),
-        "output_error": _preview(np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])),
+        "output_error": _preview(
+            np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])
+        ),
     }
 
     if all(c.ok for c in comparisons):
@@ -201,7 +211,11 @@ def evaluate(
         record["verdict"] = "fail"
         record["message"] = "; ".join([failed, *notes])
         return record
-    record["divergence"] = {"id": divergence.id, "reason": divergence.reason, "link": divergence.link}
+    record["divergence"] = {
+        "id": divergence.id,
+        "reason": divergence.reason,
+        "link": divergence.link,
+    }
     verified, how = _verify_divergence(divergence, case, outputs, cache, tol, names)
     if verified:
         record["verdict"] = "diverges"

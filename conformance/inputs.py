@@ -53,9 +53,7 @@ def make_inputs(case: Case) -> CaseInputs:
     if case.mode == "kernel":
         out.arrays["q"] = _normal(key, "q", (s.batch, s.num_heads, s.query_len, s.key_dim), 1, dt)
         out.arrays["k"] = _normal(key, "k", (s.batch, s.num_kv_heads, s.kv_len, s.key_dim), 1, dt)
-        out.arrays["v"] = _normal(
-            key, "v", (s.batch, s.num_kv_heads, s.kv_len, s.value_dim), 1, dt
-        )
+        out.arrays["v"] = _normal(key, "v", (s.batch, s.num_kv_heads, s.kv_len, s.value_dim), 1, dt)
         return out
 
     query_shape = (s.batch, *(s.query_shape or (s.query_len,)), s.query_dim)
@@ -65,9 +63,7 @@ def make_inputs(case: Case) -> CaseInputs:
     else:
         kv_shape = s.kv_shape or (s.kv_len,)
         out.arrays["key"] = _normal(key, "key", (s.batch, *kv_shape, s.key_input_dim), 1, dt)
-        out.arrays["value"] = _normal(
-            key, "value", (s.batch, *kv_shape, s.value_input_dim), 1, dt
-        )
+        out.arrays["value"] = _normal(key, "value", (s.batch, *kv_shape, s.value_input_dim), 1, dt)
     h, g = s.num_heads, s.num_kv_heads
     shapes = {
         "wq": ((h, s.query_dim, s.key_dim), s.query_dim**-0.5),

@@ -45,7 +45,12 @@ def from_linear_out(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def to_packed_in_proj(
-    wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, bq=None, bk=None, bv=None  # noqa: ANN001
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    bq=None,
+    bk=None,
+    bv=None,  # noqa: ANN001
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """torch nn.MultiheadAttention's packed in_proj_weight [3E, E] (rows q, k, v) and bias [3E]."""
     parts = [to_linear(w, b) for w, b in ((wq, bq), (wk, bk), (wv, bv))]

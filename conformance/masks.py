@@ -61,9 +61,7 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
         draws = stream(case.data_key, "mask.additive").random((b, heads, t, n))
         bias = np.where(draws < m.additive_density, -np.inf, 0.0)
     if m.bias_scale is not None:
-        values = m.bias_scale * stream(case.data_key, "mask.bias").standard_normal(
-            (b, heads, t, n)
-        )
+        values = m.bias_scale * stream(case.data_key, "mask.bias").standard_normal((b, heads, t, n))
         bias = values if bias is None else bias + values
     return attend, bias
 

@@ -41,7 +41,9 @@ class Progress:
             f"{v} {self.counts[v]}" for v in ("pass", "fail", "diverges", "unsupported", "error")
             if self.counts[v]
         )  # fmt: skip
-        return f"{self.done}/{self.total} results  {verdicts}  {elapsed:.0f}s elapsed, eta {eta:.0f}s"
+        return (
+            f"{self.done}/{self.total} results  {verdicts}  {elapsed:.0f}s elapsed, eta {eta:.0f}s"
+        )
 
     def _draw(self, now: float) -> None:
         width = 28

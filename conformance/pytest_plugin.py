@@ -24,11 +24,21 @@ from .worker import Task, WorkerSpec, worker_main
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "attention conformance cases")
-    group.addoption("--conformance-adapter", action="append", default=[], metavar="NAME",
-                    help="run spec files (*.yaml) as tests on this adapter (repeatable; "
-                    "prefixes and module:Class work as in `conformance run`)")
-    group.addoption("--conformance-device", action="append", default=[], metavar="DEV",
-                    help="devices to run on (default: every device the adapter sees)")
+    group.addoption(
+        "--conformance-adapter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run spec files (*.yaml) as tests on this adapter (repeatable; "
+        "prefixes and module:Class work as in `conformance run`)",
+    )
+    group.addoption(
+        "--conformance-device",
+        action="append",
+        default=[],
+        metavar="DEV",
+        help="devices to run on (default: every device the adapter sees)",
+    )
     group.addoption("--conformance-timeout", type=float, default=120.0, metavar="S",
                     help="per-case timeout in seconds")  # fmt: skip
 

@@ -49,7 +49,9 @@ def _entries_from_module(module_name: str, source: str) -> list[AdapterEntry]:
     if adapters is None:
         raise UsageError(f"module '{module_name}' has no ADAPTERS list")
     return [
-        AdapterEntry(cls.declaration.name, f"{module_name}:{cls.__qualname__}", cls.declaration, source)
+        AdapterEntry(
+            cls.declaration.name, f"{module_name}:{cls.__qualname__}", cls.declaration, source
+        )
         for cls in adapters
     ]
 
@@ -78,9 +80,7 @@ def load_target(target: str) -> type[Adapter]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UsageError(
-            f"cannot import adapter module '{module_name}': {error}"
-        ) from None
+        raise UsageError(f"cannot import adapter module '{module_name}': {error}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -107,11 +107,11 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
     for selector in selectors:
         if ":" in selector:
             cls = load_target(selector)
-            chosen.append(AdapterEntry(cls.declaration.name, selector, cls.declaration, "command line"))
+            chosen.append(
+                AdapterEntry(cls.declaration.name, selector, cls.declaration, "command line")
+            )
             continue
-        matched = [
-            e for e in entries if e.name == selector or e.name.startswith(selector + ".")
-        ]
+        matched = [e for e in entries if e.name == selector or e.name.startswith(selector + ".")]
         if not matched:
             hint = did_you_mean(selector, [e.name for e in entries])
             raise UsageError(

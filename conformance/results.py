@@ -118,7 +118,9 @@ def read_results(path: str | Path) -> dict:
             "truncated. If a run was interrupted, `conformance run --resume DIR` rebuilds it."
         ) from None
     if not isinstance(data, dict) or "schema_version" not in data or "results" not in data:
-        raise ResultsFileError(f"{path}: not a conformance results file (no schema_version/results)")
+        raise ResultsFileError(
+            f"{path}: not a conformance results file (no schema_version/results)"
+        )
     if data["schema_version"] != SCHEMA_VERSION:
         raise ResultsFileError(
             f"{path}: results schema_version {data['schema_version']!r}; this tool reads "

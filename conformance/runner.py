@@ -233,7 +233,9 @@ class Runner:
         """The running task (or, before hello, every task) becomes an error; restart the rest."""
         if unit.hello is None and unit.restarts:
             for task in unit.tasks:  # a restart that never came up: what remains fails
-                self._error_record(task.case, task.adapter, task.device, f"restart failed: {message}")
+                self._error_record(
+                    task.case, task.adapter, task.device, f"restart failed: {message}"
+                )
             unit.tasks = []
             self._stop(unit, kill=True)
             return

@@ -1,0 +1,132 @@
+"""Deliberately broken implementations, for testing the harness's isolation (never shipped).
+
+Each misbehaves in one way real implementations do. They run in real worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration
+from conformance.case import FEATURES
+from conformance.masks import build_mask
+from conformance.reference import attention, dot_product_attention
+
+ALL = frozenset(FEATURES)
+
+
+def _decl(name: str) -> Declaration:
+    return Declaration(name=name, summary=f"broken on purpose: {name}", framework="numpy",
+                       features=ALL, worker=name)  # fmt: skip
+
+
+class Correct(Adapter):
+    declaration = _decl("test.correct")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        return attention(case, inputs)
+
+
+class Raises(Adapter):
+    declaration = _decl("test.raises")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        raise RuntimeError("kernel exploded")
+
+
+class WrongShape(Adapter):
+    declaration = _decl("test.wrong-shape")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        out = attention(case, inputs)
+        return {k: v[..., :-1] for k, v in out.items()}
+
+
+class WrongDtype(Adapter):
+    declaration = _decl("test.wrong-dtype")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        return {k: v.astype(np.int32) for k, v in attention(case, inputs).items()}
+
+
+class AllNan(Adapter):
+    declaration = _decl("test.all-nan")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        return {k: np.full_like(v, np.nan) for k, v in attention(case, inputs).items()}
+
+
+class InvertedMask(Adapter):
+    """The classic porting bug: the boolean mask read with the opposite polarity."""
+
+    declaration = Declaration(
+        name="test.inverted-mask",
+        summary="mask polarity inverted",
+        framework="numpy",
+        features=ALL - {"layer"},
+        worker="test.inverted",
+    )
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        attend, bias = build_mask(case)
+        out, probs = dot_product_attention(
+            inputs.arrays["q"], inputs.arrays["k"], inputs.arrays["v"],
+            scale=case.effective_scale, attend=None if attend is None else ~attend, bias=bias,
+        )  # fmt: skip
+        return {"output": out, "weights": probs, "weights_mean": probs.mean(axis=1)}
+
+
+class Segfaults(Adapter):
+    """Dies like a native extension with a bad pointer, on the case named 'kernel'."""
+
+    declaration = _decl("test.segfault")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        if case.name == "kernel":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return attention(case, inputs)
+
+
+class Hangs(Adapter):
+    """Hangs on the case named 'hang'."""
+
+    declaration = _decl("test.hang")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        if case.name == "hang":
+            time.sleep(3600)
+        return attention(case, inputs)
+
+
+class Slow(Adapter):
+    declaration = _decl("test.slow")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        time.sleep(0.3)
+        return attention(case, inputs)
+
+
+class ExhaustsMemory(Adapter):
+    declaration = _decl("test.oom")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        np.ones((2**40,), dtype=np.float64)  # 8 TiB: refused by the allocator -> MemoryError
+        return attention(case, inputs)
+
+
+class FailsSetup(Adapter):
+    declaration = _decl("test.setup-fails")
+
+    def setup(self) -> None:
+        raise ImportError("no module named 'imaginary_framework'")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        return attention(case, inputs)
+
+
+ADAPTERS = [Correct, Raises, WrongShape, WrongDtype, AllNan, InvertedMask, Segfaults, Hangs,
+            Slow, ExhaustsMemory, FailsSetup]  # fmt: skip
