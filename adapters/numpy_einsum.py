@@ -5,7 +5,10 @@ MultiheadAttentionBatched, MultiqueryAttentionBatched and the incremental self-a
 functions. Written independently of conformance.reference (which it must agree with) so the
 harness has a second implementation from day one. Extensions beyond the paper, each one line:
 projection biases, the logit scale (the paper omits it), and a combined additive mask.
-The computation runs in the case dtype (NumPy has no bfloat16, so that dtype is unsupported).
+The computation runs in the case dtype (NumPy has no bfloat16, so that dtype is unsupported);
+float16 contractions accumulate in float32 and round once, as tensor cores and torch's CPU
+kernels do: NumPy's own float16 einsum accumulates in float16 (measured: errors of ~100 ulp on
+a 16-term contraction), which no framework under test does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ import numpy as np
 
 from conformance.adapter import Adapter, Declaration
 from conformance.masks import build_mask, combined_additive
+
+
+def einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
+    """np.einsum, with float16 accumulated in float32 and rounded once to float16."""
+    if operands[0].dtype == np.float16:
+        wide = [o.astype(np.float32) for o in operands]
+        return np.einsum(spec, *wide).astype(np.float16)
+    return np.einsum(spec, *operands)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -25,44 +36,44 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def multihead_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
     """X [b,n,d], M [b,m,d], mask [b,h,n,m] additive, P_q/P_k [h,d,k], P_v [h,d,v], P_o [h,d,v]."""
-    Q = np.einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
-    K = np.einsum("bmd,hdk->bhmk", M["k"], P_k) + b["k"][None, :, None, :]  # noqa: N806
-    V = np.einsum("bmd,hdv->bhmv", M["v"], P_v) + b["v"][None, :, None, :]  # noqa: N806
-    logits = np.einsum("bhnk,bhmk->bhnm", Q, K) * scale
+    Q = einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
+    K = einsum("bmd,hdk->bhmk", M["k"], P_k) + b["k"][None, :, None, :]  # noqa: N806
+    V = einsum("bmd,hdv->bhmv", M["v"], P_v) + b["v"][None, :, None, :]  # noqa: N806
+    logits = einsum("bhnk,bhmk->bhnm", Q, K) * scale
     weights = softmax(logits + mask)
-    O = np.einsum("bhnm,bhmv->bhnv", weights, V)  # noqa: N806
-    Y = np.einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
+    O = einsum("bhnm,bhmv->bhnv", weights, V)  # noqa: N806
+    Y = einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
     return Y, weights
 
 
 def multiquery_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
     """As above with one shared key/value head: P_k [d,k], P_v [d,v]."""
-    Q = np.einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
-    K = np.einsum("bmd,dk->bmk", M["k"], P_k) + b["k"]  # noqa: N806
-    V = np.einsum("bmd,dv->bmv", M["v"], P_v) + b["v"]  # noqa: N806
-    logits = np.einsum("bhnk,bmk->bhnm", Q, K) * scale
+    Q = einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
+    K = einsum("bmd,dk->bmk", M["k"], P_k) + b["k"]  # noqa: N806
+    V = einsum("bmd,dv->bmv", M["v"], P_v) + b["v"]  # noqa: N806
+    logits = einsum("bhnk,bmk->bhnm", Q, K) * scale
     weights = softmax(logits + mask)
-    O = np.einsum("bhnm,bmv->bhnv", weights, V)  # noqa: N806
-    Y = np.einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
+    O = einsum("bhnm,bmv->bhnv", weights, V)  # noqa: N806
+    Y = einsum("bhnv,hdv->bnd", O, P_o) + b["o"]  # noqa: N806
     return Y, weights
 
 
 def kernel_attention(q, k, v, mask, scale):  # noqa: ANN001
     """The paper's DotProductAttention core, batched over heads; k/v heads shared when G=1."""
     if k.shape[1] == 1:
-        logits = np.einsum("bhnk,bmk->bhnm", q, k[:, 0]) * scale
+        logits = einsum("bhnk,bmk->bhnm", q, k[:, 0]) * scale
         weights = softmax(logits + mask)
-        return np.einsum("bhnm,bmv->bhnv", weights, v[:, 0]), weights
-    logits = np.einsum("bhnk,bhmk->bhnm", q, k) * scale
+        return einsum("bhnm,bmv->bhnv", weights, v[:, 0]), weights
+    logits = einsum("bhnk,bhmk->bhnm", q, k) * scale
     weights = softmax(logits + mask)
-    return np.einsum("bhnm,bhmv->bhnv", weights, v), weights
+    return einsum("bhnm,bhmv->bhnv", weights, v), weights
 
 
 class NumpyEinsum(Adapter):
     declaration = Declaration(
         name="numpy.einsum",
         summary="the multi-query paper's batched/incremental einsum functions in NumPy, "
-        "computed in the case dtype",
+        "computed in the case dtype (float16 accumulated in float32)",
         framework="numpy",
         features=frozenset(
             {
@@ -158,24 +169,24 @@ class NumpyEinsum(Adapter):
         prev_k = prev_v = None
         for i in range(X.shape[1]):
             x = X[:, i]  # [b, d]
-            q = np.einsum("bd,hdk->bhk", x, P_q) + b["q"]
+            q = einsum("bd,hdk->bhk", x, P_q) + b["q"]
             if multi_query:
-                new_k = (np.einsum("bd,dk->bk", x, P_k) + b["k"])[:, None]  # [b, 1, k]
-                new_v = (np.einsum("bd,dv->bv", x, P_v) + b["v"])[:, None]
+                new_k = (einsum("bd,dk->bk", x, P_k) + b["k"])[:, None]  # [b, 1, k]
+                new_v = (einsum("bd,dv->bv", x, P_v) + b["v"])[:, None]
                 prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=1)
                 prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=1)
-                logits = np.einsum("bhk,bmk->bhm", q, prev_k) * scale
+                logits = einsum("bhk,bmk->bhm", q, prev_k) * scale
                 weights = softmax(logits)
-                o = np.einsum("bhm,bmv->bhv", weights, prev_v)
+                o = einsum("bhm,bmv->bhv", weights, prev_v)
             else:
-                new_k = (np.einsum("bd,hdk->bhk", x, P_k) + b["k"])[:, :, None]  # [b, h, 1, k]
-                new_v = (np.einsum("bd,hdv->bhv", x, P_v) + b["v"])[:, :, None]
+                new_k = (einsum("bd,hdk->bhk", x, P_k) + b["k"])[:, :, None]  # [b, h, 1, k]
+                new_v = (einsum("bd,hdv->bhv", x, P_v) + b["v"])[:, :, None]
                 prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=2)
                 prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=2)
-                logits = np.einsum("bhk,bhmk->bhm", q, prev_k) * scale
+                logits = einsum("bhk,bhmk->bhm", q, prev_k) * scale
                 weights = softmax(logits)
-                o = np.einsum("bhm,bhmv->bhv", weights, prev_v)
-            outs.append(np.einsum("bhv,hdv->bd", o, P_o) + b["o"])
+                o = einsum("bhm,bhmv->bhv", weights, prev_v)
+            outs.append(einsum("bhv,hdv->bd", o, P_o) + b["o"])
         return np.stack(outs, axis=1)
 
 
