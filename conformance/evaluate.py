@@ -67,7 +67,9 @@ def _preview(arr: np.ndarray | None) -> list | None:
         a = a[0]
     if a.ndim < 2 or max(a.shape) > PREVIEW_LIMIT:
         return None
-    return [[None if not np.isfinite(x) else round(float(x), 6) for x in row] for row in a]
+    # 6 significant digits, not 6 decimals: output_error holds errors far below 1e-6 (float32
+    # and float64 tolerances), which rounding to decimals would turn into zeros.
+    return [[None if not np.isfinite(x) else float(f"{x:.6g}") for x in row] for row in a]
 
 
 class ReferenceCache:
