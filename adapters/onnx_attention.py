@@ -1,0 +1,764 @@
+"""`onnx.attention.*`: the standard ONNX `Attention` operator (opset 23+) run in ONNX Runtime.
+
+Each case becomes a one-node graph built with onnx.helper. The variants are the execution paths
+that can disagree:
+
+- `onnx.attention.4d`: 4-D inputs (B, H, S, hd), opset 23, ORT's fused Attention kernel.
+- `onnx.attention.3d`: 3-D inputs (B, S, H*hd) with q_num_heads/kv_num_heads, opset 23, the
+  same kernel's strided (transposed) path.
+- `onnx.attention.opset24`: 4-D, opset 24; key padding goes through opset 24's
+  `nonpad_kv_seqlen` input (the external-KV-cache path) instead of attn_mask.
+- `onnx.attention.expanded`: the operator's ONNX function body (the decomposition into MatMul,
+  Softmax, ... that the installed onnx package defines, as in onnx's `_expanded` backend
+  tests), inlined into the graph and run op by op in ORT. This is also what ORT does by itself
+  for a dtype it has no kernel for (float64 on CPU), with the function body it was built with.
+- `onnx.attention.opset25`: opset 25 adds left_window_size/right_window_size (sliding window).
+
+ORT picks a kernel by (opset, dtype, provider) and silently inlines the function body when it
+has none, so every session checks, on its first run, which nodes actually ran (ORT's profiler)
+and refuses (`Unsupported`) to report a result from a path other than the variant's.
+
+The helpers at the top (sessions cached by configuration, the path check, dtype maps, saving a
+model next to a failing result) are shared with `ort_contrib` and `torch_onnx`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.case import Case
+from conformance.inputs import CaseInputs
+from conformance.layouts import merge_heads, split_heads
+from conformance.masks import build_mask, causal_offset, combined_additive
+
+# --- shared ONNX Runtime plumbing -----------------------------------------------------------
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+ORT_DTYPES = ("float32", "float16", "float64")  # bfloat16 cannot travel as a NumPy array
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
+IR_VERSION = 10  # what onnxruntime >= 1.20 reads; onnx.helper would stamp a newer one
+
+FULLY_MASKED_LINK = "https://github.com/onnx/onnx/pull/8068"
+
+
+def onnx_elem_type(dtype: str) -> int:
+    from onnx import TensorProto
+
+    return {
+        "float32": TensorProto.FLOAT,
+        "float16": TensorProto.FLOAT16,
+        "float64": TensorProto.DOUBLE,
+        "bool": TensorProto.BOOL,
+        "int64": TensorProto.INT64,
+        "int32": TensorProto.INT32,
+    }[dtype]
+
+
+def ort_devices() -> list[str]:
+    """'cpu', plus 'cuda:0' where this onnxruntime build has the CUDA provider."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    devices = ["cpu"]
+    if PROVIDERS["cuda"] in available:
+        devices.append("cuda:0")
+    return devices
+
+
+def ort_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime as ort
+
+    return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+
+def provider_for(device: str) -> tuple[str, dict]:
+    kind, _, index = device.partition(":")
+    if kind not in PROVIDERS:
+        raise Unsupported(f"no ONNX Runtime execution provider for device '{device}'")
+    options = {"device_id": int(index or 0)} if kind == "cuda" else {}
+    return PROVIDERS[kind], options
+
+
+def make_model(nodes: list, inputs: list, outputs: list, opsets: dict[str, int], **kw: Any):
+    """A ModelProto with the IR version onnxruntime reads."""
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "conformance", inputs, outputs, **kw)
+    imports = [helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    model = helper.make_model(graph, opset_imports=imports, producer_name="attention-conformance")
+    model.ir_version = IR_VERSION
+    return model
+
+
+PathCheck = Callable[[list[tuple[str, str]]], "str | None"]
+
+
+class OrtSession:
+    """An InferenceSession plus the model it came from and a one-time check of the path taken.
+
+    The first run is profiled: `check` receives the (op type, provider) of every node that ran
+    and returns None if that is the variant's intended path, or the reason it is not; then the
+    session (and any later case on it) is refused with that reason.
+    """
+
+    _profile_dir: str | None = None
+
+    def __init__(self, model, device: str, check: PathCheck | None) -> None:  # noqa: ANN001
+        import onnxruntime as ort
+
+        self.model = model
+        self.device = device
+        self._check = check
+        self.refused: str | None = None
+        options = ort.SessionOptions()
+        # The machine's cores are shared by several workers: one thread each is fastest overall.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if check is not None:
+            if OrtSession._profile_dir is None:
+                OrtSession._profile_dir = tempfile.mkdtemp(prefix="conformance-ort-")
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(OrtSession._profile_dir, "run")
+        provider = provider_for(device)
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=[provider]
+        )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.refused:
+            raise Unsupported(self.refused)
+        values = self.session.run(None, feeds)
+        if self._check is not None:
+            ran = executed_nodes(self.session.end_profiling())
+            self._check, problem = None, self._check(ran)
+            if problem:
+                self.refused = problem
+                raise Unsupported(problem)
+        return dict(zip(self.output_names, values, strict=False))
+
+
+def executed_nodes(profile_file: str) -> list[tuple[str, str]]:
+    """(op type, provider) of each node in an ORT profile; the file is removed."""
+    try:
+        with open(profile_file) as handle:
+            events = json.load(handle)
+    finally:
+        os.remove(profile_file)
+    seen = []
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and "op_name" in args:
+            item = (args["op_name"], args.get("provider", ""))
+            if item not in seen:
+                seen.append(item)
+    return seen
+
+
+def require_fused(op_type: str, provider: str) -> PathCheck:
+    """A path check: `op_type` itself must have run on `provider`, not a decomposition."""
+
+    def check(ran: list[tuple[str, str]]) -> str | None:
+        if (op_type, provider) in ran:
+            return None
+        ops = sorted({f"{op}@{p.replace('ExecutionProvider', '')}" for op, p in ran})
+        return (
+            f"ONNX Runtime did not run its {op_type} kernel on {provider} here (it ran "
+            f"{', '.join(ops)}): no kernel is registered for this opset/dtype/provider, so it "
+            "fell back to another path, which this variant does not cover"
+        )
+
+    return check
+
+
+class SessionCache:
+    """Sessions by configuration key (LRU): building one per case would dominate the run time."""
+
+    def __init__(self, size: int = 48) -> None:
+        self._items: OrderedDict[Any, OrtSession] = OrderedDict()
+        self._size = size
+
+    def get(self, key: Any, build: Callable[[], OrtSession]) -> OrtSession:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        session = build()
+        self._items[key] = session
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return session
+
+
+def safe_filename(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text).strip("_")[:150]
+
+
+def write_model(model, directory: str | Path, stem: str, feeds: dict | None = None) -> list[Path]:  # noqa: ANN001
+    """Save a model (and the inputs of its first call, .npz) for the user to reproduce."""
+    import onnx
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{safe_filename(stem)}.onnx"
+    onnx.save(model, str(path))
+    paths = [path]
+    if feeds:
+        npz = path.with_suffix(".inputs.npz")
+        np.savez(npz, **feeds)
+        paths.append(npz)
+    return paths
+
+
+_TYPE_NAMES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def kernel_dtypes(
+    op_type: str, domain: str, provider: str, opset: int, constraint: str
+) -> frozenset[str]:
+    """Dtypes ORT registers a kernel for (op, domain, provider, opset), from its kernel registry.
+
+    The registry says what ORT will try; the profiler check on each session says what ran.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    found: set[str] = set()
+    for kdef in C.get_all_opkernel_def():
+        if kdef.op_name != op_type or kdef.domain != domain or kdef.provider != provider:
+            continue
+        low, high = kdef.version_range
+        if low <= opset <= high:
+            for name in kdef.type_constraints.get(constraint, []):
+                if name in _TYPE_NAMES:
+                    found.add(_TYPE_NAMES[name])
+    return frozenset(found)
+
+
+def require_kernel(
+    case: Case, op_type: str, domain: str, device: str, opset: int, constraint: str, hint: str = ""
+) -> None:
+    """Unsupported unless ORT registers `op_type` for the case dtype on the device's provider."""
+    provider, _ = provider_for(device)
+    have = kernel_dtypes(op_type, domain, provider, opset, constraint)
+    if case.dtype not in have:
+        name = f"{domain}.{op_type}" if domain else f"{op_type}-{opset}"
+        raise Unsupported(
+            f"ONNX Runtime {_ort_version()} registers {name} on {provider} for "
+            f"{', '.join(sorted(have)) or 'no float type'} only, not {case.dtype}{hint}"
+        )
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def require_dtype(case: Case, dtypes: tuple[str, ...], why: str) -> np.dtype:
+    if case.dtype not in dtypes:
+        raise Unsupported(f"{case.dtype}: {why}")
+    return np.dtype(NUMPY_DTYPES[case.dtype])
+
+
+# --- the ONNX Attention graph ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Everything that shapes the graph; batch and sequence lengths stay symbolic."""
+
+    opset: int
+    layout: str  # "4d" | "3d"
+    dtype: str
+    heads: int
+    kv_heads: int
+    key_dim: int
+    value_dim: int
+    mask: str = "none"  # "none" | "bool" | "float"
+    mask_heads: int = 1
+    causal: bool = False
+    scale: float | None = None
+    weights: bool = False  # qk_matmul_output in mode 3 (post-softmax)
+    past: bool = False
+    nonpad: bool = False
+    window: tuple[int, int] | None = None  # opset 25 (left_window_size, right_window_size)
+    expanded: bool = False
+
+
+def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
+    inputs = ["Q", "K", "V", "attn_mask" if cfg.mask != "none" else ""]
+    inputs += ["past_key", "past_value"] if cfg.past else ["", ""]
+    inputs += ["nonpad_kv_seqlen"] if cfg.nonpad else []
+    while inputs[-1] == "":
+        inputs.pop()
+    outputs = ["Y"]
+    outputs += ["present_key", "present_value"] if cfg.past else ["", ""]
+    outputs += ["weights"] if cfg.weights else []
+    while outputs[-1] == "":
+        outputs.pop()
+    attrs: dict[str, Any] = {}
+    if cfg.causal:
+        attrs["is_causal"] = 1
+    if cfg.scale is not None:
+        attrs["scale"] = float(cfg.scale)
+    if cfg.weights:
+        attrs["qk_matmul_output_mode"] = 3  # the softmax output: the attention weights
+    if cfg.layout == "3d":
+        attrs["q_num_heads"] = cfg.heads
+        attrs["kv_num_heads"] = cfg.kv_heads
+    if cfg.window is not None:
+        attrs["left_window_size"], attrs["right_window_size"] = cfg.window
+    return inputs, outputs, attrs
+
+
+def attention_model(cfg: AttentionConfig):  # noqa: ANN201 - onnx.ModelProto
+    from onnx import helper
+
+    et = onnx_elem_type(cfg.dtype)
+    h, g, k, v = cfg.heads, cfg.kv_heads, cfg.key_dim, cfg.value_dim
+    if cfg.layout == "4d":
+        shapes = {
+            "Q": ["B", h, "T", k],
+            "K": ["B", g, "S", k],
+            "V": ["B", g, "S", v],
+            "Y": ["B", h, "T", v],
+        }
+    else:
+        shapes = {"Q": ["B", "T", h * k], "K": ["B", "S", g * k], "V": ["B", "S", g * v]}
+        shapes["Y"] = ["B", "T", h * v]
+    shapes.update(
+        attn_mask=["B", cfg.mask_heads, "T", "L"],
+        past_key=["B", g, "P", k],
+        past_value=["B", g, "P", v],
+        present_key=["B", g, "L", k],
+        present_value=["B", g, "L", v],
+        weights=["B", h, "T", "L"],
+        nonpad_kv_seqlen=["B"],
+    )
+    types = {"attn_mask": onnx_elem_type("bool") if cfg.mask == "bool" else et}
+    types["nonpad_kv_seqlen"] = onnx_elem_type("int64")
+    node_in, node_out, attrs = attention_node_parts(cfg)
+
+    def info(name: str):  # noqa: ANN202
+        return helper.make_tensor_value_info(name, types.get(name, et), shapes[name])
+
+    graph_in = [info(n) for n in node_in if n]
+    graph_out = [info(n) for n in node_out if n]
+    node = helper.make_node("Attention", node_in, node_out, **attrs)
+    if not cfg.expanded:
+        return make_model([node], graph_in, graph_out, {"": cfg.opset})
+    return _expanded_model(cfg, node, graph_in, graph_out)
+
+
+def _expanded_model(cfg: AttentionConfig, node, graph_in: list, graph_out: list):  # noqa: ANN001, ANN202
+    """The graph with Attention replaced by its function body from the installed onnx package.
+
+    The schema builds the body for the node's attributes and input types (a context-dependent
+    function); it goes in as a model-local function and onnx.inliner inlines it.
+    """
+    import onnx
+    from onnx import defs, helper, inliner
+
+    schema = defs.get_schema("Attention", cfg.opset)
+    by_name = {vi.name: vi.type for vi in graph_in}
+    types = [by_name[n] if n else onnx.TypeProto() for n in node.input]
+    body = onnx.FunctionProto()
+    body.ParseFromString(
+        schema.get_context_dependent_function(
+            node.SerializeToString(), [t.SerializeToString() for t in types]
+        )
+    )
+    body.name, body.domain = "Attention", "conformance.expanded"
+    call = helper.make_node(
+        "Attention", list(node.input), list(node.output), domain="conformance.expanded"
+    )
+    opsets = {"": cfg.opset, "conformance.expanded": 1}
+    model = make_model([call], graph_in, graph_out, opsets)
+    model.functions.append(body)
+    return inliner.inline_local_functions(model)
+
+
+@dataclass
+class _Plan:
+    """How one case maps onto the operator's inputs and attributes."""
+
+    cfg: AttentionConfig
+    feeds: dict[str, np.ndarray]
+
+
+class OnnxAttentionBase(Adapter):
+    """Shared implementation; subclasses set the declaration and the class constants."""
+
+    OPSET = 23
+    LAYOUT = "4d"
+    FUSED = True  # the variant is ORT's Attention kernel (else: a decomposition)
+    EXPANDED = False  # the graph holds the installed onnx's function body, not the node
+    NONPAD = False  # key padding as opset 24's nonpad_kv_seqlen
+    WINDOW = False  # sliding window as opset 25's left/right_window_size
+    DTYPES: tuple[str, ...] = ORT_DTYPES
+    DTYPE_REASON = "NumPy has no bfloat16 to feed ONNX Runtime"
+
+    def setup(self) -> None:
+        import onnx  # noqa: F401 - fail early if missing
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        self._sessions = SessionCache()
+
+    def devices(self) -> list[str]:
+        return ort_devices()
+
+    def versions(self) -> dict[str, str]:
+        return ort_versions()
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _base_config(self, case: Case, **changes: Any) -> AttentionConfig:
+        s = case.shape
+        cfg = AttentionConfig(
+            opset=self.OPSET,
+            layout=self.LAYOUT,
+            dtype=case.dtype,
+            heads=s.num_heads,
+            kv_heads=s.num_kv_heads,
+            key_dim=s.key_dim,
+            value_dim=s.value_dim,
+            scale=case.scale,
+            expanded=self.EXPANDED,
+        )
+        return dataclasses.replace(cfg, **changes)
+
+    def _qkv(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
+        if self.LAYOUT == "3d":
+            q, k, v = merge_heads(q), merge_heads(k), merge_heads(v)
+        return {"Q": q, "K": k, "V": v}
+
+    def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        """The operator's inputs for a (non-decode) case."""
+        dtype = require_dtype(case, self.DTYPES, self.DTYPE_REASON)
+        m = case.mask
+        rest = m  # the mask components left for attn_mask
+        causal = False
+        window = None
+        nonpad = None
+        offset = causal_offset(case)
+        if offset < 0:
+            raise Unsupported(
+                "is_causal aligns the diagonal by the past length, which cannot be negative: no "
+                "bottom-right causal mask with more queries than keys"
+            )
+        if self.NONPAD and m.key_padding is not None:
+            # With nonpad_kv_seqlen, ONNX aligns is_causal (and the window) at each batch's
+            # valid length (offset = nonpad_kv_seqlen - T), not the case's mask, and forbids
+            # past_key: a causal mask then goes in attn_mask.
+            nonpad = np.asarray(m.key_padding, dtype=np.int64)
+            rest = dataclasses.replace(rest, key_padding=None)
+        elif m.causal is not None:
+            # is_causal aligns the diagonal by the past length: 0 gives top-left (or T == S);
+            # a bottom-right mask (S > T) is the op's own chunked-prefill form: the first S - T
+            # keys go in as past_key/past_value.
+            causal = True
+            rest = dataclasses.replace(rest, causal=None)
+        if self.WINDOW and m.window is not None:
+            if nonpad is not None and (m.causal is not None or offset):
+                raise Unsupported("with nonpad_kv_seqlen the window aligns at the valid length")
+            window = m.window  # aligned by the past length too, like the case's window
+            rest = dataclasses.replace(rest, window=None)
+        past = offset if causal else 0
+        attend, bias = build_mask(dataclasses.replace(case, mask=rest))
+        q, k, v = (inputs.native(n).astype(dtype, copy=False) for n in ("q", "k", "v"))
+        feeds = self._qkv(q, k[:, :, past:], v[:, :, past:])
+        if past:
+            feeds["past_key"] = np.ascontiguousarray(k[:, :, :past])
+            feeds["past_value"] = np.ascontiguousarray(v[:, :, :past])
+        kind, heads = "none", 1
+        if bias is not None:
+            kind = "float"
+            feeds["attn_mask"] = combined_additive(attend, bias, dtype)
+        elif attend is not None:
+            kind = "bool"
+            feeds["attn_mask"] = np.ascontiguousarray(attend)
+        if kind != "none":
+            heads = feeds["attn_mask"].shape[1]
+        if nonpad is not None:
+            feeds["nonpad_kv_seqlen"] = nonpad
+        cfg = self._base_config(
+            case,
+            mask=kind,
+            mask_heads=heads,
+            causal=causal,
+            weights="weights" in case.compare,
+            nonpad=nonpad is not None,
+            window=window,
+            past=past > 0,
+        )
+        return _Plan(cfg, feeds)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def path_check(self, device: str) -> PathCheck:
+        provider, _ = provider_for(device)
+        return require_fused("Attention", provider) if self.FUSED else _require_decomposed
+
+    def _require_kernel(self, case: Case, device: str) -> None:
+        if self.FUSED:
+            require_kernel(
+                case, "Attention", "", device, self.OPSET, "T1",
+                "; a graph of this dtype runs the inlined ONNX function body instead "
+                "(onnx.attention.expanded covers that path)",
+            )  # fmt: skip
+
+    def session(self, cfg: AttentionConfig, device: str) -> OrtSession:
+        def build() -> OrtSession:
+            try:
+                return OrtSession(attention_model(cfg), device, self.path_check(device))
+            except Exception as error:
+                # The kernel refuses some attribute values outright (ORT_ENFORCE in its
+                # constructor): that is the implementation declining the case.
+                if "scale must be greater than 0" in str(error):
+                    raise Unsupported(
+                        "ONNX Runtime's Attention kernel refuses scale <= 0 at session "
+                        "creation ('scale must be greater than 0 if specified')"
+                    ) from None
+                raise
+
+        return self._sessions.get((cfg, device), build)
+
+    def _output(self, y: np.ndarray, heads: int) -> np.ndarray:
+        return split_heads(y, heads) if self.LAYOUT == "3d" else y
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        self._require_kernel(case, device)
+        if case.decode is not None:
+            return {"output": self._decode(case, inputs, device)}
+        plan = self.plan(case, inputs)
+        result = self.session(plan.cfg, device).run(plan.feeds)
+        out = {"output": self._output(result["Y"], case.shape.num_heads)}
+        if plan.cfg.weights:
+            out["weights"] = result["weights"]
+        return out
+
+    def _decode_config(self, case: Case) -> AttentionConfig:
+        require_dtype(case, self.DTYPES, self.DTYPE_REASON)  # raises for a dtype it cannot feed
+        # One graph for prefill and steps, as decoders ship it: is_causal with past_key/value,
+        # the cache fed back from present_key/value.
+        return self._base_config(case, causal=True, past=True)
+
+    def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        cfg = self._decode_config(case)
+        dtype = np.dtype(NUMPY_DTYPES[case.dtype])
+        q, k, v = (inputs.native(n).astype(dtype, copy=False) for n in ("q", "k", "v"))
+        b, g = k.shape[0], k.shape[1]
+        past_k = np.zeros((b, g, 0, k.shape[3]), dtype)
+        past_v = np.zeros((b, g, 0, v.shape[3]), dtype)
+        prefix, total = case.decode.prefix, case.shape.query_len
+        chunks = ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+        session = self.session(cfg, device)
+        outputs = []
+        for start, stop in chunks:
+            feeds = self._qkv(q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop])
+            feeds.update(past_key=past_k, past_value=past_v)
+            result = session.run(feeds)
+            past_k, past_v = result["present_key"], result["present_value"]
+            outputs.append(self._output(result["Y"], case.shape.num_heads))
+        return np.concatenate(outputs, axis=2)
+
+    def save_model(self, case: Case, directory: str | Path) -> list[Path]:
+        """Write the ONNX model this case runs (and its inputs, .npz) into `directory`."""
+        from conformance.inputs import make_inputs
+
+        stem = f"{self.declaration.name}-{case.id}"
+        if case.decode is not None:
+            return write_model(attention_model(self._decode_config(case)), directory, stem)
+        plan = self.plan(case, make_inputs(case))
+        return write_model(attention_model(plan.cfg), directory, stem, plan.feeds)
+
+
+def _require_decomposed(ran: list[tuple[str, str]]) -> str | None:
+    if any(op == "Attention" for op, _ in ran):
+        return "a fused Attention kernel ran, but this variant is the decomposed function body"
+    return None
+
+
+# --- declarations ---------------------------------------------------------------------------
+
+KERNEL_FEATURES = frozenset(
+    {
+        "kernel",
+        "kv-len",
+        "value-dim",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "causal-top-left",
+        "causal-bottom-right",
+        "key-padding",
+        "query-padding",
+        "bool-mask",
+        "per-head-mask",
+        "additive-mask",
+        "attn-bias",
+        "fully-masked-rows",
+        "scale",
+        "decode",
+        "weights",
+    }
+)
+
+UNSUPPORTED = {
+    "window": "no sliding window before opset 25 (left_window_size/right_window_size: see "
+    "onnx.attention.opset25)",
+    "weights-mean": "the operator returns per-head weights only (qk_matmul_output)",
+    "bfloat16": "NumPy has no bfloat16 to feed ONNX Runtime (and its CPU provider has no "
+    "bfloat16 Attention kernel)",
+}
+
+SCALE_LINK = "https://github.com/onnx/onnx/blob/main/onnx/defs/nn/utils.cc"
+SCALE_REASON = (
+    "the operator's function body computes the scale in float32 (1/sqrt(head_size) from a "
+    "float32 cast of the head size, or the float32 `scale` attribute), takes its square root "
+    "in float32 and only then casts it to the input type, so float64 logits carry a float32-"
+    "rounded scale (relative error ~1e-7; onnx's reference implementation computes the default "
+    "in float64)"
+)
+
+FULLY_MASKED_ZEROS = Divergence(
+    id="onnx-fully-masked-rows-zero",
+    reason="the ONNX Attention spec (errata to opsets 23/24, onnx 1.23) defines a query row "
+    "with every key masked as a zero output row, and a zero row in the mode-3 "
+    "qk_matmul_output, instead of softmax's NaN",
+    link=FULLY_MASKED_LINK,
+    when=frozenset({"fully-masked-rows"}),
+    masked_rows="zeros",
+)
+
+NOTES = (
+    "Masks: boolean attn_mask True = attend (the reference's polarity, no inversion); "
+    "additive masks and finite biases go in a float attn_mask of the input dtype. A causal "
+    "mask that is top-left (or T == S) uses is_causal=1, composed by the operator with the "
+    "rest of the mask in attn_mask. Weights are qk_matmul_output with "
+    "qk_matmul_output_mode=3 (post-softmax; modes 0-2 are pre-softmax logits). Decode runs one "
+    "graph with is_causal=1 and past_key/past_value (empty for the prefill), feeding "
+    "present_key/present_value back."
+)
+
+
+def _declaration(name: str, summary: str, **kw: Any) -> Declaration:
+    features = kw.pop("features", KERNEL_FEATURES)
+    return Declaration(
+        name=name,
+        summary=summary,
+        framework="onnxruntime",
+        features=features,
+        dtypes=kw.pop("dtypes", frozenset(ORT_DTYPES)),
+        requires=("onnx", "onnxruntime"),
+        worker="onnx",
+        divergences=kw.pop("divergences", (FULLY_MASKED_ZEROS,)),
+        unsupported_reasons=kw.pop("unsupported_reasons", UNSUPPORTED),
+        notes=kw.pop("notes", NOTES),
+        **kw,
+    )
+
+
+class OnnxAttention4D(OnnxAttentionBase):
+    declaration = _declaration(
+        "onnx.attention.4d",
+        "ONNX Attention (opset 23), 4-D (B, H, S, hd) inputs, ORT's fused kernel",
+    )
+
+
+class OnnxAttention3D(OnnxAttentionBase):
+    declaration = _declaration(
+        "onnx.attention.3d",
+        "ONNX Attention (opset 23), 3-D (B, S, H*hd) inputs with q_num_heads/kv_num_heads, "
+        "ORT's fused kernel",
+    )
+    LAYOUT = "3d"
+
+
+class OnnxAttentionOpset24(OnnxAttentionBase):
+    declaration = _declaration(
+        "onnx.attention.opset24",
+        "ONNX Attention (opset 24), 4-D inputs, key padding as nonpad_kv_seqlen, ORT's "
+        "fused kernel",
+        notes=NOTES + " Key padding goes in nonpad_kv_seqlen (with it, ONNX aligns is_causal "
+        "at each batch's valid length, so a causal mask then goes in attn_mask).",
+    )
+    OPSET = 24
+    NONPAD = True
+
+
+# First match wins, so the float64 combination comes first.
+FUNCTION_DIVERGENCES = (
+    Divergence(
+        id="onnx-function-float32-scale+fully-masked-rows-zero",
+        reason=SCALE_REASON + "; and " + FULLY_MASKED_ZEROS.reason,
+        link=SCALE_LINK,
+        when=frozenset({"fully-masked-rows"}),
+        dtypes=frozenset({"float64"}),
+        masked_rows="zeros",
+        compute_dtype="float32",
+    ),
+    Divergence(
+        id="onnx-function-float32-scale",
+        reason=SCALE_REASON,
+        link=SCALE_LINK,
+        dtypes=frozenset({"float64"}),
+        compute_dtype="float32",
+    ),
+    FULLY_MASKED_ZEROS,
+)
+
+
+class OnnxAttentionExpanded(OnnxAttentionBase):
+    declaration = _declaration(
+        "onnx.attention.expanded",
+        "ONNX Attention (opset 23) as its function body from the installed onnx package "
+        "(MatMul, Softmax, ...), inlined and run op by op in ORT",
+        divergences=FUNCTION_DIVERGENCES,
+    )
+    FUSED = False
+    EXPANDED = True
+
+
+class OnnxAttentionOpset25(OnnxAttentionBase):
+    declaration = _declaration(
+        "onnx.attention.opset25",
+        "ONNX Attention (opset 25: sliding window as left/right_window_size), 4-D inputs; ORT "
+        "has no opset-25 kernel and inlines the function body it was built with",
+        features=KERNEL_FEATURES | {"window"},
+        divergences=FUNCTION_DIVERGENCES,
+        notes=NOTES + " A window (left, right) is left_window_size/right_window_size: query i "
+        "sees keys i - left .. i + right (aligned by the cache length, 0 here).",
+    )
+    OPSET = 25
+    WINDOW = True
+    FUSED = False
+
+
+ADAPTERS = [
+    OnnxAttention4D,
+    OnnxAttention3D,
+    OnnxAttentionOpset24,
+    OnnxAttentionExpanded,
+    OnnxAttentionOpset25,
+]

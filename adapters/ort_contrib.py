@@ -1,0 +1,478 @@
+"""`ort.contrib.*`: ONNX Runtime's com.microsoft attention contrib operators.
+
+These are what ORT's transformer optimizer and production exporters fuse decoder and encoder
+models into, each with its own input layout and mask conventions (checked in ORT's own schema:
+onnxruntime.capi.onnxruntime_pybind11_state.get_all_operator_schema()):
+
+- `ort.contrib.mha`: com.microsoft MultiHeadAttention. Q/K/V as 3-D (B, S, H*hd) tensors,
+  num_heads; no grouped query. Masks: key_padding_mask (int32; 1 = keep, 0 = pad: masked keys
+  get `mask_filter_value`, -10000 by default, not -inf) and attention_bias (float, added to
+  the logits, broadcast over batch/heads). `unidirectional` is the causal flag.
+- `ort.contrib.gqa`: com.microsoft GroupQueryAttention. Q (B, S, H*hd), K/V (B, S, G*hd);
+  seqlens_k (int32, per-batch total length - 1) carries key padding, total_sequence_length the
+  longest; `causal` (default 1) and local_window_size (left window, causal only);
+  attention_bias as for MHA. Decoding feeds past_key/past_value back from present_*.
+
+Each session checks on its first run that the contrib kernel itself ran (see onnx_attention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.case import Case
+from conformance.inputs import CaseInputs, make_inputs
+from conformance.layouts import merge_heads, split_heads
+from conformance.masks import build_mask, causal_offset, combined_additive
+
+from .onnx_attention import (
+    OrtSession,
+    SessionCache,
+    make_model,
+    onnx_elem_type,
+    ort_devices,
+    ort_versions,
+    provider_for,
+    require_dtype,
+    require_fused,
+    require_kernel,
+    write_model,
+)
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class ContribConfig:
+    op: str  # "MultiHeadAttention" | "GroupQueryAttention"
+    dtype: str
+    heads: int
+    kv_heads: int
+    key_dim: int
+    value_dim: int
+    causal: bool = False
+    scale: float | None = None
+    padding: bool = False  # MHA key_padding_mask (B, S)
+    bias_heads: int = 0  # attention_bias head dim (0: no attention_bias)
+    weights: bool = False
+    past: bool = False
+    window: int = -1  # GQA local_window_size
+
+
+def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
+    from onnx import helper
+
+    et = onnx_elem_type(cfg.dtype)
+    i32 = onnx_elem_type("int32")
+    h, g, k, v = cfg.heads, cfg.kv_heads, cfg.key_dim, cfg.value_dim
+    infos: dict[str, tuple[int, list]] = {
+        "query": (et, ["B", "T", h * k]),
+        "key": (et, ["B", "S", g * k]),
+        "value": (et, ["B", "S", g * v]),
+        "key_padding_mask": (i32, ["B", "S"]),
+        "attention_bias": (et, ["BB", cfg.bias_heads, "T", "L"]),
+        "past_key": (et, ["B", g, "P", k]),
+        "past_value": (et, ["B", g, "P", v]),
+        "seqlens_k": (i32, ["B"]),
+        "total_sequence_length": (i32, []),
+        "output": (et, ["B", "T", h * v]),
+        "present_key": (et, ["B", g, "L", k]),
+        "present_value": (et, ["B", g, "L", v]),
+        "weights": (et, ["B", h, "T", "L"]),
+    }
+    bias = "attention_bias" if cfg.bias_heads else ""
+    past = ["past_key", "past_value"] if cfg.past else ["", ""]
+    attrs: dict[str, Any] = {"num_heads": h}
+    if cfg.scale is not None:
+        attrs["scale"] = float(cfg.scale)
+    if cfg.op == "MultiHeadAttention":
+        node_in = ["query", "key", "value", "", "key_padding_mask" if cfg.padding else "", bias]
+        node_in += past
+        if cfg.causal:
+            attrs["unidirectional"] = 1
+    else:
+        node_in = ["query", "key", "value", *past, "seqlens_k", "total_sequence_length"]
+        node_in += ["", "", "", bias] if bias else []
+        attrs["kv_num_heads"] = g
+        attrs["causal"] = int(cfg.causal)
+        if cfg.window >= 0:
+            attrs["local_window_size"] = cfg.window
+        if cfg.weights:
+            attrs["qk_output"] = 2  # after softmax: the attention weights
+    node_out = ["output"]
+    node_out += ["present_key", "present_value"] if cfg.past else ["", ""]
+    node_out += ["weights"] if cfg.weights else []
+    while node_in[-1] == "":
+        node_in.pop()
+    while node_out[-1] == "":
+        node_out.pop()
+    graph_in = [helper.make_tensor_value_info(n, *infos[n]) for n in node_in if n]
+    graph_out = [helper.make_tensor_value_info(n, *infos[n]) for n in node_out if n]
+    node = helper.make_node(cfg.op, node_in, node_out, domain=MS_DOMAIN, **attrs)
+    return make_model([node], graph_in, graph_out, {"": 21, MS_DOMAIN: 1})
+
+
+@dataclass
+class _Plan:
+    cfg: ContribConfig
+    feeds: dict[str, np.ndarray]
+
+
+class OrtContribBase(Adapter):
+    OP = ""
+    DTYPES: tuple[str, ...] = ("float32", "float16")
+    DTYPE_REASON = "NumPy has no bfloat16 to feed ONNX Runtime"
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        self._sessions = SessionCache()
+
+    def devices(self) -> list[str]:
+        return ort_devices()
+
+    def versions(self) -> dict[str, str]:
+        return ort_versions()
+
+    def _config(self, case: Case, **changes: Any) -> ContribConfig:
+        s = case.shape
+        cfg = ContribConfig(
+            op=self.OP,
+            dtype=case.dtype,
+            heads=s.num_heads,
+            kv_heads=s.num_kv_heads,
+            key_dim=s.key_dim,
+            value_dim=s.value_dim,
+            scale=case.scale,
+        )
+        return dataclasses.replace(cfg, **changes)
+
+    def session(self, cfg: ContribConfig, device: str) -> OrtSession:
+        provider, _ = provider_for(device)
+        return self._sessions.get(
+            (cfg, device),
+            lambda: OrtSession(contrib_model(cfg), device, require_fused(self.OP, provider)),
+        )
+
+    def _qkv(self, case: Case, inputs: CaseInputs) -> dict[str, np.ndarray]:
+        dtype = require_dtype(case, self.DTYPES, self.DTYPE_REASON)
+        return {
+            name: merge_heads(inputs.native(src)).astype(dtype, copy=False)
+            for name, src in (("query", "q"), ("key", "k"), ("value", "v"))
+        }
+
+    def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        raise NotImplementedError
+
+    def check(self, case: Case) -> None:
+        """Refuse, before running, what the operator's input validation rejects."""
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        require_kernel(case, self.OP, MS_DOMAIN, device, 1, "T")
+        self.check(case)
+        if case.decode is not None:
+            return {"output": self._decode(case, inputs, device)}
+        plan = self.plan(case, inputs)
+        result = self.session(plan.cfg, device).run(plan.feeds)
+        out = {"output": split_heads(result["output"], case.shape.num_heads)}
+        if plan.cfg.weights:
+            out["weights"] = result["weights"]
+        return out
+
+    def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def save_model(self, case: Case, directory: str | Path) -> list[Path]:
+        """Write the ONNX model this case runs (and its inputs, .npz) into `directory`."""
+        stem = f"{self.declaration.name}-{case.id}"
+        if case.decode is not None:
+            cfg = self._config(case, causal=True, past=True)
+            return write_model(contrib_model(cfg), directory, stem)
+        plan = self.plan(case, make_inputs(case))
+        return write_model(contrib_model(plan.cfg), directory, stem, plan.feeds)
+
+
+def _attention_bias(
+    case: Case,
+    mask,
+    dtype: np.dtype,  # noqa: ANN001 - conformance.case.Mask
+) -> np.ndarray | None:
+    """The case's remaining mask components as one additive attention_bias (0/-inf + bias)."""
+    attend, bias = build_mask(dataclasses.replace(case, mask=mask))
+    return combined_additive(attend, bias, dtype)
+
+
+class OrtContribMHA(OrtContribBase):
+    OP = "MultiHeadAttention"
+
+    def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        feeds = self._qkv(case, inputs)
+        dtype = feeds["query"].dtype
+        m = case.mask
+        rest = m
+        causal = False
+        if m.causal is not None:
+            causal = True
+            rest = dataclasses.replace(rest, causal=None)
+        padding = False
+        if m.key_padding is not None:
+            # key_padding_mask (B, S): 1 keeps the key, 0 pads it (filled with mask_filter_value)
+            lengths = np.asarray(m.key_padding)[:, None]
+            feeds["key_padding_mask"] = (np.arange(case.shape.kv_len)[None, :] < lengths).astype(
+                np.int32
+            )
+            padding = True
+            rest = dataclasses.replace(rest, key_padding=None)
+        bias = _attention_bias(case, rest, dtype)
+        if bias is not None:
+            feeds["attention_bias"] = bias
+        cfg = self._config(
+            case,
+            causal=causal,
+            padding=padding,
+            bias_heads=0 if bias is None else bias.shape[1],
+        )
+        return _Plan(cfg, feeds)
+
+    def check(self, case: Case) -> None:
+        s = case.shape
+        if case.decode is not None and s.value_dim != s.key_dim:
+            raise Unsupported(
+                "with past_key/past_value MultiHeadAttention needs value head size == key head "
+                "size (ORT: 'past_value dimension 3 should be same as head_size')"
+            )
+
+    def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        # One graph for prefill and steps: unidirectional, past_key/value (empty at first).
+        cfg = self._config(case, causal=True, past=True)
+        session = self.session(cfg, device)
+        qkv = self._qkv(case, inputs)
+        dtype = qkv["query"].dtype
+        s = case.shape
+        past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
+        past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
+        outputs = []
+        for start, stop in _chunks(case):
+            feeds = {n: a[:, start:stop] for n, a in qkv.items()}
+            feeds.update(past_key=past_k, past_value=past_v)
+            result = session.run(feeds)
+            past_k, past_v = result["present_key"], result["present_value"]
+            outputs.append(result["output"])
+        return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
+
+
+class OrtContribGQA(OrtContribBase):
+    OP = "GroupQueryAttention"
+
+    def check(self, case: Case) -> None:
+        if case.shape.key_dim % 8:
+            raise Unsupported(
+                f"head_size {case.shape.key_dim}: GroupQueryAttention requires a multiple of 8 "
+                "(ORT: 'head_size must be a multiple of 8')"
+            )
+
+    def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        s = case.shape
+        if s.query_len != s.kv_len:
+            raise Unsupported("GroupQueryAttention takes new key/value of the query's length")
+        feeds = self._qkv(case, inputs)
+        dtype = feeds["query"].dtype
+        m = case.mask
+        rest = m
+        causal = False
+        window = -1
+        if m.causal is not None and causal_offset(case) == 0:
+            causal = True
+            rest = dataclasses.replace(rest, causal=None)
+        if m.window is not None and causal and m.window[1] == 0:
+            # Since ORT 1.23 (microsoft/onnxruntime#25927) local_window_size counts the
+            # current token: W keys i-W+1 .. i, i.e. W = left + 1.
+            window = m.window[0] + 1
+            rest = dataclasses.replace(rest, window=None)
+        lengths = np.full(s.batch, s.kv_len)
+        if m.key_padding is not None:
+            lengths = np.asarray(m.key_padding)
+            if (lengths < 1).any():
+                raise Unsupported(
+                    "seqlens_k (total length - 1) must be >= 0: GroupQueryAttention rejects a "
+                    "batch entry with no valid key"
+                )
+            rest = dataclasses.replace(rest, key_padding=None)
+        feeds["seqlens_k"] = (lengths - 1).astype(np.int32)
+        feeds["total_sequence_length"] = np.array(s.kv_len, dtype=np.int32)
+        bias = _attention_bias(case, rest, dtype)
+        if bias is not None:
+            feeds["attention_bias"] = bias
+        cfg = self._config(
+            case,
+            causal=causal,
+            window=window,
+            bias_heads=0 if bias is None else bias.shape[1],
+            weights="weights" in case.compare,
+        )
+        return _Plan(cfg, feeds)
+
+    def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        # Prompt then token steps, as onnxruntime-genai drives it: past_key/value (empty for
+        # the prompt), seqlens_k = tokens so far - 1, total_sequence_length = tokens so far.
+        cfg = self._config(case, causal=True, past=True)
+        session = self.session(cfg, device)
+        qkv = self._qkv(case, inputs)
+        dtype = qkv["query"].dtype
+        s = case.shape
+        past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
+        past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
+        outputs = []
+        for start, stop in _chunks(case):
+            feeds = {n: a[:, start:stop] for n, a in qkv.items()}
+            feeds.update(past_key=past_k, past_value=past_v)
+            feeds["seqlens_k"] = np.full(s.batch, stop - 1, dtype=np.int32)
+            feeds["total_sequence_length"] = np.array(stop, dtype=np.int32)
+            result = session.run(feeds)
+            past_k, past_v = result["present_key"], result["present_value"]
+            outputs.append(result["output"])
+        return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
+
+
+def _chunks(case: Case) -> list[tuple[int, int]]:
+    """Token ranges of a decode case: the prefix at once, then one token per step."""
+    prefix, total = case.decode.prefix, case.shape.query_len
+    return ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+
+
+MHA_FEATURES = frozenset(
+    {
+        "kernel",
+        "kv-len",
+        "value-dim",
+        "causal",
+        "causal-top-left",
+        "key-padding",
+        "query-padding",
+        "bool-mask",
+        "per-head-mask",
+        "additive-mask",
+        "attn-bias",
+        "fully-masked-rows",
+        "scale",
+        "decode",
+    }
+)
+GQA_FEATURES = frozenset(
+    {
+        "kernel",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "key-padding",
+        "query-padding",
+        "bool-mask",
+        "per-head-mask",
+        "additive-mask",
+        "attn-bias",
+        "fully-masked-rows",
+        "window",
+        "scale",
+        "decode",
+        "weights",
+    }
+)
+
+
+CONTRIB_DOC = "https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md"
+
+MHA_DIVERGENCES = (
+    Divergence(
+        id="ort-mha-mask-filter-value",
+        reason="key_padding_mask positions get mask_filter_value (default -10000) added to the "
+        "logits, not -inf: a row whose keys are all padding has every logit shifted by the "
+        "same amount, so its softmax is that of the unmasked row; the shift happens in "
+        "float32, which rounds those logits to multiples of 2**-10 (float16-like precision)",
+        link=CONTRIB_DOC + "#com.microsoft.MultiHeadAttention",
+        when=frozenset({"key-padding", "fully-masked-rows"}),
+        masked_rows="unmasked",
+        compute_dtype="float16",
+    ),
+)
+
+MHA_UNSUPPORTED = {
+    "grouped-query": "num_heads only: key/value need as many heads as the query "
+    "(GroupQueryAttention is ort.contrib.gqa)",
+    "multi-query": "num_heads only: key/value need as many heads as the query",
+    "causal-bottom-right": "unidirectional aligns the diagonal by the past length (0 here)",
+    "window": "no sliding-window attribute",
+    "weights": "its 4th output (qk) is the scaled logits before softmax, not the weights",
+    "weights-mean": "no head-averaged weights",
+    "bfloat16": "NumPy has no bfloat16 to feed ONNX Runtime",
+    "float64": "the contrib schema allows float, float16 and bfloat16 only",
+}
+
+GQA_UNSUPPORTED = {
+    "kv-len": "new key/value must have the query's length (a longer context comes from "
+    "past_key/past_value)",
+    "value-dim": "one head_size for query, key and value",
+    "causal-top-left": "T == S only (kv-len)",
+    "causal-bottom-right": "T == S only (kv-len)",
+    "weights-mean": "per-head weights only (output_qk)",
+    "bfloat16": "NumPy has no bfloat16 to feed ONNX Runtime",
+    "float64": "the contrib schema allows float, float16 and bfloat16 only",
+}
+
+MHA_NOTES = (
+    "Q/K/V go in as 3-D (B, S, H*hd); key padding as key_padding_mask (B, S) int32, 1 = keep; "
+    "every other mask component (boolean masks as 0/-inf, additive masks, biases, query "
+    "padding) as one float attention_bias (B, 1|H, T, S); causal as unidirectional=1. "
+    "unidirectional masks rows 0..T-2 only (the CPU kernel's loop stops before the last row, "
+    "which is right for T == S): with T < S and no past the last query row sees every key, "
+    "which the causal-top-left cases report as a fail. Decode: one graph with "
+    "unidirectional=1 and past_key/past_value (empty at first), present_* fed back."
+)
+GQA_NOTES = (
+    "Q (B, S, H*hd), K/V (B, S, G*hd); key padding as seqlens_k = length - 1 (int32) with "
+    "total_sequence_length = S; other mask components as a float attention_bias; causal=1 "
+    "or 0 (bidirectional); a left window (left, 0) with causal as local_window_size = left + 1 "
+    "(since microsoft/onnxruntime#25927 the window counts the current token). Weights: "
+    "output_qk with qk_output=2 (after softmax). Decode: prompt then one token per step, "
+    "past_key/past_value fed back, seqlens_k = tokens so far - 1."
+)
+
+
+def _decl(name: str, summary: str, features: frozenset, **kw: Any) -> Declaration:
+    return Declaration(
+        name=name,
+        summary=summary,
+        framework="onnxruntime",
+        features=features,
+        dtypes=frozenset({"float32", "float16"}),
+        requires=("onnx", "onnxruntime"),
+        worker="onnx",
+        **kw,
+    )
+
+
+OrtContribMHA.declaration = _decl(
+    "ort.contrib.mha",
+    "com.microsoft MultiHeadAttention in ONNX Runtime: 3-D Q/K/V, key_padding_mask, "
+    "attention_bias, unidirectional",
+    MHA_FEATURES,
+    divergences=MHA_DIVERGENCES,
+    unsupported_reasons=MHA_UNSUPPORTED,
+    notes=MHA_NOTES,
+)
+OrtContribGQA.declaration = _decl(
+    "ort.contrib.gqa",
+    "com.microsoft GroupQueryAttention in ONNX Runtime: 3-D Q/K/V, seqlens_k, causal, "
+    "local_window_size, attention_bias",
+    GQA_FEATURES,
+    unsupported_reasons=GQA_UNSUPPORTED,
+    notes=GQA_NOTES,
+)
+
+ADAPTERS = [OrtContribMHA, OrtContribGQA]
