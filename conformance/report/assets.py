@@ -1,0 +1,383 @@
+"""The HTML report's stylesheet and script, inlined into every report (no network requests)."""
+
+CSS = r"""
+:root {
+  --pass: #2e9d4f; --diverges: #d98e04; --unsupported: #9aa0a8; --fail: #d64541; --error: #7b2d8e;
+  --pass-bg: #e5f4e9; --diverges-bg: #fdf1d8; --unsupported-bg: #f0f1f3; --fail-bg: #fbe3e2;
+  --error-bg: #f1e3f5; --ink: #1d2330; --muted: #5d6675; --line: #dde1e7; --panel: #f7f8fa;
+  --accent: #2f5fb3;
+}
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  color: var(--ink); background: #fff; }
+header { padding: 22px 32px 14px; border-bottom: 1px solid var(--line); background: var(--panel); }
+h1 { margin: 0 0 6px; font-size: 22px; }
+h2 { font-size: 18px; margin: 28px 0 10px; }
+h3 { font-size: 15px; margin: 0 0 6px; }
+main { padding: 0 32px 40px; max-width: 1600px; }
+a { color: var(--accent); }
+code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
+pre { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px;
+  overflow-x: auto; white-space: pre-wrap; word-break: break-word; margin: 4px 0 10px; }
+nav { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid var(--line);
+  padding: 8px 32px; display: flex; gap: 18px; }
+nav a { text-decoration: none; font-weight: 600; }
+.meta { color: var(--muted); font-size: 13px; }
+.totals { display: flex; flex-wrap: wrap; gap: 8px; margin: 10px 0 6px; }
+.chip { display: inline-flex; align-items: center; gap: 5px; border-radius: 999px; padding: 2px 10px;
+  font-weight: 600; font-size: 13px; border: 1px solid transparent; white-space: nowrap; }
+.chip.v-pass { background: var(--pass-bg); color: #1d6b35; border-color: #bfe3c9; }
+.chip.v-diverges { background: var(--diverges-bg); color: #8a5a00; border-color: #f3d79a; }
+.chip.v-unsupported { background: var(--unsupported-bg); color: #4c535c; border-color: #d9dce0; }
+.chip.v-fail { background: var(--fail-bg); color: #a42a26; border-color: #f2bcb9; }
+.chip.v-error { background: var(--error-bg); color: #5d1f6c; border-color: #dcc0e4; }
+.bar { display: flex; height: 8px; border-radius: 4px; overflow: hidden; background: var(--line); min-width: 60px; }
+.bar span { display: block; height: 100%; }
+.bar .v-pass { background: var(--pass); } .bar .v-diverges { background: var(--diverges); }
+.bar .v-unsupported { background: var(--unsupported); } .bar .v-fail { background: var(--fail); }
+.bar .v-error { background: var(--error); }
+.filters { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; margin: 8px 0 12px;
+  padding: 8px 12px; background: var(--panel); border: 1px solid var(--line); border-radius: 8px; }
+.filters label { color: var(--muted); font-size: 13px; display: inline-flex; gap: 6px; align-items: center; }
+select, input[type=search] { font: inherit; padding: 3px 6px; border: 1px solid #c5cbd3; border-radius: 5px; background: #fff; }
+table { border-collapse: collapse; }
+table.matrix { border: 1px solid var(--line); }
+table.matrix th, table.matrix td { border: 1px solid var(--line); padding: 6px 8px; vertical-align: top; }
+table.matrix thead th { background: var(--panel); font-size: 13px; text-align: left; }
+table.matrix th.adapter { text-align: left; white-space: nowrap; background: #fff; font-weight: 600; }
+table.matrix td.cell { min-width: 96px; cursor: pointer; }
+table.matrix td.cell:hover { outline: 2px solid var(--accent); outline-offset: -2px; }
+td.cell.w-pass { background: var(--pass-bg); } td.cell.w-diverges { background: var(--diverges-bg); }
+td.cell.w-unsupported { background: var(--unsupported-bg); } td.cell.w-fail { background: var(--fail-bg); }
+td.cell.w-error { background: var(--error-bg); } td.cell.empty { color: var(--muted); cursor: default; }
+.counts { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; font-size: 12px; font-weight: 600; }
+.counts .v-pass { color: #1d6b35; } .counts .v-diverges { color: #8a5a00; }
+.counts .v-unsupported { color: #5b626b; } .counts .v-fail { color: #a42a26; } .counts .v-error { color: #5d1f6c; }
+table.results { width: 100%; border: 1px solid var(--line); }
+table.results th { text-align: left; background: var(--panel); font-size: 12.5px; padding: 6px 8px;
+  border-bottom: 1px solid var(--line); position: sticky; top: 37px; }
+table.results td { padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+table.results tr.row { cursor: pointer; }
+table.results tr.row:hover td { background: #f1f5fc; }
+table.results tr.row.open td { background: #e8eff9; }
+td.msg { color: var(--muted); max-width: 520px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.detail > td { background: #fbfcfd; padding: 12px 16px 16px; }
+.detail-grid { display: grid; grid-template-columns: minmax(320px, 1fr) minmax(320px, 1.2fr); gap: 18px; }
+@media (max-width: 1000px) { .detail-grid { grid-template-columns: 1fr; } }
+dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 12px; margin: 0 0 10px; }
+dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; word-break: break-word; }
+.pics { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+.heatmaps > .pics { flex-direction: column; gap: 10px; }
+.heatmaps .pics .pics { flex-direction: row; }
+figure { margin: 0; }
+figure img { image-rendering: pixelated; image-rendering: crisp-edges; border: 1px solid var(--line); display: block; background: #fff; }
+figcaption { font-size: 12px; color: var(--muted); margin-top: 3px; max-width: 260px; }
+.legend { display: flex; flex-wrap: wrap; gap: 18px; align-items: center; color: var(--muted); font-size: 12px; margin: 6px 0; }
+.legend img { image-rendering: pixelated; height: 10px; width: 120px; vertical-align: middle; border: 1px solid var(--line); }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; vertical-align: middle; margin-right: 4px; border: 1px solid rgba(0,0,0,.1); }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 14px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; background: #fff; }
+.card h3 code { font-size: 14px; }
+.tags { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0 8px; }
+.tag { font-size: 11.5px; padding: 1px 6px; border-radius: 4px; background: #e9eef6; color: #244a8a; }
+.tag.off { background: #f3f4f6; color: #9aa0a8; text-decoration: line-through; }
+table.small { font-size: 12.5px; width: 100%; }
+table.small th, table.small td { text-align: left; padding: 3px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
+.others { display: flex; flex-wrap: wrap; gap: 4px; }
+.cmd { display: flex; gap: 6px; align-items: flex-start; }
+.cmd pre { flex: 1; margin: 0; }
+button { font: inherit; font-size: 12.5px; padding: 3px 10px; border-radius: 5px; border: 1px solid #c5cbd3; background: #fff; cursor: pointer; }
+button:hover { background: #f1f5fc; }
+.more { margin: 10px 0; }
+.note { color: var(--muted); font-size: 12.5px; }
+footer { padding: 16px 32px 30px; color: var(--muted); font-size: 12.5px; border-top: 1px solid var(--line); }
+"""
+
+JS = r"""
+(function () {
+  "use strict";
+  var D = JSON.parse(document.getElementById("report-data").textContent);
+  D.results.forEach(function (r) {  // texts travel once in D.strings
+    r.d = D.strings[r.d]; r.m = D.strings[r.m];
+    r.tol = r.tol == null ? null : D.strings[r.tol];
+  });
+  var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
+  var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
+  var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
+  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "",
+               verdicts: {pass: true, diverges: true, unsupported: true, fail: true, error: true},
+               limit: 200};
+
+  function el(tag, attrs) {
+    var node = document.createElement(tag);
+    if (attrs) {
+      for (var k in attrs) {
+        if (!Object.prototype.hasOwnProperty.call(attrs, k) || attrs[k] == null) continue;
+        if (k === "text") node.textContent = attrs[k];
+        else if (k === "cls") node.className = attrs[k];
+        else node.setAttribute(k, attrs[k]);
+      }
+    }
+    for (var i = 2; i < arguments.length; i++) {
+      var c = arguments[i];
+      if (c == null) continue;
+      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    }
+    return node;
+  }
+  function fmt(x) {
+    if (x === null || x === undefined) return "–";
+    if (x === 0) return "0";
+    var a = Math.abs(x);
+    return (a >= 1e-3 && a < 1e4) ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+  }
+  function caseOf(r) { return D.cases[r.c]; }
+  function matchesMatrix(r) {
+    var c = caseOf(r);
+    return (!state.device || r.d === state.device) && (!state.dtype || c.dt === state.dtype) &&
+           (!state.env || String(r.e) === state.env);
+  }
+  function matchesList(r) {
+    if (!matchesMatrix(r) || !state.verdicts[r.v]) return false;
+    if (state.adapter !== "" && String(r.a) !== state.adapter) return false;
+    if (state.family !== "" && String(caseOf(r).f) !== state.family) return false;
+    if (state.text) {
+      var hay = (D.adapters[r.a] + " " + caseOf(r).id + " " + r.d + " " + (r.m || "")).toLowerCase();
+      if (hay.indexOf(state.text) < 0) return false;
+    }
+    return true;
+  }
+  function countsOf(list) {
+    var n = {pass: 0, diverges: 0, unsupported: 0, fail: 0, error: 0, total: 0};
+    list.forEach(function (r) { n[r.v] += 1; n.total += 1; });
+    return n;
+  }
+  function worst(n) {
+    for (var i = 0; i < SEVERITY.length; i++) if (n[SEVERITY[i]]) return SEVERITY[i];
+    return null;
+  }
+  function bar(n) {
+    var b = el("div", {cls: "bar", role: "img",
+      "aria-label": ORDER.filter(function (v) { return n[v]; }).map(function (v) { return n[v] + " " + v; }).join(", ")});
+    ORDER.forEach(function (v) {
+      if (n[v]) b.appendChild(el("span", {cls: "v-" + v, style: "width:" + (100 * n[v] / n.total) + "%",
+                                          title: n[v] + " " + v}));
+    });
+    return b;
+  }
+  function countLine(n) {
+    var d = el("div", {cls: "counts"});
+    ORDER.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });
+    return d;
+  }
+
+  function renderTotals() {
+    var n = countsOf(D.results.filter(matchesMatrix));
+    var box = document.getElementById("totals");
+    box.textContent = "";
+    box.appendChild(el("span", {cls: "chip", text: n.total + " results"}));
+    ORDER.forEach(function (v) {
+      if (n[v]) box.appendChild(el("span", {cls: "chip v-" + v, text: n[v] + " " + v}));
+    });
+  }
+
+  function renderMatrix() {
+    var cells = {};
+    D.results.forEach(function (r) {
+      if (!matchesMatrix(r)) return;
+      var key = r.a + "|" + caseOf(r).f;
+      (cells[key] = cells[key] || []).push(r);
+    });
+    var table = el("table", {cls: "matrix", id: "matrix-table"});
+    var head = el("tr", null, el("th", {text: "adapter \\ family"}));
+    D.families.forEach(function (f) { head.appendChild(el("th", {scope: "col", text: f})); });
+    table.appendChild(el("thead", null, head));
+    var body = el("tbody");
+    D.adapters.forEach(function (name, ai) {
+      var tr = el("tr", null, el("th", {cls: "adapter", scope: "row"}, el("a", {href: "#adapter-" + ai, text: name})));
+      if (!D.ran[ai]) {
+        tr.appendChild(el("td", {cls: "cell empty", colspan: String(D.families.length),
+                                 text: "no results (no device for it on the machines of this run)"}));
+        body.appendChild(tr);
+        return;
+      }
+      D.families.forEach(function (f, fi) {
+        var list = cells[ai + "|" + fi] || [];
+        if (!list.length) { tr.appendChild(el("td", {cls: "cell empty", text: "·"})); return; }
+        var n = countsOf(list);
+        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name, "data-family": f,
+                           title: name + " × " + f + ": click to list these results"}, bar(n), countLine(n));
+        td.addEventListener("click", function () {
+          state.adapter = String(ai); state.family = String(fi); state.limit = 200;
+          document.getElementById("f-adapter").value = state.adapter;
+          document.getElementById("f-family").value = state.family;
+          renderResults();
+          document.getElementById("results").scrollIntoView();
+        });
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    table.appendChild(body);
+    var holder = document.getElementById("matrix-holder");
+    holder.textContent = "";
+    holder.appendChild(table);
+  }
+
+  function chip(v, text) { return el("span", {cls: "chip v-" + v, text: text || v}); }
+
+  function renderResults() {
+    var list = D.results.filter(matchesList);
+    var tbody = document.getElementById("results-body");
+    tbody.textContent = "";
+    list.slice(0, state.limit).forEach(function (r) {
+      var c = caseOf(r);
+      var tr = el("tr", {cls: "row", "data-verdict": r.v, "data-index": r.i, tabindex: "0"},
+        el("td", null, chip(r.v)),
+        el("td", null, el("code", {text: D.adapters[r.a]})),
+        el("td", null, el("code", {text: c.id})),
+        el("td", {text: r.d + (D.envs.length > 1 ? " @ " + D.envs[r.e].id : "")}),
+        el("td", {text: c.dt}),
+        el("td", {cls: "num", text: fmt(r.x)}),
+        el("td", {cls: "num", text: r.at == null ? "–" : fmt(r.at) + " / " + fmt(r.rt)}),
+        el("td", {cls: "msg", title: r.m || "", text: r.m || ""}));
+      tr.addEventListener("click", function () { toggle(tr, r); });
+      tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") toggle(tr, r); });
+      tbody.appendChild(tr);
+    });
+    var shown = Math.min(list.length, state.limit);
+    document.getElementById("results-count").textContent =
+      "showing " + shown + " of " + list.length + " results (worst first)";
+    var more = document.getElementById("more");
+    more.hidden = list.length <= state.limit;
+  }
+
+  function toggle(tr, r) {
+    var next = tr.nextSibling;
+    if (next && next.classList && next.classList.contains("detail")) {
+      next.parentNode.removeChild(next); tr.classList.remove("open"); return;
+    }
+    tr.classList.add("open");
+    var td = el("td", {colspan: "8"}, detail(r));
+    tr.parentNode.insertBefore(el("tr", {cls: "detail"}, td), tr.nextSibling);
+  }
+
+  function cellFor(w, h, width) { return Math.max(2, Math.min(24, Math.floor((width || 200) / Math.max(w, h)))); }
+  function pic(index, caption, cell) {
+    if (index == null) return null;
+    var img = D.images[index];
+    var w = img[1], h = img[2];
+    if (!cell || w * cell > 460) cell = cellFor(w, h, w > 2 * h ? 460 : 200);
+    return el("figure", null,
+      el("img", {src: img[0], width: String(w * cell), height: String(h * cell), alt: caption}),
+      el("figcaption", {text: caption}));
+  }
+
+  function kv(pairs) {
+    var dl = el("dl", {cls: "kv"});
+    pairs.forEach(function (p) {
+      if (p[1] === null || p[1] === undefined || p[1] === "") return;
+      dl.appendChild(el("dt", {text: p[0]}));
+      dl.appendChild(el("dd", null, typeof p[1] === "string" ? document.createTextNode(p[1]) : p[1]));
+    });
+    return dl;
+  }
+
+  function detail(r) {
+    var c = caseOf(r);
+    var left = el("div");
+    left.appendChild(el("h3", null, chip(r.v), " ", el("code", {text: D.adapters[r.a]}), " on ",
+                        el("code", {text: c.id})));
+    if (r.m) left.appendChild(el("pre", {cls: "message", text: r.m}));
+    var div = r.dv == null ? null : D.divergences[r.dv];
+    var link = null;
+    if (div && div.link) link = el("a", {href: div.link, target: "_blank", rel: "noopener", text: div.link});
+    left.appendChild(kv([
+      ["device", r.d], ["machine", D.envs[r.e].label],
+      ["max abs error", fmt(r.x)], ["max rel error", fmt(r.rx)],
+      ["tolerance", r.tol || (r.at == null ? null : "rtol=" + fmt(r.rt) + ", atol=" + fmt(r.at))],
+      ["mismatches", r.mm == null ? null : String(r.mm)],
+      ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
+      ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
+      ["divergence", div ? div.id + ": " + div.reason : null], ["upstream", link]
+    ]));
+    if (r.cmd) {
+      var pre = el("pre", {cls: "repro", text: r.cmd});
+      var btn = el("button", {type: "button", text: "copy"});
+      btn.addEventListener("click", function () {
+        if (navigator.clipboard) navigator.clipboard.writeText(r.cmd).then(function () { btn.textContent = "copied"; },
+                                                                           function () { btn.textContent = "select it"; });
+      });
+      left.appendChild(el("div", {cls: "note", text: "reproduce:"}));
+      left.appendChild(el("div", {cls: "cmd"}, pre, btn));
+    }
+    var others = el("div", {cls: "others"});
+    D.byCase[r.c].forEach(function (j) {
+      var o = D.results[j];
+      if (o === r) return;
+      others.appendChild(el("span", {cls: "chip v-" + o.v, title: o.m || o.v,
+                                     text: D.adapters[o.a] + (o.d !== "cpu" ? " [" + o.d + "]" : "")}));
+    });
+    if (others.childNodes.length) {
+      left.appendChild(el("div", {cls: "note", text: "other results on this case:"}));
+      left.appendChild(others);
+    }
+
+    var right = el("div");
+    var pics = el("div", {cls: "pics"});
+    var base = c.ref != null ? D.images[c.ref] : (r.w != null ? D.images[r.w] : null);
+    var cell = base ? cellFor(base[1], base[2]) : null;  // one scale for every T x S picture
+    var row1 = el("div", {cls: "pics weights"}), row2 = el("div", {cls: "pics"});
+    [pic(c.ref, "reference weights (batch 0, head 0)", cell),
+     pic(r.w, "implementation weights (batch 0, head 0)", cell),
+     pic(r.wd, "|weights − reference|", cell)
+    ].forEach(function (f) { if (f) row1.appendChild(f); });
+    [pic(c.mask, c.maskNote || "mask", cell),
+     pic(r.oe, "|output − reference| (batch 0" + (c.mode === "kernel" ? ", head 0)" : ")"), null)
+    ].forEach(function (f) { if (f) row2.appendChild(f); });
+    if (row1.childNodes.length) pics.appendChild(row1);
+    if (row2.childNodes.length) pics.appendChild(row2);
+    if (pics.childNodes.length) {
+      right.appendChild(el("div", {cls: "heatmaps"}, pics));
+      right.appendChild(el("div", {cls: "note",
+        text: "weights: viridis 0 → 1, grey = NaN; differences: blue-grey within atol, warm above it, magenta = NaN in only one of the two"}));
+    } else {
+      right.appendChild(el("p", {cls: "note", text: r.v === "pass" || r.v === "unsupported" || r.v === "error"
+        ? "no pictures for this result (nothing was compared, or the case is too large to preview)"
+        : "no previews stored for this case (too large)"}));
+    }
+    right.appendChild(el("div", {cls: "note", text: "resolved case:"}));
+    right.appendChild(el("pre", {cls: "spec", text: c.spec}));
+    return el("div", {cls: "detail-grid"}, left, right);
+  }
+
+  function bind(id, key) {
+    var node = document.getElementById(id);
+    if (!node) return;
+    node.addEventListener("change", function () {
+      state[key] = node.value; state.limit = 200;
+      if (key === "device" || key === "dtype" || key === "env") { renderMatrix(); renderTotals(); }
+      renderResults();
+    });
+  }
+  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env");
+  bind("f-adapter", "adapter"); bind("f-family", "family");
+  document.getElementById("f-text").addEventListener("input", function (ev) {
+    state.text = ev.target.value.trim().toLowerCase(); state.limit = 200; renderResults();
+  });
+  Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
+    box.addEventListener("change", function () { state.verdicts[box.value] = box.checked; state.limit = 200; renderResults(); });
+  });
+  document.getElementById("more").addEventListener("click", function () { state.limit += 500; renderResults(); });
+  document.getElementById("reset").addEventListener("click", function () {
+    state.adapter = ""; state.family = ""; state.text = ""; state.limit = 200;
+    ["f-adapter", "f-family", "f-text"].forEach(function (id) { document.getElementById(id).value = ""; });
+    renderResults();
+  });
+  renderTotals();
+  renderMatrix();
+  renderResults();
+  document.body.setAttribute("data-ready", "1");
+})();
+"""

@@ -1,0 +1,127 @@
+"""The HTML report in a real headless browser (Debian's chromium driven by Playwright).
+
+Needs: `apt-get install -y chromium` (the Debian package, /usr/bin/chromium) and
+`pip install playwright` (the Python package only: no `playwright install`, no browser
+download). Without either, the test skips and says which one is missing.
+
+Checks: the page loads from disk without console errors or network requests, the matrix is
+visible and its device/dtype filters recount the cells, a failing case's detail opens and shows
+its heatmaps (decoded images, not broken ones). A screenshot is saved under tmp_path, or under
+$REPORT_SCREENSHOT_DIR when set (CI can keep it as an artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.report import render, validate
+from conformance.report.merge import merge
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_report_fixtures import build_results  # noqa: E402
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the Python package 'playwright' is not installed (pip install playwright)",
+)
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    tmp = tmp_path_factory.mktemp("browser")
+    cpu = validate(build_results(tmp))
+    gpu = json.loads(json.dumps(build_results(tmp, machine="gpu-box")))
+    for record in gpu["results"]:
+        record["device"] = "cuda:0"
+    merged, _ = merge([("cpu", cpu), ("gpu", validate(gpu))])
+    page = tmp / "results.html"
+    page.write_text(render(validate(merged), "html"), encoding="utf-8")
+    return page
+
+
+def test_report_in_headless_chromium(report_page: Path, tmp_path: Path) -> None:
+    shots = Path(os.environ.get("REPORT_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as error:  # noqa: BLE001 - a browser that cannot start is a skip reason
+            pytest.skip(f"chromium at {CHROMIUM} does not start: {error}")
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on(
+                "request",
+                lambda r: (
+                    None
+                    if r.url.startswith(("file:", "data:"))
+                    else problems.append(f"network request: {r.url}")
+                ),
+            )
+            page.goto(report_page.as_uri())
+            page.wait_for_selector("body[data-ready='1']")
+
+            matrix = page.locator("#matrix-table")
+            assert matrix.is_visible()
+            assert matrix.locator("tbody tr").count() == 2  # reference, test.wrong
+            cell = page.locator("td.cell[data-adapter='test.wrong'][data-family='masks']")
+            assert "w-error" in cell.get_attribute("class")  # coloured by its worst verdict
+            assert "4 fail" in cell.inner_text() and "2 error" in cell.inner_text()
+
+            page.select_option("#f-device", "cuda:0")  # one machine's results
+            assert "2 fail" in cell.inner_text() and "1 error" in cell.inner_text()
+            page.select_option("#f-dtype", "float64")
+            text = cell.inner_text()
+            assert "1 fail" in text and "3 diverges" in text and "pass" not in text
+            page.select_option("#f-dtype", "")
+            page.select_option("#f-device", "")
+
+            cell.click()  # lists that cell's results, worst first
+            rows = page.locator("#results-body tr.row")
+            assert rows.count() == 20
+            failing = page.locator("#results-body tr.row[data-verdict='fail']").first
+            failing.click()
+            detail = page.locator("#results-body tr.detail").first
+            heatmap = detail.locator("img[alt='|weights − reference|']")
+            heatmap.wait_for(state="visible")
+            for alt in ("reference weights", "implementation weights", "mask"):
+                image = detail.locator(f"img[alt^='{alt}']")
+                assert image.is_visible(), alt
+                assert image.evaluate("i => i.complete && i.naturalWidth > 0"), alt
+            assert heatmap.evaluate("i => i.naturalWidth") == 7  # one pixel per key (S = 7)
+            assert "--case" in detail.locator("pre.repro").inner_text()
+            detail.scroll_into_view_if_needed()
+            shot = shots / "report-failing-case.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert not problems, problems
