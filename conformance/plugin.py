@@ -1,0 +1,561 @@
+"""Turn a plain attention function into an adapter: the five-minute path for your own code.
+
+Kernel mode: a function `(q, k, v, mask, **optional) -> out` computing scaled dot-product
+attention on per-head tensors:
+
+    from conformance.plugin import kernel_adapter
+
+    @kernel_adapter(name="mylib.attention", mask="additive", arrays="torch")
+    def my_attention(q, k, v, mask, *, scale):
+        ...                                   # q [B,H,T,K], k [B,G,S,K], v [B,G,S,V]
+        return out                            # [B,H,T,V]
+
+    conformance run --adapter mymodule:my_attention
+
+Layer mode: a function `(query, key, value, params, mask, **optional) -> out` with the
+projection weights in the layout you ask for (`weights=`: "canonical", "linear", "packed",
+"einsum"), see `layer_adapter`.
+
+The decorator replaces the function by an `Adapter` subclass of the same name (the original
+stays callable as `.function`). Its `Declaration` is derived from what the calling convention
+can express: the mask form you accept, whether you accept `scale`, whether you return the
+attention weights, how you handle fewer key/value heads. Narrow it with `drop=` (features your
+code does not support: those cases become `unsupported`, not failures) or replace it with
+`features=`; widen it with `add=`.
+
+Optional keyword arguments are passed only when the function's signature names them:
+`scale` (the logit scale; without it the function must use 1/sqrt(K) and `scale` cases are
+unsupported), `case` (the whole `conformance.Case`), `device` ("cpu", "cuda:0", ...).
+
+`arrays=` picks how arrays reach the function: "numpy" (the case dtype's storage form;
+bfloat16 travels as float32), "torch", "jax" or "tensorflow" (tensors of the case dtype,
+bfloat16 included, on the device). Outputs may be any of these; they come back as NumPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .adapter import Adapter, Declaration, Divergence, ToleranceOverride, Unsupported
+from .case import Case
+from .inputs import CaseInputs
+from .layouts import (
+    bhtk_to_bthk,
+    bthk_to_bhtk,
+    repeat_kv_heads,
+    to_einsum_kernel,
+    to_linear,
+    to_linear_out,
+    to_packed_in_proj,
+)
+from .masks import build_mask, combined_additive, to_true_masked, visible
+
+MASK_FORMS = ("additive", "attend", "masked", "none")
+ARRAY_KINDS = ("numpy", "torch", "jax", "tensorflow")
+KERNEL_LAYOUTS = ("BHTK", "BTHK")
+WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum")
+KV_HEADS = ("native", "repeat", "equal")
+
+# What a boolean mask can carry; an additive one carries a finite bias too.
+BOOL_MASK_FEATURES = frozenset({
+    "causal", "causal-top-left", "causal-bottom-right", "key-padding", "query-padding",
+    "bool-mask", "per-head-mask", "additive-mask", "window", "fully-masked-rows",
+})  # fmt: skip
+ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias"}
+GQA_FEATURES = frozenset({"grouped-query", "multi-query"})
+
+_FRAMEWORK_OF = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+
+
+# --- arrays in, arrays out -----------------------------------------------------------------
+
+
+def to_framework(array: np.ndarray, dtype: str, kind: str, device: str = "cpu") -> Any:
+    """A NumPy array in the case dtype's storage form -> the framework's array of that dtype.
+
+    Boolean arrays stay boolean. bfloat16 (stored as float32 holding bfloat16 values) becomes
+    the framework's bfloat16, losslessly.
+    """
+    is_bool = array.dtype == np.bool_
+    if kind == "numpy":
+        return array
+    if kind == "torch":
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if not is_bool:
+            tensor = tensor.to(getattr(torch, dtype))
+        return tensor.to(device)
+    if kind == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        target = jnp.bool_ if is_bool else getattr(jnp, dtype)
+        value = jnp.asarray(array, dtype=target)
+        if device != "cpu":
+            platform, _, index = device.partition(":")
+            value = jax.device_put(value, jax.devices(platform)[int(index or 0)])
+        return value
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        target = tf.bool if is_bool else getattr(tf, dtype)
+        with tf.device(_tf_device(device)):
+            return tf.constant(array, dtype=target)
+    raise ValueError(f"arrays must be one of {ARRAY_KINDS}, got {kind!r}")
+
+
+def _tf_device(device: str) -> str:
+    platform, _, index = device.partition(":")
+    return f"/{'GPU' if platform == 'cuda' else platform.upper()}:{index or 0}"
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """Any framework's array -> NumPy, keeping its precision (bfloat16 widens to float32)."""
+    if hasattr(value, "detach"):  # torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # tensorflow
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype.name == "bfloat16":  # ml_dtypes (JAX, TensorFlow): not a NumPy floating type
+        array = array.astype(np.float32)
+    return array
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | None:
+    """The case's mask in one of MASK_FORMS, [B, H, T, S] (or [B, 1|H, T, S] unbroadcast).
+
+    additive: float in the case dtype's storage form, 0 / -inf plus any finite bias
+    attend:   bool, True = the query may attend to the key (SDPA, JAX, Keras, Flax, ONNX)
+    masked:   bool, True = masked out (torch nn.MultiheadAttention)
+    None when the case has no mask.
+    """
+    if form not in MASK_FORMS:
+        raise ValueError(f"mask must be one of {MASK_FORMS}, got {form!r}")
+    if case.mask.is_empty() or form == "none":
+        return None
+    from .dtypes import STORAGE
+
+    attend, bias = build_mask(case)
+    if form == "additive":
+        mask = combined_additive(attend, bias, STORAGE[case.dtype])
+    else:
+        if bias is not None and np.any(np.isfinite(bias) & (bias != 0)):
+            raise Unsupported("a finite attention bias cannot travel as a boolean mask")
+        seen = visible(case)
+        mask = seen if form == "attend" else to_true_masked(seen)
+    if broadcast and mask is not None:
+        s = case.shape
+        mask = np.ascontiguousarray(
+            np.broadcast_to(mask, (s.batch, s.num_heads, s.query_len, s.kv_len))
+        )
+    return mask
+
+
+# --- declarations --------------------------------------------------------------------------
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _features(
+    mode: str,
+    fn: Callable,
+    mask: str,
+    returns_weights: bool,
+    kv_heads: str,
+    weights: str | None,
+    features: Iterable[str] | None,
+    add: Iterable[str],
+    drop: Iterable[str],
+) -> frozenset[str]:
+    if features is not None:
+        tags = set(features) | {mode}
+    else:
+        tags = {mode, "kv-len", "value-dim"}
+        if mode == "layer":
+            tags |= {"cross-attention", "kv-input-dims", "output-dim", "no-bias"}
+        tags |= {"additive": ADDITIVE_MASK_FEATURES, "none": set()}.get(mask, BOOL_MASK_FEATURES)
+        if kv_heads != "equal":
+            tags |= GQA_FEATURES
+        if _accepts(fn, "scale"):
+            tags.add("scale")
+        if returns_weights:
+            tags |= {"weights", "weights-mean"}
+        if weights == "packed":  # torch's packed in_proj: one E for q, k, v and the output
+            tags -= {"kv-input-dims", "value-dim", "output-dim"} | GQA_FEATURES
+    return frozenset((tags | set(add)) - set(drop))
+
+
+def _notes(kv_heads: str, returns_weights: bool, notes: str) -> str:
+    parts = [notes] if notes else []
+    if kv_heads == "repeat":
+        parts.append(
+            "grouped/multi-query cases run with the key/value heads repeated by the helper "
+            "(conformance.layouts.repeat_kv_heads), not by the implementation"
+        )
+    if returns_weights:
+        parts.append("weights_mean is the mean over heads of the returned per-head weights")
+    return "; ".join(parts)
+
+
+class FunctionAdapter(Adapter):
+    """Base of the classes `kernel_adapter` / `layer_adapter` build. `function` is the user's."""
+
+    function: Callable[..., Any]
+    convention: Mapping[str, Any]  # how the function is called (read by the reproducer too)
+    _setup_hook: Callable[[], None] | None = None
+    _devices: tuple[str, ...] = ("cpu",)
+
+    def setup(self) -> None:
+        kind = self.convention["arrays"]
+        if kind == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)  # float64 cases must stay float64
+        elif kind != "numpy":
+            importlib.import_module(kind)
+        if self._setup_hook is not None:
+            self._setup_hook()
+
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for dist in {self.declaration.framework, "numpy"}:
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                pass
+        return out
+
+    def _options(self, case: Case, device: str) -> dict[str, Any]:
+        fn = type(self).function
+        kwargs: dict[str, Any] = {}
+        if _accepts(fn, "scale"):
+            kwargs["scale"] = case.effective_scale
+        if _accepts(fn, "case"):
+            kwargs["case"] = case
+        if _accepts(fn, "device"):
+            kwargs["device"] = device
+        return kwargs
+
+    def _array(self, array: np.ndarray | None, case: Case, device: str) -> Any:
+        if array is None:
+            return None
+        return to_framework(array, case.dtype, self.convention["arrays"], device)
+
+    def _outputs(self, result: Any, case: Case, layout: str) -> dict[str, np.ndarray]:
+        if isinstance(result, Mapping):
+            out = {name: to_numpy(value) for name, value in result.items() if value is not None}
+        elif isinstance(result, tuple):
+            if len(result) != 2:
+                raise TypeError("return the output, or (output, weights)")
+            out = {"output": to_numpy(result[0])}
+            if result[1] is not None:
+                out["weights"] = to_numpy(result[1])
+        else:
+            out = {"output": to_numpy(result)}
+        if layout == "BTHK" and out["output"].ndim == 4:
+            out["output"] = bthk_to_bhtk(out["output"])
+        if "weights" in out and "weights_mean" not in out:
+            out["weights_mean"] = out["weights"].mean(axis=1)
+        return out
+
+
+class KernelFunctionAdapter(FunctionAdapter):
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        conv = self.convention
+        q, k, v = (inputs.native(n) for n in ("q", "k", "v"))
+        if conv["kv_heads"] == "repeat" and k.shape[1] != q.shape[1]:
+            k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
+        if conv["layout"] == "BTHK":
+            q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
+        mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        args = [self._array(a, case, device) for a in (q, k, v, mask)]
+        result = type(self).function(*args, **self._options(case, device))
+        return self._outputs(result, case, conv["layout"])
+
+
+def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.ndarray | None]:
+    """Canonical weights (conformance.inputs) in `layout`; biases are None without bias.
+
+    canonical: wq [H,Dq,K] bq [H,K] wk [G,Dk,K] bk wv [G,Dv,V] bv wo [H,V,Do] bo [Do]
+    linear:    q_weight [H*K,Dq] q_bias [H*K] k_weight [G*K,Dk] ... out_weight [Do,H*V] out_bias
+    packed:    in_proj_weight [3E,E] in_proj_bias [3E] out_weight [E,E] out_bias [E]
+               (torch nn.MultiheadAttention; needs H = G, Dq = Dk = Dv = Do = H*K, K = V)
+    einsum:    q_kernel [Dq,H,K] q_bias [H,K] ... out_kernel [H,V,Do] out_bias [Do]
+               (Keras EinsumDense, Flax DenseGeneral)
+    add_bias_kv cases add bias_k [G,K] and bias_v [G,V] in every layout.
+    """
+    w = {name: inputs.native(name) for name in inputs.weights}
+    bias = case.use_bias
+    if layout == "canonical":
+        out = {name: w[name] for name in ("wq", "wk", "wv", "wo")}
+        out.update({n: (w[n] if bias else None) for n in ("bq", "bk", "bv", "bo")})
+    elif layout == "linear":
+        out = {}
+        for p in "qkv":
+            weight, b = to_linear(w[f"w{p}"], w[f"b{p}"])
+            out[f"{p}_weight"], out[f"{p}_bias"] = weight, (b if bias else None)
+        out["out_weight"], out["out_bias"] = to_linear_out(w["wo"]), (w["bo"] if bias else None)
+    elif layout == "packed":
+        s = case.shape
+        e = s.num_heads * s.key_dim
+        if not (
+            s.num_kv_heads == s.num_heads
+            and s.key_dim == s.value_dim
+            and s.query_dim == s.key_input_dim == s.value_input_dim == s.output_dim == e
+        ):
+            raise Unsupported(
+                "a packed in_proj needs H = G, K = V and every model dim equal to H*K"
+            )
+        weight, b = to_packed_in_proj(w["wq"], w["wk"], w["wv"], w["bq"], w["bk"], w["bv"])
+        out = {"in_proj_weight": weight, "in_proj_bias": b if bias else None}
+        out["out_weight"], out["out_bias"] = to_linear_out(w["wo"]), (w["bo"] if bias else None)
+    elif layout == "einsum":
+        out = {}
+        for p in "qkv":
+            out[f"{p}_kernel"] = to_einsum_kernel(w[f"w{p}"])
+            out[f"{p}_bias"] = w[f"b{p}"] if bias else None
+        out["out_kernel"], out["out_bias"] = w["wo"], (w["bo"] if bias else None)
+    else:
+        raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+    if case.add_bias_kv:
+        out["bias_k"], out["bias_v"] = w["bias_k"], w["bias_v"]
+    return out
+
+
+class LayerFunctionAdapter(FunctionAdapter):
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        conv = self.convention
+        query = self._array(inputs.native("query"), case, device)
+        if case.self_attention:  # the same object, as a self-attention call passes it
+            key = value = query
+        else:
+            key = self._array(inputs.native("key"), case, device)
+            value = self._array(inputs.native("value"), case, device)
+        params = {
+            name: self._array(a, case, device)
+            for name, a in layer_params(case, inputs, conv["weights"]).items()
+        }
+        mask = self._array(
+            mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"]), case, device
+        )
+        result = type(self).function(query, key, value, params, mask, **self._options(case, device))
+        return self._outputs(result, case, "BHTK")
+
+
+def _build(
+    base: type[FunctionAdapter],
+    fn: Callable[..., Any],
+    convention: dict[str, Any],
+    *,
+    name: str,
+    summary: str | None,
+    framework: str | None,
+    features: frozenset[str],
+    dtypes: Iterable[str],
+    requires: Iterable[str] | None,
+    worker: str | None,
+    env: Mapping[str, str] | None,
+    divergences: Iterable[Divergence],
+    tolerances: Iterable[ToleranceOverride],
+    unsupported_reasons: Mapping[str, str] | None,
+    notes: str,
+    devices: Iterable[str],
+    setup: Callable[[], None] | None,
+    class_name: str | None,
+) -> type[FunctionAdapter]:
+    kind = convention["arrays"]
+    if kind not in ARRAY_KINDS:
+        raise ValueError(f"arrays must be one of {ARRAY_KINDS}, got {kind!r}")
+    doc = (inspect.getdoc(fn) or "").strip().splitlines()
+    declaration = Declaration(
+        name=name,
+        summary=summary or (doc[0] if doc else f"{fn.__module__}.{fn.__qualname__}"),
+        framework=framework or _FRAMEWORK_OF[kind],
+        features=features,
+        dtypes=frozenset(dtypes),
+        requires=tuple(requires) if requires is not None else (() if kind == "numpy" else (kind,)),
+        worker=worker or f"plugin:{name}",  # own process: a user's crash costs only its cases
+        env=dict(env or {}),
+        divergences=tuple(divergences),
+        tolerances=tuple(tolerances),
+        unsupported_reasons=dict(unsupported_reasons or {}),
+        notes=_notes(convention.get("kv_heads", "native"), convention["returns_weights"], notes),
+    )
+    qualname = class_name or fn.__qualname__
+    cls = type(
+        qualname.rsplit(".", 1)[-1],
+        (base,),
+        {
+            "declaration": declaration,
+            "function": staticmethod(fn),
+            "convention": dict(convention),
+            "_setup_hook": staticmethod(setup) if setup else None,
+            "_devices": tuple(devices),
+            "__module__": fn.__module__,
+            "__doc__": fn.__doc__,
+        },
+    )
+    cls.__qualname__ = qualname  # the registry imports it back as module:qualname
+    return cls
+
+
+def kernel_adapter(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str,
+    mask: str = "additive",
+    arrays: str = "numpy",
+    layout: str = "BHTK",
+    kv_heads: str = "native",
+    returns_weights: bool = False,
+    broadcast_mask: bool = True,
+    features: Iterable[str] | None = None,
+    add: Iterable[str] = (),
+    drop: Iterable[str] = (),
+    dtypes: Iterable[str] = ("float64", "float32"),
+    summary: str | None = None,
+    framework: str | None = None,
+    requires: Iterable[str] | None = None,
+    worker: str | None = None,
+    env: Mapping[str, str] | None = None,
+    divergences: Iterable[Divergence] = (),
+    tolerances: Iterable[ToleranceOverride] = (),
+    unsupported_reasons: Mapping[str, str] | None = None,
+    notes: str = "",
+    devices: Iterable[str] = ("cpu",),
+    setup: Callable[[], None] | None = None,
+    class_name: str | None = None,
+) -> Any:
+    """Decorator (or function) making a kernel-mode adapter from `fn(q, k, v, mask, ...)`.
+
+    fn gets q [B,H,T,K], k [B,G,S,K], v [B,G,S,V] (layout "BTHK": [B,T,H,K] etc.) and `mask`
+    in the form named by `mask` (see `mask_for`; None when the case has none), and returns
+    out [B,H,T,V] (same layout as its inputs), or (out, weights [B,H,T,S]) when
+    returns_weights, or a dict with "output" / "weights" / "weights_mean".
+
+    kv_heads: "native" (fn handles G < H itself: head h uses key/value head h // (H/G)),
+    "repeat" (the helper repeats key/value heads first; say so in the adapter's name),
+    "equal" (grouped/multi-query cases are unsupported).
+    """
+    for value, allowed, what in (
+        (mask, MASK_FORMS, "mask"), (layout, KERNEL_LAYOUTS, "layout"), (kv_heads, KV_HEADS, "kv_heads"),
+    ):  # fmt: skip
+        if value not in allowed:
+            raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+
+    def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
+        tags = _features(
+            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop
+        )
+        convention = {
+            "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
+            "kv_heads": kv_heads, "returns_weights": returns_weights,
+            "broadcast_mask": broadcast_mask,
+        }  # fmt: skip
+        return _build(
+            KernelFunctionAdapter, function, convention, name=name, summary=summary,
+            framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
+            env=env, divergences=divergences, tolerances=tolerances,
+            unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
+            class_name=class_name,
+        )  # fmt: skip
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def layer_adapter(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str,
+    weights: str = "canonical",
+    mask: str = "additive",
+    arrays: str = "numpy",
+    kv_heads: str = "native",
+    returns_weights: bool = False,
+    broadcast_mask: bool = True,
+    features: Iterable[str] | None = None,
+    add: Iterable[str] = (),
+    drop: Iterable[str] = (),
+    dtypes: Iterable[str] = ("float64", "float32"),
+    summary: str | None = None,
+    framework: str | None = None,
+    requires: Iterable[str] | None = None,
+    worker: str | None = None,
+    env: Mapping[str, str] | None = None,
+    divergences: Iterable[Divergence] = (),
+    tolerances: Iterable[ToleranceOverride] = (),
+    unsupported_reasons: Mapping[str, str] | None = None,
+    notes: str = "",
+    devices: Iterable[str] = ("cpu",),
+    setup: Callable[[], None] | None = None,
+    class_name: str | None = None,
+) -> Any:
+    """Decorator (or function) making a layer-mode adapter from
+    `fn(query, key, value, params, mask, ...)`.
+
+    query [B,T,Dq], key [B,S,Dk], value [B,S,Dv] (for self-attention cases key and value are
+    the query object itself); params: the projection weights in `weights` layout (see
+    `layer_params`; biases None when the case has none); mask as in `kernel_adapter`. Returns
+    the output [B,T,Do], or (output, weights [B,H,T,S]) when returns_weights, or a dict.
+
+    kv_heads: "native" (G < H handled by fn) or "equal" (grouped/multi-query unsupported).
+    Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
+    them (accept `case` to see case.decode, case.add_bias_kv, ...).
+    """
+    if weights not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {weights!r}")
+    if mask not in MASK_FORMS:
+        raise ValueError(f"mask must be one of {MASK_FORMS}, got {mask!r}")
+    if kv_heads not in ("native", "equal"):
+        raise ValueError("kv_heads must be 'native' or 'equal' for a layer")
+
+    def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
+        tags = _features(
+            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop
+        )
+        convention = {
+            "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
+            "kv_heads": kv_heads, "returns_weights": returns_weights,
+            "broadcast_mask": broadcast_mask,
+        }  # fmt: skip
+        return _build(
+            LayerFunctionAdapter, function, convention, name=name, summary=summary,
+            framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
+            env=env, divergences=divergences, tolerances=tolerances,
+            unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
+            class_name=class_name,
+        )  # fmt: skip
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def describe_convention(cls: type[FunctionAdapter]) -> str:
+    """One line saying how the function is called (for reproducers and error messages)."""
+    c = cls.convention
+    fn = cls.function
+    extra = [f"{p}=..." for p in ("scale", "case", "device") if _accepts(fn, p)]
+    if c["mode"] == "kernel":
+        args = ["q", "k", "v", f"mask_{c['mask']}" if c["mask"] != "none" else "None", *extra]
+    else:
+        args = ["query", "key", "value", f"params[{c['weights']}]", f"mask_{c['mask']}", *extra]
+    return f"{fn.__module__}.{fn.__qualname__}({', '.join(args)})  # arrays: {c['arrays']}"
