@@ -53,6 +53,7 @@ from .torch_sdpa import (
     to_torch,
     torch_devices,
     torch_dtype,
+    torch_setup,
     torch_versions,
 )
 
@@ -262,7 +263,7 @@ class TorchMhaAdapter(Adapter):
         self._modules: dict[_Config, Any] = {}
 
     def setup(self) -> None:
-        import torch  # noqa: F401
+        torch_setup()
 
     def devices(self) -> list[str]:
         return torch_devices()

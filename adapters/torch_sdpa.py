@@ -61,6 +61,18 @@ def torch_devices(cuda: bool = True, cpu: bool = True) -> list[str]:
     return found
 
 
+def torch_setup() -> None:
+    """Import torch and make it single-threaded on the CPU.
+
+    The cases are tiny, so intra-op threads buy nothing, and with several workers on a few
+    cores their spinning threads contend: measured 3x slower on a loaded 2-core machine.
+    One thread also keeps CPU reductions in one order from run to run.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def torch_versions() -> dict[str, str]:
     import torch
 
@@ -113,6 +125,13 @@ def op_recorder() -> Any:
             def __init__(self) -> None:
                 super().__init__()
                 self.ops: list[str] = []
+
+            @classmethod
+            def _should_skip_dynamo(cls) -> bool:
+                # torch's documented opt-out: otherwise __torch_dispatch__ is wrapped in
+                # torch._disable_dynamo, whose first call imports torch._dynamo (~2-5 s per
+                # worker process). Nothing here is compiled, so there is nothing to skip.
+                return False
 
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
                 self.ops.append(func.overloadpacket.__name__)
@@ -252,7 +271,7 @@ class TorchSdpaAdapter(Adapter):
     )
 
     def setup(self) -> None:
-        import torch  # noqa: F401
+        torch_setup()
 
     def devices(self) -> list[str]:
         return torch_devices(cpu=not self.cuda_only)
