@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -259,3 +260,25 @@ def test_declaration_is_a_real_declaration() -> None:
     assert isinstance(cls.declaration, Declaration)
     assert cls.declaration.worker == "external:t.peer"
     assert shlex.join(cls.config.command).startswith(shlex.quote(sys.executable))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_cpp_example_oneshot(tmp_path: Path) -> None:
+    """The C++ example reads case.txt (no JSON) and runs once per case."""
+    binary = tmp_path / "attention"
+    built = subprocess.run(
+        ["g++", "-O1", "-std=c++17", "-o", str(binary), str(ROOT / "examples/cpp/attention.cpp")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    adapter_file = tmp_path / "cpp.adapter.yaml"
+    adapter_file.write_text("command: ./attention\nprotocol: oneshot\ntimeout_s: 30\n")
+    cls = external.adapter_class(str(adapter_file))
+    assert cls.declaration.name == "cpp.example.sdpa" and "layer" not in cls.declaration.features
+    adapter = cls()
+    records = {c.id: evaluate(adapter, c, "cpu") for c in CASES}
+    bad = {k: r["message"] for k, r in records.items() if r["verdict"] in ("fail", "error")}
+    assert not bad
+    kernel = [c.id for c in CASES if c.mode == "kernel"]
+    assert all(records[k]["verdict"] == "pass" for k in kernel)
+    assert records["plugins/layer-float64"]["verdict"] == "unsupported"
