@@ -114,10 +114,10 @@ def test_cli_reports_bad_file_with_exit_2(tmp_path: Path, capsys: pytest.Capture
 
 def test_markdown_matrix_failures_and_divergences(doc: dict) -> None:
     text = render(doc, "md")
-    assert "| adapter | masks | layer |" in text
+    assert "| adapter | layer | masks |" in text
     row = next(line for line in text.splitlines() if line.startswith("| `test.wrong`"))
     assert "✅3" in row and "🔶4" in row and "❌2" in row and "💥1" in row and "➖2" in row
-    assert "| `reference` | ✅10 | ✅2 |" in text
+    assert "| `reference` | ✅2 | ✅10 |" in text
     bad = _bad(doc)
     assert f"### Failures ({len(bad)})" in text
     failure_lines = [line for line in text.splitlines() if line.startswith(("- ❌", "- 💥"))]
@@ -280,7 +280,7 @@ def test_cli_render_defaults(results_file: Path, capsys: pytest.CaptureFixture) 
     assert main(["report", str(results_file)]) == 0
     assert (results_file.parent / "results.html").exists()
     assert main(["report", str(results_file), "--format", "md"]) == 0
-    assert "| adapter | masks | layer |" in capsys.readouterr().out
+    assert "| adapter | layer | masks |" in capsys.readouterr().out
     out = results_file.parent / "junit.xml"
     assert main(["report", str(results_file), "--out", str(out)]) == 0  # format from suffix
     assert ET.parse(out).getroot().tag == "testsuites"
@@ -449,3 +449,29 @@ def test_diff_changed_errors_and_new_failures(raw: dict) -> None:
         if record["verdict"] == "pass" and record["dtype"] == "float64":
             record["max_abs_error"] = (record["max_abs_error"] or 0) * 3 + 1e-16
     assert not diff(old, noise).changes["changed_errors"]  # 1e-16-level moves are noise
+
+
+def test_cli_files_after_options(raw: dict, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(raw))
+    b.write_text(json.dumps(_other_machine(raw)))
+    out = tmp_path / "m.json"
+    assert main(["report", "merge", "--out", str(out), str(a), str(b)]) == 0
+    assert len(load_results(out)["environments"]) == 2
+    assert main(["report", "diff", str(a), "--format", "json", str(a)]) == 0
+    assert json.loads(capsys.readouterr().out)["regressions"] == []
+    assert main(["report", "diff", str(a), str(b), "--ratio", "0.5"]) == 2
+
+
+def test_slim_json_is_still_a_results_file(results_file: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    slim = tmp_path / "slim.json"
+    assert (
+        main(["report", str(results_file), "--format", "json", "--slim", "--out", str(slim)]) == 0
+    )
+    doc = load_results(slim)
+    assert all("preview" not in r and "features" not in r for r in doc["results"])
+    assert slim.stat().st_size < results_file.stat().st_size / 2
+    assert main(["report", "diff", str(results_file), str(slim)]) == 0
+    assert "0 regressions" in capsys.readouterr().out
+    assert "<!doctype html>" in render(doc, "html")  # renders without pictures of weights
+    assert main(["report", str(results_file), "--slim"]) == 2  # html: --slim does not apply

@@ -22,8 +22,12 @@ SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".xml": "junit", ".jso
 __all__ = ["FORMATS", "load_results", "render", "validate", "write_all"]
 
 
-def render(doc: dict, fmt: str) -> str:
-    """One report of a validated (normalised) results document as text."""
+def render(doc: dict, fmt: str, slim: bool = False) -> str:
+    """One report of a validated (normalised) results document as text.
+
+    `slim` (json only): without the heatmap previews and the per-record copies of what the case
+    already says (features, compared), on one line: the size to keep in a repository.
+    """
     if fmt == "html":
         from .html import render_html
 
@@ -37,6 +41,8 @@ def render(doc: dict, fmt: str) -> str:
 
         return render_junit(doc)
     if fmt == "json":
+        if slim:
+            return json.dumps(with_summary(slimmed(doc)), separators=(",", ":")) + "\n"
         return json.dumps(with_summary(doc), indent=1) + "\n"
     raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
@@ -60,6 +66,15 @@ def with_summary(doc: dict) -> dict:
         }
         summary["adapters"][name] = per_family
     return {**doc, "summary": summary}
+
+
+SLIM_DROPS = ("preview", "features", "compared")
+
+
+def slimmed(doc: dict) -> dict:
+    """The document without previews and per-record duplicates; still a valid results file."""
+    records = [{k: v for k, v in r.items() if k not in SLIM_DROPS} for r in doc["results"]]
+    return {**doc, "results": records}
 
 
 def write_all(results_path: Path, out_dir: Path) -> list[Path]:

@@ -300,7 +300,8 @@ JS = r"""
       ["mismatches", r.mm == null ? null : String(r.mm)],
       ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
       ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
-      ["divergence", div ? div.id + ": " + div.reason : null], ["upstream", link]
+      ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
+      ["upstream", link]
     ]));
     if (r.cmd) {
       var pre = el("pre", {cls: "repro", text: r.cmd});

@@ -20,7 +20,7 @@ from . import FORMATS, SUFFIXES, render
 from .results import load_results
 
 USAGE = """\
-conformance report RESULTS [--format html|md|junit|json] [--out PATH]
+conformance report RESULTS [--format html|md|junit|json] [--out PATH] [--slim]
        conformance report merge A.json B.json ... --out M.json [--force]
        conformance report diff OLD.json NEW.json [--format text|md|json] [--strict]"""
 
@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-o", "--out", help="output file ('-' for stdout)")
     parser.add_argument(
+        "--slim",
+        action="store_true",
+        help="json: drop heatmap previews and per-record duplicates (a file to keep in git)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="merge: merge despite different spec versions"
     )
     parser.add_argument(
@@ -84,6 +89,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="diff: how far the max abs error must move to count as changed (default 10)",
     )
     parser.set_defaults(handler=run_report)
+    _accept_files_after_options(parser)
+
+
+def _accept_files_after_options(parser: argparse.ArgumentParser) -> None:
+    """Let files follow options (`report merge --out M.json A.json B.json`).
+
+    argparse fills a nargs="+" positional from the first run of words only and reports later
+    words as unrecognised; this collects them into `paths`, in order. Unknown options still fail.
+    """
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # noqa: ANN001, ANN202 - argparse's signature
+        namespace, extras = parse(args, namespace)
+        words = [a for a in extras if not a.startswith("-")]
+        namespace.paths = list(namespace.paths or []) + words
+        return namespace, [a for a in extras if a.startswith("-")]
+
+    parser.parse_known_args = parse_known_args
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -91,10 +114,12 @@ def run_report(args: argparse.Namespace) -> int:
     if first == "merge":
         _only(args, "merge", allowed={"out", "force"})
         return _merge(rest, args)
+    if args.ratio is not None and not args.ratio > 1.0:
+        raise UsageError(f"--ratio must be greater than 1, got {args.ratio:g}")
     if first == "diff":
         _only(args, "diff", allowed={"format", "out", "strict", "ratio"})
         return _diff(rest, args)
-    _only(args, "rendering", allowed={"format", "out"})
+    _only(args, "rendering", allowed={"format", "out", "slim"})
     if rest:
         raise UsageError(
             f"report renders one results file, got {len(args.paths)}: "
@@ -111,6 +136,7 @@ def _only(args: argparse.Namespace, what: str, allowed: set[str]) -> None:
         "force": args.force,
         "strict": args.strict,
         "ratio": args.ratio is not None,
+        "slim": args.slim,
     }
     bad = [f"--{name}" for name, on in given.items() if on and name not in allowed]
     if bad:
@@ -140,12 +166,14 @@ def _render(path: Path, args: argparse.Namespace) -> int:
         )
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if args.slim and fmt != "json":
+        raise UsageError("--slim applies to --format json only")
     doc = load_results(path)
     out = args.out
     if out is None and fmt in ("html", "junit"):
         suffix = ".html" if fmt == "html" else ".junit.xml"
         out = str(path.with_name(path.stem + suffix))
-    _write(render(doc, fmt), out)
+    _write(render(doc, fmt, slim=args.slim), out)
     return 0
 
 

@@ -173,11 +173,14 @@ def _label(doc: dict) -> str:
 def render_text(result: DiffResult, markdown: bool = False) -> str:
     lines = []
     head = "## " if markdown else ""
+    bullet = "- " if markdown else ""
     lines.append(f"{head}Conformance diff")
-    lines.append(f"old: {result.old_label}")
-    lines.append(f"new: {result.new_label}")
+    if markdown:
+        lines.append("")
+    lines.append(f"{bullet}old: {result.old_label}")
+    lines.append(f"{bullet}new: {result.new_label}")
     for note in result.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"{bullet}note: {note}")
     lines.append("")
     summary = (
         ", ".join(f"{len(result.changes[c])} {TITLES[c].lower()}" for c in CATEGORIES)
@@ -190,6 +193,8 @@ def render_text(result: DiffResult, markdown: bool = False) -> str:
             continue
         lines.append("")
         lines.append(f"{'### ' if markdown else ''}{TITLES[category]} ({len(items)})")
+        if markdown:
+            lines.append("")
         for change in items:
             lines.append(f"{'- ' if markdown else '  '}{change.describe()}")
     return "\n".join(lines) + "\n"

@@ -50,7 +50,12 @@ def load_results(path: str | Path) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        cut = " (the file ends early: was the run interrupted?)" if _truncated(text) else ""
+        cut = (
+            " (the file ends early: was the run interrupted? `conformance run --resume DIR` "
+            "finishes it)"
+            if _truncated(text)
+            else ""
+        )
         raise ResultsFileError(
             f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}{cut}"
         ) from None
@@ -164,8 +169,8 @@ def _environments(data: dict, source: str) -> list[dict]:
 
 
 def environment_id(env: dict, taken: set[str]) -> str:
-    """A short readable id for an environment (its machine id), unique among `taken`."""
-    base = str(env.get("machine_id") or env.get("platform") or "env")
+    """A short id for an environment (the runner's own id, else the machine), unique in `taken`."""
+    base = str(env.get("id") or env.get("machine_id") or env.get("platform") or "env")
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-")[:40] or "env"
     name, n = base, 2
     while name in taken:
@@ -198,17 +203,10 @@ def adapter_names(doc: dict) -> list[str]:
 
 
 def families(doc: dict) -> list[str]:
-    """Case families in spec order (the order of 'cases'), then any only seen in records."""
-    out: list[str] = []
-    for case in doc["cases"].values():
-        fam = case.get("family")
-        if fam and fam not in out:
-            out.append(fam)
-    for record in doc["results"]:
-        fam = record_family(record)
-        if fam not in out:
-            out.append(fam)
-    return out
+    """Case families, alphabetical: the shipped specs' order, and the same for every shard."""
+    found = {case.get("family") for case in doc["cases"].values()} - {None, ""}
+    found |= {record_family(record) for record in doc["results"]}
+    return sorted(found)
 
 
 def record_family(record: dict) -> str:
