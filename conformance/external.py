@@ -84,6 +84,7 @@ FILE_KEYS = {
     "tolerances": "tolerance overrides: [{dtype, rtol, atol, reason}]",
     "unsupported_reasons": "{feature: why} for the report",
     "versions": "{package: version} for the report",
+    "devices": "devices it runs on, e.g. [cpu, cuda:0] (default [cpu]); each request names one",
 }
 DECLARATION_KEYS = set(FILE_KEYS) - {"command", "protocol", "timeout_s", "startup_timeout_s", "env"}
 
@@ -219,7 +220,11 @@ def load_adapter_file(path: str | Path) -> ExternalConfig:
 
 
 def write_request(
-    case: Case, inputs: CaseInputs, directory: str | Path, mask_form: str = "additive"
+    case: Case,
+    inputs: CaseInputs,
+    directory: str | Path,
+    mask_form: str = "additive",
+    device: str = "cpu",
 ) -> dict:
     """Write a case's arrays, request.json and case.txt into `directory`; return the request."""
     from .plugin import mask_for
@@ -244,6 +249,7 @@ def write_request(
         "dir": str(directory.resolve()),
         "mode": case.mode,
         "dtype": case.dtype,
+        "device": device,
         "scale": case.effective_scale,
         "shape": shape,
         "self_attention": case.self_attention,
@@ -258,7 +264,7 @@ def write_request(
         "case": case_dict,
     }
     (directory / "request.json").write_text(json.dumps(request, indent=1, default=list))
-    lines = [f"protocol {PROTOCOL}", f"mode {case.mode}", f"dtype {case.dtype}"]
+    lines = [f"protocol {PROTOCOL}", f"mode {case.mode}", f"dtype {case.dtype}", f"device {device}"]
     lines += [f"{k} {shape[k]}" for k in (
         "batch", "query_len", "kv_len", "num_heads", "num_kv_heads", "key_dim", "value_dim",
         "query_dim", "key_input_dim", "value_input_dim", "output_dim",
@@ -496,6 +502,18 @@ class ExternalAdapter(Adapter):
         self._count = 0
         atexit.register(self.close)
 
+    def setup(self) -> None:
+        # Start now, so a command that cannot start or never says hello fails the adapter's
+        # setup (every case reports it once) instead of timing out case after case.
+        if self.config.protocol == "persistent":
+            try:
+                self._live_channel()
+            except (ExternalError, TimeoutError) as error:
+                raise ExternalError(f"{self.config.source}: {error}") from None
+
+    def devices(self) -> list[str]:
+        return [str(d) for d in self.info.get("devices", ["cpu"])]
+
     def versions(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in (self.info.get("versions") or {}).items()}
 
@@ -511,7 +529,9 @@ class ExternalAdapter(Adapter):
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         self._count += 1
         directory = self._root / f"case-{self._count:05d}"
-        request = write_request(case, inputs, directory, self.info.get("mask", "additive"))
+        request = write_request(
+            case, inputs, directory, self.info.get("mask", "additive"), device=device
+        )
         request["id"] = f"{self._count}:{case.id}"
         try:
             if self.config.protocol == "oneshot":

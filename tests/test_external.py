@@ -282,3 +282,15 @@ def test_cpp_example_oneshot(tmp_path: Path) -> None:
     kernel = [c.id for c in CASES if c.mode == "kernel"]
     assert all(records[k]["verdict"] == "pass" for k in kernel)
     assert records["plugins/layer-float64"]["verdict"] == "unsupported"
+
+
+def test_setup_starts_the_process_and_reports_failure(tmp_path: Path) -> None:
+    path = tmp_path / "gone.yaml"
+    path.write_text(
+        "command: ./no-such-binary\nname: t.gone\nfeatures: [kernel]\ndevices: [cpu, cuda:0]\n"
+    )
+    cls = external.adapter_class(str(path))  # declared in the file: nothing started yet
+    adapter = cls()
+    assert adapter.devices() == ["cpu", "cuda:0"]
+    with pytest.raises(external.ExternalError, match="cannot start"):
+        adapter.setup()
