@@ -40,7 +40,8 @@ class SpecError(ConformanceError):
             where += f":{self.line}"
         text = f"{where}: "
         if self.key:
-            text += f"'{self.key}': "
+            key = self.key if len(self.key) <= 60 else self.key[:57] + "..."
+            text += f"'{key}': "
         text += self.message
         if self.hint:
             text += f"\n  hint: {self.hint}"

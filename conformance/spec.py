@@ -132,15 +132,13 @@ def _check_keys(ctx: _Ctx, node: LocatedDict, allowed: dict[str, str], what: str
 
 def _mapping(ctx: _Ctx, value: Any, parent: Any, key: str) -> LocatedDict:
     if not isinstance(value, dict):
-        raise ctx.error(
-            f"must be a mapping (key: value pairs), got {type(value).__name__}", parent, key
-        )
+        raise ctx.error(f"must be a mapping (key: value pairs), got {_kind(value)}", parent, key)
     return value
 
 
 def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.error(f"must be an integer, got {value!r}", parent, key)
+        raise ctx.error(f"must be an integer, got {_show(value)}", parent, key)
     if value < minimum:
         raise ctx.error(f"must be >= {minimum}, got {value}", parent, key)
     return value
@@ -148,31 +146,31 @@ def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
 
 def _number(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.error(f"must be a number, got {value!r}", parent, key)
+        raise ctx.error(f"must be a number, got {_show(value)}", parent, key)
     if not math.isfinite(value):
-        raise ctx.error(f"must be finite, got {value!r}", parent, key)
+        raise ctx.error(f"must be finite, got {_show(value)}", parent, key)
     return float(value)
 
 
 def _bool(ctx: _Ctx, value: Any, parent: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ctx.error(f"must be true or false, got {value!r}", parent, key)
+        raise ctx.error(f"must be true or false, got {_show(value)}", parent, key)
     return value
 
 
 def _choice(ctx: _Ctx, value: Any, parent: Any, key: str, choices) -> str:  # noqa: ANN001
     if value not in choices:
         hint = did_you_mean(str(value), choices) or f"choose one of: {', '.join(choices)}"
-        raise ctx.error(f"{value!r} is not one of {', '.join(choices)}", parent, key, hint)
+        raise ctx.error(f"{_show(value)} is not one of {', '.join(choices)}", parent, key, hint)
     return value
 
 
 def _int_list(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 0) -> tuple[int, ...]:
     if not isinstance(value, list):
-        raise ctx.error(f"must be a list of integers, got {value!r}", parent, key)
+        raise ctx.error(f"must be a list of integers, got {_show(value)}", parent, key)
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
-            raise ctx.error(f"must hold integers >= {minimum}, got {item!r}", parent, key)
+            raise ctx.error(f"must hold integers >= {minimum}, got {_show(item)}", parent, key)
     return tuple(value)
 
 
@@ -225,22 +223,50 @@ def _substitute(value: Any, params: dict[str, Any], whole: set[str], inline: set
     return value
 
 
-def _unresolved(value: Any) -> str | None:
+def _unresolved(
+    value: Any, parent: Any = None, key: str | None = None
+) -> tuple[str, Any, str | None] | None:
+    """The first `$name` left after substitution: (name, the container holding it, its key)."""
     if isinstance(value, dict):
-        for v in value.values():
-            found = _unresolved(v)
+        for k, v in value.items():
+            if k in ("description", "__raw_name__") and parent is None:
+                continue  # free text may mention $ signs
+            found = _unresolved(v, value, k)
             if found:
                 return found
     elif isinstance(value, list):
         for v in value:
-            found = _unresolved(v)
+            found = _unresolved(v, value, key if isinstance(parent, dict) else None)
             if found:
-                return found
+                return found[0], parent if isinstance(parent, dict) else value, found[2]
     elif isinstance(value, str):
         m = re.search(r"\$\{?(\w+)\}?", value)
         if m and (value.startswith("$") or "${" in value):
-            return m.group(1)
+            return m.group(1), parent, key
     return None
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() cut short: messages stay one readable line whatever the spec holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """A YAML user's name for a value's type."""
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "nothing (null)"
+    for kind, name in (
+        (dict, "a mapping"),
+        (list, "a list"),
+        (str, "text"),
+        ((int, float), "a number"),
+    ):
+        if isinstance(value, kind):
+            return f"{name} ({_show(value)})" if name in ("text", "a number") else name
+    return type(value).__name__
 
 
 def _merge(defaults: LocatedDict, case: LocatedDict) -> LocatedDict:
@@ -446,7 +472,7 @@ def _resolve_case(
         raise ctx.error("every case needs a name (a short word)", node, "name")
     if not re.fullmatch(r"[A-Za-z0-9_.+\-=]+", name):
         raise ctx.error(
-            f"name {name!r} may only hold letters, digits and _ . + - =", node, "name",
+            f"name {_show(name)} may only hold letters, digits and _ . + - =", node, "name",
             "it becomes part of the case id",
         )  # fmt: skip
     mode = _choice(ctx, node.get("mode", "layer"), node, "mode", MODES)
@@ -635,11 +661,12 @@ def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) ->
                     f"use it as ${key} or ${{{key}}} in the case, or name a case key"
                 )
                 raise ctx.error(f"matrix parameter '{key}' is not used", matrix, key, hint)
-        leftover = _unresolved({k: v for k, v in resolved.items() if k != "description"})
+        leftover = _unresolved(resolved)
         if leftover:
+            name, where, key = leftover
             raise ctx.error(
-                f"'${leftover}' refers to no matrix parameter", node, None,
-                f"add {leftover}: [...] under matrix:",
+                f"'${name}' refers to no matrix parameter", where, key,
+                f"add {name}: [...] under matrix:",
             )  # fmt: skip
         resolved["__raw_name__"] = raw_name
         try:
@@ -647,7 +674,8 @@ def _expand(ctx: _Ctx, node: LocatedDict, defaults: LocatedDict, family: str) ->
         except SpecError as error:
             if params:
                 error = SpecError(
-                    error.message + f" (with {', '.join(f'{k}={v}' for k, v in params.items())})",
+                    error.message
+                    + f" (with {', '.join(f'{k}={_show(v, 30)}' for k, v in params.items())})",
                     file=error.file, line=error.line, key=error.key, hint=error.hint,
                 )  # fmt: skip
             raise error from None
@@ -661,17 +689,21 @@ def load_spec(path: str | Path) -> list[Case]:
     ctx = _Ctx(str(path))
     data = load_yaml_file(path)
     if data is None:
-        raise SpecError("file is empty", file=ctx.file, hint="a spec needs `cases:` (see README)")
-    if not isinstance(data, LocatedDict):
         raise SpecError(
-            f"the top level must be a mapping with `cases:`, got {type(data).__name__}",
-            file=ctx.file, line=1,
+            "file is empty", file=ctx.file, hint="a spec needs `cases:` (see docs/specs.md)"
+        )
+    if not isinstance(data, LocatedDict):
+        kind = _kind(data)
+        raise SpecError(
+            f"the top level must be a mapping with `cases:`, got {kind}",
+            file=ctx.file, line=getattr(data, "line", None) or _first_content_line(path),
+            hint="start the file with `cases:` (see docs/specs.md)",
         )  # fmt: skip
     _check_keys(ctx, data, FILE_KEYS, "file")
     version = data.get("version", SPEC_VERSION)
     if isinstance(version, bool) or version != SPEC_VERSION:
         raise ctx.error(
-            f"unknown spec version {version!r}; this tool reads version {SPEC_VERSION}",
+            f"unknown spec version {_show(version)}; this tool reads version {SPEC_VERSION}",
             data,
             "version",
         )
@@ -696,7 +728,7 @@ def load_spec(path: str | Path) -> list[Case]:
     seen: dict[str, str] = {}
     for item in items:
         if not isinstance(item, LocatedDict):
-            raise ctx.error(f"each case must be a mapping, got {item!r}", data, "cases")
+            raise ctx.error(f"each case must be a mapping, got {_show(item)}", data, "cases")
         _check_keys(ctx, item, CASE_KEYS, "case")
         for case in _expand(ctx, item, defaults, family):
             if case.id in seen:
@@ -707,6 +739,15 @@ def load_spec(path: str | Path) -> list[Case]:
             seen[case.id] = case.source
             cases.append(case)
     return cases
+
+
+def _first_content_line(path: Path) -> int | None:
+    """The first line that is neither blank nor a comment (where a scalar document starts)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return number
+    return None
 
 
 def spec_files(paths: list[str | Path]) -> list[Path]:

@@ -22,6 +22,7 @@ from .errors import SpecError
 MAX_SPEC_BYTES = 2_000_000
 MAX_ALIASES = 100
 MAX_NODES = 200_000  # scalars + containers after alias expansion
+MAX_NUMBER_CHARS = 100  # longer integers are refused before Python converts them
 MAX_DEPTH = 32  # containers inside containers; real specs need about 5
 
 # Tags a spec may use (implicitly or explicitly); anything else is refused.
@@ -100,7 +101,23 @@ class _Loader(
                 hint="specs are plain data (text, numbers, true/false, lists, mappings); "
                 "tags such as !!python/object are never executed",
             )
-        return super().construct_object(node, deep=deep)
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_NUMBER_CHARS:
+            raise SpecError(
+                f"a number with {len(node.value)} characters is far too large",
+                line=node.start_mark.line + 1,
+                hint="sizes in a spec are small integers",
+            )
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as error:
+            if not isinstance(node, yaml.ScalarNode):
+                raise
+            # e.g. an integer with more digits than Python converts, a malformed !!float
+            raise SpecError(
+                f"a value cannot be read: {str(error).splitlines()[0][:120]}",
+                line=node.start_mark.line + 1,
+                hint="use plain numbers, text and true/false",
+            ) from None
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -192,8 +209,9 @@ def load_yaml_text(text: str, file: str) -> Any:
             line=bad,
             hint="YAML indents with spaces only; replace the tabs with spaces",
         )
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader rejects control characters already here
         data = loader.get_single_data()
     except SpecError as error:
         raise error.located(file, None) from None
@@ -212,6 +230,10 @@ def load_yaml_text(text: str, file: str) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context = getattr(error, "context_mark", None)
+        if context is not None and "end of stream" in problem:
+            mark = context  # an unclosed quote or bracket: point where it opens
+            problem += f" ({error.context})"
         line = mark.line + 1 if mark else None
         if isinstance(error, yaml.reader.ReaderError):
             line = text[: error.position].count("\n") + 1
@@ -235,7 +257,8 @@ def load_yaml_text(text: str, file: str) -> Any:
             hint="use plain numbers, text and true/false",
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     check_size(data, file)
     return data
 
