@@ -281,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     reports = _write_reports(path, out_dir, args)
     _summary(dedupe(records), missing, sys.stdout)
-    _feature_tables(records, entries)
+    _user_adapter_help(dedupe(records), entries, cases, out_dir)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     return 1 if bad else 0
@@ -301,19 +301,33 @@ def _write_reports(path: Path, out_dir: Path, args: argparse.Namespace) -> list[
     return list(write_all(path, out_dir))
 
 
-def _feature_tables(records: list[dict], entries: list[AdapterEntry]) -> None:
-    """For user adapters, a short table of which features pass and fail (leads to the fix)."""
+def _user_adapter_help(
+    records: list[dict], entries: list[AdapterEntry], cases: list[Case], out_dir: Path
+) -> None:
+    """For user adapters: which features pass and fail, and a reproducer for the first failure.
+
+    Built-in adapters have their reports; a user validating their own implementation wants the
+    shortest path to the fix.
+    """
     users = [e for e in entries if e.source != "builtin"]
     if not users:
         return
-    try:
-        from .feature_table import feature_table
-    except ImportError:
-        return
+    from .feature_table import feature_table
+    from .reproducer import write_reproducer
+
+    by_id = {c.id: c for c in cases}
     for entry in users:
         mine = [r for r in records if r["adapter"] == entry.name]
-        if mine:
-            print(f"\n{entry.name}: features\n" + feature_table(mine))
+        if not mine:
+            continue
+        print(f"\n{entry.name}: features\n" + feature_table(mine))
+        failing = next((r for r in mine if r["verdict"] == "fail"), None)
+        if failing is None:
+            continue
+        script = write_reproducer(
+            by_id[failing["case"]], failing, entry.target, out_dir / "reproducers"
+        )
+        print(f"first failure: {failing['case']}\n  reproduce with: python {script}")
 
 
 class _SignalToInterrupt:

@@ -198,6 +198,8 @@ def evaluate(
         "weights": _preview(outputs.get("weights")),
         "output_error": _preview(
             np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])
+            if "output" in outputs and np.shape(outputs["output"]) == expected["output"].shape
+            else None
         ),
     }
 

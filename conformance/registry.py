@@ -9,6 +9,8 @@ point in the group below.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -77,6 +79,10 @@ def plugin_entries() -> list[AdapterEntry]:
 def load_target(target: str) -> type[Adapter]:
     """Import "module:Class" and return the class (or an adapter built from a function)."""
     module_name, _, attr = target.partition(":")
+    # A user's module in the current folder must import, as with `python -m`; spawned
+    # workers inherit sys.path.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -105,6 +111,15 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
         return entries
     chosen: list[AdapterEntry] = []
     for selector in selectors:
+        from . import external
+
+        if external.is_external(selector):
+            target = external.target_for(selector)
+            cls = load_target(target)
+            chosen.append(
+                AdapterEntry(cls.declaration.name, target, cls.declaration, "command line")
+            )
+            continue
         if ":" in selector:
             cls = load_target(selector)
             chosen.append(
