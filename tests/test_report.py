@@ -6,13 +6,13 @@ import base64
 import json
 import re
 import struct
-import sys
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report_fixtures import WrongAttention, build_results
 
 from conformance.cli import main
 from conformance.errors import ResultsFileError, UsageError
@@ -20,9 +20,6 @@ from conformance.report import images as img
 from conformance.report import load_results, render, validate, write_all
 from conformance.report.diff import diff
 from conformance.report.merge import merge
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_report_fixtures import WrongAttention, build_results  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -475,3 +472,46 @@ def test_slim_json_is_still_a_results_file(results_file: Path, tmp_path: Path, c
     assert "0 regressions" in capsys.readouterr().out
     assert "<!doctype html>" in render(doc, "html")  # renders without pictures of weights
     assert main(["report", str(results_file), "--slim"]) == 2  # html: --slim does not apply
+
+
+# --- end to end: `conformance run` leaves every format; merge and diff on real runs ----------
+
+
+def test_run_leaves_every_format_and_shards_merge(tmp_path: Path) -> None:
+    from conftest import run_cli
+    from test_report_fixtures import LAYER_SPEC, MASKS_SPEC
+
+    (tmp_path / "masks.yaml").write_text(MASKS_SPEC)
+    (tmp_path / "layer.yaml").write_text(LAYER_SPEC)
+    specs = [str(tmp_path / "masks.yaml"), str(tmp_path / "layer.yaml")]
+    adapters = ["--adapter", "reference", "--adapter", "test_report_fixtures:WrongAttention"]
+    full = tmp_path / "full"
+    proc = run_cli("run", *specs, *adapters, "--out", str(full), "-q", "-j", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the wrong adapter fails
+    for name in ("results.json", "results.md", "results.html", "results.junit.xml"):
+        assert (full / name).stat().st_size > 0, name
+    doc = load_results(full / "results.json")
+    assert "### Failures (3)" in (full / "results.md").read_text()
+    junit = ET.parse(full / "results.junit.xml").getroot()
+    assert int(junit.get("tests")) == len(doc["results"]) == 24
+    data = _payload((full / "results.html").read_text())
+    assert sum(r["v"] == "fail" for r in data["results"]) == 2
+
+    shards = []
+    for i in (1, 2):
+        out = tmp_path / f"shard{i}"
+        run_cli("run", *specs, *adapters, "--shard", f"{i}/2", "--out", str(out), "-q",
+                "-j", "1", "--no-report")  # fmt: skip
+        shards.append(str(out / "results.json"))
+    merged = tmp_path / "merged.json"
+    proc = run_cli("report", "merge", *shards, "--out", str(merged))
+    assert proc.returncode == 0, proc.stderr
+    joined = load_results(merged)
+    assert len(joined["environments"]) == 1  # two shards, one machine
+
+    def verdicts(d: dict) -> list[tuple]:
+        return sorted((r["case"], r["adapter"], r["verdict"]) for r in d["results"])
+
+    assert verdicts(joined) == verdicts(doc)
+    proc = run_cli("report", "diff", str(full / "results.json"), str(merged))
+    assert proc.returncode == 0 and "0 regressions" in proc.stdout, proc.stdout + proc.stderr

@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from test_report_fixtures import build_results
 
 from conformance.report import render, validate
 from conformance.report.merge import merge
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_report_fixtures import build_results  # noqa: E402
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",
