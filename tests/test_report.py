@@ -338,7 +338,8 @@ def test_merge_keeps_each_environment(raw: dict, tmp_path: Path) -> None:
     machines = re.search(r'<table class="small" id="device-machines">.*?</table>', page, re.S)
     assert "cuda:0" in machines.group(0) and "gpu-box" in machines.group(0)
     junit = ET.fromstring(render(merged, "junit"))
-    assert len(junit.findall(".//testcase")) == len(merged["results"])
+    names = [(c.get("classname"), c.get("name")) for c in junit.findall(".//testcase")]
+    assert len(set(names)) == len(names) == len(merged["results"])
     # Merging the merged file with a third machine keeps all three.
     c = tmp_path / "tpu.json"
     c.write_text(json.dumps(_other_machine(raw, "tpu-box", "tpu:0")))
@@ -437,8 +438,12 @@ def test_diff_changed_errors_and_new_failures(raw: dict) -> None:
     target["max_abs_error"] = 5e-6  # still within atol 1e-5, but 10x+ worse than before
     unsupported = next(r for r in new["results"] if r["verdict"] == "unsupported")
     unsupported.update(verdict="fail", message="now claims layer support and gets it wrong")
+    crash = next(r for r in new["results"] if r["verdict"] == "error")
+    crash["message"] = "MemoryError: out of memory"
     result = diff(old, new)
-    assert [c.case for c in result.changes["changed_errors"]] == [target["case"]]
+    assert sorted(c.case for c in result.changes["changed_errors"]) == sorted(
+        [target["case"], crash["case"]]
+    )
     assert [c.case for c in result.changes["new_failures"]] == [unsupported["case"]]
     assert result.exit_code() == 0 and result.exit_code(strict=True) == 1
     noise = json.loads(json.dumps(old))
@@ -515,3 +520,14 @@ def test_run_leaves_every_format_and_shards_merge(tmp_path: Path) -> None:
     assert verdicts(joined) == verdicts(doc)
     proc = run_cli("report", "diff", str(full / "results.json"), str(merged))
     assert proc.returncode == 0 and "0 regressions" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_two_machines_same_device_stay_apart(raw: dict) -> None:
+    merged, _ = merge([("a", validate(raw)), ("b", validate(_other_machine(raw, "box2", "cpu")))])
+    assert len(merged["results"]) == 2 * len(raw["results"])
+    junit = ET.fromstring(render(validate(merged), "junit"))
+    names = [(c.get("classname"), c.get("name")) for c in junit.findall(".//testcase")]
+    assert len(set(names)) == len(names)
+    assert "masks/window [cpu @ box2]" in {n for _, n in names}
+    md = render(validate(merged), "md")
+    assert "(cpu @ box2)" in md and "(cpu @ test-machine)" in md

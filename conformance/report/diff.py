@@ -7,7 +7,8 @@ same result from several machines. Categories:
     new failures    fail/error now, but absent or unsupported before (exit 1 with --strict)
     fixes           fail/error before, pass/diverges now
     changed errors  same verdict, but the max abs error moved by more than --ratio (default 10)
-                    and is at least a tenth of atol on one side (so 1e-16 -> 3e-16 is noise)
+                    and is at least a tenth of atol on one side (so 1e-16 -> 3e-16 is noise);
+                    for `error` results, a different message (another exception)
     other changes   any other verdict change (pass <-> diverges, fail <-> error, -> unsupported)
     added/removed   results present in only one run
 """
@@ -154,6 +155,8 @@ def diff(old: dict, new: dict, ratio: float = 10.0) -> DiffResult:
 
 
 def _error_moved(before: dict, after: dict, ratio: float) -> bool:
+    if before["verdict"] == "error":  # an implementation's exception: its text is the error
+        return before.get("message") != after.get("message")
     x, y = before.get("max_abs_error"), after.get("max_abs_error")
     if x is None or y is None:
         return (x is None) != (y is None) and before["verdict"] in ("pass", "fail", "diverges")

@@ -37,6 +37,10 @@ def render_junit(doc: dict) -> str:
         by_adapter.setdefault(record["adapter"], []).append(record)
     totals: Counter = Counter()
     total_time = 0.0
+
+    def where(record: dict) -> str:  # merged files: one device name on several machines
+        return f" @ {record.get('environment_id')}" if len(envs) > 1 else ""
+
     for name in adapter_names(doc):
         group = by_adapter.get(name, [])
         if not group:
@@ -59,7 +63,7 @@ def render_junit(doc: dict) -> str:
                 suite,
                 "testcase",
                 classname=_clean(f"{name}.{record_family(record)}"),
-                name=_clean(f"{record['case']} [{record['device']}]"),
+                name=_clean(f"{record['case']} [{record['device']}{where(record)}]"),
                 time=_seconds(duration),
             )
             message = _clean(record.get("message") or verdict)

@@ -90,6 +90,8 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
         lines.append("")
         for record in failing[:MAX_FAILURE_LINES]:
             device = f" ({record['device']})" if record["device"] != "cpu" else ""
+            if len(doc["environments"]) > 1:
+                device = f" ({record['device']} @ {record.get('environment_id')})"
             lines.append(
                 f"- {MARK[record['verdict']]} {_code(record['adapter'])} "
                 f"{_code(record['case'])}{device}: {one_line(record.get('message'), 200)}"
@@ -125,5 +127,9 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
     text = "\n".join(lines)
     if len(text) > MAX_CHARS:  # keep it postable: cut whole lines, say so
         cut = text[:MAX_CHARS].rsplit("\n", 1)[0]
+        if cut.count("```") % 2:  # do not leave a code block open
+            cut += "\n```"
+        if cut.count("<details>") > cut.count("</details>"):
+            cut += "\n\n</details>"
         text = cut + "\n\n… (cut to fit a comment; the HTML report has everything)\n"
     return text
