@@ -1,0 +1,455 @@
+"""`jax.dpa.*`: jax.nn.dot_product_attention in kernel mode (B T N H layout).
+
+What each variant calls (see docs/adapters/jax.md for the evidence behind every divergence):
+
+- `jax.dpa.xla`: implementation="xla". The case's mask travels through the function's own
+  arguments wherever one exists: `is_causal` (top-left aligned), `local_window_size`, `bias`
+  (additive 0/-inf masks and finite biases), `scale` (only when the case sets one, so the
+  default 1/sqrt(H) is exercised too); what no flag can express (random/per-head masks,
+  padding, named masked rows, bottom-right causal alignment when T != S) goes in the boolean
+  `mask` (True = attend).
+- `jax.dpa.xla.seq-lengths`: the same, but key/query padding travel as
+  `key_value_seq_lengths` / `query_seq_lengths` (int32 [B]) instead of in `mask`. That is a
+  different path: padded query rows have their output multiplied by zero
+  (`_get_padding_mask_encoded`), and on cuDNN it selects the PADDING mask types.
+- `jax.dpa.cudnn`: implementation="cudnn" (cuDNN flash attention), float16/bfloat16 only; lists
+  only CUDA devices, so it reports itself unavailable on a CPU-only machine. Padding travels as
+  sequence lengths (cuDNN's own padding path), the rest as for `jax.dpa.xla`; cuDNN adds the
+  boolean mask to the logits as a large negative bias. Shapes cuDNN refuses are `unsupported`
+  with cuDNN's reason.
+
+All JAX/Flax adapters share the worker "jax", which runs with x64 enabled (set before any array
+exists) so float64 cases really hand float64 arrays to JAX.
+
+This module also holds the small helpers the Flax adapters share (device lookup, dtype casts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.case import Case
+from conformance.inputs import CaseInputs
+from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk
+from conformance.masks import build_mask, causal_offset
+
+JAX_SRC = "https://github.com/jax-ml/jax/blob/jax-v0.10.2/jax/_src/nn/functions.py"
+JAX_ENV = {"JAX_ENABLE_X64": "1"}  # set before the worker imports jax (setup() repeats it)
+
+# --- helpers shared by the JAX and Flax adapters ------------------------------------------------
+
+
+CACHE_ENV = "CONFORMANCE_JAX_CACHE_DIR"
+
+
+def setup_jax() -> Any:
+    """Import jax with x64 on. Must run before any JAX array exists in this process.
+
+    XLA compilation dominates these adapters' time (~0.25 s CPU per distinct signature on CPU,
+    about 100 signatures per adapter on the shipped specs). Setting CONFORMANCE_JAX_CACHE_DIR
+    turns on JAX's persistent compilation cache there: later runs load the compiled programs
+    (about 5x faster) and compute exactly the same thing.
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    cache_dir = os.environ.get(CACHE_ENV)
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return jax
+
+
+def jax_versions() -> dict[str, str]:
+    import jax
+    import jaxlib
+
+    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+    try:
+        import flax
+
+        versions["flax"] = flax.__version__
+    except ImportError:  # jax.dpa needs no flax
+        pass
+    return versions
+
+
+def jax_device_names(gpu_only: bool = False) -> list[str]:
+    """'cpu' plus 'cuda:N' for every GPU JAX sees (platform 'gpu' covers CUDA here)."""
+    import jax
+
+    names = [] if gpu_only else ["cpu"]
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        gpus = []
+    names += [f"cuda:{i}" for i in range(len(gpus))]
+    return names
+
+
+def jax_device(name: str) -> Any:
+    import jax
+
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    if name.startswith("cuda:"):
+        return jax.devices("gpu")[int(name.split(":")[1])]
+    raise Unsupported(f"unknown device {name!r}")
+
+
+def jax_dtype(dtype: str) -> Any:
+    import jax.numpy as jnp
+
+    return {
+        "float64": jnp.float64,
+        "float32": jnp.float32,
+        "float16": jnp.float16,
+        "bfloat16": jnp.bfloat16,
+        "bool": jnp.bool_,
+    }[dtype]
+
+
+def to_jax(x: np.ndarray, dtype: str, device: Any) -> Any:
+    """A canonical array (storage form) as a JAX array of the case dtype on `device`.
+
+    bfloat16 arrives as float32 holding exactly representable values, so the cast is lossless.
+    """
+    import jax
+
+    return jax.device_put(np.asarray(x).astype(jax_dtype(dtype)), device)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Back to NumPy; bfloat16 (not a NumPy floating type) widens losslessly to float32."""
+    arr = np.asarray(x)
+    if arr.dtype.name == "bfloat16":
+        arr = arr.astype(np.float32)
+    return arr
+
+
+CPU_F16 = (
+    "float16 under jax.jit on CPU: jax.nn.dot_product_attention asks for the F16_F16_F32 dot "
+    "algorithm, which XLA:CPU refuses when the jitted function is compiled; its try/except "
+    "fallback to the default precision only catches errors raised while tracing, so it works "
+    "eagerly but not under jit (known: https://github.com/keras-team/keras-hub/pull/2354)"
+)
+
+
+def cpu_f16_refusal(error: ValueError) -> None:
+    """Turn XLA:CPU's refusal of float16 dot algorithms into `unsupported` with the reason."""
+    if "is not supported by dot_general on CPU" in str(error):
+        raise Unsupported(f"{CPU_F16}; XLA said: {error}") from error
+
+
+def strip_mask(case: Case, **fields: Any) -> Case:
+    """The case with some mask components removed (they travel as framework flags instead).
+
+    The random mask parts are keyed on the case's data key, which does not change, so the
+    remaining components are exactly the ones the reference builds.
+    """
+    return dataclasses.replace(case, mask=dataclasses.replace(case.mask, **fields))
+
+
+# --- jax.nn.dot_product_attention --------------------------------------------------------------
+
+_KERNEL_FEATURES = frozenset(
+    {
+        "kernel",
+        "kv-len",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "causal-top-left",
+        "causal-bottom-right",
+        "key-padding",
+        "query-padding",
+        "bool-mask",
+        "per-head-mask",
+        "additive-mask",
+        "attn-bias",
+        "window",
+        "fully-masked-rows",
+        "scale",
+    }
+)
+
+_UNSUPPORTED = {
+    "value-dim": "jax.nn.dot_product_attention requires value to have the key's shape "
+    "[B, S, K, H] (it checks value against key), so the value head dim must equal the key's",
+    "weights": "jax.nn.dot_product_attention returns the output only, never the weights",
+    "weights-mean": "jax.nn.dot_product_attention returns the output only, never the weights",
+    "decode": "jax.nn.dot_product_attention has no key/value cache",
+    "layer": "kernel only: no projections",
+}
+
+SOFTMAX_F32 = (
+    "jax.nn.dot_product_attention casts the logits to float32 for the softmax whatever the "
+    "input dtype ('Softmax and it is always carried out in fp32', "
+    "_dot_product_attention_core: padded_logits.astype(np.float32)); float64 inputs get "
+    "float32-accurate weights"
+)
+SOFTMAX_F32_LINK = f"{JAX_SRC}#L968-L971"
+
+MASKED_UNIFORM = (
+    "masked logits are replaced by a large finite negative (-0.7 * float32 max, "
+    "_get_large_negative / _apply_masks), not -inf: a row whose every key is masked by the "
+    "boolean mask or a flag has equal logits and gets uniform weights over all S keys (the "
+    "mean of V) instead of NaN"
+)
+MASKED_UNIFORM_LINK = f"{JAX_SRC}#L859-L866"
+
+MASKED_MIXED = (
+    "a fully masked row's result depends on how its keys were masked: keys masked by the "
+    "boolean mask or a flag get a large finite negative logit (uniform weights), keys masked "
+    "by -inf in `bias` stay -inf (a row of only -inf gives NaN); a case mixing an additive "
+    "0/-inf mask with fully masked rows gets a per-row mixture no single policy describes"
+)
+
+QUERY_ZEROS = (
+    "query_seq_lengths zeroes the output of padded query rows after the softmax "
+    "(_get_padding_mask_encoded: encoded *= mask), so those rows are 0 instead of NaN"
+)
+QUERY_ZEROS_LINK = f"{JAX_SRC}#L973-L976"
+
+
+def _common_divergences(query_zeros: bool) -> tuple[Divergence, ...]:
+    """Ordered: the first divergence whose conditions all hold is the one verified."""
+    divs: list[Divergence] = [
+        Divergence(
+            id="masked-rows-mixed-additive",
+            reason=MASKED_MIXED,
+            link=MASKED_UNIFORM_LINK,
+            when=frozenset({"fully-masked-rows", "additive-mask"}),
+            unverifiable=True,
+        )
+    ]
+    if query_zeros:
+        divs.append(
+            Divergence(
+                id="query-padding-zeros",
+                reason=QUERY_ZEROS + "; " + SOFTMAX_F32,
+                link=QUERY_ZEROS_LINK,
+                when=frozenset({"fully-masked-rows", "query-padding"}),
+                dtypes=frozenset({"float64"}),
+                masked_rows="zeros",
+                compute_dtype="float32",
+            )
+        )
+        divs.append(
+            Divergence(
+                id="query-padding-zeros",
+                reason=QUERY_ZEROS,
+                link=QUERY_ZEROS_LINK,
+                when=frozenset({"fully-masked-rows", "query-padding"}),
+                masked_rows="zeros",
+            )
+        )
+    divs += [
+        Divergence(
+            id="masked-rows-uniform",
+            reason=MASKED_UNIFORM + "; " + SOFTMAX_F32,
+            link=MASKED_UNIFORM_LINK,
+            when=frozenset({"fully-masked-rows"}),
+            dtypes=frozenset({"float64"}),
+            masked_rows="uniform",
+            compute_dtype="float32",
+        ),
+        Divergence(
+            id="masked-rows-uniform",
+            reason=MASKED_UNIFORM,
+            link=MASKED_UNIFORM_LINK,
+            when=frozenset({"fully-masked-rows"}),
+            masked_rows="uniform",
+        ),
+        Divergence(
+            id="softmax-float32",
+            reason=SOFTMAX_F32,
+            link=SOFTMAX_F32_LINK,
+            dtypes=frozenset({"float64"}),
+            compute_dtype="float32",
+        ),
+    ]
+    return tuple(divs)
+
+
+@functools.cache
+def _jitted_dpa() -> Any:
+    """One jitted wrapper; flags are static, so each distinct call signature compiles once."""
+    import jax
+
+    def call(q, k, v, bias, mask, q_len, kv_len, *, scale, is_causal, window, implementation):
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            bias,
+            mask,
+            scale=scale,
+            is_causal=is_causal,
+            query_seq_lengths=q_len,
+            key_value_seq_lengths=kv_len,
+            local_window_size=window,
+            implementation=implementation,
+        )
+
+    return jax.jit(call, static_argnames=("scale", "is_causal", "window", "implementation"))
+
+
+class _JaxDpa(Adapter):
+    """Shared body; subclasses choose the implementation and how padding travels."""
+
+    implementation = "xla"
+    seq_lengths = False  # padding as query_seq_lengths / key_value_seq_lengths
+    gpu_only = False
+
+    def setup(self) -> None:
+        setup_jax()
+
+    def devices(self) -> list[str]:
+        return jax_device_names(gpu_only=self.gpu_only)
+
+    def versions(self) -> dict[str, str]:
+        return jax_versions()
+
+    def arguments(self, case: Case) -> dict[str, Any]:
+        """Split the neutral mask into jax's flags and the leftover boolean mask / bias."""
+        m = case.mask
+        aligned = causal_offset(case) == 0  # the flags are top-left aligned
+        strip: dict[str, Any] = {}
+        args: dict[str, Any] = {"is_causal": False, "window": None, "q_len": None, "kv_len": None}
+        if m.causal and aligned:
+            args["is_causal"] = True
+            strip["causal"] = None
+        if m.window is not None and aligned:
+            args["window"] = tuple(int(w) for w in m.window)
+            strip["window"] = None
+        if self.seq_lengths:
+            if m.key_padding is not None:
+                args["kv_len"] = np.asarray(m.key_padding, dtype=np.int32)
+                strip["key_padding"] = None
+            if m.query_padding is not None:
+                args["q_len"] = np.asarray(m.query_padding, dtype=np.int32)
+                strip["query_padding"] = None
+        attend, bias = build_mask(strip_mask(case, **strip) if strip else case)
+        args["mask"], args["bias"] = attend, bias
+        args["scale"] = None if case.scale is None else float(case.scale)
+        return args
+
+    def check(self, case: Case, args: dict[str, Any]) -> None:
+        """Cases this implementation refuses up front (cuDNN's documented limits)."""
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        dev = jax_device(device)
+        args = self.arguments(case)
+        self.check(case, args)
+        dt = case.dtype
+        q = to_jax(bhtk_to_bthk(inputs.native("q")), dt, dev)
+        k = to_jax(bhtk_to_bthk(inputs.native("k")), dt, dev)
+        v = to_jax(bhtk_to_bthk(inputs.native("v")), dt, dev)
+        bias = None if args["bias"] is None else to_jax(args["bias"], dt, dev)
+        mask = None if args["mask"] is None else _device_put(args["mask"], dev)
+        q_len = None if args["q_len"] is None else _device_put(args["q_len"], dev)
+        kv_len = None if args["kv_len"] is None else _device_put(args["kv_len"], dev)
+        try:
+            out = _jitted_dpa()(
+                q,
+                k,
+                v,
+                bias,
+                mask,
+                q_len,
+                kv_len,
+                scale=args["scale"],
+                is_causal=args["is_causal"],
+                window=args["window"],
+                implementation=self.implementation,
+            )
+        except NotImplementedError as error:  # cuDNN: shape/dtype outside what it supports
+            raise Unsupported(str(error)) from error
+        except ValueError as error:
+            cpu_f16_refusal(error)
+            raise
+        return {"output": bthk_to_bhtk(to_numpy(out))}
+
+
+def _device_put(x: np.ndarray, dev: Any) -> Any:
+    import jax
+
+    return jax.device_put(x, dev)
+
+
+class JaxDpaXla(_JaxDpa):
+    declaration = Declaration(
+        name="jax.dpa.xla",
+        summary="jax.nn.dot_product_attention(implementation='xla'); flags is_causal, "
+        "local_window_size, bias, scale; other masks as the boolean mask",
+        framework="jax",
+        features=_KERNEL_FEATURES,
+        requires=("jax",),
+        worker="jax",
+        env=JAX_ENV,
+        divergences=_common_divergences(query_zeros=False),
+        unsupported_reasons=_UNSUPPORTED,
+        notes="is_causal and local_window_size are top-left aligned (_get_causal_mask is "
+        "tril(ones(T, S))); a bottom-right causal mask or window with T != S goes in `mask`.",
+    )
+    implementation = "xla"
+
+
+class JaxDpaXlaSeqLengths(_JaxDpa):
+    declaration = Declaration(
+        name="jax.dpa.xla.seq-lengths",
+        summary="jax.nn.dot_product_attention(implementation='xla') with key/query padding as "
+        "key_value_seq_lengths / query_seq_lengths",
+        framework="jax",
+        features=_KERNEL_FEATURES,
+        requires=("jax",),
+        worker="jax",
+        env=JAX_ENV,
+        divergences=_common_divergences(query_zeros=True),
+        unsupported_reasons=_UNSUPPORTED,
+        notes="Identical to jax.dpa.xla on cases without key or query padding.",
+    )
+    implementation = "xla"
+    seq_lengths = True
+
+
+class JaxDpaCudnn(_JaxDpa):
+    declaration = Declaration(
+        name="jax.dpa.cudnn",
+        summary="jax.nn.dot_product_attention(implementation='cudnn') on CUDA GPUs; padding as "
+        "sequence lengths",
+        framework="jax",
+        features=_KERNEL_FEATURES,
+        dtypes=frozenset({"float16", "bfloat16"}),
+        requires=("jax",),
+        worker="jax",
+        env=JAX_ENV,
+        divergences=_common_divergences(query_zeros=True),
+        unsupported_reasons={
+            **_UNSUPPORTED,
+            "float32": "cuDNN flash attention takes float16/bfloat16 (and fp8) only",
+            "float64": "cuDNN flash attention takes float16/bfloat16 (and fp8) only",
+        },
+        notes="Lists only CUDA devices: unavailable on a CPU-only machine.",
+    )
+    implementation = "cudnn"
+    seq_lengths = True
+    gpu_only = True
+
+    def check(self, case: Case, args: dict[str, Any]) -> None:
+        if case.shape.key_dim % 8 or case.shape.key_dim > 256:
+            raise Unsupported("cuDNN needs a head dim that is a multiple of 8 and <= 256")
+        window = args["window"]
+        if window is not None and window[1] != 0 and not args["is_causal"]:
+            raise Unsupported("cuDNN supports no right window without the causal flag")
+
+
+ADAPTERS = [JaxDpaXla, JaxDpaXlaSeqLengths, JaxDpaCudnn]
