@@ -531,3 +531,18 @@ def test_two_machines_same_device_stay_apart(raw: dict) -> None:
     assert "masks/window [cpu @ box2]" in {n for _, n in names}
     md = render(validate(merged), "md")
     assert "(cpu @ box2)" in md and "(cpu @ test-machine)" in md
+
+
+def test_only_web_links_become_links(doc: dict) -> None:
+    hostile = json.loads(json.dumps(doc))
+    for entry in hostile["adapters"].values():
+        for div in entry["divergences"]:
+            div["link"] = "javascript:alert(1)"
+    for record in hostile["results"]:
+        if record.get("divergence"):
+            record["divergence"]["link"] = "javascript:alert(1)"
+        record["message"] = "</script><script>alert(1)</script>"
+    page = render(hostile, "html")
+    assert 'href="javascript' not in page and "<script>alert" not in page
+    assert _payload(page)["strings"]  # the data block still parses
+    assert "](javascript" not in render(hostile, "md")

@@ -225,6 +225,10 @@ JS = r"""
     holder.appendChild(table);
   }
 
+  function where(r) {  // device, and machine when several machines ran the same device
+    if (D.envs.length > 1) return " [" + r.d + " @ " + D.envs[r.e].id + "]";
+    return r.d !== "cpu" ? " [" + r.d + "]" : "";
+  }
   function chip(v, text) { return el("span", {cls: "chip v-" + v, text: text || v}); }
 
   function renderResults() {
@@ -292,7 +296,11 @@ JS = r"""
     if (r.m) left.appendChild(el("pre", {cls: "message", text: r.m}));
     var div = r.dv == null ? null : D.divergences[r.dv];
     var link = null;
-    if (div && div.link) link = el("a", {href: div.link, target: "_blank", rel: "noopener", text: div.link});
+    if (div && div.link) {  // only web links: a results file may come from anywhere
+      link = /^https?:\/\//i.test(div.link)
+        ? el("a", {href: div.link, target: "_blank", rel: "noopener noreferrer", text: div.link})
+        : div.link;
+    }
     left.appendChild(kv([
       ["device", r.d], ["machine", D.envs[r.e].label],
       ["max abs error", fmt(r.x)], ["max rel error", fmt(r.rx)],
@@ -318,7 +326,7 @@ JS = r"""
       var o = D.results[j];
       if (o === r) return;
       others.appendChild(el("span", {cls: "chip v-" + o.v, title: o.m || o.v,
-                                     text: D.adapters[o.a] + (o.d !== "cpu" ? " [" + o.d + "]" : "")}));
+                                     text: D.adapters[o.a] + where(o)}));
     });
     if (others.childNodes.length) {
       left.appendChild(el("div", {cls: "note", text: "other results on this case:"}));

@@ -411,7 +411,10 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
             for div in divs:
                 div = div if isinstance(div, dict) else {"id": str(div)}
                 link = div.get("link")
-                link_html = f'<a href="{_e(link)}" rel="noopener">upstream</a>' if link else "–"
+                if link and str(link).lower().startswith(("https://", "http://")):
+                    link_html = f'<a href="{_e(link)}" rel="noopener noreferrer">upstream</a>'
+                else:  # only web links: a results file may come from anywhere
+                    link_html = _e(link) if link else "–"
                 when = _value_list(div.get("when") or [])
                 body.append(
                     f"<tr><td><code>{_e(div.get('id', '?'))}</code></td><td>{_e(div.get('reason', ''))}"

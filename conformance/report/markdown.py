@@ -117,7 +117,10 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
         lines.append("")
         for (adapter, div_id), group in groups.items():
             div = group[0]["divergence"]
-            link = f" ([upstream]({div['link']}))" if div.get("link") else ""
+            url = str(div.get("link") or "")
+            link = (
+                f" ([upstream]({url}))" if url.lower().startswith(("https://", "http://")) else ""
+            )
             n = len(group)
             lines.append(
                 f"- 🔶 {_code(adapter)} **{div_id}** ({n} result{'s' * (n != 1)}): "
