@@ -546,3 +546,13 @@ def test_only_web_links_become_links(doc: dict) -> None:
     assert 'href="javascript' not in page and "<script>alert" not in page
     assert _payload(page)["strings"]  # the data block still parses
     assert "](javascript" not in render(hostile, "md")
+
+
+def test_empty_run_still_reports(raw: dict, tmp_path: Path) -> None:
+    empty = {**raw, "cases": {}, "results": []}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(empty))
+    md, page, junit = (p.read_text() for p in write_all(path, tmp_path))
+    assert "No results" in md and "| adapter |" not in md
+    assert _payload(page)["results"] == []
+    assert ET.fromstring(junit).get("tests") == "0"

@@ -63,14 +63,17 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
 
     fams = families(doc)
     grid = matrix(doc)
-    lines.append("| adapter | " + " | ".join(fams) + " |")
-    lines.append("|---|" + "---|" * len(fams))
     ran = {r["adapter"] for r in records}
-    for name in adapter_names(doc):
-        if name not in ran:
-            continue
-        cells = [_cell(grid.get((name, fam), Counter())) for fam in fams]
-        lines.append(f"| {_code(name)} | " + " | ".join(cells) + " |")
+    if records:
+        lines.append("| adapter | " + " | ".join(fams) + " |")
+        lines.append("|---|" + "---|" * len(fams))
+        for name in adapter_names(doc):
+            if name not in ran:
+                continue
+            cells = [_cell(grid.get((name, fam), Counter())) for fam in fams]
+            lines.append(f"| {_code(name)} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("No results: no selected case ran on any selected adapter.")
     lines.append("")
     idle = [name for name in adapter_names(doc) if name not in ran]
     if idle:
