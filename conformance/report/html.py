@@ -159,7 +159,7 @@ def _record_pictures(record: dict, store: _Images) -> dict:
     if record["verdict"] in ("fail", "diverges"):
         atol = record.get("atol") or 1e-6
         if preview.get("weights_error"):  # computed before rounding: exact down to 1e-16
-            grid = images._as_array(preview["weights_error"])
+            grid = images.as_array(preview["weights_error"])
             placement = (
                 images.weight_difference(reference, weights) if weights and reference else None
             )
@@ -170,7 +170,7 @@ def _record_pictures(record: dict, store: _Images) -> dict:
             if difference is not None:
                 out["wd"] = store.add(images.error_image(difference[0], atol, difference[1]))
         if preview.get("output_error"):
-            grid = images._as_array(preview["output_error"])
+            grid = images.as_array(preview["output_error"])
             out["oe"] = store.add(images.error_image(grid, atol))
     return {k: v for k, v in out.items() if v is not None}
 

@@ -62,7 +62,7 @@ def data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png(rgb)).decode("ascii")
 
 
-def _as_array(grid: list | np.ndarray) -> np.ndarray:
+def as_array(grid: list | np.ndarray) -> np.ndarray:
     """A preview (nested lists, None for NaN) as float64 with NaN."""
     return np.array([[np.nan if x is None else x for x in row] for row in grid], dtype=np.float64)
 
@@ -76,7 +76,7 @@ def _ramp(values: np.ndarray, stops: np.ndarray, colours: np.ndarray) -> np.ndar
 
 def weights_image(grid: list | np.ndarray) -> np.ndarray:
     """Attention weights in [0, 1] on viridis; NaN as light grey."""
-    a = _as_array(grid) if isinstance(grid, list) else np.asarray(grid, dtype=np.float64)
+    a = as_array(grid) if isinstance(grid, list) else np.asarray(grid, dtype=np.float64)
     stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
     rgb = _ramp(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0), stops, _VIRIDIS)
     rgb[np.isnan(a)] = MISSING
@@ -101,7 +101,7 @@ def error_image(
 
 def weight_difference(reference: list, actual: list) -> tuple[np.ndarray, np.ndarray] | None:
     """(|actual - reference| with NaN where both are NaN, NaN-placement mismatches)."""
-    ref, act = _as_array(reference), _as_array(actual)
+    ref, act = as_array(reference), as_array(actual)
     if ref.shape != act.shape:
         return None
     both = np.isnan(ref) & np.isnan(act)
