@@ -16,14 +16,25 @@ import traceback
 import numpy as np
 
 from .adapter import Adapter, Divergence, Unsupported
+from .backward import baseline_gradients, gradient_names, gradients
 from .case import Case
 from .compare import Comparison, baseline_error, compare
 from .inputs import CaseInputs, make_inputs
 from .reference import attention, baseline
-from .tolerance import Tolerance, tolerance_for
+from .tolerance import Tolerance, for_gradients, tolerance_for
 
 VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")
 PREVIEW_LIMIT = 48  # largest T or S for which heatmap previews are stored in the record
+
+
+def compared_names(case: Case) -> tuple[str, ...]:
+    """Everything a case compares: its outputs, then its gradients (gradient cases)."""
+    return tuple(case.compare) + (gradient_names(case) if case.gradients else ())
+
+
+def _tolerance_of(name: str, tol: Tolerance) -> Tolerance:
+    """Gradients follow the same policy, with the 3x baseline factor (tolerance.for_gradients)."""
+    return for_gradients(tol) if name.startswith("grad_") else tol
 
 
 def record_key(case_id: str, adapter: str, device: str) -> str:
@@ -49,7 +60,7 @@ def base_record(case: Case, adapter: str, device: str) -> dict:
         "mismatches": None,
         "first_mismatch": None,
         "divergence": None,
-        "compared": list(case.compare),
+        "compared": list(compared_names(case)),
         "features": sorted(case.features),
     }
 
@@ -89,10 +100,15 @@ class ReferenceCache:
         return self._inputs[case.id]
 
     def reference(self, case: Case, policy: str, same_dtype: bool = False) -> dict:
+        """Outputs (and, for gradient cases, gradients) under a fully-masked-row policy."""
         key = (case.id, policy, same_dtype)
         if key not in self._refs:
             fn = baseline if same_dtype else attention
-            self._refs[key] = fn(case, self.inputs(case), masked_rows=policy)
+            ref = fn(case, self.inputs(case), masked_rows=policy)
+            if case.gradients:
+                grad_fn = baseline_gradients if same_dtype else gradients
+                ref.update(grad_fn(case, self.inputs(case), masked_rows=policy))
+            self._refs[key] = ref
         return self._refs[key]
 
 
@@ -115,7 +131,9 @@ def _compare_all(
     results = []
     for name in names:
         b_err = baseline_error(base[name], expected[name]) if base is not None else None
-        results.append(compare(name, outputs[name], expected[name], tol, b_err))
+        results.append(
+            compare(name, outputs[name], expected[name], _tolerance_of(name, tol), b_err)
+        )
     return results
 
 
@@ -146,6 +164,10 @@ def evaluate(
     if reason:
         record.update(verdict="unsupported", message=reason)
         return record
+    if case.dropout is not None and case.dropout.training:
+        from .dropout import evaluate_training  # many seeded draws, checked statistically
+
+        return evaluate_training(adapter, case, device, cache, record)
 
     inputs = cache.inputs(case)
     start = time.perf_counter()
@@ -162,7 +184,7 @@ def evaluate(
         return record
     record["duration_s"] = time.perf_counter() - start
 
-    names = tuple(case.compare)
+    names = compared_names(case)
     for name in names:
         if name not in outputs:
             record.update(verdict="error", message=f"adapter returned no '{name}' output")
@@ -193,9 +215,16 @@ def evaluate(
     base = cache.reference(case, policy, same_dtype=True) if low else None
     comparisons = _compare_all(case, outputs, expected, tol, base, names)
     _fill_errors(record, comparisons, tol)
+    if case.gradients and tol.baseline_factor is not None:
+        record["tolerance"] += f"; gradients: {for_gradients(tol).baseline_factor:g}x baseline"
     record["preview"] = {
         "reference_weights": _preview(expected["weights"]),
         "weights": _preview(outputs.get("weights")),
+        "weights_error": _preview(
+            np.abs(np.asarray(outputs["weights"], np.float64) - expected["weights"])
+            if "weights" in outputs and np.shape(outputs["weights"]) == expected["weights"].shape
+            else None
+        ),
         "output_error": _preview(
             np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])
             if "output" in outputs and np.shape(outputs["output"]) == expected["output"].shape
@@ -251,7 +280,7 @@ def _verify_divergence(
     affected = divergence.outputs or names
     comparisons = []
     for name in names:
-        use = alt_tol if name in affected else tol
+        use = _tolerance_of(name, alt_tol if name in affected else tol)
         # The low-precision baseline rule applies here too, against the same-dtype baseline
         # computed under the divergence's policy (else every float16/bfloat16 divergence
         # would be held to the fixed rule alone).
