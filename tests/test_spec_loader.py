@@ -43,7 +43,7 @@ def write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
 
 
 def test_every_family_has_its_file() -> None:
-    assert {p.stem for p in SPEC_FILES} == FAMILIES
+    assert FAMILIES <= {p.stem for p in SPEC_FILES}
 
 
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.stem)
@@ -106,7 +106,9 @@ def test_shapes_stay_small(cases: list) -> None:
 
 # Feature tags the library does not exercise yet, each with the reason.
 NOT_IN_LIBRARY = {
-    "gradients": "gradient cases wait for the backward reference (conformance.backward)",
+    "gradients": "specs/gradients.yaml comes with the backward reference (conformance.backward)",
+    "dropout": "dropout cases come with the dropout check (conformance.dropout)",
+    "dropout-training": "dropout cases come with the dropout check (conformance.dropout)",
 }
 
 
@@ -134,8 +136,9 @@ def test_families_cover_what_they_promise(cases: list) -> None:
         assert case.mask.fully_masked_rows == "nan"
     # other families only where the description says so
     for case in cases:
-        if case.family != "fully_masked" and "fully-masked-rows" in case.features:
-            assert "fully masked" in case.description or "no visible key" in case.description
+        if case.family in FAMILIES - {"fully_masked"} and "fully-masked-rows" in case.features:
+            said = re.search(r"fully masked|no visible key|every key masked", case.description)
+            assert said, f"{case.id}: say in the description that some rows are fully masked"
     assert {c.shape.num_kv_heads for c in by_family["gqa"]} >= {1, 2, 4}
     assert all(c.decode for c in by_family["decode"])
     assert {c.mode for c in by_family["decode"]} == {"kernel", "layer"}
