@@ -7,6 +7,7 @@ never in an implementation.
 from __future__ import annotations
 
 from conformance.adapter import Adapter, Declaration
+from conformance.backward import gradients
 from conformance.case import FEATURES
 from conformance.reference import attention
 
@@ -21,7 +22,10 @@ class ReferenceAdapter(Adapter):
     )
 
     def run(self, case, inputs, device):  # noqa: ANN001 - signature documented on Adapter
-        return attention(case, inputs)
+        out = attention(case, inputs)
+        if case.gradients:
+            out.update(gradients(case, inputs))  # the analytic float64 backward pass
+        return out
 
 
 ADAPTERS = [ReferenceAdapter]

@@ -16,6 +16,12 @@ as `_softmax`, the slow SDPA path as an SDPA kernel op (or the math backend's `_
 A case the fast path cannot take (odd head count, no biases, float masks, cross-attention,
 add_bias_kv, ...) is `unsupported` with the reason torch's own gate gives.
 
+Gradient cases run on the slow variants only: forward() never takes the fast path while
+autograd records (grad enabled and a parameter or query requiring grad), so the fast variants
+declare gradients unsupported with that reason. The slow variants differentiate through the
+module (torch.autograd.grad w.r.t. the input tensors and every parameter) and map the results
+back to the canonical layout with conformance.layouts (packed in_proj_weight included).
+
 batch_first (a case-independent choice): the fast variants use batch_first=True (the fast path
 requires it), the slow variants batch_first=False, torch's default, so the slow variants
 exercise the sequence-first layout and can never take the fast path by accident.
@@ -83,6 +89,7 @@ SLOW_ONLY = frozenset(
         "no-bias",
         "bias-kv",
         "zero-attn",
+        "gradients",
     }
 )
 WEIGHTS = frozenset({"weights", "weights-mean"})
@@ -111,6 +118,10 @@ FAST_UNSUPPORTED = {
     "no-bias": "with bias=False in_proj_bias is None and forward() skips the fast path",
     "bias-kv": "add_bias_kv sends MultiheadAttention to the slow path",
     "zero-attn": "add_zero_attn sends MultiheadAttention to the slow path",
+    "gradients": (
+        "the native fast path never runs while autograd records: forward() leaves it when grad "
+        "is enabled and query or a projection parameter requires grad (see torch.mha.slow*)"
+    ),
 }
 
 FAST_MASKED_ROWS = Divergence(
@@ -196,6 +207,47 @@ def _set_weights(module: Any, config: _Config, inputs: CaseInputs) -> None:
             # bias_k [G, K] -> torch's [1, 1, E]: head h owns features h*K..h*K+K-1.
             put(module.bias_k, w["bias_k"].reshape(1, 1, -1))
             put(module.bias_v, w["bias_v"].reshape(1, 1, -1))
+
+
+def _parameters(module: Any, config: _Config) -> dict[str, Any]:
+    """The module's parameters a gradient case differentiates, by torch name."""
+    params = {"out_proj.weight": module.out_proj.weight}
+    if config.packed:
+        params["in_proj_weight"] = module.in_proj_weight
+    else:
+        for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            params[name] = getattr(module, name)
+    if config.bias:
+        params["in_proj_bias"] = module.in_proj_bias
+        params["out_proj.bias"] = module.out_proj.bias
+    if config.add_bias_kv:
+        params["bias_k"], params["bias_v"] = module.bias_k, module.bias_v
+    return params
+
+
+def _canonical_gradients(found: dict[str, Any], config: _Config) -> dict[str, np.ndarray]:
+    """Gradients by torch name -> canonical names and layouts (the inverse of _set_weights)."""
+    g = {name: to_numpy(value) for name, value in found.items()}
+    h = config.num_heads
+    out = {f"grad_{name}": g[name] for name in ("query", "key", "value") if name in g}
+    bias = g.get("in_proj_bias")
+    if config.packed:
+        pairs = layouts.from_packed_in_proj(g["in_proj_weight"], bias, h)
+    else:
+        biases = [None] * 3 if bias is None else np.split(bias, 3)
+        weights = (g[f"{n}_proj_weight"] for n in "qkv")
+        pairs = tuple(layouts.from_linear(w, b, h) for w, b in zip(weights, biases, strict=True))
+    for n, (w, b) in zip("qkv", pairs, strict=True):
+        out[f"grad_w{n}"] = w
+        if b is not None:
+            out[f"grad_b{n}"] = b
+    out["grad_wo"] = layouts.from_linear_out(g["out_proj.weight"], h)
+    if config.bias:
+        out["grad_bo"] = g["out_proj.bias"]
+    if config.add_bias_kv:  # torch's [1, 1, E] -> canonical [G, K] (G = H here)
+        out["grad_bias_k"] = g["bias_k"].reshape(h, -1)
+        out["grad_bias_v"] = g["bias_v"].reshape(h, -1)
+    return out
 
 
 def _fold(masks: np.ndarray, num_heads: int) -> np.ndarray:
@@ -326,13 +378,24 @@ class TorchMhaAdapter(Adapter):
         config = self._config(case, device)
         module = self._module(config)
         _set_weights(module, config, inputs)
+        grad = case.gradients
+        module.requires_grad_(grad)  # a cached module: reset per case
 
         query = to_torch(inputs.native("query"), case.dtype, device)
         if case.self_attention:
             key = value = query  # one tensor object: the fast path checks `query is key`
+            leaves = {"query": query}  # its gradient is the total through q, k and v
         else:
             key = to_torch(inputs.native("key"), case.dtype, device)
             value = to_torch(inputs.native("value"), case.dtype, device)
+            leaves = {"query": query, "key": key, "value": value}
+        if grad:  # leaves in the canonical [B, T, D] layout, before any transpose
+            for leaf in leaves.values():
+                leaf.requires_grad_(True)
+            leaves.update(_parameters(module, config))
+            d_out = to_torch(inputs.native("grad_output"), case.dtype, device)
+            if not config.batch_first:
+                d_out = d_out.transpose(0, 1)
         if not config.batch_first:
             if case.self_attention:
                 query = key = value = query.transpose(0, 1)
@@ -347,7 +410,8 @@ class TorchMhaAdapter(Adapter):
         results: dict[str, np.ndarray] = {}
         for average in averages or [True]:
             recorder = op_recorder()
-            with torch.no_grad(), recorder:
+            first = "output" not in results
+            with torch.set_grad_enabled(grad), recorder:
                 out, weights = module(
                     query,
                     key,
@@ -356,8 +420,12 @@ class TorchMhaAdapter(Adapter):
                     average_attn_weights=average,
                     **masks,
                 )
+                if grad and first:  # autograd through the module, once per case
+                    found = torch.autograd.grad(out, tuple(leaves.values()), d_out)
+                    by_name = dict(zip(leaves, found, strict=True))
+                    results.update(_canonical_gradients(by_name, config))
             self._check_path(recorder.ops)
-            if "output" not in results:
+            if first:
                 out = out if config.batch_first else out.transpose(0, 1)
                 results["output"] = to_numpy(out)
             if self.need_weights:

@@ -23,6 +23,10 @@ A case whose whole mask is a causal mask uses those flags; any other mask goes i
 explicit mask (boolean when the case's mask is boolean, additive when it has additive or bias
 terms), broadcast over heads unless it is per-head.
 
+Gradient cases: q, k and v require grad and torch.autograd.grad runs the backend's own
+backward with the case's grad_output (a forced fused variant must also show its `*_backward`
+op); with enable_gqa the K/V gradients already sum over each query group, [B, G, S, *].
+
 This module also holds the small torch helpers torch_mha.py shares (devices, dtypes, the op
 recorder). torch is imported lazily: the registry imports this module without torch.
 """
@@ -188,6 +192,7 @@ SDPA_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        "gradients",
     }
 )
 
@@ -296,22 +301,40 @@ class TorchSdpaAdapter(Adapter):
         from torch.nn.attention import sdpa_kernel
 
         kwargs = sdpa_arguments(case, inputs, device)
+        leaves = (kwargs["query"], kwargs["key"], kwargs["value"])
+        if case.gradients:  # autograd w.r.t. q, k and v: the backend's own backward runs
+            for leaf in leaves:
+                leaf.requires_grad_(True)
+            d_out = to_torch(inputs.native("grad_output"), case.dtype, device)
         recorder = op_recorder()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                with torch.no_grad(), sdpa_kernel(self._backends()), recorder:
+                with (
+                    torch.set_grad_enabled(case.gradients),
+                    sdpa_kernel(self._backends()),
+                    recorder,
+                ):
                     out = F.scaled_dot_product_attention(**kwargs)
+                    if case.gradients:
+                        grads = torch.autograd.grad(out, leaves, d_out)
             except RuntimeError as error:
                 if "No available kernel" not in str(error) or self.backend is None:
                     raise
                 why = kernel_warnings(caught) or str(error)
                 raise Unsupported(f"the {self.backend} backend refused this case: {why}") from None
-        self._check_backend(recorder.ops)
-        return {"output": to_numpy(out)}
+        self._check_backend(recorder.ops, case.gradients)
+        result = {"output": to_numpy(out)}
+        if case.gradients:
+            # enable_gqa keeps K/V at G heads, so every gradient is already canonical BHTK.
+            result.update(zip(("grad_q", "grad_k", "grad_v"), map(to_numpy, grads), strict=True))
+        return result
 
-    def _check_backend(self, ops: list[str]) -> None:
-        """Prove the intended backend ran (a forced variant must not fall back silently)."""
+    def _check_backend(self, ops: list[str], backward: bool = False) -> None:
+        """Prove the intended backend ran (a forced variant must not fall back silently).
+
+        With gradients, also its backward: a fused forward op records its own `*_backward` op.
+        """
         fused = ALL_FUSED.intersection(ops)
         if self.backend == "math" and fused:
             raise RuntimeError(f"sdpa_kernel(MATH) was asked for, but {sorted(fused)} ran")
@@ -320,6 +343,13 @@ class TorchSdpaAdapter(Adapter):
                 f"sdpa_kernel({self.backend}) was asked for, but no {self.backend} op ran "
                 f"(ops seen: {sorted(set(ops))})"
             )
+        if backward and self.backend in FUSED_OPS:
+            wanted = {f"{op}_backward" for op in FUSED_OPS[self.backend]}
+            if not wanted.intersection(ops):
+                raise RuntimeError(
+                    f"the {self.backend} backend's backward op did not run "
+                    f"(ops seen: {sorted(set(ops))})"
+                )
 
 
 def _variant(backend: str, summary: str, cuda_only: bool) -> type[TorchSdpaAdapter]:

@@ -14,6 +14,11 @@ every key masked follows the forward's policy: "nan" makes its gradients NaN, "z
 (the row is constant), "uniform"/"unmasked" differentiate what was computed.
 Grouped-query: a shared key/value head's gradient sums over its query group.
 The tests check all of it against central finite differences.
+
+`rounding` is applied after every operation, as in conformance.reference: the oracle uses the
+identity (float64 throughout); `baseline_gradients()` rounds to the case dtype, giving the
+straightforward same-dtype implementation that the low-precision gradient rule (3x its error,
+tolerance.GRADIENT_BASELINE_FACTOR) measures against.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import numpy as np
 
 from .case import Case
+from .dtypes import round_to
 from .inputs import CaseInputs
 from .masks import build_mask
 from .reference import (
+    Rounding,
     _append_extra_keys,
+    _identity,
     dot_product_attention,
     project_heads,
 )
@@ -65,19 +73,22 @@ def kernel_backward(
     attend: np.ndarray | None,
     bias: np.ndarray | None,
     masked_rows: str,
+    rounding: Rounding = _identity,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V]."""
+    rd = rounding
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     r = h // g
     _, probs = dot_product_attention(
-        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows
+        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows, rounding=rd
     )
     pg = probs.reshape(b, g, r, t, s)
     dog = d_out.reshape(b, g, r, t, v.shape[-1])
-    d_v = np.einsum("bgrts,bgrtv->bgsv", pg, dog)
-    d_p = np.einsum("bgrtv,bgsv->bgrts", dog, v)
-    d_logits = pg * (d_p - (d_p * pg).sum(axis=-1, keepdims=True))
+    d_v = rd(np.einsum("bgrts,bgrtv->bgsv", pg, dog))
+    d_p = rd(np.einsum("bgrtv,bgsv->bgrts", dog, v))
+    row = rd(rd(d_p * pg).sum(axis=-1, keepdims=True))
+    d_logits = rd(pg * rd(d_p - row))
     if masked_rows == "uniform":
         # A fully masked row is the constant 1/S whatever its logits: no gradient flows back.
         visible = np.ones((1, 1, 1, s), dtype=bool) if attend is None else attend
@@ -86,13 +97,20 @@ def kernel_backward(
         empty = ~np.broadcast_to(visible, (b, h, t, s)).any(axis=-1)
         d_logits = np.where(empty.reshape(b, g, r, t, 1), 0.0, d_logits)
     qg = q.reshape(b, g, r, t, kd)
-    d_q = scale * np.einsum("bgrts,bgsk->bgrtk", d_logits, k).reshape(b, h, t, kd)
-    d_k = scale * np.einsum("bgrts,bgrtk->bgsk", d_logits, qg)
+    d_q = rd(scale * rd(np.einsum("bgrts,bgsk->bgrtk", d_logits, k))).reshape(b, h, t, kd)
+    d_k = rd(scale * rd(np.einsum("bgrts,bgrtk->bgsk", d_logits, qg)))
     return d_q, d_k, d_v
 
 
-def gradients(case: Case, inputs: CaseInputs, *, masked_rows: str | None = None) -> dict:
+def gradients(
+    case: Case,
+    inputs: CaseInputs,
+    *,
+    masked_rows: str | None = None,
+    rounding: Rounding = _identity,
+) -> dict[str, np.ndarray]:
     """Every gradient a case compares (see gradient_names), float64."""
+    rd = rounding
     policy = masked_rows or case.mask.fully_masked_rows
     attend, bias = build_mask(case)
     a, w = inputs.arrays, inputs.weights
@@ -100,48 +118,56 @@ def gradients(case: Case, inputs: CaseInputs, *, masked_rows: str | None = None)
     scale = case.effective_scale
     if case.mode == "kernel":
         d_q, d_k, d_v = kernel_backward(
-            a["q"], a["k"], a["v"], d_y, scale=scale, attend=attend, bias=bias, masked_rows=policy
-        )
+            a["q"], a["k"], a["v"], d_y, scale=scale, attend=attend, bias=bias,
+            masked_rows=policy, rounding=rd,
+        )  # fmt: skip
         return {"grad_q": d_q, "grad_k": d_k, "grad_v": d_v}
     if case.shape.attention_axes:
         raise ValueError("gradients are not defined for multi-axis cases")
 
-    def ident(x: np.ndarray) -> np.ndarray:
-        return x
-
     query, key, value = a["query"], a["key"], a["value"]
-    q = project_heads(query, w["wq"], w["bq"], ident)
-    k = project_heads(key, w["wk"], w["bk"], ident)
-    v = project_heads(value, w["wv"], w["bv"], ident)
+    q = project_heads(query, w["wq"], w["bq"], rd)
+    k = project_heads(key, w["wk"], w["bk"], rd)
+    v = project_heads(value, w["wv"], w["bv"], rd)
     s = k.shape[2]
     k_full, v_full, attend_full, bias_full = _append_extra_keys(case, w, k, v, attend, bias)
     heads, _ = dot_product_attention(
-        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, masked_rows=policy
-    )
+        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, masked_rows=policy,
+        rounding=rd,
+    )  # fmt: skip
     out = {
-        "grad_wo": np.einsum("bhtv,btd->hvd", heads, d_y),
-        "grad_bo": d_y.sum(axis=(0, 1)),
+        "grad_wo": rd(np.einsum("bhtv,btd->hvd", heads, d_y)),
+        "grad_bo": rd(d_y.sum(axis=(0, 1))),
     }
-    d_heads = np.einsum("btd,hvd->bhtv", d_y, w["wo"])
+    d_heads = rd(np.einsum("btd,hvd->bhtv", d_y, w["wo"]))
     d_q, d_k_full, d_v_full = kernel_backward(
         q, k_full, v_full, d_heads, scale=scale, attend=attend_full, bias=bias_full,
-        masked_rows=policy,
+        masked_rows=policy, rounding=rd,
     )  # fmt: skip
     d_k, d_v = d_k_full[:, :, :s], d_v_full[:, :, :s]
     if case.add_bias_kv:
-        out["grad_bias_k"] = d_k_full[:, :, s].sum(axis=0)
-        out["grad_bias_v"] = d_v_full[:, :, s].sum(axis=0)
+        out["grad_bias_k"] = rd(d_k_full[:, :, s].sum(axis=0))
+        out["grad_bias_v"] = rd(d_v_full[:, :, s].sum(axis=0))
     for name, x, d in (("q", query, d_q), ("k", key, d_k), ("v", value, d_v)):
-        out[f"grad_w{name}"] = np.einsum("bld,bnlk->ndk", x, d)
-        out[f"grad_b{name}"] = d.sum(axis=(0, 2))
-    dx_q = np.einsum("bnlk,ndk->bld", d_q, w["wq"])
-    dx_k = np.einsum("bnlk,ndk->bld", d_k, w["wk"])
-    dx_v = np.einsum("bnlk,ndk->bld", d_v, w["wv"])
+        out[f"grad_w{name}"] = rd(np.einsum("bld,bnlk->ndk", x, d))
+        out[f"grad_b{name}"] = rd(d.sum(axis=(0, 2)))
+    dx_q = rd(np.einsum("bnlk,ndk->bld", d_q, w["wq"]))
+    dx_k = rd(np.einsum("bnlk,ndk->bld", d_k, w["wk"]))
+    dx_v = rd(np.einsum("bnlk,ndk->bld", d_v, w["wv"]))
     if case.self_attention:
-        out["grad_query"] = dx_q + dx_k + dx_v
+        out["grad_query"] = rd(rd(dx_q + dx_k) + dx_v)
     else:
         out["grad_query"], out["grad_key"], out["grad_value"] = dx_q, dx_k, dx_v
     if not case.use_bias:
         for name in ("bq", "bk", "bv", "bo"):
             out.pop(f"grad_{name}")
     return out
+
+
+def baseline_gradients(
+    case: Case, inputs: CaseInputs, *, masked_rows: str | None = None
+) -> dict[str, np.ndarray]:
+    """The gradients of a straightforward implementation in the case dtype: every op rounded."""
+    return gradients(
+        case, inputs, masked_rows=masked_rows, rounding=lambda x: round_to(x, case.dtype)
+    )

@@ -108,6 +108,7 @@ class Case:
     add_zero_attn: bool = False
     decode: Decode | None = None
     compare: tuple[str, ...] = ("output",)
+    gradients: bool = False  # also compare the gradients (conformance.backward.gradient_names)
     seed: int = 0
     description: str = ""
     source: str = ""  # "file:line" the case came from
@@ -191,6 +192,7 @@ FEATURES: dict[str, str] = {
     "multi-axis": "attention over several axes (Keras attention_axes)",
     "weights": "per-head attention weights [B, H, T, S] are compared",
     "weights-mean": "head-averaged attention weights [B, T, S] are compared",
+    "gradients": "gradients for a seeded upstream gradient are compared (inputs and weights)",
 }
 FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
 
@@ -250,6 +252,8 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("weights")
     if "weights_mean" in case.compare:
         tags.add("weights-mean")
+    if case.gradients:
+        tags.add("gradients")
     return frozenset(tags)
 
 

@@ -31,6 +31,7 @@ class CaseInputs:
     Kernel mode: q [B, H, T, K], k [B, G, S, K], v [B, G, S, V].
     Layer mode: query [B, T, Dq] (or [B, *inner, Dq]), key [B, S, Dk], value [B, S, Dv] and
     the canonical weights. For self-attention, key and value are the query array itself.
+    Gradient cases also hold grad_output, the upstream gradient (the output's shape).
     """
 
     dtype: str
@@ -54,7 +55,7 @@ def make_inputs(case: Case) -> CaseInputs:
         out.arrays["q"] = _normal(key, "q", (s.batch, s.num_heads, s.query_len, s.key_dim), 1, dt)
         out.arrays["k"] = _normal(key, "k", (s.batch, s.num_kv_heads, s.kv_len, s.key_dim), 1, dt)
         out.arrays["v"] = _normal(key, "v", (s.batch, s.num_kv_heads, s.kv_len, s.value_dim), 1, dt)
-        return out
+        return _with_grad_output(case, out, (s.batch, s.num_heads, s.query_len, s.value_dim))
 
     query_shape = (s.batch, *(s.query_shape or (s.query_len,)), s.query_dim)
     out.arrays["query"] = _normal(key, "query", query_shape, 1, dt)
@@ -83,4 +84,16 @@ def make_inputs(case: Case) -> CaseInputs:
     if case.add_bias_kv:
         out.weights["bias_k"] = _normal(key, "bias_k", (g, s.key_dim), 1, dt)
         out.weights["bias_v"] = _normal(key, "bias_v", (g, s.value_dim), 1, dt)
+    return _with_grad_output(case, out, (*query_shape[:-1], s.output_dim))
+
+
+def _with_grad_output(case: Case, out: CaseInputs, output_shape: tuple[int, ...]) -> CaseInputs:
+    """Gradient cases: the upstream gradient dL/dY, shaped like the output, in the case dtype.
+
+    Its own stream, so adding `gradients: true` to a case leaves every other array unchanged.
+    """
+    if case.gradients:
+        out.arrays["grad_output"] = _normal(
+            case.data_key, "grad_output", output_shape, 1, case.dtype
+        )
     return out

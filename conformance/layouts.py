@@ -59,6 +59,19 @@ def to_packed_in_proj(
     return weight, bias
 
 
+def from_packed_in_proj(
+    weight: np.ndarray, bias: np.ndarray | None, num_heads: int
+) -> tuple[tuple[np.ndarray, np.ndarray | None], ...]:
+    """Inverse of to_packed_in_proj: [3E, E] (rows q, k, v) and [3E] -> ((wq, bq), (wk, bk),
+    (wv, bv)), each per-head w [H, E, E/H], b [H, E/H] (None without a bias).
+
+    Also maps gradients back: the gradient of a packed parameter has the parameter's layout.
+    """
+    thirds = np.split(weight, 3, axis=0)
+    biases = [None] * 3 if bias is None else np.split(bias, 3)
+    return tuple(from_linear(w, b, num_heads) for w, b in zip(thirds, biases, strict=True))
+
+
 def to_einsum_kernel(w: np.ndarray) -> np.ndarray:
     """Per-head w [N, D, K] -> Keras EinsumDense / Flax DenseGeneral kernel [D, N, K]."""
     return np.transpose(w, (1, 0, 2))

@@ -130,6 +130,7 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                 "uniqueItems": True,
             }
         ),
+        "gradients": boolean,
         "seed": _int(0),
         "matrix": {
             "type": "object",

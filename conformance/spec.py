@@ -69,6 +69,7 @@ CASE_KEYS = {
     "add_zero_attn": "torch add_zero_attn: zero key/value position appended",
     "decode": "incremental decoding: {prefix, steps}",
     "compare": "what to compare: output, weights, weights_mean",
+    "gradients": "also compare gradients for a seeded upstream gradient (default false)",
     "seed": "seed for inputs and weights (default 0)",
     "matrix": "parameters expanded into one case per combination",
 }
@@ -560,6 +561,13 @@ def _resolve_case(
             raise ctx.error("multi-axis attention is a layer-mode case", node, "mode")
         if "weights" in compare or "weights_mean" in compare:
             raise ctx.error("multi-axis cases compare the output only", node, "compare")
+    gradients = _bool(ctx, node.get("gradients", False), node, "gradients")
+    if gradients and (decode or shape.get("attention_axes")):
+        raise ctx.error(
+            "gradients are defined for one full forward pass over one sequence axis, "
+            "not for incremental decoding or multi-axis attention",
+            node, "gradients", "drop gradients: true, or the decode/attention_axes keys",
+        )  # fmt: skip
     seed = _int(ctx, node.get("seed", 0), node, "seed", minimum=0)
     description = node.get("description", "")
     if not isinstance(description, str):
@@ -592,6 +600,7 @@ def _resolve_case(
         add_zero_attn=flags.get("add_zero_attn", False),
         decode=decode,
         compare=compare,
+        gradients=gradients,
         seed=seed,
         description=description,
         source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
