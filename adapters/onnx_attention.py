@@ -128,7 +128,7 @@ class OrtSession:
         # The machine's cores are shared by several workers: one thread each is fastest overall.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         if check is not None:
             if OrtSession._profile_dir is None:
                 OrtSession._profile_dir = tempfile.mkdtemp(prefix="conformance-ort-")
@@ -184,6 +184,25 @@ def require_fused(op_type: str, provider: str) -> PathCheck:
         )
 
     return check
+
+
+# Messages with which ORT refuses a model at session creation (ORT_ENFORCE in a kernel's
+# constructor): the implementation declining the case, not a crash.
+KNOWN_REFUSALS = {
+    "scale must be greater than 0": "ONNX Runtime's Attention kernel refuses scale <= 0 when "
+    "the session is created ('scale must be greater than 0 if specified')",
+}
+
+
+def open_session(model, device: str, check: PathCheck | None) -> OrtSession:  # noqa: ANN001
+    """OrtSession, with ORT's known refusals turned into Unsupported."""
+    try:
+        return OrtSession(model, device, check)
+    except Exception as error:
+        for needle, why in KNOWN_REFUSALS.items():
+            if needle in str(error):
+                raise Unsupported(why) from None
+        raise
 
 
 class SessionCache:
@@ -528,20 +547,10 @@ class OnnxAttentionBase(Adapter):
             )  # fmt: skip
 
     def session(self, cfg: AttentionConfig, device: str) -> OrtSession:
-        def build() -> OrtSession:
-            try:
-                return OrtSession(attention_model(cfg), device, self.path_check(device))
-            except Exception as error:
-                # The kernel refuses some attribute values outright (ORT_ENFORCE in its
-                # constructor): that is the implementation declining the case.
-                if "scale must be greater than 0" in str(error):
-                    raise Unsupported(
-                        "ONNX Runtime's Attention kernel refuses scale <= 0 at session "
-                        "creation ('scale must be greater than 0 if specified')"
-                    ) from None
-                raise
-
-        return self._sessions.get((cfg, device), build)
+        return self._sessions.get(
+            (cfg, device),
+            lambda: open_session(attention_model(cfg), device, self.path_check(device)),
+        )
 
     def _output(self, y: np.ndarray, heads: int) -> np.ndarray:
         return split_heads(y, heads) if self.LAYOUT == "3d" else y

@@ -45,6 +45,7 @@ from .onnx_attention import (
     NUMPY_DTYPES,
     OrtSession,
     SessionCache,
+    open_session,
     ort_devices,
     provider_for,
     require_dtype,
@@ -196,7 +197,7 @@ class TorchOnnxBase(Adapter):
         }
 
     def _session(self, key: Any, model, device: str, check) -> OrtSession:  # noqa: ANN001, ANN401
-        return self._sessions.get((key, device), lambda: OrtSession(model, device, check))
+        return self._sessions.get((key, device), lambda: open_session(model, device, check))
 
 
 class TorchOnnxSdpa(TorchOnnxBase):
@@ -455,12 +456,19 @@ class TorchOnnxMha(TorchOnnxBase):
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         cfg, arrays = self.plan(case, inputs)
-        model = self.model(cfg)
-        session = self._session(cfg, model, device, None)
-        names = [i.name for i in model.graph.input]
-        result = list(session.run(dict(zip(names, arrays, strict=True))).values())
-        out = {"output": result[0]}
-        out["weights_mean" if cfg.average else "weights"] = result[1]
+        # average_attn_weights picks per-head or head-mean weights: one call (one exported
+        # graph) each when a case compares both, as a user would make them.
+        averages = [False] if "weights" in case.compare else []
+        averages += [True] if "weights_mean" in case.compare else []
+        out: dict[str, np.ndarray] = {}
+        for average in averages or [False]:
+            call = dataclasses.replace(cfg, average=average)
+            model = self.model(call)
+            session = self._session(call, model, device, None)
+            names = [i.name for i in model.graph.input]
+            result = list(session.run(dict(zip(names, arrays, strict=True))).values())
+            out.setdefault("output", result[0])
+            out["weights_mean" if average else "weights"] = result[1]
         return out
 
     def save_model(self, case: Case, directory: str | Path) -> list[Path]:
@@ -549,6 +557,16 @@ SCALE_FLOAT32 = Divergence(
     dtypes=frozenset({"float64"}),
     compute_dtype="float32",
 )
+MHA_SCALE_FLOAT32 = Divergence(
+    id="torch-export-float32-scale-constant",
+    reason="multi_head_attention_forward scales q by the Python float sqrt(1/head_dim); the "
+    "export stores it as a float32 scalar_tensor constant cast to the graph's dtype, so a "
+    "float64 graph scales by the float32-rounded value (exact only when head_dim is a power "
+    "of 4); eager torch keeps the double",
+    link="https://github.com/pytorch/pytorch/blob/v2.13.0/torch/nn/functional.py#L7025",
+    dtypes=frozenset({"float64"}),
+    compute_dtype="float32",
+)
 FULLY_MASKED = Divergence(
     id="torch-onnx-fully-masked-rows-zero",
     reason="the exported SDPA gives a fully masked row zero weights, as torch's own SDPA does "
@@ -594,6 +612,7 @@ TorchOnnxMha.declaration = _decl(
     "nn.MultiheadAttention(batch_first=True, need_weights=True) exported by "
     "torch.onnx.export(dynamo=True, opset_version=18), run in ONNX Runtime",
     MHA_FEATURES,
+    divergences=(MHA_SCALE_FLOAT32,),
     unsupported_reasons=MHA_UNSUPPORTED,
 )
 
