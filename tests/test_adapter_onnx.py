@@ -428,7 +428,7 @@ def test_torch_onnx_sdpa_fused_attention(torch_onnx, cases, ref_cache) -> None: 
 @pytest.mark.slow
 def test_torch_onnx_decomposed_and_layer(torch_onnx, cases, ref_cache, tmp_path) -> None:  # noqa: ANN001, E501
     sdpa = torch_onnx["torch.onnx.sdpa.opset18"]
-    for case_id in ("square[float64]", "random"):
+    for case_id in ("random",):  # one export each: they cost seconds
         record = verdict(sdpa, cases[case_id], ref_cache)
         assert record["verdict"] == "pass", record["message"]
     layer = tmp_path / "layer.yaml"
@@ -444,7 +444,6 @@ def test_torch_onnx_decomposed_and_layer(torch_onnx, cases, ref_cache, tmp_path)
                 cross: true
                 mask: {key_padding: [7, 3]}
                 compare: [output, weights]
-                matrix: {dtype: [float32, float64]}
             """
         )
     )
