@@ -24,6 +24,7 @@ case or shape key (dtype, mode, scale, batch, num_heads, ...) applies directly.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -251,6 +252,13 @@ def _show(value: Any, limit: int = 60) -> str:
     """repr() cut short: messages stay one readable line whatever the spec holds."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _id_value(value: Any) -> str:
+    """A matrix value as it appears in a case id: compact, no spaces (`axes=[2,3]`)."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
 
 
 def _kind(value: Any) -> str:
@@ -583,7 +591,9 @@ def _resolve_case(
 
     shown = [(k, v) for k, v in params.items()]
     in_name = set(re.findall(r"\$\{(\w+)\}", node.get("__raw_name__", "")))
-    id_params = [str(v) if k == "dtype" else f"{k}={v}" for k, v in shown if k not in in_name]
+    id_params = [
+        str(v) if k == "dtype" else f"{k}={_id_value(v)}" for k, v in shown if k not in in_name
+    ]
     case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
     return Case(
         id=case_id,

@@ -191,9 +191,19 @@ def paper_layer(case: Case, inputs: CaseInputs, policy: str = "nan") -> dict[str
     return {"output": y, "weights": probs, "weights_mean": probs.mean(axis=1)}
 
 
-KERNEL_CASES = [c for c in SHIPPED if c.mode == "kernel" and c.dtype in ("float64", "bfloat16")]
+# What the formulations above model. Cases tagged with anything else (features added later,
+# e.g. dropout in training mode) need proofs of their own and are left out here.
+MODELED = frozenset(
+    """layer kernel cross-attention kv-input-dims value-dim output-dim kv-len grouped-query
+    multi-query causal causal-top-left causal-bottom-right key-padding query-padding bool-mask
+    per-head-mask additive-mask attn-bias window fully-masked-rows scale no-bias bias-kv
+    zero-attn decode multi-axis weights weights-mean float64 float32 float16 bfloat16
+    gradients dropout""".split()
+)  # gradients and inference-mode dropout leave the forward result as it is
+PROVABLE = [c for c in SHIPPED if c.features <= MODELED]
+KERNEL_CASES = [c for c in PROVABLE if c.mode == "kernel" and c.dtype in ("float64", "bfloat16")]
 LAYER_CASES = [
-    c for c in SHIPPED if c.mode == "layer" and not c.shape.attention_axes and c.dtype == "float64"
+    c for c in PROVABLE if c.mode == "layer" and not c.shape.attention_axes and c.dtype == "float64"
 ]
 
 
@@ -287,7 +297,8 @@ def row_visible(p: dict) -> np.ndarray:
     return seen
 
 
-SETTINGS = settings(max_examples=60, deadline=None)
+# Derandomized: CI sees the same examples every run (deeper randomized runs are done by hand).
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 
 
 @SETTINGS
@@ -339,8 +350,35 @@ def test_boolean_mask_equals_its_additive_form(p: dict) -> None:
     if p["bias"] is not None:
         extra = extra + p["bias"]
     out2, weights2 = run(p, attend=None, bias=extra)
-    close(out2, out)
-    close(weights2, weights)
+    if p["policy"] == "unmasked" and p["bias"] is not None:
+        # An empty row's finite bias survives only in the boolean form (see the test below).
+        rows = np.broadcast_to(row_visible(p).any(axis=-1), out.shape[:3])
+        close(out2[rows], out[rows])
+        close(weights2[rows], weights[rows])
+    else:
+        close(out2, out)
+        close(weights2, weights)
+
+
+def test_unmasked_policy_keeps_a_finite_bias_only_when_the_mask_is_boolean() -> None:
+    """ "unmasked" is what a large finite negative mask value gives: every key of an empty row
+    shifted equally, so softmax(logits + finite bias). Folded into one additive array, the
+    masked entries are -inf + bias = -inf: the bias is gone, and "unmasked" can only give
+    softmax(logits). Both are right for what the implementation was handed; found by the
+    Hypothesis property above."""
+    q = np.array([[[[1.0]]]])
+    k = np.array([[[[0.5], [-1.0]]]])
+    v = np.array([[[[1.0], [2.0]]]])
+    attend = np.array([[[[False, False]]]])
+    bias = np.array([[[[2.0, 0.0]]]])
+    logits = np.array([0.5, -1.0])
+    _, boolean = dot_product_attention(q, k, v, scale=1.0, attend=attend, bias=bias,
+                                       masked_rows="unmasked")  # fmt: skip
+    _, additive = dot_product_attention(q, k, v, scale=1.0, bias=to_additive(attend) + bias,
+                                        masked_rows="unmasked")  # fmt: skip
+    softmax = lambda x: np.exp(x) / np.exp(x).sum()  # noqa: E731
+    close(boolean[0, 0, 0], softmax(logits + bias[0, 0, 0]))
+    close(additive[0, 0, 0], softmax(logits))
 
 
 @SETTINGS
@@ -352,8 +390,12 @@ def test_gqa_equals_mha_with_repeated_kv_heads(p: dict) -> None:
     out2, weights2 = run(p, k=np.repeat(p["k"], r, axis=1), v=np.repeat(p["v"], r, axis=1))
     close(out2, out)
     close(weights2, weights)
-    rows = np.broadcast_to(row_visible(p).any(axis=-1), out.shape[:3])
-    if r > 1 and p["k"].shape[1] > 1 and rows.any():  # tiling is a different, wrong mapping
+    # Tiling (head h reads h % G) is a different, wrong mapping: it shows on the heads it
+    # routes elsewhere, wherever such a head has a visible key.
+    g = p["k"].shape[1]
+    moved = np.array([h // r != h % g for h in range(p["q"].shape[1])])
+    rows = np.broadcast_to(row_visible(p).any(axis=-1), out.shape[:3]) & moved[None, :, None]
+    if rows.any():
         tiled, _ = run(p, k=np.tile(p["k"], (1, r, 1, 1)), v=np.tile(p["v"], (1, r, 1, 1)))
         assert not np.allclose(tiled[rows], out[rows])
 
@@ -392,7 +434,7 @@ def test_causal_outputs_ignore_later_tokens(p: dict) -> None:
 def test_weight_rows_of_every_shipped_case() -> None:
     """Rows with a visible key sum to 1, masked keys get exactly 0, empty rows follow the
     case's policy."""
-    for case in SHIPPED:
+    for case in PROVABLE:
         if case.shape.attention_axes:
             continue
         weights = attention(case, make_inputs(case))["weights"]
@@ -573,7 +615,7 @@ def test_each_masked_row_policy_does_what_it_says(mode: str) -> None:
 
 @pytest.mark.parametrize(
     "case_id",
-    ["multi_axis/5d[axes=[2, 3],float64]", "multi_axis/5d[axes=[1],float64]",
+    ["multi_axis/5d[axes=[2,3],float64]", "multi_axis/5d[axes=[1],float64]",
      "multi_axis/4d[axes=[2],float64]", "multi_axis/5d-cross[float64]",
      "multi_axis/4d-cross-dims[float64]", "multi_axis/4d-output-dim[float64]"],
 )  # fmt: skip
