@@ -105,7 +105,6 @@ def test_shapes_stay_small(cases: list) -> None:
 
 # Feature tags the library does not exercise yet, each with the reason.
 NOT_IN_LIBRARY = {
-    "gradients": "specs/gradients.yaml comes with the backward reference (conformance.backward)",
     "dropout": "dropout cases come with the dropout check (conformance.dropout)",
     "dropout-training": "dropout cases come with the dropout check (conformance.dropout)",
 }
