@@ -1,0 +1,210 @@
+"""`tf_keras.layers.MultiHeadAttention`: the Keras 2 layer (what `tf.keras` means with
+TF_USE_LEGACY_KERAS=1 and on TensorFlow before 2.16), still under many production models.
+
+One adapter, `tf_keras.mha`: Keras 2 has a single code path (einsum + tf_keras Softmax + einsum,
+tf_keras/src/layers/attention/multi_head_attention.py, 2.21), so asking for the scores changes
+nothing and this adapter always asks. Same weight layout as Keras 3 (EinsumDense kernels
+[D, N, K], output kernel [H, V, Do]).
+
+Masks: there are no query_mask/value_mask/key_mask arguments and no sliding_window: query and
+key padding travel as the `_keras_mask` attribute of the query and value (or key) tensors, the
+way tf_keras's Embedding(mask_zero=True) and Masking hand them on; causal -> use_causal_mask;
+the rest -> attention_mask. tf_keras's Softmax (robust_masking=False, the MultiHeadAttention
+default) *adds* -1e9 to masked logits (float16: -32752): see the declared divergences for what
+that does to fully masked rows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.case import Case
+from conformance.inputs import CaseInputs
+from conformance.layouts import to_einsum_kernel
+
+from .keras_mha import (
+    COMMON_UNSUPPORTED,
+    DTYPES,
+    MHA_FEATURES,
+    KerasMasks,
+    backend_devices,
+    device_scope_name,
+    keras_masks,
+    scores_to_canonical,
+)
+
+TF_KERAS_SOFTMAX = (
+    "https://github.com/keras-team/tf-keras/blob/master/tf_keras/src/layers/activation/softmax.py"
+)
+
+_ADDITIVE = (
+    "tf_keras's Softmax (robust_masking=False, the MultiHeadAttention default) adds -1e9 "
+    "(float16: -32752) to masked logits instead of replacing them"
+)
+DIVERGENCES = (
+    Divergence(
+        id="fully-masked-rows-unmasked-float64",
+        reason=f"{_ADDITIVE}; in float64 the logits survive that offset to about 1e-7 (the "
+        "spacing of doubles near 1e9 is 1.2e-7), so a row with every key masked comes out as "
+        "its unmasked softmax, to float32-like precision (held to float32 tolerance); "
+        "softmax_robust_masking=True would replace the logits and give a uniform row",
+        link=TF_KERAS_SOFTMAX,
+        when=frozenset({"fully-masked-rows"}),
+        dtypes=frozenset({"float64"}),
+        masked_rows="unmasked",
+        compute_dtype="float32",
+    ),
+    Divergence(
+        id="fully-masked-rows-uniform",
+        reason=f"{_ADDITIVE}; in float32, float16 and bfloat16 the logits vanish next to the "
+        "offset, so a row with every key masked has all-equal logits: uniform weights",
+        link=TF_KERAS_SOFTMAX,
+        when=frozenset({"fully-masked-rows"}),
+        masked_rows="uniform",
+    ),
+)
+
+UNSUPPORTED = {
+    **COMMON_UNSUPPORTED,
+    "window": "tf_keras MultiHeadAttention has no sliding_window (Keras 3 added it)",
+}
+
+
+class TfKerasMHA(Adapter):
+    declaration = Declaration(
+        name="tf_keras.mha",
+        summary="tf_keras.layers.MultiHeadAttention (Keras 2): einsum + tf_keras Softmax(mask), "
+        "masks as use_causal_mask / attention_mask / _keras_mask",
+        framework="tf_keras",
+        features=(MHA_FEATURES - {"window"}) | {"weights", "multi-axis"} | DTYPES,
+        requires=("tf_keras", "tensorflow"),
+        worker="tf_keras",
+        env={"TF_USE_LEGACY_KERAS": "1"},
+        divergences=DIVERGENCES,
+        unsupported_reasons=UNSUPPORTED,
+        notes="Scores are always requested: Keras 2 has one code path either way.",
+    )
+    cache_size = 32
+
+    def setup(self) -> None:
+        import tensorflow as tf
+        import tf_keras
+
+        self.tf = tf
+        self.tf_keras = tf_keras
+        self._layers: OrderedDict[tuple, Any] = OrderedDict()
+
+    def devices(self) -> list[str]:
+        return backend_devices("tensorflow")
+
+    def versions(self) -> dict[str, str]:
+        return {"tf_keras": self.tf_keras.__version__, "tensorflow": self.tf.__version__}
+
+    def _layer(self, case: Case, device: str) -> Any:
+        s = case.shape
+        key = (
+            device, case.dtype, s.num_heads, s.key_dim, s.value_dim, s.query_dim,
+            s.key_input_dim, s.value_input_dim, s.output_dim, case.use_bias,
+            s.attention_axes, len(s.query_shape), len(s.kv_shape),
+        )  # fmt: skip
+        layer = self._layers.get(key)
+        if layer is None:
+            kwargs: dict[str, Any] = {}
+            if s.output_dim != s.query_dim:
+                kwargs["output_shape"] = (s.output_dim,)
+            if s.attention_axes:
+                kwargs["attention_axes"] = tuple(s.attention_axes)
+            layer = self.tf_keras.layers.MultiHeadAttention(
+                num_heads=s.num_heads,
+                key_dim=s.key_dim,
+                value_dim=s.value_dim,
+                use_bias=case.use_bias,
+                dtype=case.dtype,
+                kernel_initializer="zeros",  # replaced by the case's weights before every call
+                **kwargs,
+            )
+            # Keras 2 builds from the first call's tensors.
+            tf = self.tf
+            inner_q = s.query_shape or (s.query_len,)
+            inner_kv = s.kv_shape or (s.query_shape if case.self_attention else ()) or (s.kv_len,)
+            query = tf.zeros((1, *inner_q, s.query_dim), dtype=case.dtype)
+            value = tf.zeros((1, *inner_kv, s.value_input_dim), dtype=case.dtype)
+            key_in = tf.zeros((1, *inner_kv, s.key_input_dim), dtype=case.dtype)
+            layer(query, value, key_in)
+            self._layers[key] = layer
+            if len(self._layers) > self.cache_size:
+                self._layers.popitem(last=False)
+        self._layers.move_to_end(key)
+        return layer
+
+    def _weight_pairs(self, layer: Any, case: Case, inputs: CaseInputs) -> list[tuple[Any, Any]]:
+        """(variable, canonical value in the variable's layout) for every weight."""
+        w = {name: inputs.native(name) for name in inputs.weights}
+        pairs = [
+            (layer._query_dense.kernel, to_einsum_kernel(w["wq"])),  # [Dq, H, K]
+            (layer._key_dense.kernel, to_einsum_kernel(w["wk"])),
+            (layer._value_dense.kernel, to_einsum_kernel(w["wv"])),
+            (layer._output_dense.kernel, w["wo"]),  # [H, V, Do]
+        ]
+        if case.use_bias:
+            pairs += [
+                (layer._query_dense.bias, w["bq"]),
+                (layer._key_dense.bias, w["bk"]),
+                (layer._value_dense.bias, w["bv"]),
+                (layer._output_dense.bias, w["bo"]),
+            ]
+        return pairs
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        masks: KerasMasks = keras_masks(case, sliding_window=False)
+        tf = self.tf
+        with tf.device(device_scope_name(device).upper()):
+            layer = self._layer(case, device)
+            for variable, value in self._weight_pairs(layer, case, inputs):
+                variable.assign(tf.cast(tf.constant(value), variable.dtype))
+
+            def tensor(name: str) -> Any:
+                return tf.cast(tf.constant(inputs.native(name)), case.dtype)
+
+            # Distinct tensor objects, so a mask attached to one does not mask another.
+            query, value = tensor("query"), tensor("value")
+            key = None if case.self_attention else tensor("key")
+            if masks.query_valid is not None:
+                query._keras_mask = tf.constant(masks.query_valid)
+            if masks.key_valid is not None:
+                # tf_keras reads the key's mask only when key is a tensor of its own.
+                (value if key is None else key)._keras_mask = tf.constant(masks.key_valid)
+            kwargs: dict[str, Any] = {"training": False, "return_attention_scores": True}
+            if masks.use_causal_mask:
+                kwargs["use_causal_mask"] = True
+            if masks.attention_mask is not None:
+                kwargs["attention_mask"] = tf.constant(masks.attention_mask)
+            try:
+                output, scores = layer(query, value, key, **kwargs)
+            except Exception as error:
+                if type(error).__name__ == "AbortedError" and "dims must be <= 5" in str(error):
+                    raise Unsupported(
+                        "tf_keras on tensorflow: a single attention axis of a 5-D input gives "
+                        "6-D scores, and tf_keras's Softmax over one axis calls tf.nn.softmax, "
+                        "whose CPU kernel accepts at most 5 dims "
+                        f"[{type(error).__name__}: {str(error).splitlines()[0][:200]}]"
+                    ) from error
+                raise
+        result = {"output": _numpy(output)}
+        if "weights" in case.compare:
+            result["weights"] = scores_to_canonical(_numpy(scores), case)
+        return result
+
+
+def _numpy(x: Any) -> np.ndarray:
+    arr = np.asarray(x.numpy())
+    if arr.dtype.name == "bfloat16":
+        arr = arr.astype(np.float32)  # exact: every bfloat16 value is a float32
+    return arr
+
+
+ADAPTERS = [TfKerasMHA]
