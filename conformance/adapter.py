@@ -76,6 +76,35 @@ class ToleranceOverride:
     reason: str
 
 
+DROPOUT_TARGETS = ("weights", "output")
+DROPOUT_SHARED_AXES = ("batch", "heads")
+
+
+@dataclass(frozen=True)
+class DropoutBehavior:
+    """How an implementation applies attention dropout in training mode. Checked, not trusted
+    (conformance.dropout): a result that contradicts it is a `fail`.
+
+    - target: the tensor dropout zeroes and rescales: "weights" (the attention probabilities
+      after softmax) or "output" (the attention output).
+    - shared: axes along which one dropout mask is reused ("batch", "heads"); () = independent.
+    - returned_weights: the weights an implementation returns in training mode: "dropped"
+      (after dropout, as used) or "undropped" (the softmax before dropout).
+    """
+
+    target: str = "weights"
+    shared: tuple[str, ...] = ()
+    returned_weights: str = "dropped"
+
+    def __post_init__(self) -> None:
+        if self.target not in DROPOUT_TARGETS:
+            raise ValueError(f"dropout target must be one of {DROPOUT_TARGETS}")
+        if set(self.shared) - set(DROPOUT_SHARED_AXES):
+            raise ValueError(f"dropout shared axes must be among {DROPOUT_SHARED_AXES}")
+        if self.returned_weights not in ("dropped", "undropped"):
+            raise ValueError("returned_weights must be 'dropped' or 'undropped'")
+
+
 @dataclass(frozen=True)
 class Declaration:
     name: str  # what users type after --adapter, e.g. "torch.mha.fast"
@@ -90,6 +119,8 @@ class Declaration:
     tolerances: tuple[ToleranceOverride, ...] = ()
     unsupported_reasons: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
+    # How training-mode dropout ("dropout-training") is applied; None: DropoutBehavior().
+    dropout: DropoutBehavior | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted((self.features | self.dtypes) - set(FEATURES))

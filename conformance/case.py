@@ -91,6 +91,19 @@ class Decode:
 
 
 @dataclass(frozen=True)
+class Dropout:
+    """Attention dropout at `rate`. training False: inference, where the result must equal the
+    no-dropout one; True: training mode, checked statistically over many seeded draws
+    (conformance.dropout). `seed` is set by that check for each draw; adapters seed their
+    framework's generator with it."""
+
+    rate: float
+    training: bool = False
+    draws: int = 100  # training mode: how many seeded runs the statistical check makes
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Case:
     """One resolved case. `id` is stable and readable, e.g. `masks/causal[T=5,S=7,float32]`."""
 
@@ -114,6 +127,9 @@ class Case:
     source: str = ""  # "file:line" the case came from
     params: tuple[tuple[str, Any], ...] = ()  # matrix parameters, for reports and ids
     expected: dict | None = None  # stored expected outputs (imported peer suites), by name
+    # "file.npz#group": the case's own input arrays (and mask arrays), loaded instead of drawn
+    inputs: str | None = None
+    dropout: Dropout | None = None
 
     @property
     def data_key(self) -> str:
@@ -156,6 +172,8 @@ class Case:
         data["shape"] = Shape(**shape)
         data["mask"] = Mask(**mask)
         data["decode"] = Decode(**decode) if decode else None
+        dropout = data.get("dropout")
+        data["dropout"] = Dropout(**dropout) if dropout else None
         data["compare"] = tuple(data.get("compare", ("output",)))
         data["params"] = tuple(tuple(p) for p in data.get("params", ()))
         return Case(**data)
@@ -192,6 +210,8 @@ FEATURES: dict[str, str] = {
     "multi-axis": "attention over several axes (Keras attention_axes)",
     "weights": "per-head attention weights [B, H, T, S] are compared",
     "weights-mean": "head-averaged attention weights [B, T, S] are compared",
+    "dropout": "a dropout rate is given, run in inference mode: must equal the no-dropout result",
+    "dropout-training": "dropout in training mode, checked statistically over seeded runs",
     "gradients": "gradients for a seeded upstream gradient are compared (inputs and weights)",
 }
 FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
@@ -252,6 +272,8 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("weights")
     if "weights_mean" in case.compare:
         tags.add("weights-mean")
+    if case.dropout is not None:
+        tags.add("dropout-training" if case.dropout.training else "dropout")
     if case.gradients:
         tags.add("gradients")
     return frozenset(tags)

@@ -9,10 +9,15 @@ Canonical weight layout (the multi-query paper's per-head projection tensors):
 
 Values are drawn in float64 and rounded to the case dtype *before* anyone sees them, so the
 reference computes on exactly the numbers the implementation received.
+
+A case with `inputs: file.npz#group` (imported peer suites) carries its own arrays instead:
+members `group/q`, `group/k`, ... (float64 holding values exact in the case dtype), and
+optionally `group/mask.attend` / `group/mask.bias` for its boolean / additive mask.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +27,36 @@ from .dtypes import round_to, to_storage
 from .seeding import stream
 
 LAYER_WEIGHTS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
+STORED_MASKS = ("mask.attend", "mask.bias")  # members of a stored group that are masks
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """Split "file.npz#member" into (file, member)."""
+    path, _, member = ref.partition("#")
+    return path, member
+
+
+@functools.lru_cache(maxsize=8)
+def _npz(path: str) -> dict[str, np.ndarray]:
+    # Read once per process: the runner sends many cases of one data file to each worker.
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def stored_array(ref: str) -> np.ndarray:
+    """One stored array, "file.npz#member" (a stored expected output, for instance)."""
+    path, member = split_ref(ref)
+    arrays = _npz(path)
+    if member not in arrays:
+        raise KeyError(f"{path} has no array '{member}'")
+    return arrays[member]
+
+
+def stored_group(ref: str) -> dict[str, np.ndarray]:
+    """The arrays of a stored group "file.npz#group", keyed by their name inside the group."""
+    path, group = split_ref(ref)
+    prefix = f"{group}/"
+    return {k[len(prefix) :]: v for k, v in _npz(path).items() if k.startswith(prefix)}
 
 
 @dataclass
@@ -48,8 +83,69 @@ def _normal(key: str, name: str, shape: tuple[int, ...], std: float, dtype: str)
     return round_to(std * stream(key, name).standard_normal(shape), dtype)
 
 
+def expected_shapes(case: Case) -> dict[str, tuple[int, ...]]:
+    """The shape every input array and weight of a case must have."""
+    s = case.shape
+    h, g = s.num_heads, s.num_kv_heads
+    if case.mode == "kernel":
+        return {
+            "q": (s.batch, h, s.query_len, s.key_dim),
+            "k": (s.batch, g, s.kv_len, s.key_dim),
+            "v": (s.batch, g, s.kv_len, s.value_dim),
+        }
+    kv = s.kv_shape or (s.kv_len,)
+    shapes = {
+        "query": (s.batch, *(s.query_shape or (s.query_len,)), s.query_dim),
+        "key": (s.batch, *kv, s.key_input_dim),
+        "value": (s.batch, *kv, s.value_input_dim),
+        "wq": (h, s.query_dim, s.key_dim),
+        "bq": (h, s.key_dim),
+        "wk": (g, s.key_input_dim, s.key_dim),
+        "bk": (g, s.key_dim),
+        "wv": (g, s.value_input_dim, s.value_dim),
+        "bv": (g, s.value_dim),
+        "wo": (h, s.value_dim, s.output_dim),
+        "bo": (s.output_dim,),
+    }
+    if case.add_bias_kv:
+        shapes.update(bias_k=(g, s.key_dim), bias_v=(g, s.value_dim))
+    return shapes
+
+
+def _stored_inputs(case: Case) -> CaseInputs:
+    """The case's own arrays, exactly as stored (checked for shape and dtype exactness)."""
+    stored = stored_group(case.inputs)
+    out = CaseInputs(dtype=case.dtype)
+    for name, shape in expected_shapes(case).items():
+        if case.self_attention and name in ("key", "value"):
+            continue
+        if name not in stored:
+            if name.startswith("b") and not case.use_bias:
+                out.weights[name] = np.zeros(shape)
+                continue
+            raise ValueError(f"{case.id}: {case.inputs} has no '{name}' array")
+        value = np.array(stored[name], dtype=np.float64)
+        if value.shape != shape:
+            raise ValueError(f"{case.id}: stored '{name}' has shape {value.shape}, not {shape}")
+        if not np.array_equal(round_to(value, case.dtype), value, equal_nan=True):
+            raise ValueError(f"{case.id}: stored '{name}' is not exact in {case.dtype}")
+        target = out.arrays if name in ("q", "k", "v", "query", "key", "value") else out.weights
+        target[name] = value
+    if case.mode == "layer" and case.self_attention:
+        out.arrays["key"] = out.arrays["value"] = out.arrays["query"]
+    return out
+
+
 def make_inputs(case: Case) -> CaseInputs:
     s, key, dt = case.shape, case.data_key, case.dtype
+    if case.inputs:
+        out = _stored_inputs(case)
+        shape = expected_shapes(case)["q" if case.mode == "kernel" else "query"]
+        if case.mode == "kernel":
+            output_shape = (*shape[:3], s.value_dim)
+        else:
+            output_shape = (*shape[:-1], s.output_dim)
+        return _with_grad_output(case, out, output_shape)
     out = CaseInputs(dtype=dt)
     if case.mode == "kernel":
         out.arrays["q"] = _normal(key, "q", (s.batch, s.num_heads, s.query_len, s.key_dim), 1, dt)

@@ -47,9 +47,15 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
     if m.query_padding is not None:
         lengths = np.asarray(m.query_padding)[:, None, None, None]
         restrict(np.arange(t)[None, None, :, None] < lengths)
+    # A case with stored inputs (an imported peer-suite case) carries its own random/additive
+    # mask arrays: `random`/`additive`/`bias` then describe them instead of drawing them.
+    stored = _stored_masks(case)
     if m.random_density is not None:
-        draws = stream(case.data_key, "mask.random").random((b, heads, t, n))
-        restrict(draws >= m.random_density)
+        if "mask.attend" in stored:
+            restrict(stored["mask.attend"].astype(bool))
+        else:
+            draws = stream(case.data_key, "mask.random").random((b, heads, t, n))
+            restrict(draws >= m.random_density)
     if m.masked_rows:
         keep = np.ones((b, 1, t, 1), dtype=bool)
         for bi, ti in m.masked_rows:
@@ -57,6 +63,9 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
         restrict(keep)
 
     bias = None
+    if "mask.bias" in stored and (m.additive_density is not None or m.bias_scale is not None):
+        bias = np.broadcast_to(stored["mask.bias"].astype(np.float64), (b, heads, t, n)).copy()
+        return attend, bias
     if m.additive_density is not None:
         draws = stream(case.data_key, "mask.additive").random((b, heads, t, n))
         bias = np.where(draws < m.additive_density, -np.inf, 0.0)
@@ -64,6 +73,14 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
         values = m.bias_scale * stream(case.data_key, "mask.bias").standard_normal((b, heads, t, n))
         bias = values if bias is None else bias + values
     return attend, bias
+
+
+def _stored_masks(case: Case) -> dict[str, np.ndarray]:
+    if not case.inputs:
+        return {}
+    from .inputs import STORED_MASKS, stored_group  # local: inputs is the heavier module
+
+    return {k: v for k, v in stored_group(case.inputs).items() if k in STORED_MASKS}
 
 
 def visible(case: Case) -> np.ndarray | None:

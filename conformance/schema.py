@@ -26,6 +26,7 @@ from .case import CAUSAL_ALIGNMENTS, COMPARABLE, DTYPES, MASKED_ROW_POLICIES, MO
 from .spec import (
     CASE_KEYS,
     DECODE_KEYS,
+    DROPOUT_KEYS,
     FILE_KEYS,
     MASK_KEYS,
     MAX_INNER_AXES,
@@ -36,6 +37,7 @@ from .spec import (
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "spec.schema.json"
 SCHEMA_ID = f"urn:attention-conformance:schema:spec:v{SPEC_VERSION}"
 PARAM_PATTERN = r"^\$(\w+|\{\w+\})$"
+STORED_REF = r"^[^#]+#[^#]+$"  # file.npz#name
 
 
 def _param(schema: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +134,28 @@ def _case_properties() -> dict[str, dict[str, Any]]:
         ),
         "gradients": boolean,
         "seed": _int(0),
+        "inputs": _param({"type": "string", "pattern": STORED_REF}),
+        "expected": _param(
+            {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"enum": list(COMPARABLE)},
+                "additionalProperties": {"type": "string", "pattern": STORED_REF},
+            }
+        ),
+        "dropout": _param(
+            _object(
+                {
+                    "rate": _param(
+                        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+                    ),
+                    "training": boolean,
+                    "draws": _int(10),
+                },
+                DROPOUT_KEYS,
+                required=["rate"],
+            )
+        ),
         "matrix": {
             "type": "object",
             "minProperties": 1,

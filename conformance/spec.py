@@ -38,6 +38,7 @@ from .case import (
     MODES,
     Case,
     Decode,
+    Dropout,
     Mask,
     Shape,
 )
@@ -72,7 +73,15 @@ CASE_KEYS = {
     "compare": "what to compare: output, weights, weights_mean",
     "gradients": "also compare gradients for a seeded upstream gradient (default false)",
     "seed": "seed for inputs and weights (default 0)",
+    "inputs": "file.npz#group: the case's own input and mask arrays (path relative to the spec)",
+    "expected": "{output: file.npz#member, ...}: stored expected outputs of a peer test suite",
+    "dropout": "{rate, training, draws}: attention dropout, inference (default) or training mode",
     "matrix": "parameters expanded into one case per combination",
+}
+DROPOUT_KEYS = {
+    "rate": "dropout probability p, 0 < p < 1",
+    "training": "false (default): inference, must equal no dropout; true: statistical check",
+    "draws": "training mode: seeded runs the statistical check makes (default 100)",
 }
 SHAPE_KEYS = {
     "batch": "B (default 2)",
@@ -94,9 +103,9 @@ MASK_KEYS = {
     "causal": "top-left or bottom-right (true = top-left)",
     "key_padding": "valid key count per batch element",
     "query_padding": "valid query count per batch element",
-    "random": "{density}: seeded boolean mask, that fraction masked out",
-    "additive": "{density}: seeded 0/-inf additive mask",
-    "bias": "{scale}: seeded finite additive bias",
+    "random": "{density}: seeded boolean mask, that fraction masked out (stored with inputs)",
+    "additive": "{density}: seeded 0/-inf additive mask (stored with inputs)",
+    "bias": "{scale}: seeded finite additive bias (stored with inputs)",
     "per_head": "random/additive/bias masks differ per head",
     "window": "[left, right]: visible keys around the diagonal",
     "masked_rows": "[[b, t], ...]: query rows with every key masked",
@@ -581,6 +590,10 @@ def _resolve_case(
     if not isinstance(description, str):
         raise ctx.error("must be text", node, "description")
 
+    dropout = None
+    if "dropout" in node:
+        dropout = _resolve_dropout(ctx, node, decode is not None)
+
     estimate = estimate_bytes(shape, mode)
     if estimate > MAX_CASE_BYTES:
         raise ctx.error(
@@ -595,7 +608,7 @@ def _resolve_case(
         str(v) if k == "dtype" else f"{k}={_id_value(v)}" for k, v in shown if k not in in_name
     ]
     case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
-    return Case(
+    case = Case(
         id=case_id,
         family=family,
         name=name,
@@ -615,7 +628,101 @@ def _resolve_case(
         description=description,
         source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
         params=tuple(shown),
+        dropout=dropout,
     )
+    if dropout is not None and dropout.training:
+        problem = None
+        if case.extra_keys or shape.get("attention_axes"):
+            problem = "training-mode dropout is checked on one sequence axis without extra keys"
+        elif set(compare) - {"output", "weights"}:
+            problem = "training-mode dropout cases compare output (and weights) only"
+        elif gradients:
+            problem = "training-mode dropout cases have no gradients"
+        if problem:
+            raise ctx.error(problem, node, "dropout")
+    if "inputs" in node or "expected" in node:
+        case = _attach_stored(ctx, node, case)
+    return case
+
+
+def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:
+    dnode = _mapping(ctx, node["dropout"], node, "dropout")
+    _check_keys(ctx, dnode, DROPOUT_KEYS, "dropout")
+    if "rate" not in dnode:
+        raise ctx.error("dropout needs a rate", node, "dropout", "e.g. {rate: 0.3}")
+    rate = _number(ctx, dnode["rate"], dnode, "rate")
+    if not 0 < rate < 1:
+        raise ctx.error(f"rate must be within (0, 1), got {rate}", dnode, "rate")
+    training = _bool(ctx, dnode.get("training", False), dnode, "training")
+    draws = _int(ctx, dnode.get("draws", 100), dnode, "draws", minimum=10)
+    if decode:
+        raise ctx.error("dropout is not defined for incremental decoding here", node, "dropout")
+    return Dropout(rate=rate, training=training, draws=draws)
+
+
+def _stored_ref(ctx: _Ctx, value: Any, parent: Any, key: str) -> str:
+    """Resolve "file.npz#name" (relative to the spec file) to an absolute file path."""
+    if not isinstance(value, str) or value.count("#") != 1 or value.endswith("#"):
+        raise ctx.error(
+            f"must be 'file.npz#name', got {_show(value)}", parent, key,
+            "e.g. data/onnx_attention.npz#test_attention_4d",
+        )  # fmt: skip
+    file, _, member = value.partition("#")
+    path = (Path(ctx.file).parent / file).resolve()
+    if not path.is_file():
+        raise ctx.error(f"no such data file: {path}", parent, key)
+    return f"{path}#{member}"
+
+
+def _attach_stored(ctx: _Ctx, node: LocatedDict, case: Case) -> Case:
+    """Cases carrying their own arrays (imported peer suites): check them against the case."""
+    import dataclasses
+
+    from .inputs import STORED_MASKS, make_inputs, stored_array, stored_group
+
+    changes: dict[str, Any] = {}
+    if "inputs" in node:
+        ref = _stored_ref(ctx, node["inputs"], node, "inputs")
+        changes["inputs"] = ref
+        stored = stored_group(ref)
+        if not stored:
+            raise ctx.error(f"the data file has no arrays under '{ref.partition('#')[2]}/'",
+                            node, "inputs")  # fmt: skip
+        m, s = case.mask, case.shape
+        wanted = {
+            "mask.attend": m.random_density is not None,
+            "mask.bias": m.additive_density is not None or m.bias_scale is not None,
+        }
+        for name in STORED_MASKS:
+            if wanted[name] != (name in stored):
+                raise ctx.error(
+                    f"stored '{name}' and the mask keys disagree: a stored boolean mask goes "
+                    "with mask.random, a stored additive one with mask.additive and/or mask.bias",
+                    node, "mask" if "mask" in node else "inputs",
+                )  # fmt: skip
+            shape = (s.batch, s.num_heads if m.per_head else 1, s.query_len, s.kv_len)
+            if name in stored and stored[name].shape != shape:
+                raise ctx.error(
+                    f"stored '{name}' has shape {stored[name].shape}, the case needs {shape} "
+                    "([B, 1|H, T, S], per_head deciding H)", node, "inputs",
+                )  # fmt: skip
+        try:
+            make_inputs(dataclasses.replace(case, inputs=ref))
+        except (ValueError, KeyError) as error:
+            raise ctx.error(str(error), node, "inputs") from None
+    if "expected" in node:
+        enode = _mapping(ctx, node["expected"], node, "expected")
+        expected = {}
+        for name, value in enode.items():
+            _choice(ctx, name, enode, name, COMPARABLE)
+            ref = _stored_ref(ctx, value, enode, name)
+            try:
+                stored_array(ref)
+            except KeyError as error:
+                raise ctx.error(str(error.args[0]), enode, name) from None
+            expected[name] = ref
+        changes["expected"] = expected
+    return dataclasses.replace(case, **changes)
 
 
 def _conflict(ctx: _Ctx, matrix: LocatedDict, key: str, where: str) -> SpecError:
