@@ -9,6 +9,7 @@ from __future__ import annotations
 from conformance.adapter import Adapter, Declaration
 from conformance.backward import gradients
 from conformance.case import FEATURES
+from conformance.dropout import numpy_dropout
 from conformance.reference import attention
 
 
@@ -22,6 +23,8 @@ class ReferenceAdapter(Adapter):
     )
 
     def run(self, case, inputs, device):  # noqa: ANN001 - signature documented on Adapter
+        if case.dropout is not None and case.dropout.training:
+            return numpy_dropout(case, inputs)  # NumPy dropout on the weights, seeded per draw
         out = attention(case, inputs)
         if case.gradients:
             out.update(gradients(case, inputs))  # the analytic float64 backward pass

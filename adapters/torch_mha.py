@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from conformance import layouts
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive, to_additive, to_true_masked
@@ -75,10 +75,12 @@ COMMON_FEATURES = frozenset(
         "per-head-mask",
         "window",
         "fully-masked-rows",
+        "dropout",
     }
 )
 SLOW_ONLY = frozenset(
     {
+        "dropout-training",
         "cross-attention",
         "kv-input-dims",
         "kv-len",
@@ -118,6 +120,8 @@ FAST_UNSUPPORTED = {
     "no-bias": "with bias=False in_proj_bias is None and forward() skips the fast path",
     "bias-kv": "add_bias_kv sends MultiheadAttention to the slow path",
     "zero-attn": "add_zero_attn sends MultiheadAttention to the slow path",
+    "dropout-training": "forward() never takes the fast path in training mode (it checks "
+    "self.training)",
     "gradients": (
         "the native fast path never runs while autograd records: forward() leaves it when grad "
         "is enabled and query or a projection parameter requires grad (see torch.mha.slow*)"
@@ -302,6 +306,10 @@ class TorchMhaAdapter(Adapter):
         worker=WORKER,
         divergences=(FAST_MASKED_ROWS,),
         unsupported_reasons=FAST_UNSUPPORTED,
+        # F.multi_head_attention_forward: dropout(softmax(...)) on the [B * H, T, S] weights
+        # (need_weights=True; SDPA's dropout_p otherwise), one mask entry per weight; the
+        # weights it returns are the dropped ones.
+        dropout=DropoutBehavior(target="weights", shared=(), returned_weights="dropped"),
         notes=(
             "Self-attention on one tensor object, packed in_proj_weight, biases on, bool masks "
             "only, even head count: the conditions forward() checks before calling "
@@ -367,7 +375,7 @@ class TorchMhaAdapter(Adapter):
                 device=config.device,
                 dtype=torch_dtype(config.dtype),
             )
-            module.eval()  # dropout is 0 anyway; the fast path also needs eval
+            module.eval()  # the fast path needs eval; run() switches to train() for dropout
             module.requires_grad_(False)
             self._modules[config] = module
         return module
@@ -378,6 +386,12 @@ class TorchMhaAdapter(Adapter):
         config = self._config(case, device)
         module = self._module(config)
         _set_weights(module, config, inputs)
+        # Dropout: the rate always goes to the module (an attribute forward() reads); only a
+        # training-mode case switches it to train(), seeded per draw by conformance.dropout.
+        dropout = case.dropout
+        training = dropout is not None and dropout.training
+        module.dropout = dropout.rate if dropout is not None else 0.0
+        module.train(training)
         grad = case.gradients
         module.requires_grad_(grad)  # a cached module: reset per case
 
@@ -409,6 +423,8 @@ class TorchMhaAdapter(Adapter):
             averages.append(True)
         results: dict[str, np.ndarray] = {}
         for average in averages or [True]:
+            if training:
+                torch.manual_seed(dropout.seed)  # the same mask for every call of this draw
             recorder = op_recorder()
             first = "output" not in results
             with torch.set_grad_enabled(grad), recorder:

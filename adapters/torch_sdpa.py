@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive
@@ -192,6 +192,7 @@ SDPA_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        "dropout-training",
         "gradients",
     }
 )
@@ -204,6 +205,8 @@ SDPA_UNSUPPORTED = {
     "multi-axis": "SDPA attends over one sequence axis",
     "bias-kv": "add_bias_kv belongs to nn.MultiheadAttention, not to SDPA",
     "zero-attn": "add_zero_attn belongs to nn.MultiheadAttention, not to SDPA",
+    "dropout": "SDPA has no inference mode: it always applies dropout_p, and callers pass "
+    "dropout_p=0 at inference (nn modules pass `self.p if self.training else 0.0`)",
 }
 
 # torch >= 2.5: every SDPA backend returns 0 for a query row whose keys are all masked
@@ -234,6 +237,8 @@ def sdpa_arguments(case: Case, inputs: CaseInputs, device: str) -> dict[str, Any
         kwargs["enable_gqa"] = True  # query head h uses kv head h // (H / G), as canonical
     if case.scale is not None:
         kwargs["scale"] = case.scale  # left out otherwise: torch's default 1/sqrt(K) is tested
+    if case.dropout is not None and case.dropout.training:
+        kwargs["dropout_p"] = case.dropout.rate  # seeded in run(), one draw per call
     if only_causal(case.mask):
         if case.mask.causal == "top-left":
             kwargs["is_causal"] = True
@@ -268,6 +273,9 @@ class TorchSdpaAdapter(Adapter):
         worker=WORKER,
         divergences=(SDPA_MASKED_ROWS,),
         unsupported_reasons=SDPA_UNSUPPORTED,
+        # math backend: torch.dropout on the [B, H, T, S] weights after softmax; the fused
+        # kernels drop the same weights with their own generator (Philox on CUDA).
+        dropout=DropoutBehavior(target="weights", shared=()),
         notes=(
             "Bool masks are passed as is (True = attend); additive/bias masks as one float mask "
             "in the case dtype; a mask that is only causal uses is_causal=True (top-left) or "
@@ -301,6 +309,8 @@ class TorchSdpaAdapter(Adapter):
         from torch.nn.attention import sdpa_kernel
 
         kwargs = sdpa_arguments(case, inputs, device)
+        if "dropout_p" in kwargs:
+            torch.manual_seed(case.dropout.seed)  # seeds the CPU and every CUDA generator
         leaves = (kwargs["query"], kwargs["key"], kwargs["value"])
         if case.gradients:  # autograd w.r.t. q, k and v: the backend's own backward runs
             for leaf in leaves:
