@@ -34,11 +34,13 @@ from conformance.masks import build_mask
 
 from .jax_dpa import (
     JAX_ENV,
+    compose,
     jax_device,
     jax_device_names,
     jax_dtype,
     jax_versions,
     setup_jax,
+    tf32_on_cuda,
     to_jax,
     to_numpy,
 )
@@ -93,17 +95,20 @@ class FlaxLinen(Adapter):
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
-        divergences=(
-            Divergence(
-                id="masked-rows-uniform",
-                reason="dot_product_attention_weights replaces masked logits by "
-                "jnp.finfo(dtype).min, a finite value, not -inf: a row whose every key is "
-                "masked has equal logits and gets uniform weights over all S keys (the mean of "
-                "V) instead of NaN",
-                link=f"{LINEN_SRC}#L137-L146",
-                when=frozenset({"fully-masked-rows"}),
-                masked_rows="uniform",
-            ),
+        divergences=compose(
+            [
+                Divergence(
+                    id="masked-rows-uniform",
+                    reason="dot_product_attention_weights replaces masked logits by "
+                    "jnp.finfo(dtype).min, a finite value, not -inf: a row whose every key is "
+                    "masked has equal logits and gets uniform weights over all S keys (the mean "
+                    "of V) instead of NaN",
+                    link=f"{LINEN_SRC}#L137-L146",
+                    when=frozenset({"fully-masked-rows"}),
+                    masked_rows="uniform",
+                )
+            ],
+            [tf32_on_cuda()],
         ),
         unsupported_reasons=_UNSUPPORTED,
     )

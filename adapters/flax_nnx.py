@@ -48,14 +48,16 @@ from .jax_dpa import (
     MASKED_UNIFORM,
     MASKED_UNIFORM_LINK,
     SOFTMAX_F32,
-    SOFTMAX_F32_LINK,
+    compose,
     cpu_f16_refusal,
     jax_device,
     jax_device_names,
     jax_dtype,
     jax_versions,
     setup_jax,
+    softmax_float32,
     strip_mask,
+    tf32_on_cuda,
     to_jax,
     to_numpy,
 )
@@ -300,32 +302,21 @@ class FlaxNnxFused(_FlaxNnx):
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
-        divergences=(
-            Divergence(
-                id="masked-rows-uniform",
-                reason=MASKED_UNIFORM + " (flax passes the mask on to "
-                "jax.nn.dot_product_attention); " + SOFTMAX_F32,
-                link=MASKED_UNIFORM_LINK,
-                when=frozenset({"fully-masked-rows"}),
-                dtypes=frozenset({"float64"}),
-                masked_rows="uniform",
-                compute_dtype="float32",
-            ),
-            Divergence(
-                id="masked-rows-uniform",
-                reason=MASKED_UNIFORM + " (flax passes the mask on to "
-                "jax.nn.dot_product_attention)",
-                link=MASKED_UNIFORM_LINK,
-                when=frozenset({"fully-masked-rows"}),
-                masked_rows="uniform",
-            ),
-            Divergence(
-                id="softmax-float32",
-                reason="the fused path is jax.nn.dot_product_attention: " + SOFTMAX_F32,
-                link=SOFTMAX_F32_LINK,
-                dtypes=frozenset({"float64"}),
-                compute_dtype="float32",
-            ),
+        divergences=compose(
+            [
+                Divergence(
+                    id="masked-rows-uniform",
+                    reason=MASKED_UNIFORM + " (flax passes the mask on to "
+                    "jax.nn.dot_product_attention)",
+                    link=MASKED_UNIFORM_LINK,
+                    when=frozenset({"fully-masked-rows"}),
+                    masked_rows="uniform",
+                )
+            ],
+            [
+                softmax_float32("the fused path is jax.nn.dot_product_attention: " + SOFTMAX_F32),
+                tf32_on_cuda(),
+            ],
         ),
         unsupported_reasons=_UNSUPPORTED,
     )
@@ -343,14 +334,17 @@ class FlaxNnxExplicit(_FlaxNnx):
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
-        divergences=(
-            Divergence(
-                id="masked-rows-uniform",
-                reason=_EXPLICIT_UNIFORM,
-                link=_EXPLICIT_UNIFORM_LINK,
-                when=frozenset({"fully-masked-rows"}),
-                masked_rows="uniform",
-            ),
+        divergences=compose(
+            [
+                Divergence(
+                    id="masked-rows-uniform",
+                    reason=_EXPLICIT_UNIFORM,
+                    link=_EXPLICIT_UNIFORM_LINK,
+                    when=frozenset({"fully-masked-rows"}),
+                    masked_rows="uniform",
+                )
+            ],
+            [tf32_on_cuda()],
         ),
         unsupported_reasons={k: v for k, v in _UNSUPPORTED.items() if k != "weights"},
     )
