@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-from hypothesis.errors import HypothesisException
+from hypothesis.errors import HypothesisException, Unsatisfiable
 
 from .adapter import Adapter, Declaration, Unsupported
 from .case import Case, Mask
@@ -255,6 +255,8 @@ def _differential(ctx: Context, case: Case, data: st.DataObject) -> str:
         message = f"differential: {verdict}: {record['message']}"
         failed = Failure("differential", verdict, message, [case], record=record)
         raise (_ErrorFailed if verdict == "error" else PropertyFailed)(failed)
+    if verdict == "unsupported":
+        raise _Skip("unsupported")
     return verdict
 
 
@@ -278,7 +280,7 @@ def _kv_strategy(decl: Declaration, limits: Limits, prefix: str) -> st.SearchStr
     if {"layer", "cross-attention"} <= decl.features:
         options.append(_meta_cases(decl, require={"layer", "cross-attention"}, forbid={"decode"},
                              mask_kinds=kinds, limits=limits, prefix=prefix))  # fmt: skip
-    return st.one_of(options)
+    return st.one_of(options).filter(lambda c: c.shape.kv_len > 1)  # one key: nothing to swap
 
 
 def _kv_permutation(ctx: Context, case: Case, data: st.DataObject) -> str:
@@ -367,6 +369,38 @@ def _head_permutation(ctx: Context, case: Case, data: st.DataObject) -> str:
     return "ok"
 
 
+def _row_select(case: Case, row_ok: np.ndarray) -> dict[str, np.ndarray]:
+    """Broadcastable selections of query rows row_ok [B, T] for each comparable output."""
+    per_head = row_ok[:, None, :, None]
+    select = {"weights": per_head, "weights_mean": row_ok[:, :, None]}
+    select["output"] = per_head if case.mode == "kernel" else row_ok[:, :, None]
+    return select
+
+
+def masked_row_policy(ctx: Context, case: Case) -> str:
+    """What fully masked rows yield for this adapter: a declared divergence's policy or the
+    case's expectation."""
+    divergence = ctx.declaration.divergence_for(case, ctx.device)
+    if divergence is not None and divergence.masked_rows:
+        return divergence.masked_rows
+    return case.mask.fully_masked_rows
+
+
+def _policy_select(ctx: Context, a: Case, b: Case) -> tuple[dict | None, str]:
+    """(selection, note) for comparing runs of cases a and b (same mask pattern).
+
+    When the adapter declares different fully-masked-row policies for the two (divergences
+    keyed on their features; each is verified by the differential property), rows with no
+    visible key are left out of the comparison.
+    """
+    policies = (masked_row_policy(ctx, a), masked_row_policy(ctx, b))
+    seen = visible(a)
+    if policies[0] == policies[1] or seen is None or a.extra_keys:
+        return None, ""
+    note = f" (fully masked rows left out: declared policies {policies[0]} / {policies[1]})"
+    return _row_select(a, seen.any(axis=-1).all(axis=1)), note
+
+
 def _causal_strategy(decl: Declaration, limits: Limits, prefix: str) -> st.SearchStrategy[Case]:
     # Keep cases with a key that some compared row cannot see (else nothing can be changed).
     return _meta_cases(decl, require={"causal"}, limits=limits, prefix=prefix).filter(
@@ -414,9 +448,7 @@ def _causal_prefix(ctx: Context, case: Case, data: st.DataObject) -> str:
     row_ok = row_ok & (np.arange(t_len) < first_free_row)[None, :]
     if not row_ok.any():
         raise _Skip("vacuous")
-    per_head = row_ok[:, None, :, None]
-    select = {"weights": per_head, "weights_mean": row_ok[:, :, None]}
-    select["output"] = per_head if case.mode == "kernel" else row_ok[:, :, None]
+    select = _row_select(case, row_ok)
     tol, base = pair_tolerance(ctx, case, inputs)
     first = _run(ctx, "causal-prefix", case, inputs, [case])
     second = _run(ctx, "causal-prefix", case, moved, [case])
@@ -508,9 +540,11 @@ def _bool_additive(ctx: Context, case: Case, data: st.DataObject) -> str:
     both = [bool_case, add_case]
     first = _run(ctx, "bool-additive", bool_case, inputs, both)
     second = _run(ctx, "bool-additive", add_case, inputs, both)
-    masked = int((~visible(bool_case)).sum()) if bool_case.mask.random_density else 0
-    what = f"same pattern ({masked} masked cells) as a boolean and as a 0/-inf additive mask"
-    _agree("bool-additive", what, second, first, tol, base_a, both, _evidence("shared", inputs))
+    masked = int((~visible(bool_case)).sum())
+    what = f"same pattern ({masked} masked cell(s)) as a boolean and as a 0/-inf additive mask"
+    select, note = _policy_select(ctx, bool_case, add_case)
+    _agree("bool-additive", what + note, second, first, tol, base_a, both,
+           _evidence("shared", inputs), select=select)  # fmt: skip
     return "ok"
 
 
@@ -579,9 +613,10 @@ def _batch_independence(ctx: Context, case: Case, data: st.DataObject) -> str:
     single = derive(one, inputs, sliced)
     tol1, base1 = pair_tolerance(ctx, one, single)
     alone = _run(ctx, "batch-independence", one, single, [one, case])
-    _agree("batch-independence", "element 0 run alone (batch 1) differs from its batched run",
-           alone, head, tol1 if tol1.atol >= tol.atol else tol, base1 or base, [one, case],
-           _evidence("alone", single))  # fmt: skip
+    select, note = _policy_select(ctx, one, case)
+    _agree("batch-independence", "element 0 run alone (batch 1) differs from its batched run"
+           + note, alone, head, tol1 if tol1.atol >= tol.atol else tol, base1 or base,
+           [one, case], _evidence("alone", single), select=select)  # fmt: skip
     return "ok"
 
 
@@ -611,8 +646,9 @@ def _scale_invariance(ctx: Context, case: Case, data: st.DataObject) -> str:
     first = _run(ctx, "scale-invariance", case, inputs, [case])
     second = _run(ctx, "scale-invariance", scaled_case, moved, [case, scaled_case])
     what = f"Q scaled by {c:g} and the scale by 1/{c:g} (scale {scaled_case.scale!r})"
-    _agree("scale-invariance", what, second, first, tol, base, [case, scaled_case],
-           _evidence("scaled", moved))  # fmt: skip
+    select, note = _policy_select(ctx, case, scaled_case)
+    _agree("scale-invariance", what + note, second, first, tol, base, [case, scaled_case],
+           _evidence("scaled", moved), select=select)  # fmt: skip
     return "ok"
 
 
@@ -650,10 +686,11 @@ PROPERTIES: dict[str, Property] = {
 @dataclass
 class PropertyResult:
     prop: str
-    status: str  # "ok", "counterexample", "not applicable", "error"
-    examples: int = 0  # examples run before the first counterexample (or in all)
+    status: str  # "ok", "no examples", "counterexample", "not applicable", "error"
+    examples: int = 0  # examples checked before the first counterexample (or in all)
     shrink_runs: int = 0  # further runs Hypothesis spent shrinking it
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)  # checked examples by outcome
+    skipped: Counter = field(default_factory=Counter)  # rejected examples by reason
     reason: str = ""
     failure: Failure | None = None
     files: list[Path] = field(default_factory=list)
@@ -665,6 +702,10 @@ class PropertyResult:
             return f"not applicable: {self.reason}"
         counts = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
         text = f"{self.examples} examples" + (f" ({counts})" if counts else "")
+        if self.skipped:
+            text += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
+        if self.status == "no examples":
+            text += "; NO EXAMPLE COULD BE CHECKED"
         if self.status == "counterexample":
             text += f"; COUNTEREXAMPLE, shrunk in {self.shrink_runs} more runs"
         elif self.status == "error":
@@ -702,7 +743,11 @@ def run_property(
         try:
             outcome = prop.check(ctx, case, data)
         except _Skip as skip:
-            outcome = skip.why
+            # Rejected: Hypothesis draws another example in its place, so max_examples
+            # counts examples that were really checked.
+            if state["first"] is None:
+                result.skipped[skip.why] += 1
+            reject()
         except PropertyFailed as failed:
             if state["first"] is None:
                 state["first"] = state["runs"]
@@ -723,6 +768,8 @@ def run_property(
     except PropertyFailed:
         result.status = "counterexample"
         result.failure = state["last"]  # Hypothesis replays the shrunk example last
+    except Unsatisfiable:
+        result.status = "no examples"  # every generated case was unsupported or vacuous
     except (HarnessError, HypothesisException) as error:
         result.status, result.reason = "error", f"{type(error).__name__}: {error}"
     except Exception as error:  # noqa: BLE001 - reported, never hidden
@@ -946,7 +993,38 @@ class FuzzReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("ok", "not applicable") for r in self.results)
+        return all(r.status in ("ok", "no examples", "not applicable") for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {
+            "adapter": self.adapter,
+            "device": self.device,
+            "seed": self.seed,
+            "max_examples": self.max_examples,
+            "ok": self.ok,
+            "properties": {
+                r.prop: {
+                    "status": r.status,
+                    "examples": r.examples,
+                    "outcomes": dict(r.outcomes),
+                    "skipped": dict(r.skipped),
+                    "shrink_runs": r.shrink_runs,
+                    "reason": r.reason,
+                    "message": r.failure.message if r.failure else None,
+                    "cases": [c.id for c in r.failure.cases] if r.failure else [],
+                    "files": [str(f) for f in r.files],
+                    "seconds": round(r.seconds, 3),
+                    "warnings": r.warnings,
+                }
+                for r in self.results
+            },
+        }
+
+    def write(self, path: Path) -> Path:
+        """summary.json: per property its status and counts (CI artifacts, tests)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
 
 
 def fuzz_adapter(
@@ -960,8 +1038,13 @@ def fuzz_adapter(
     device: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     log: Callable[[str], None] = print,
+    selector: str | None = None,
 ) -> FuzzReport:
-    """Fuzz an adapter instance whose setup() already ran. Writes counterexamples to out_dir."""
+    """Fuzz an adapter instance whose setup() already ran. Writes counterexamples to out_dir.
+
+    target: "module:Class" (for reproducers); selector: what --adapter needs to find it again
+    (its registered name, or the target for an unregistered adapter).
+    """
     names = list(properties or PROPERTIES)
     unknown = [n for n in names if n not in PROPERTIES]
     if unknown:
@@ -980,7 +1063,7 @@ def fuzz_adapter(
                               limits=limits, prefix=f"{_slug(decl.name)}-{name}")  # fmt: skip
         log(f"  {name:<19} {result.line()}")
         if result.failure is not None:
-            rerun = (f"conformance fuzz --adapter {_quote(target if ':' in target else decl.name)}"
+            rerun = (f"conformance fuzz --adapter {_quote(selector or target)}"
                      f" --property {name} --seed {seed} --max-examples {max_examples}")  # fmt: skip
             result.files = write_failure(result.failure, adapter=adapter, target=target,
                                          device=device, out_dir=Path(out_dir), seed=seed,
@@ -996,6 +1079,7 @@ def fuzz_adapter(
     for text in seen_warnings:
         log(f"  warning from the implementation: {text[:300]}")
     report = FuzzReport(decl.name, device, seed, max_examples, results)
+    report.write(Path(out_dir) / _slug(decl.name) / "summary.json")
     total = sum(r.examples for r in results)
     failed = [r.prop for r in results if r.status not in ("ok", "not applicable")]
     if failed:
@@ -1082,6 +1166,7 @@ def handle(args: argparse.Namespace) -> int:
         report = fuzz_adapter(
             adapter, target=entry.target, max_examples=args.max_examples, seed=seed,
             out_dir=Path(args.out), properties=args.property, device=args.device,
+            selector=entry.target if entry.source == "command line" else entry.name,
         )  # fmt: skip
         code = max(code, 0 if report.ok else 1)
         sys.stdout.flush()

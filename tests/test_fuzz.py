@@ -1,0 +1,341 @@
+"""`conformance fuzz`: the reference survives it, broken implementations do not.
+
+Profiles (conformance.strategies.profile): HYPOTHESIS_PROFILE=ci (default: few examples, fixed
+seed) or long (scheduled runs: many examples, a random seed printed by the fuzzer).
+
+Every installed adapter is fuzzed in its own child process per worker group (frameworks and
+their env, such as KERAS_BACKEND, are per process), once per test session; each adapter's
+result is its own test. Groups whose framework compiles per shape are marked slow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hypothesis")
+
+from conformance.adapters.reference import ReferenceAdapter  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
+from conformance import strategies as cst  # noqa: E402
+from conformance.adapter import Adapter, Declaration  # noqa: E402
+from conformance.case import FEATURES  # noqa: E402
+from conformance.evaluate import evaluate  # noqa: E402
+from conformance.fuzz import PROPERTIES, Context, fuzz_adapter, run_property  # noqa: E402
+from conformance.masks import build_mask  # noqa: E402
+from conformance.reference import attention, dot_product_attention  # noqa: E402
+from conformance.spec import load_spec  # noqa: E402
+
+PROFILE = cst.profile()
+EXAMPLES = PROFILE.max_examples  # per property
+SEED = 0 if PROFILE.derandomize else random.SystemRandom().randrange(2**31)
+# Installed adapters: examples per property in their child process (framework calls are slow).
+ADAPTER_EXAMPLES = 3 if PROFILE.derandomize else 50
+
+# --- deliberately broken implementations (kernel mode, NumPy) -----------------------------
+
+KERNEL = frozenset(FEATURES) - {"layer", "gradients", "dropout", "dropout-training", "decode"}
+
+
+def _decl(name: str) -> Declaration:
+    return Declaration(name=f"test.{name}", summary=f"broken on purpose: {name}",
+                       framework="numpy", features=KERNEL, worker="test")  # fmt: skip
+
+
+def _kernel(case, inputs, *, attend="case", bias="case", scale=None, extra_logits=None):  # noqa: ANN001, ANN202
+    """The reference kernel with one ingredient swapped out, as a broken port would."""
+    case_attend, case_bias = build_mask(case)
+    attend = case_attend if isinstance(attend, str) else attend
+    bias = case_bias if isinstance(bias, str) else bias
+    if extra_logits is not None:
+        bias = extra_logits if bias is None else bias + extra_logits
+    a = inputs.arrays
+    out, probs = dot_product_attention(
+        a["q"], a["k"], a["v"], scale=case.effective_scale if scale is None else scale,
+        attend=attend, bias=bias,
+    )  # fmt: skip
+    return {"output": out, "weights": probs, "weights_mean": probs.mean(axis=1)}
+
+
+class MaskPolarityInverted(Adapter):
+    """The classic porting bug: a boolean mask read as True = masked out."""
+
+    declaration = _decl("mask-polarity-inverted")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        attend, _ = build_mask(case)
+        return _kernel(case, inputs, attend=None if attend is None else ~attend)
+
+
+class LeaksAcrossBatch(Adapter):
+    """A normalisation taken over the whole batch instead of per element."""
+
+    declaration = _decl("leaks-across-batch")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        out = _kernel(case, inputs)
+        out["output"] = out["output"] + 0.1 * out["output"].mean(axis=0, keepdims=True)
+        return out
+
+
+class PositionalKeys(Adapter):
+    """Logits that depend on where a key sits (a stray position bias)."""
+
+    declaration = _decl("positional-keys")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        s = case.shape
+        ramp = 0.3 * np.arange(s.kv_len, dtype=np.float64)
+        return _kernel(case, inputs, extra_logits=np.broadcast_to(ramp, (1, 1, 1, s.kv_len)))
+
+
+class ReversedHeads(Adapter):
+    """Per-head outputs returned in the wrong head order."""
+
+    declaration = _decl("reversed-heads")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        out = _kernel(case, inputs)
+        return {**out, "output": out["output"][:, ::-1], "weights": out["weights"][:, ::-1]}
+
+
+class IgnoresCausal(Adapter):
+    """The causal flag dropped on the way to the kernel."""
+
+    declaration = _decl("ignores-causal")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        import dataclasses
+
+        mask = dataclasses.replace(case.mask, causal=None)
+        attend, _ = build_mask(dataclasses.replace(case, mask=mask))
+        return _kernel(case, inputs, attend=attend)
+
+
+class IgnoresAdditiveInf(Adapter):
+    """-inf entries of an additive mask replaced by a finite -1 (a 'safe' mask value)."""
+
+    declaration = _decl("additive-inf-finite")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        _, bias = build_mask(case)
+        return _kernel(case, inputs, bias=None if bias is None else np.maximum(bias, -1.0))
+
+
+class IgnoresScale(Adapter):
+    """A given scale ignored: always 1/sqrt(K)."""
+
+    declaration = _decl("ignores-scale")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        return _kernel(case, inputs, scale=case.shape.key_dim**-0.5)
+
+
+def _target(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# --- the reference: no counterexample --------------------------------------------------------
+
+
+def test_reference_has_no_counterexample(tmp_path: Path) -> None:
+    report = fuzz_adapter(
+        ReferenceAdapter(), target=_target(ReferenceAdapter), max_examples=EXAMPLES,
+        seed=SEED, out_dir=tmp_path, log=lambda line: None,
+    )  # fmt: skip
+    for result in report.results:
+        assert result.status == "ok", (result.prop, result.line())
+        assert result.examples == EXAMPLES, (result.prop, result.line())
+    summary = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    assert summary["ok"] and set(summary["properties"]) == set(PROPERTIES)
+    assert list(tmp_path.rglob("*.yaml")) == []  # nothing to report, nothing written
+
+
+# --- broken implementations: caught, shrunk, written as a small regression spec ---------------
+
+
+def test_mask_polarity_bug_is_caught_and_shrunk_to_a_small_spec(tmp_path: Path) -> None:
+    adapter = MaskPolarityInverted()
+
+    def run(out: Path):  # noqa: ANN202
+        return fuzz_adapter(adapter, target=_target(MaskPolarityInverted), max_examples=50,
+                            seed=SEED, out_dir=out, properties=["differential"],
+                            log=lambda line: None)  # fmt: skip
+
+    (result,) = run(tmp_path / "a").results
+    assert result.status == "counterexample"
+    spec = next(p for p in result.files if p.suffix == ".yaml")
+    cases = load_spec(spec)  # ready to drop into specs/
+    (case,) = cases
+    s = case.shape
+    assert s.batch * s.num_heads * s.query_len * s.kv_len <= 8, case  # shrunk
+    assert s.key_dim <= 2 and s.value_dim <= 2, case
+    # A regression case: the bug fails it, the oracle passes it.
+    assert evaluate(adapter, case, "cpu")["verdict"] == "fail"
+    assert evaluate(ReferenceAdapter(), case, "cpu")["verdict"] == "pass"
+    failure = json.loads((spec.parent / "failure.json").read_text())
+    assert failure["seed"] == SEED and "--seed" in failure["rerun"]
+    # The same seed finds the same counterexample.
+    (again,) = run(tmp_path / "b").results
+    again_spec = next(p for p in again.files if p.suffix == ".yaml")
+    assert again_spec.read_text() == spec.read_text()
+
+
+@pytest.mark.parametrize(
+    ("cls", "prop"),
+    [
+        (MaskPolarityInverted, "bool-additive"),
+        (MaskPolarityInverted, "causal-prefix"),
+        (LeaksAcrossBatch, "batch-independence"),
+        (PositionalKeys, "kv-permutation"),
+        (ReversedHeads, "head-permutation"),
+        (IgnoresCausal, "causal-prefix"),
+        (IgnoresAdditiveInf, "bool-additive"),
+        (IgnoresScale, "scale-invariance"),
+    ],
+)
+def test_each_metamorphic_property_catches_its_bug(cls: type, prop: str) -> None:
+    """No oracle involved: the property alone finds the bug."""
+    result = run_property(PROPERTIES[prop], Context(cls(), "cpu"), max_examples=50, seed=SEED)
+    assert result.status == "counterexample", result.line()
+    assert result.failure is not None and result.failure.kind == "mismatch"
+    assert result.failure.message.startswith(prop)
+
+
+def test_metamorphic_properties_hold_for_correct_kernels() -> None:
+    """The same properties on a correct adapter restricted to kernel mode (no false alarms)."""
+
+    class Correct(Adapter):
+        declaration = _decl("correct")
+
+        def run(self, case, inputs, device):  # noqa: ANN001
+            return attention(case, inputs)
+
+    for name in PROPERTIES:
+        result = run_property(PROPERTIES[name], Context(Correct(), "cpu"),
+                              max_examples=EXAMPLES, seed=SEED)  # fmt: skip
+        assert result.status == "ok", (name, result.line())
+
+
+def test_an_adapter_that_supports_nothing_it_declares_is_reported_not_failed() -> None:
+    class AlwaysUnsupported(Adapter):
+        declaration = _decl("always-unsupported")
+
+        def run(self, case, inputs, device):  # noqa: ANN001
+            from conformance.adapter import Unsupported
+
+            raise Unsupported("not today")
+
+    result = run_property(PROPERTIES["differential"], Context(AlwaysUnsupported(), "cpu"),
+                          max_examples=5, seed=SEED)  # fmt: skip
+    assert result.status == "no examples"
+    assert result.examples == 0 and result.skipped["unsupported"] > 0
+    assert "NO EXAMPLE COULD BE CHECKED" in result.line()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_reference_summary(tmp_path: Path) -> None:
+    done = run_cli("fuzz", "--adapter", "reference", "-n", "3", "--seed", "7", "--out",
+                   str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in PROPERTIES:
+        assert f"  {name}" in done.stdout
+    assert "3 examples" in done.stdout
+    assert "no counterexample" in done.stdout
+
+
+def test_cli_broken_adapter_exits_1_with_spec_and_rerun(tmp_path: Path) -> None:
+    done = run_cli("fuzz", "--adapter", f"test_fuzz:{MaskPolarityInverted.__qualname__}",
+                   "--property", "differential", "--seed", "3", "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "COUNTEREXAMPLE" in done.stdout
+    assert "rerun: conformance fuzz --adapter test_fuzz:MaskPolarityInverted" in done.stdout
+    specs = list(tmp_path.rglob("*.yaml"))
+    assert len(specs) == 1 and load_spec(specs[0])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--max-examples", "0"), ("--adapter", "no.such.adapter"), ("--property", "nope")],
+)
+def test_cli_usage_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
+    done = run_cli("fuzz", *args, "--out", str(tmp_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+
+
+# --- every installed adapter ------------------------------------------------------------------
+
+# Adapters whose frameworks compile or export a new program per shape (every fuzz example is a
+# new shape) or take many seconds to import: a minute or more per group on a loaded machine.
+# They run with -m slow (and in the long profile).
+SLOW_PREFIXES = ("jax.", "flax.", "keras.", "tf_keras.", "torch.onnx.")
+
+
+def _installed() -> list:
+    from conformance.fuzz import _entries, _group_key
+
+    entries, _ = _entries(None)
+    return [(e, _group_key(e)) for e in entries if e.name != "reference"]
+
+
+@functools.cache
+def _fuzz_group(names: tuple[str, ...], out: str) -> tuple[int, str]:
+    """One child process per (worker group, speed): `conformance fuzz` itself."""
+    args = ["fuzz", "--seed", str(SEED), "-n", str(ADAPTER_EXAMPLES), "--out", out]
+    for name in names:
+        args += ["--adapter", name]
+    done = run_cli(*args, timeout=1800)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _params() -> list:
+    groups: dict[tuple, list[str]] = {}
+    params = []
+    for entry, key in _installed():
+        slow = entry.name.startswith(SLOW_PREFIXES)
+        group = groups.setdefault((key, slow), [])
+        group.append(entry.name)
+        marks = [pytest.mark.slow] if slow else []
+        params.append(pytest.param(entry.name, key, group, id=entry.name, marks=marks))
+    # Each param holds its group's list object, complete once every entry is seen.
+    return params
+
+
+@pytest.mark.parametrize(("name", "key", "group"), _params())
+def test_installed_adapter_fuzz(
+    name: str, key: tuple, group: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No counterexample on any installed adapter (bounded: ADAPTER_EXAMPLES per property)."""
+    slug = "-".join(group[:1] + [str(len(group))])
+    out = tmp_path_factory.getbasetemp() / f"fuzz-{key[0]}-{slug}"
+    code, log = _fuzz_group(tuple(group), str(out))
+    summary_path = out / name / "summary.json"
+    if not summary_path.exists():
+        if f"{name}: no device on this machine; skipped" in log:
+            pytest.skip(f"{name}: no device on this machine")
+        pytest.fail(f"{name} was not fuzzed (exit {code}):\n{log[-4000:]}")
+    summary = json.loads(summary_path.read_text())
+    problems = {
+        prop: f"{r['status']}: {r['message'] or r['reason']} (files: {r['files']})"
+        for prop, r in summary["properties"].items()
+        if r["status"] not in ("ok", "not applicable", "no examples")
+    }
+    if problems and name in KNOWN_FINDINGS and set(problems) <= set(KNOWN_FINDINGS[name]):
+        pytest.xfail(
+            f"{name}: known fuzz finding(s), reported to the adapter's owner: "
+            + "; ".join(f"{p}: {KNOWN_FINDINGS[name][p]}" for p in problems)
+        )
+    assert not problems, f"{name} (seed {SEED}): {json.dumps(problems, indent=2)}"
+
+
+# Counterexamples the fuzzer found in installed adapters and that their owners are fixing (or
+# declaring). Each entry says what is wrong; the test fails as soon as anything else turns up.
+KNOWN_FINDINGS: dict[str, dict[str, str]] = {}
