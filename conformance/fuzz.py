@@ -204,7 +204,7 @@ def derive(case: Case, inputs: CaseInputs, arrays: dict | None = None, weights: 
            ) -> CaseInputs:  # fmt: skip
     """A copy of `inputs` with some arrays replaced; self-attention keeps key/value IS query
     (implementations pick fast paths on that identity)."""
-    out = CaseInputs(inputs.dtype, dict(inputs.arrays), dict(inputs.weights))
+    out = dataclasses.replace(inputs, arrays=dict(inputs.arrays), weights=dict(inputs.weights))
     out.arrays.update(arrays or {})
     out.weights.update(weights or {})
     if case.mode == "layer" and case.self_attention:
@@ -275,11 +275,12 @@ def _kv_strategy(decl: Declaration, limits: Limits, prefix: str) -> st.SearchStr
     kinds = {"key_padding", "query_padding", "masked_rows"}
     options = []
     if "kernel" in decl.features:
-        options.append(_meta_cases(decl, require={"kernel"}, forbid={"decode"}, mask_kinds=kinds,
-                             limits=limits, prefix=prefix))  # fmt: skip
+        options.append(_meta_cases(decl, require={"kernel"}, forbid={"decode"},
+                                   mask_kinds=kinds, limits=limits, prefix=prefix))  # fmt: skip
     if {"layer", "cross-attention"} <= decl.features:
-        options.append(_meta_cases(decl, require={"layer", "cross-attention"}, forbid={"decode"},
-                             mask_kinds=kinds, limits=limits, prefix=prefix))  # fmt: skip
+        options.append(_meta_cases(decl, require={"layer", "cross-attention"},
+                                   forbid={"decode"}, mask_kinds=kinds, limits=limits,
+                                   prefix=prefix))  # fmt: skip
     return st.one_of(options).filter(lambda c: c.shape.kv_len > 1)  # one key: nothing to swap
 
 
@@ -463,7 +464,7 @@ def _bool_strategy(decl: Declaration, limits: Limits, prefix: str) -> st.SearchS
     limits = dataclasses.replace(limits, max_len=min(limits.max_len, 4),
                                  max_batch=min(limits.max_batch, 2))  # fmt: skip
     return _meta_cases(decl, require={"bool-mask"}, forbid={"additive-mask", "attn-bias"},
-                 limits=limits, prefix=prefix)  # fmt: skip
+                       limits=limits, prefix=prefix)  # fmt: skip
 
 
 BOOL_ADDITIVE_SEARCH = 3000  # most candidate seeds tried for an additive twin
