@@ -161,6 +161,24 @@ class TfKerasMHA(Adapter):
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         masks: KerasMasks = keras_masks(case, sliding_window=False)
+        try:
+            output, scores = self._run(case, inputs, device, masks)
+        except Exception as error:
+            # The first call builds the layer, so a shape the layer cannot run fails there too.
+            if type(error).__name__ == "AbortedError" and "dims must be <= 5" in str(error):
+                raise Unsupported(
+                    "tf_keras on tensorflow: a single attention axis of a 5-D input gives "
+                    "6-D scores, and tf_keras's Softmax over one axis calls tf.nn.softmax, "
+                    "whose CPU kernel accepts at most 5 dims "
+                    f"[{type(error).__name__}: {str(error).splitlines()[0][:200]}]"
+                ) from error
+            raise
+        result = {"output": _numpy(output)}
+        if "weights" in case.compare:
+            result["weights"] = scores_to_canonical(_numpy(scores), case)
+        return result
+
+    def _run(self, case: Case, inputs: CaseInputs, device: str, masks: KerasMasks) -> Any:
         tf = self.tf
         with tf.device(device_scope_name(device).upper()):
             layer = self._layer(case, device)
@@ -183,21 +201,7 @@ class TfKerasMHA(Adapter):
                 kwargs["use_causal_mask"] = True
             if masks.attention_mask is not None:
                 kwargs["attention_mask"] = tf.constant(masks.attention_mask)
-            try:
-                output, scores = layer(query, value, key, **kwargs)
-            except Exception as error:
-                if type(error).__name__ == "AbortedError" and "dims must be <= 5" in str(error):
-                    raise Unsupported(
-                        "tf_keras on tensorflow: a single attention axis of a 5-D input gives "
-                        "6-D scores, and tf_keras's Softmax over one axis calls tf.nn.softmax, "
-                        "whose CPU kernel accepts at most 5 dims "
-                        f"[{type(error).__name__}: {str(error).splitlines()[0][:200]}]"
-                    ) from error
-                raise
-        result = {"output": _numpy(output)}
-        if "weights" in case.compare:
-            result["weights"] = scores_to_canonical(_numpy(scores), case)
-        return result
+            return layer(query, value, key, **kwargs)
 
 
 def _numpy(x: Any) -> np.ndarray:
