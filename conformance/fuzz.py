@@ -1082,7 +1082,7 @@ def fuzz_adapter(
     report = FuzzReport(decl.name, device, seed, max_examples, results)
     report.write(Path(out_dir) / _slug(decl.name) / "summary.json")
     total = sum(r.examples for r in results)
-    failed = [r.prop for r in results if r.status not in ("ok", "not applicable")]
+    failed = [r.prop for r in results if r.status in ("counterexample", "error")]
     if failed:
         log(f"{decl.name}: counterexample or error in {', '.join(failed)} ({total} examples)")
     else:

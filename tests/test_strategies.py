@@ -6,6 +6,7 @@ Generation is cheap (no adapter runs), so these use more examples than the CI fu
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,9 +92,21 @@ def test_generated_cases_are_supported_and_bounded(decl: Declaration | None) -> 
 
 
 def test_spec_round_trip_reproduces_case_and_inputs(tmp_path) -> None:  # noqa: ANN001
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+
+    import yaml
+
+    from conformance.spec import __file__ as spec_module
+
+    schema_path = Path(spec_module).parent / "schema" / "spec.schema.json"
+    validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
+
     @MANY
     @given(cst.cases())
     def check(case: Case) -> None:
+        text = spec_text([case])
+        validator.validate(yaml.safe_load(text))  # the editors' JSON Schema accepts it too
         loaded = _round_trip(case, tmp_path)
         assert _stable(loaded) == _stable(case)
         assert loaded.data_key == case.data_key  # hence the very same inputs and masks
