@@ -31,8 +31,11 @@ from conformance.layouts import to_einsum_kernel
 from .keras_mha import (
     COMMON_UNSUPPORTED,
     DTYPES,
+    FUSED_UNSUPPORTED,
+    KERAS_DROPOUT,
     KerasMasks,
     KerasMHAAdapter,
+    dropout_rate,
     keras_divergences,
 )
 
@@ -61,7 +64,6 @@ GQA_UNSUPPORTED = {
     "output-dim": "GroupQueryAttention projects back to the query's feature dim (no output_shape)",
     "multi-axis": "GroupQueryAttention attends over axis 1 only (no attention_axes)",
     "decode": "GroupQueryAttention has no key/value cache",
-    "weights": "asking for scores switches Keras to the explicit path (see keras.gqa.torch.explicit)",
 }
 
 
@@ -79,7 +81,7 @@ class KerasGQAAdapter(KerasMHAAdapter):
         s = case.shape
         return (
             s.num_heads, s.num_kv_heads, s.key_dim, s.query_dim, s.key_input_dim,
-            s.value_input_dim, case.use_bias, masks.sliding_window,
+            s.value_input_dim, case.use_bias, masks.sliding_window, dropout_rate(case),
         )  # fmt: skip
 
     def _new_layer(self, case: Case, masks: KerasMasks) -> Any:
@@ -90,6 +92,7 @@ class KerasGQAAdapter(KerasMHAAdapter):
             num_key_value_heads=s.num_kv_heads,
             use_bias=case.use_bias,
             sliding_window=masks.sliding_window,
+            dropout=dropout_rate(case),
             dtype=case.dtype,
             kernel_initializer="zeros",  # replaced by the case's weights before every call
             bias_initializer="zeros",
@@ -132,10 +135,14 @@ class KerasGQAAdapter(KerasMHAAdapter):
 
 
 def _declaration(backend: str, path: str) -> Declaration:
-    features = GQA_FEATURES | DTYPES | (frozenset({"weights"}) if path == "explicit" else set())
+    explicit = frozenset({"weights", "dropout", "dropout-training"})
+    features = GQA_FEATURES | DTYPES | (explicit if path == "explicit" else frozenset())
     reasons = dict(GQA_UNSUPPORTED)
-    if path == "explicit":
-        reasons.pop("weights")
+    if path == "fused":
+        reasons.update(
+            {k: v.replace("<backend>", "gqa.torch") for k, v in FUSED_UNSUPPORTED.items()
+             if k in explicit}
+        )  # fmt: skip
     how = (
         "ops.dot_product_attention on the repeated heads (no scores, no dropout)"
         if path == "fused"
@@ -151,6 +158,7 @@ def _declaration(backend: str, path: str) -> Declaration:
         env={"KERAS_BACKEND": backend},
         divergences=keras_divergences(backend, path),
         unsupported_reasons=reasons,
+        dropout=KERAS_DROPOUT,
         notes="Keys/values are expanded with ops.repeat (contiguous groups). Masks: causal -> "
         "use_causal_mask, key padding -> value_mask/key_mask, query padding -> query_mask, "
         "window -> sliding_window, the rest -> attention_mask.",

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.layouts import to_einsum_kernel
@@ -62,7 +62,10 @@ MHA_FEATURES = frozenset(
         "no-bias",
     }
 )
-EXPLICIT_ONLY = frozenset({"weights", "multi-axis"})
+EXPLICIT_ONLY = frozenset({"weights", "multi-axis", "dropout", "dropout-training"})
+# keras.layers.Dropout on the softmax output [B, H, T, S], one independent draw per element;
+# `_compute_attention` returns the scores from before the dropout.
+KERAS_DROPOUT = DropoutBehavior(target="weights", shared=(), returned_weights="undropped")
 
 COMMON_UNSUPPORTED = {
     "kernel": "layer only: the scaled dot-product core alone is keras.ops.dot_product_attention, "
@@ -84,6 +87,10 @@ FUSED_UNSUPPORTED = {
     "(see keras.<backend>.explicit)",
     "multi-axis": "several attention axes give 5-D+ projections, which Keras never fuses: such a "
     "call runs the explicit path (see keras.<backend>.explicit)",
+    "dropout": "a dropout rate switches Keras to the explicit path, even in inference mode "
+    "(see keras.<backend>.explicit)",
+    "dropout-training": "a dropout rate switches Keras to the explicit path "
+    "(see keras.<backend>.explicit)",
 }
 
 # --- links for declared divergences --------------------------------------------------------
@@ -287,10 +294,16 @@ def scores_to_canonical(scores: np.ndarray, case: Case) -> np.ndarray:
     return scores.reshape(-1, s.num_heads, s.query_len, s.kv_len)
 
 
-def device_scope_name(device: str) -> str:
-    """Our device names ("cpu", "cuda:0") -> keras.device() names ("cpu:0", "gpu:0")."""
+def device_scope_name(device: str, backend: str = "tensorflow") -> str:
+    """Our device names ("cpu", "cuda:0") -> keras.device() names ("cpu:0", "gpu:0").
+
+    torch gets plain "cpu": under keras.device("cpu:0") the torch backend's Variable moves its
+    Parameter with .to("cpu:0"), which copies it into a plain tensor, and a layer with an
+    integer variable (Dropout's seed state) then fails to build ("Only Tensors of floating
+    point and complex dtype can require gradients").
+    """
     if device == "cpu":
-        return "cpu:0"
+        return "cpu" if backend == "torch" else "cpu:0"
     if device.startswith("cuda"):
         return "gpu:" + (device.split(":", 1)[1] if ":" in device else "0")
     raise Unsupported(f"unknown device {device!r}")
@@ -353,6 +366,12 @@ class DotProductAttentionCounter:
 
     def __exit__(self, *exc: object) -> None:
         self._module.dot_product_attention = self._original
+
+
+def dropout_rate(case: Case) -> float:
+    """The case's attention dropout rate (0 without one)."""
+    dropout = getattr(case, "dropout", None)
+    return float(dropout.rate) if dropout is not None else 0.0
 
 
 def assert_backend(keras: Any, backend: str) -> None:
@@ -484,7 +503,7 @@ class KerasMHAAdapter(Adapter):
         return (
             s.num_heads, s.key_dim, s.value_dim, s.query_dim, s.key_input_dim,
             s.value_input_dim, s.output_dim, case.use_bias, s.attention_axes,
-            masks.sliding_window, len(s.query_shape), len(s.kv_shape),
+            masks.sliding_window, len(s.query_shape), len(s.kv_shape), dropout_rate(case),
         )  # fmt: skip
 
     def _new_layer(self, case: Case, masks: KerasMasks) -> Any:
@@ -501,6 +520,7 @@ class KerasMHAAdapter(Adapter):
             key_dim=s.key_dim,
             value_dim=s.value_dim,
             use_bias=case.use_bias,
+            dropout=dropout_rate(case),
             dtype=case.dtype,
             kernel_initializer="zeros",
             bias_initializer="zeros",
@@ -573,32 +593,45 @@ class KerasMHAAdapter(Adapter):
 
     def _call(
         self, entry: tuple[Any, dict], values: list, query: Any, value: Any, key: Any,
-        masks: KerasMasks,
+        masks: KerasMasks, training: bool = False, seed: int = 0,
     ) -> tuple[Any, Any]:  # fmt: skip
-        """One layer call; returns (output, scores or None)."""
+        """One layer call; returns (output, scores or None).
+
+        training: dropout in training mode, its generator seeded with `seed` (Keras's Dropout
+        draws from a SeedGenerator whose state is [seed, counter]; resetting it per draw makes
+        a draw reproducible).
+        """
         layer, jitted = entry
         scores = self.path == "explicit"
+        generator = layer._dropout_layer.seed_generator if training else None
         if self.backend != "jax":
+            if generator is not None:
+                generator.state.assign(
+                    self.ops.convert_to_tensor([seed, 0], dtype=generator.state.dtype)
+                )
             ops = self.ops
             query, value = ops.convert_to_tensor(query), ops.convert_to_tensor(value)
             key = None if key is None else ops.convert_to_tensor(key)
             kwargs = self._mask_kwargs(masks, query, key is not None)
             kwargs = {k: ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v
                       for k, v in kwargs.items()}  # fmt: skip
-            result = layer(query, value, key, training=False, return_attention_scores=scores,
-                           **kwargs)  # fmt: skip
+            result = layer(query, value, key, training=training,
+                           return_attention_scores=scores, **kwargs)  # fmt: skip
             return result if scores else (result, None)
         # jax: which masks are present is static; their values are jit arguments.
         present = (masks.use_causal_mask, masks.attention_mask is not None,
-                   masks.key_valid is not None, masks.query_valid is not None, key is None)  # fmt: skip
+                   masks.key_valid is not None, masks.query_valid is not None, key is None,
+                   training)  # fmt: skip
         fn = jitted.get(present)
         if fn is None:
 
-            def call(values: list, query: Any, value: Any, key: Any, arrays: dict) -> Any:
+            def call(
+                values: list, states: list, query: Any, value: Any, key: Any, arrays: dict
+            ) -> Any:
                 traced = KerasMasks(use_causal_mask=masks.use_causal_mask, **arrays)
                 kwargs = self._mask_kwargs(traced, query, key is not None)
                 result, _ = layer.stateless_call(
-                    values, [], query, value, key, training=False,
+                    values, states, query, value, key, training=training,
                     return_attention_scores=scores, **kwargs,
                 )  # fmt: skip
                 return result if scores else (result, None)
@@ -606,7 +639,12 @@ class KerasMHAAdapter(Adapter):
             fn = jitted[present] = self._jit(call)
         arrays = {"key_valid": masks.key_valid, "query_valid": masks.query_valid,
                   "attention_mask": masks.attention_mask}  # fmt: skip
-        return fn(values, query, value, key, arrays)
+        states = [
+            np.array([seed, 0], dtype=var.dtype) if generator is not None and var is generator.state
+            else var.value
+            for var in layer.non_trainable_variables
+        ]  # fmt: skip
+        return fn(values, states, query, value, key, arrays)
 
     def _entry(self, case: Case, masks: KerasMasks, device: str) -> tuple[Any, dict]:
         key = (device, case.dtype, *self._layer_key(case, masks))
@@ -619,9 +657,17 @@ class KerasMHAAdapter(Adapter):
         return entry
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        dropout = getattr(case, "dropout", None)
+        if self.backend == "jax" and case.dtype == "float64" and dropout and dropout.training:
+            # The training-mode check reads each draw's dropped weights back at float64
+            # precision; it has no place for a declared compute dtype.
+            raise Unsupported(
+                "float64 runs in float32 on jax (x64 off, declared 'float64-as-float32'); the "
+                "statistical dropout check reads weights back at float64 precision"
+            )
         masks = self._masks(case)
         ops = self.ops
-        with self.keras.device(device_scope_name(device)):
+        with self.keras.device(device_scope_name(device, self.backend)):
             entry = self._entry(case, masks, device)
             layer = entry[0]
             pairs = self._weight_pairs(layer, case, inputs)
@@ -641,7 +687,11 @@ class KerasMHAAdapter(Adapter):
             if not case.self_attention:
                 key = ops.convert_to_tensor(inputs.native("key"), dtype=case.dtype)
             try:
-                output, scores = self._call(entry, values, query, value, key, masks)
+                training = dropout is not None and dropout.training
+                output, scores = self._call(
+                    entry, values, query, value, key, masks, training,
+                    dropout.seed if training else 0,
+                )  # fmt: skip
             except Exception as error:
                 for crash in self.known_crashes:
                     if crash.matches(self.backend, self.path, case, error):
@@ -679,6 +729,7 @@ def _declaration(backend: str, path: str) -> Declaration:
         env={"KERAS_BACKEND": backend},
         divergences=keras_divergences(backend, path),
         unsupported_reasons=reasons,
+        dropout=KERAS_DROPOUT,
         notes=(
             "Masks: causal -> use_causal_mask, key padding -> value_mask/key_mask, query "
             "padding -> Keras mask on the query tensor, window -> sliding_window, the rest -> "

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.layouts import to_einsum_kernel
@@ -33,6 +33,7 @@ from .keras_mha import (
     KerasMasks,
     backend_devices,
     device_scope_name,
+    dropout_rate,
     keras_masks,
     scores_to_canonical,
 )
@@ -80,13 +81,19 @@ class TfKerasMHA(Adapter):
         summary="tf_keras.layers.MultiHeadAttention (Keras 2): einsum + tf_keras Softmax(mask), "
         "masks as use_causal_mask / attention_mask / _keras_mask",
         framework="tf_keras",
-        features=(MHA_FEATURES - {"window"}) | {"weights", "multi-axis"} | DTYPES,
+        features=(MHA_FEATURES - {"window"})
+        | {"weights", "multi-axis", "dropout", "dropout-training"}
+        | DTYPES,
         requires=("tf_keras", "tensorflow"),
         worker="tf_keras",
         env={"TF_USE_LEGACY_KERAS": "1"},
         divergences=DIVERGENCES,
         unsupported_reasons=UNSUPPORTED,
-        notes="Scores are always requested: Keras 2 has one code path either way.",
+        # tf_keras Dropout on the softmax output, elementwise; the returned scores are the
+        # ones from before the dropout.
+        dropout=DropoutBehavior(target="weights", shared=(), returned_weights="undropped"),
+        notes="Scores are always requested: Keras 2 has one code path either way. Training-mode "
+        "dropout draws are seeded with tf.random.set_seed(seed).",
     )
     cache_size = 32
 
@@ -109,7 +116,7 @@ class TfKerasMHA(Adapter):
         key = (
             device, case.dtype, s.num_heads, s.key_dim, s.value_dim, s.query_dim,
             s.key_input_dim, s.value_input_dim, s.output_dim, case.use_bias,
-            s.attention_axes, len(s.query_shape), len(s.kv_shape),
+            s.attention_axes, len(s.query_shape), len(s.kv_shape), dropout_rate(case),
         )  # fmt: skip
         layer = self._layers.get(key)
         if layer is None:
@@ -123,6 +130,7 @@ class TfKerasMHA(Adapter):
                 key_dim=s.key_dim,
                 value_dim=s.value_dim,
                 use_bias=case.use_bias,
+                dropout=dropout_rate(case),
                 dtype=case.dtype,
                 kernel_initializer="zeros",  # replaced by the case's weights before every call
                 **kwargs,
@@ -196,7 +204,12 @@ class TfKerasMHA(Adapter):
             if masks.key_valid is not None:
                 # tf_keras reads the key's mask only when key is a tensor of its own.
                 (value if key is None else key)._keras_mask = tf.constant(masks.key_valid)
-            kwargs: dict[str, Any] = {"training": False, "return_attention_scores": True}
+            dropout = getattr(case, "dropout", None)
+            training = dropout is not None and dropout.training
+            if training:
+                # tf_keras's Dropout (no seed of its own) draws from TF's global generator.
+                tf.random.set_seed(dropout.seed)
+            kwargs: dict[str, Any] = {"training": training, "return_attention_scores": True}
             if masks.use_causal_mask:
                 kwargs["use_causal_mask"] = True
             if masks.attention_mask is not None:

@@ -78,6 +78,14 @@ cases:
   - name: scale-k2
     shape: {batch: 2, query_len: 5, num_heads: 2, key_dim: 2}
     matrix: {dtype: [float64]}
+  - name: dropout-inference
+    shape: {batch: 2, query_len: 5, num_heads: 2, key_dim: 4}
+    dropout: {rate: 0.5}
+    matrix: {dtype: [float32]}
+  - name: dropout-train
+    shape: {batch: 2, query_len: 6, num_heads: 2, key_dim: 8}
+    dropout: {rate: 0.3, training: true, draws: 40}
+    matrix: {dtype: [float32]}
   - name: gqa-weights
     cross: true
     shape: {batch: 2, query_len: 5, kv_len: 3, num_heads: 4, num_kv_heads: 2, key_dim: 4}
@@ -315,6 +323,17 @@ EXPECTED = {
     ("keras.gqa.torch.explicit", "key-padding[float64]"): ("pass", None),
     ("keras.gqa.torch.explicit", "gqa-weights[float64]"): ("pass", None),
     ("keras.gqa.torch.fused", "query-padding[float32]"): ("diverges", "fully-masked-rows-uniform"),
+    # Dropout: a rate in inference mode changes nothing; training mode is checked statistically
+    # (each dropped weight 0 or P/(1-p), kept fraction, mean, independent masks, undropped
+    # returned scores). A rate forces the explicit path, so the fused variants refuse it.
+    ("keras.torch.explicit", "dropout-inference[float32]"): ("pass", None),
+    ("keras.torch.explicit", "dropout-train[float32]"): ("pass", None),
+    ("keras.tensorflow.explicit", "dropout-train[float32]"): ("pass", None),
+    ("keras.jax.explicit", "dropout-inference[float32]"): ("pass", None),
+    ("keras.jax.explicit", "dropout-train[float32]"): ("pass", None),
+    ("keras.gqa.torch.explicit", "dropout-train[float32]"): ("pass", None),
+    ("tf_keras.mha", "dropout-inference[float32]"): ("pass", None),
+    ("tf_keras.mha", "dropout-train[float32]"): ("pass", None),
     # tf_keras adds -1e9: uniform rows in float32, the unmasked softmax in float64.
     ("tf_keras.mha", "basic[float64]"): ("pass", None),
     ("tf_keras.mha", "cross[float64]"): ("pass", None),
@@ -353,6 +372,7 @@ def test_unsupported_reasons(results: dict) -> None:
     for adapter in ("keras.tensorflow.fused", "keras.torch.fused", "keras.jax.fused"):
         assert f"{adapter}|kt/weights[float64]" not in results["verdicts"]
         assert f"{adapter}|kt/multi-axis[float64]" not in results["verdicts"]
+        assert f"{adapter}|kt/dropout-inference[float32]" not in results["verdicts"]
 
 
 def test_declarations() -> None:
