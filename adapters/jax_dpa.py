@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import numpy as np
@@ -47,25 +46,29 @@ JAX_ENV = {"JAX_ENABLE_X64": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 # --- helpers shared by the JAX and Flax adapters ------------------------------------------------
 
 
-CACHE_ENV = "CONFORMANCE_JAX_CACHE_DIR"
+def enable_compilation_cache(jax: Any) -> None:  # noqa: ANN401 - the jax module
+    """JAX's persistent compilation cache in conformance's cache folder (conformance.cache).
+
+    XLA compilation dominates these adapters' time (~0.25 s CPU per distinct signature on CPU,
+    about 100 signatures per adapter on the shipped specs); later runs load the compiled
+    programs (about 5x less CPU) and compute exactly the same thing.
+    """
+    from conformance.cache import cache_dir
+
+    folder = cache_dir("jax")
+    if folder is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def setup_jax() -> Any:
-    """Import jax with x64 on. Must run before any JAX array exists in this process.
-
-    XLA compilation dominates these adapters' time (~0.25 s CPU per distinct signature on CPU,
-    about 100 signatures per adapter on the shipped specs). Setting CONFORMANCE_JAX_CACHE_DIR
-    turns on JAX's persistent compilation cache there: later runs load the compiled programs
-    (about 5x faster) and compute exactly the same thing.
-    """
+    """Import jax with x64 on. Must run before any JAX array exists in this process."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    cache_dir = os.environ.get(CACHE_ENV)
-    if cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_compilation_cache(jax)
     return jax
 
 

@@ -72,10 +72,9 @@ class Exporter:
         self._registries: dict[int, Any] = {}
         self._memory: dict[str, Any] = {}
         self._versions = f"torch={version('torch')};onnxscript={version('onnxscript')}"
-        root = os.environ.get("CONFORMANCE_CACHE_DIR")
-        if root is None:
-            root = str(Path.home() / ".cache" / "attention-conformance")
-        self._dir = Path(root) / "torch_onnx" if root else None
+        from conformance.cache import cache_dir
+
+        self._dir = cache_dir("torch_onnx")
 
     def _registry(self, opset: int) -> Any:  # noqa: ANN401 - torch's ONNXRegistry
         """torch.onnx.export rebuilds the torchlib registry on every call (~5 s); build it once.

@@ -6,6 +6,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import os
 import re
 import shlex
 import sys
@@ -220,6 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args = build_run_parser().parse_args(argv)
         args.resume = str(out_dir)
         args.out = str(out_dir)
+    if args.no_cache:
+        os.environ["CONFORMANCE_CACHE_DIR"] = "off"  # workers inherit the environment
     cases = select_cases(args)
     if not cases:
         raise UsageError("no cases selected (check the spec paths, --case, -k, --dtype, --shard)")
@@ -405,6 +408,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="continue an interrupted run in DIR without redoing finished results",
     )
     p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not read or write the compilation/export cache "
+        "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
 
 
