@@ -127,6 +127,7 @@ def _adapter_block(entry: AdapterEntry, info: dict) -> dict:
         "versions": info.get("versions", {}),
         "devices": info.get("devices", []),
         "error": info.get("error"),
+        "setup_s": info.get("setup_s"),
         "features": sorted(d.features),
         "dtypes": sorted(d.dtypes),
         "divergences": [

@@ -83,6 +83,22 @@ def _preview(arr: np.ndarray | None) -> list | None:
     return [[None if not np.isfinite(x) else float(f"{x:.6g}") for x in row] for row in a]
 
 
+def _previews(outputs: dict, expected: dict) -> dict:
+    """Small 2-D slices for the report's heatmaps (stored for non-passing results only)."""
+
+    def err(name: str) -> list | None:
+        if name not in outputs or np.shape(outputs[name]) != expected[name].shape:
+            return None
+        return _preview(np.abs(np.asarray(outputs[name], np.float64) - expected[name]))
+
+    return {
+        "reference_weights": _preview(expected["weights"]),
+        "weights": _preview(outputs.get("weights")),
+        "weights_error": err("weights"),
+        "output_error": err("output"),
+    }
+
+
 class ReferenceCache:
     """Reference results per (case, policy), so variants of one adapter share them."""
 
@@ -217,20 +233,6 @@ def evaluate(
     _fill_errors(record, comparisons, tol)
     if case.gradients and tol.baseline_factor is not None:
         record["tolerance"] += f"; gradients: {for_gradients(tol).baseline_factor:g}x baseline"
-    record["preview"] = {
-        "reference_weights": _preview(expected["weights"]),
-        "weights": _preview(outputs.get("weights")),
-        "weights_error": _preview(
-            np.abs(np.asarray(outputs["weights"], np.float64) - expected["weights"])
-            if "weights" in outputs and np.shape(outputs["weights"]) == expected["weights"].shape
-            else None
-        ),
-        "output_error": _preview(
-            np.abs(np.asarray(outputs["output"], np.float64) - expected["output"])
-            if "output" in outputs and np.shape(outputs["output"]) == expected["output"].shape
-            else None
-        ),
-    }
 
     if all(c.ok for c in comparisons):
         record["verdict"] = "pass"
@@ -240,6 +242,7 @@ def evaluate(
         return record
 
     failed = "; ".join(c.summary() for c in comparisons if not c.ok)
+    record["preview"] = _previews(outputs, expected)
     if divergence is None:
         record["verdict"] = "fail"
         record["message"] = "; ".join([failed, *notes])

@@ -184,6 +184,8 @@ class Runner:
             if first:
                 known = self.adapter_info.setdefault(entry.name, {"devices": [], "versions": {}})
                 known["versions"].update(info.get("versions", {}))
+                if "setup_s" in info:
+                    known["setup_s"] = info["setup_s"]
                 for device in info.get("devices", []):
                     if device not in known["devices"]:
                         known["devices"].append(device)
@@ -211,6 +213,11 @@ class Runner:
                         continue
                     tasks.append(Task(entry.name, case, device))
         if first:
+            # Case-major order: every adapter of this worker runs a case back to back, so the
+            # reference and inputs are computed once per case (cases are already shape-sorted,
+            # so adapters still meet each shape in one stretch).
+            position = {case.id: i for i, case in enumerate(unit.cases)}
+            tasks.sort(key=lambda task: position[task.case.id])
             unit.tasks = tasks
         # After a restart, unit.tasks already holds only what remains.
         if unit.tasks:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -63,9 +64,11 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
     hello = {}
     for name, target in spec.adapters:
         info = {"devices": [], "versions": {}, "error": None}
+        started = time.perf_counter()
         try:
             adapter = load_target(target)()
             adapter.setup()
+            info["setup_s"] = time.perf_counter() - started
             info["devices"] = list(adapter.devices())
             info["versions"] = dict(adapter.versions())
             adapters[name] = adapter
@@ -86,6 +89,10 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
         tasks: list[Task] = message[1]
         for index, task in enumerate(tasks):
             conn.send(("start", index))
+            started = time.perf_counter()
             record = evaluate(adapters[task.adapter], task.case, task.device, cache)
+            # total_s: the whole case through the harness (inputs, reference, adapter, compare);
+            # duration_s: the adapter's run() alone. Their ratio is the harness overhead.
+            record["total_s"] = time.perf_counter() - started
             conn.send(("result", index, record))
         conn.send(("done",))
