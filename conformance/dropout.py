@@ -48,6 +48,7 @@ from .reference import attention, project_heads
 if TYPE_CHECKING:
     from .adapter import Adapter
     from .evaluate import ReferenceCache
+    from .tolerance import Tolerance
 
 ALPHA = 1e-4  # false-alarm probability of each statistical test (family-wise for the mean)
 MIN_WEIGHT = 1e-3  # weights below this are too small to tell kept from dropped reliably
@@ -213,15 +214,20 @@ def check_draws(
     behavior: DropoutBehavior,
     atol: float,
     rtol: float,
+    precision: str | None = None,
 ) -> tuple[list[Finding], dict]:
-    """Every check on N draws. Returns the findings and the measured statistics."""
+    """Every check on N draws. Returns the findings and the measured statistics.
+
+    precision: the dtype whose structure precision applies (default the case dtype; a
+    declared divergence's compute_dtype when verifying it).
+    """
     rate = case.dropout.rate
     n_draws = len(outputs)
     ys = np.stack([np.asarray(o["output"], dtype=np.float64) for o in outputs])
     ref_out, probs = reference["output"], reference["weights"]
     findings: list[Finding] = []
     stats: dict = {"draws": n_draws, "rate": rate, "alpha": ALPHA, "target": behavior.target}
-    struct_rtol = STRUCTURE_RTOL[case.dtype]
+    struct_rtol = STRUCTURE_RTOL[precision or case.dtype]
 
     # 1. structure of each draw, on the declared target
     if behavior.target == "weights":
@@ -389,14 +395,53 @@ def evaluate_training(
         return record
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
     findings, stats = check_draws(case, inputs, outputs, reference, behavior, tol.atol, tol.rtol)
+    failed = [f.text for f in findings if not f.ok]
+    divergence = decl.divergence_for(case, device) if failed else None
+    if divergence is None:
+        _fill(record, stats, tol, case.dtype)
+        record["verdict"] = "fail" if failed else "pass"
+        record["message"] = "; ".join(failed or [f.text for f in findings])
+        return record
+    # As evaluate._verify_divergence does: check the draws again against what the declared
+    # divergence says happens instead (its masked-row policy; its compute dtype's tolerance and
+    # structure precision); only a result that matches it "diverges", else it is a "fail".
+    record["divergence"] = {"id": divergence.id, "reason": divergence.reason,
+                            "link": divergence.link}  # fmt: skip
+    policy = divergence.masked_rows or case.mask.fully_masked_rows
+    precision, alt_tol = case.dtype, tol
+    if divergence.compute_dtype and (divergence.outputs is None or "output" in divergence.outputs):
+        precision, alt_tol = divergence.compute_dtype, tolerance_for(divergence.compute_dtype)
+    alt, alt_stats = check_draws(
+        case, inputs, outputs, cache.reference(case, policy), behavior, alt_tol.atol,
+        alt_tol.rtol, precision,
+    )  # fmt: skip
+    alt_failed = [f.text for f in alt if not f.ok]
+    if divergence.unverifiable or not alt_failed:
+        how = [f"fully masked rows match policy '{policy}'"] if divergence.masked_rows else []
+        how += [f"checked at {precision} precision"] if precision != case.dtype else []
+        how = ["unverifiable by declaration"] if divergence.unverifiable else how
+        _fill(record, alt_stats, alt_tol, precision)
+        record["verdict"] = "diverges"
+        record["message"] = (
+            f"{divergence.id}: {divergence.reason} [{', '.join(how or ['verified'])}]; "
+        )
+        record["message"] += "; ".join(alt_failed or [f.text for f in alt])
+        return record
+    _fill(record, stats, tol, case.dtype)
+    record["verdict"] = "fail"
+    record["message"] = "; ".join(failed) + (
+        f"; the declared divergence '{divergence.id}' does not explain it either: "
+        + "; ".join(alt_failed)
+    )
+    return record
+
+
+def _fill(record: dict, stats: dict, tol: Tolerance, precision: str) -> None:
+    """The record's statistics and tolerance fields."""
     record["dropout"] = stats
     record["max_abs_error"] = stats.get("mean_max_abs_error")
     record["atol"], record["rtol"] = tol.atol, tol.rtol
     record["tolerance"] = (
         f"statistical: alpha {ALPHA:g} per test; structure at relative precision "
-        f"{STRUCTURE_RTOL[case.dtype]:g}; mean also within {tol.describe()}"
+        f"{STRUCTURE_RTOL[precision]:g}; mean also within {tol.describe()}"
     )
-    failed = [f.text for f in findings if not f.ok]
-    record["verdict"] = "fail" if failed else "pass"
-    record["message"] = "; ".join(failed) if failed else "; ".join(f.text for f in findings)
-    return record
