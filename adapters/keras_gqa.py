@@ -56,6 +56,7 @@ GQA_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "no-bias",
+        "gradients",
     }
 )
 GQA_UNSUPPORTED = {

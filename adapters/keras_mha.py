@@ -25,7 +25,6 @@ per-head, explicit fully masked rows) -> `attention_mask` [B, T, S] or [B, H, T,
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,7 +34,7 @@ import numpy as np
 from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
-from conformance.layouts import to_einsum_kernel
+from conformance.layouts import from_einsum_kernel, to_einsum_kernel
 from conformance.masks import build_mask
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -60,6 +59,7 @@ MHA_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "no-bias",
+        "gradients",
     }
 )
 EXPLICIT_ONLY = frozenset({"weights", "multi-axis", "dropout", "dropout-training"})
@@ -80,7 +80,6 @@ COMMON_UNSUPPORTED = {
     "zero-attn": "no add_zero_attn in Keras (a torch nn.MultiheadAttention feature)",
     "decode": "MultiHeadAttention has no key/value cache",
     "weights-mean": "Keras returns per-head scores only, never a head average",
-    "gradients": "forward only: the Keras adapters do not compute gradients",
 }
 FUSED_UNSUPPORTED = {
     "weights": "asking for scores switches Keras to the explicit path "
@@ -212,6 +211,10 @@ def keras_divergences(backend: str, path: str) -> tuple[Divergence, ...]:
             )
         )
     return tuple(out)
+
+
+# The order of _weight_pairs (kernels, then biases when the case has them).
+PARAMETER_NAMES = ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")
 
 
 # --- masks: neutral -> Keras arguments -----------------------------------------------------
@@ -386,10 +389,21 @@ def assert_backend(keras: Any, backend: str) -> None:
 # --- the adapter ---------------------------------------------------------------------------
 
 
+class KerasBug(RuntimeError):
+    """Keras raised on an input the layer documents as valid: a bug, reported as `error`
+    with an explanation of the bug (the original exception is chained and quoted)."""
+
+
 @dataclass(frozen=True)
 class KnownCrash:
-    """An input on which the installed Keras raises instead of computing (verified by matching
-    the exception), reported as `unsupported` with the explanation instead of a bare `error`."""
+    """An input on which the installed Keras raises instead of computing, recognised by the
+    exception's type and message under the stated conditions only.
+
+    bug=False: a platform limit the implementation genuinely cannot run (a kernel that
+    refuses a dtype or a rank): reported as `unsupported` with the reason. bug=True: the layer
+    claims to support the input and crashes on it: re-raised as KerasBug, so the verdict is
+    `error` and its message names the bug instead of a bare traceback line.
+    """
 
     backend: str | None  # None: every backend
     path: str | None  # None: both paths
@@ -397,6 +411,13 @@ class KnownCrash:
     error: str  # exception class name
     message: str  # substring of the exception message
     reason: str
+    bug: bool = False
+
+    def explain(self, error: Exception) -> Exception:
+        """The exception to raise instead of `error`."""
+        first = str(error).strip().splitlines()[0][:200]
+        text = f"{self.reason} [{type(error).__name__}: {first}]"
+        return KerasBug(text) if self.bug else Unsupported(text)
 
     def matches(self, backend: str, path: str, case: Case, error: Exception) -> bool:
         return (
@@ -415,11 +436,13 @@ MHA_KNOWN_CRASHES = (
         applies=lambda case: case.shape.value_dim != case.shape.key_dim,
         error="TypeError",
         message="cannot reshape",
-        reason="Keras 3.15 bug on the jax backend: jax.nn.dot_product_attention requires the "
-        "value head dim to equal the key head dim; keras.ops.dot_product_attention catches "
-        "that error and falls back to its own XLA code, which reshapes the output to the "
-        "query's shape and raises, so MultiHeadAttention(value_dim != key_dim) cannot run "
-        "its fused path on jax",
+        reason="Keras 3.15 bug on the jax backend (MultiHeadAttention accepts value_dim != "
+        "key_dim and runs it on every other backend): jax.nn.dot_product_attention requires "
+        "the value head dim to equal the key head dim; keras.ops.dot_product_attention "
+        "catches that error and falls back to its own XLA code, which reshapes the output "
+        "to the query's shape (keras/src/backend/jax/nn.py: `output_shape = query.shape` ... "
+        "`jnp.reshape(encoded, output_shape)`) and raises",
+        bug=True,
     ),
     KnownCrash(
         backend="jax",
@@ -476,13 +499,14 @@ class KerasMHAAdapter(Adapter):
         if self.backend == "jax":
             import jax
 
-            # XLA compilation dominates (~0.25 s CPU per new shape); the same opt-in persistent
-            # cache as the jax.* adapters makes later runs load the compiled programs.
-            cache_dir = os.environ.get("CONFORMANCE_JAX_CACHE_DIR")
-            if cache_dir:
-                jax.config.update("jax_compilation_cache_dir", cache_dir)
-                jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-                jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+            from .jax_dpa import enable_compilation_cache
+
+            # XLA compilation dominates (~0.25 s CPU per new shape): JAX's persistent
+            # compilation cache in conformance's cache folder (on unless CONFORMANCE_CACHE_DIR
+            # is off, e.g. `conformance run --no-cache`) makes later runs load the compiled
+            # programs, which compute exactly what a fresh compile would.
+            enable_compilation_cache(jax)
+            self._jax = jax
             self._jit = jax.jit
         self._layers: OrderedDict[tuple, tuple[Any, dict]] = OrderedDict()
         self._verify_path()
@@ -574,67 +598,129 @@ class KerasMHAAdapter(Adapter):
     # --- running -----------------------------------------------------------------------------
 
     def _verify_path(self) -> None:
-        """Run a tiny layer through this variant's call and check the path it takes."""
+        """Run a tiny layer through this variant's call and check the path it takes, forward
+        and with gradients (the backward differentiates the same call, so it must see the same
+        path: a gradient is never taken on the other path)."""
         layer = self._probe_layer()
         x = np.ones((1, 3, 4), dtype=np.float32)
         layer.build(x.shape, x.shape, x.shape)
+        values = [v.value for v in layer.trainable_variables]
+        d_out = self.ops.convert_to_tensor(x)
         with DotProductAttentionCounter() as counter:
-            for masks in (
-                KerasMasks(use_causal_mask=True),
-                KerasMasks(key_valid=np.ones((1, 3), bool)),
+            for masks, grad in (
+                (KerasMasks(use_causal_mask=True), None),
+                (KerasMasks(key_valid=np.ones((1, 3), bool)), None),
+                (KerasMasks(use_causal_mask=True), d_out),
             ):
-                values = [v.value for v in layer.trainable_variables]
-                self._call((layer, {}), values, x, x.copy(), None, masks)
-        if counter.calls != (2 if self.path == "fused" else 0):
+                _, _, grads = self._call((layer, {}), values, x, x.copy(), None, masks, d_out=grad)
+        if counter.calls != (3 if self.path == "fused" else 0):
             raise RuntimeError(
                 f"{self.declaration.name}: expected the {self.path} path, but "
-                f"ops.dot_product_attention ran {counter.calls} times in 2 calls"
+                f"ops.dot_product_attention ran {counter.calls} times in 3 calls"
             )
+        if grads is None or any(g is None for g in grads["params"].values()):
+            raise RuntimeError(f"{self.declaration.name}: the probe's gradients are missing")
 
     def _call(
-        self, entry: tuple[Any, dict], values: list, query: Any, value: Any, key: Any,
-        masks: KerasMasks, training: bool = False, seed: int = 0,
-    ) -> tuple[Any, Any]:  # fmt: skip
-        """One layer call; returns (output, scores or None).
+        self, entry: tuple[Any, dict], values: list | None, query: Any, value: Any, key: Any,
+        masks: KerasMasks, training: bool = False, seed: int = 0, d_out: Any = None,
+    ) -> tuple[Any, Any, dict | None]:  # fmt: skip
+        """One layer call; returns (output, scores or None, gradients or None).
 
         training: dropout in training mode, its generator seeded with `seed` (Keras's Dropout
         draws from a SeedGenerator whose state is [seed, counter]; resetting it per draw makes
         a draw reproducible).
+        d_out: the upstream gradient, in the output's layout and dtype. With it, the same call
+        also differentiates <d_out, output> (the backend's own autodiff: tf.GradientTape,
+        torch autograd, jax.vjp inside the jitted function) and returns {"query", "value",
+        "key" (None in self-attention), "params": {id(variable): gradient}} over the layer's
+        trainable variables.
         """
         layer, jitted = entry
         scores = self.path == "explicit"
         generator = layer._dropout_layer.seed_generator if training else None
-        if self.backend != "jax":
-            if generator is not None:
-                generator.state.assign(
-                    self.ops.convert_to_tensor([seed, 0], dtype=generator.state.dtype)
-                )
-            ops = self.ops
-            query, value = ops.convert_to_tensor(query), ops.convert_to_tensor(value)
-            key = None if key is None else ops.convert_to_tensor(key)
-            kwargs = self._mask_kwargs(masks, query, key is not None)
-            kwargs = {k: ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v
-                      for k, v in kwargs.items()}  # fmt: skip
+        if self.backend == "jax":
+            return self._call_jax(entry, values, query, value, key, masks, training, seed, d_out)
+        if generator is not None:
+            generator.state.assign(
+                self.ops.convert_to_tensor([seed, 0], dtype=generator.state.dtype)
+            )
+        ops = self.ops
+        query, value = ops.convert_to_tensor(query), ops.convert_to_tensor(value)
+        key = None if key is None else ops.convert_to_tensor(key)
+        kwargs = self._mask_kwargs(masks, query, key is not None)
+        kwargs = {k: ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v
+                  for k, v in kwargs.items()}  # fmt: skip
+
+        def forward() -> tuple[Any, Any]:
             result = layer(query, value, key, training=training,
                            return_attention_scores=scores, **kwargs)  # fmt: skip
             return result if scores else (result, None)
-        # jax: which masks are present is static; their values are jit arguments.
+
+        if d_out is None:
+            return (*forward(), None)
+        variables = list(layer.trainable_variables)
+        leaves = [query, value] + ([] if key is None else [key])
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                for leaf in leaves:
+                    tape.watch(leaf)
+                output, attn = forward()
+            found = tape.gradient(
+                output, leaves + [v.value for v in variables], output_gradients=d_out
+            )
+        else:  # torch
+            import torch
+
+            for leaf in leaves:
+                leaf.requires_grad_(True)
+            with torch.enable_grad():
+                output, attn = forward()
+                found = torch.autograd.grad(output, leaves + [v.value for v in variables], d_out)
+            output = output.detach()
+            attn = None if attn is None else attn.detach()
+        grads = {"query": found[0], "value": found[1], "key": None if key is None else found[2]}
+        grads["params"] = {id(v): g for v, g in zip(variables, found[len(leaves) :], strict=True)}
+        return output, attn, grads
+
+    def _call_jax(
+        self, entry: tuple[Any, dict], values: list, query: Any, value: Any, key: Any,
+        masks: KerasMasks, training: bool, seed: int, d_out: Any,
+    ) -> tuple[Any, Any, dict | None]:  # fmt: skip
+        """_call on jax: stateless_call under jax.jit; which masks are present (and whether
+        gradients are taken) is static, the mask arrays are jit arguments."""
+        layer, jitted = entry
+        scores = self.path == "explicit"
+        generator = layer._dropout_layer.seed_generator if training else None
+        grad = d_out is not None
         present = (masks.use_causal_mask, masks.attention_mask is not None,
                    masks.key_valid is not None, masks.query_valid is not None, key is None,
-                   training)  # fmt: skip
+                   training, grad)  # fmt: skip
         fn = jitted.get(present)
         if fn is None:
+            jax = self._jax
 
             def call(
-                values: list, states: list, query: Any, value: Any, key: Any, arrays: dict
-            ) -> Any:
-                traced = KerasMasks(use_causal_mask=masks.use_causal_mask, **arrays)
-                kwargs = self._mask_kwargs(traced, query, key is not None)
-                result, _ = layer.stateless_call(
-                    values, states, query, value, key, training=training,
-                    return_attention_scores=scores, **kwargs,
-                )  # fmt: skip
-                return result if scores else (result, None)
+                values: list, states: list, query: Any, value: Any, key: Any, arrays: dict,
+                d_out: Any,
+            ) -> Any:  # fmt: skip
+                def forward(values: list, query: Any, value: Any, key: Any) -> Any:
+                    traced = KerasMasks(use_causal_mask=masks.use_causal_mask, **arrays)
+                    kwargs = self._mask_kwargs(traced, query, key is not None)
+                    result, _ = layer.stateless_call(
+                        values, states, query, value, key, training=training,
+                        return_attention_scores=scores, **kwargs,
+                    )  # fmt: skip
+                    return result if scores else (result, None)
+
+                if not grad:
+                    return (*forward(values, query, value, key), None)
+                # The vjp inside the jitted function: the backward compiles with the forward,
+                # the same path; the output's scores ride along as auxiliary data.
+                output, vjp, attn = jax.vjp(forward, values, query, value, key, has_aux=True)
+                return output, attn, vjp(d_out)
 
             fn = jitted[present] = self._jit(call)
         arrays = {"key_valid": masks.key_valid, "query_valid": masks.query_valid,
@@ -644,7 +730,15 @@ class KerasMHAAdapter(Adapter):
             else var.value
             for var in layer.non_trainable_variables
         ]  # fmt: skip
-        return fn(values, states, query, value, key, arrays)
+        output, attn, found = fn(values, states, query, value, key, arrays, d_out)
+        if found is None:
+            return output, attn, None
+        g_values, g_query, g_value, g_key = found
+        grads = {"query": g_query, "value": g_value, "key": g_key}
+        grads["params"] = {
+            id(v): g for v, g in zip(layer.trainable_variables, g_values, strict=True)
+        }
+        return output, attn, grads
 
     def _entry(self, case: Case, masks: KerasMasks, device: str) -> tuple[Any, dict]:
         key = (device, case.dtype, *self._layer_key(case, masks))
@@ -658,13 +752,6 @@ class KerasMHAAdapter(Adapter):
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         dropout = getattr(case, "dropout", None)
-        if self.backend == "jax" and case.dtype == "float64" and dropout and dropout.training:
-            # The training-mode check reads each draw's dropped weights back at float64
-            # precision; it has no place for a declared compute dtype.
-            raise Unsupported(
-                "float64 runs in float32 on jax (x64 off, declared 'float64-as-float32'); the "
-                "statistical dropout check reads weights back at float64 precision"
-            )
         masks = self._masks(case)
         ops = self.ops
         with self.keras.device(device_scope_name(device, self.backend)):
@@ -686,24 +773,48 @@ class KerasMHAAdapter(Adapter):
             key = None
             if not case.self_attention:
                 key = ops.convert_to_tensor(inputs.native("key"), dtype=case.dtype)
+            d_out = None
+            if case.gradients:  # [B, T, Do]: the output's layout already
+                d_out = ops.convert_to_tensor(inputs.native("grad_output"), dtype=case.dtype)
             try:
                 training = dropout is not None and dropout.training
-                output, scores = self._call(
+                output, scores, grads = self._call(
                     entry, values, query, value, key, masks, training,
-                    dropout.seed if training else 0,
+                    dropout.seed if training else 0, d_out,
                 )  # fmt: skip
             except Exception as error:
                 for crash in self.known_crashes:
                     if crash.matches(self.backend, self.path, case, error):
-                        first = str(error).strip().splitlines()[0][:200]
-                        raise Unsupported(
-                            f"{crash.reason} [{type(error).__name__}: {first}]"
-                        ) from error
+                        raise crash.explain(error) from error
                 raise
-        result = {"output": to_numpy_float(output, ops)}
-        if scores is not None:
-            result["weights"] = scores_to_canonical(to_numpy_float(scores, ops), case)
+            result = {"output": to_numpy_float(output, ops)}
+            if scores is not None:
+                result["weights"] = scores_to_canonical(to_numpy_float(scores, ops), case)
+            if grads is not None:
+                result.update(self._canonical_gradients(grads, pairs, case))
         return result
+
+    def _canonical_gradients(
+        self, grads: dict, pairs: list[tuple[Any, Any]], case: Case
+    ) -> dict[str, np.ndarray]:
+        """The backend's gradients in the canonical layout (conformance.backward names)."""
+        ops = self.ops
+        if case.self_attention:
+            # query and value are separate tensors (a query mask must not mask the keys); the
+            # gradient w.r.t. the one input is the sum of both, added in the case dtype.
+            out = {"grad_query": to_numpy_float(grads["query"] + grads["value"], ops)}
+        else:
+            out = {
+                "grad_query": to_numpy_float(grads["query"], ops),
+                "grad_key": to_numpy_float(grads["key"], ops),
+                "grad_value": to_numpy_float(grads["value"], ops),
+            }
+        for name, (var, _) in zip(PARAMETER_NAMES[: len(pairs)], pairs, strict=True):
+            g = to_numpy_float(grads["params"][id(var)], ops)
+            # EinsumDense kernels [D, N, K] -> [N, D, K]; biases and the output kernel
+            # [H, V, Do] are canonical already.
+            out[f"grad_{name}"] = from_einsum_kernel(g) if name in ("wq", "wk", "wv") else g
+        return out
 
     def _masks(self, case: Case) -> KerasMasks:
         return keras_masks(case)

@@ -24,12 +24,13 @@ import numpy as np
 from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
-from conformance.layouts import to_einsum_kernel
+from conformance.layouts import from_einsum_kernel, to_einsum_kernel
 
 from .keras_mha import (
     COMMON_UNSUPPORTED,
     DTYPES,
     MHA_FEATURES,
+    PARAMETER_NAMES,
     KerasMasks,
     backend_devices,
     device_scope_name,
@@ -170,7 +171,7 @@ class TfKerasMHA(Adapter):
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         masks: KerasMasks = keras_masks(case, sliding_window=False)
         try:
-            output, scores = self._run(case, inputs, device, masks)
+            output, scores, grads = self._run(case, inputs, device, masks)
         except Exception as error:
             # The first call builds the layer, so a shape the layer cannot run fails there too.
             if type(error).__name__ == "AbortedError" and "dims must be <= 5" in str(error):
@@ -184,13 +185,19 @@ class TfKerasMHA(Adapter):
         result = {"output": _numpy(output)}
         if "weights" in case.compare:
             result["weights"] = scores_to_canonical(_numpy(scores), case)
+        if grads is not None:
+            result.update(grads)
         return result
 
-    def _run(self, case: Case, inputs: CaseInputs, device: str, masks: KerasMasks) -> Any:
+    def _run(
+        self, case: Case, inputs: CaseInputs, device: str, masks: KerasMasks
+    ) -> tuple[Any, Any, dict[str, np.ndarray] | None]:
+        """(output, scores, canonical gradients or None)."""
         tf = self.tf
         with tf.device(device_scope_name(device).upper()):
             layer = self._layer(case, device)
-            for variable, value in self._weight_pairs(layer, case, inputs):
+            pairs = self._weight_pairs(layer, case, inputs)
+            for variable, value in pairs:
                 variable.assign(tf.cast(tf.constant(value), variable.dtype))
 
             def tensor(name: str) -> Any:
@@ -214,7 +221,31 @@ class TfKerasMHA(Adapter):
                 kwargs["use_causal_mask"] = True
             if masks.attention_mask is not None:
                 kwargs["attention_mask"] = tf.constant(masks.attention_mask)
-            return layer(query, value, key, **kwargs)
+            if not case.gradients:
+                return (*layer(query, value, key, **kwargs), None)
+            # <dY, Y> differentiated in the same call: tf.GradientTape over the input tensors
+            # (watched) and the layer's variables (watched already).
+            leaves = [query, value] + ([] if key is None else [key])
+            with tf.GradientTape() as tape:
+                for leaf in leaves:
+                    tape.watch(leaf)
+                output, scores = layer(query, value, key, **kwargs)
+            variables = [v for v, _ in pairs]
+            d_out = tensor("grad_output")  # [B, T, Do]: the output's layout already
+            found = tape.gradient(output, leaves + variables, output_gradients=d_out)
+            grads = {}
+            if key is None:
+                # Separate query and value tensors (their Keras masks differ): the gradient
+                # w.r.t. the one self-attention input is the sum of both, in the case dtype.
+                grads["grad_query"] = _numpy(found[0] + found[1])
+            else:
+                grads.update(grad_query=_numpy(found[0]), grad_key=_numpy(found[2]),
+                             grad_value=_numpy(found[1]))  # fmt: skip
+            for name, g in zip(PARAMETER_NAMES[: len(pairs)], found[len(leaves) :], strict=True):
+                g = _numpy(g)
+                # EinsumDense kernels [D, N, K] -> [N, D, K]; the rest is canonical already.
+                grads[f"grad_{name}"] = from_einsum_kernel(g) if name in ("wq", "wk", "wv") else g
+            return output, scores, grads
 
 
 def _numpy(x: Any) -> np.ndarray:
