@@ -1069,7 +1069,10 @@ def fuzz_adapter(
             result.files = write_failure(result.failure, adapter=adapter, target=target,
                                          device=device, out_dir=Path(out_dir), seed=seed,
                                          rerun=rerun)  # fmt: skip
-            log(f"      {result.failure.message}")
+            message = result.failure.message
+            if len(message) > 600:  # gradient cases list every input; failure.json has it all
+                message = message[:600] + " ... (full message in failure.json)"
+            log(f"      {message}")
             for case in result.failure.cases:
                 log(f"      case {case.id}: {describe(case)}")
             for path in result.files:
