@@ -105,6 +105,8 @@ class TfKerasMHA(Adapter):
         self.tf = tf
         self.tf_keras = tf_keras
         self._layers: OrderedDict[tuple, Any] = OrderedDict()
+        # id(layer) -> the CaseInputs whose weights the layer's variables hold now.
+        self._weights_set: dict[int, CaseInputs] = {}
 
     def devices(self) -> list[str]:
         return backend_devices("tensorflow")
@@ -146,7 +148,8 @@ class TfKerasMHA(Adapter):
             layer(query, value, key_in)
             self._layers[key] = layer
             if len(self._layers) > self.cache_size:
-                self._layers.popitem(last=False)
+                _, evicted = self._layers.popitem(last=False)
+                self._weights_set.pop(id(evicted), None)
         self._layers.move_to_end(key)
         return layer
 
@@ -197,8 +200,11 @@ class TfKerasMHA(Adapter):
         with tf.device(device_scope_name(device).upper()):
             layer = self._layer(case, device)
             pairs = self._weight_pairs(layer, case, inputs)
-            for variable, value in pairs:
-                variable.assign(tf.cast(tf.constant(value), variable.dtype))
+            # A dropout draw or another run of the same case would set the same values again.
+            if self._weights_set.get(id(layer)) is not inputs:
+                for variable, value in pairs:
+                    variable.assign(tf.cast(tf.constant(value), variable.dtype))
+                self._weights_set[id(layer)] = inputs
 
             def tensor(name: str) -> Any:
                 return tf.cast(tf.constant(inputs.native(name)), case.dtype)
