@@ -248,3 +248,13 @@ def test_pytest_plugin_runs_specs_as_items(tiny_spec: Path) -> None:
     ), proc.stdout
     assert "FAILED" in proc.stdout and "test.inverted-mask" in proc.stdout
     assert proc.returncode == 1
+
+
+def test_pytest_plugin_works_under_xdist(tiny_spec: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tiny_spec), "-q", "-n", "2",
+         "--conformance-adapter", "numpy.einsum", "--conformance-adapter", "reference"],
+        capture_output=True, text=True, cwd=tiny_spec.parent, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "10 passed" in proc.stdout
