@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisException, Unsatisfiable
 
 from .adapter import Adapter, Declaration, Unsupported
-from .case import Case, Mask
+from .case import FEATURES, Case, Mask
 from .compare import baseline_error, compare
 from .dtypes import round_to
 from .errors import UsageError
@@ -239,6 +239,8 @@ class Property:
     needs_one_of: tuple[frozenset[str], ...] = ()
 
     def not_applicable(self, decl: Declaration) -> str | None:
+        if not {"kernel", "layer"} & decl.features or not decl.dtypes:
+            return f"{decl.name} has no mode or no dtype left to generate"
         missing = sorted(self.needs - decl.features - decl.dtypes)
         if missing:
             return f"{decl.name} lacks {', '.join(missing)}"
@@ -722,15 +724,23 @@ def run_property(
     seed: int,
     limits: Limits = DEFAULT_LIMITS,
     prefix: str | None = None,
+    forbid: frozenset[str] = frozenset(),
 ) -> PropertyResult:
-    """Search for a counterexample to `prop`; return counts and the shrunk failure if any."""
+    """Search for a counterexample to `prop`; return counts and the shrunk failure if any.
+
+    forbid: feature tags never to generate (cases are drawn from the declaration without them).
+    """
     result = PropertyResult(prop.name, "ok")
-    why = prop.not_applicable(ctx.declaration)
+    decl = ctx.declaration
+    if forbid:
+        decl = dataclasses.replace(decl, features=decl.features - forbid,
+                                   dtypes=decl.dtypes - forbid)  # fmt: skip
+    why = prop.not_applicable(decl)
     if why:
         result.status, result.reason = "not applicable", why
         return result
     state: dict = {"runs": 0, "first": None, "last": None}
-    strategy = prop.strategy(ctx.declaration, limits, prefix or prop.name)
+    strategy = prop.strategy(decl, limits, prefix or prop.name)
 
     @settings(
         max_examples=max_examples, database=None, deadline=None, derandomize=False,
@@ -1040,11 +1050,13 @@ def fuzz_adapter(
     limits: Limits = DEFAULT_LIMITS,
     log: Callable[[str], None] = print,
     selector: str | None = None,
+    forbid: Iterable[str] = (),
 ) -> FuzzReport:
     """Fuzz an adapter instance whose setup() already ran. Writes counterexamples to out_dir.
 
     target: "module:Class" (for reproducers); selector: what --adapter needs to find it again
-    (its registered name, or the target for an unregistered adapter).
+    (its registered name, or the target for an unregistered adapter); forbid: feature tags
+    never to generate (to fuzz around a known bug; the adapter's declaration is unchanged).
     """
     names = list(properties or PROPERTIES)
     unknown = [n for n in names if n not in PROPERTIES]
@@ -1057,11 +1069,18 @@ def fuzz_adapter(
             raise UsageError(f"{decl.name} has no device on this machine")
         device = available[0]
     ctx = Context(adapter, device)
+    forbid = frozenset(forbid)
+    unknown = sorted(forbid - set(FEATURES))
+    if unknown:
+        raise UsageError(f"--forbid: unknown feature tag {unknown[0]!r}")
     log(f"fuzz {decl.name} on {device} (seed {seed}, up to {max_examples} examples per property)")
+    if forbid:
+        log(f"  not generating: {', '.join(sorted(forbid))}")
     results = []
     for name in names:
         result = run_property(PROPERTIES[name], ctx, max_examples=max_examples, seed=seed,
-                              limits=limits, prefix=f"{_slug(decl.name)}-{name}")  # fmt: skip
+                              limits=limits, prefix=f"{_slug(decl.name)}-{name}",
+                              forbid=forbid)  # fmt: skip
         log(f"  {name:<19} {result.line()}")
         if result.failure is not None:
             rerun = (f"conformance fuzz --adapter {_quote(selector or target)}"
@@ -1116,6 +1135,16 @@ def _group_key(entry) -> tuple:  # noqa: ANN001 - AdapterEntry
     return (decl.worker or decl.name, tuple(sorted(decl.env.items())))
 
 
+def _forbidden_for(name: str, values: Iterable[str]) -> frozenset[str]:
+    """--forbid TAG (every adapter) and --forbid ADAPTER=TAG (that adapter only)."""
+    tags = set()
+    for value in values:
+        adapter, _, tag = value.rpartition("=")
+        if not adapter or adapter == name:
+            tags.add(tag)
+    return frozenset(tags)
+
+
 def handle(args: argparse.Namespace) -> int:
     if args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
@@ -1143,6 +1172,8 @@ def handle(args: argparse.Namespace) -> int:
                 ]
             for prop in args.property or ():
                 argv += ["--property", prop]
+            for tag in args.forbid or ():
+                argv += ["--forbid", tag]
             if args.device:
                 argv += ["--device", args.device]
             sys.stdout.flush()
@@ -1171,6 +1202,7 @@ def handle(args: argparse.Namespace) -> int:
             adapter, target=entry.target, max_examples=args.max_examples, seed=seed,
             out_dir=Path(args.out), properties=args.property, device=args.device,
             selector=entry.target if entry.source == "command line" else entry.name,
+            forbid=_forbidden_for(entry.name, args.forbid or ()),
         )  # fmt: skip
         code = max(code, 0 if report.ok else 1)
         sys.stdout.flush()
@@ -1225,5 +1257,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--property", "-p", action="append", choices=list(PROPERTIES),
                         metavar="NAME", help="only this property (repeatable)")  # fmt: skip
+    parser.add_argument("--forbid", action="append", metavar="[ADAPTER=]TAG",
+                        help="never generate this feature tag (for every adapter, or one): fuzz "
+                        "around a known bug to find the others (repeatable)")  # fmt: skip
     parser.add_argument("--device", help="device to run on (default: the adapter's first)")
     parser.set_defaults(handler=handle)
