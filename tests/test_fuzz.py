@@ -315,6 +315,8 @@ def _params() -> list:
         group = groups.setdefault((key, slow), [])
         group.append(entry.name)
         marks = [pytest.mark.slow] if slow else []
+        # Under pytest-xdist --dist loadgroup, one worker runs a group's child process once.
+        marks.append(pytest.mark.xdist_group(f"fuzz-{key[0]}-{'slow' if slow else 'fast'}"))
         params.append(pytest.param(entry.name, key, group, id=entry.name, marks=marks))
     # Each param holds its group's list object, complete once every entry is seen.
     return params
