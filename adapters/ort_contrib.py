@@ -218,7 +218,11 @@ class OrtContribMHA(OrtContribBase):
         m = case.mask
         rest = m
         causal = False
-        if m.causal is not None:
+        if m.causal is not None and case.shape.query_len >= case.shape.kv_len:
+            # unidirectional without past is top-left only for T >= S (checked on ORT 1.32:
+            # with T < S it masks rows 0..T-2 top-left and leaves the last row seeing every
+            # key, neither alignment). For T < S the top-left causal pattern goes into
+            # attention_bias (0/-inf) with the other mask components instead.
             causal = True
             rest = dataclasses.replace(rest, causal=None)
         padding = False
@@ -406,7 +410,8 @@ MHA_UNSUPPORTED = {
     "grouped-query": "num_heads only: key/value need as many heads as the query "
     "(GroupQueryAttention is ort.contrib.gqa)",
     "multi-query": "num_heads only: key/value need as many heads as the query",
-    "causal-bottom-right": "unidirectional aligns the diagonal by the past length (0 here)",
+    "causal-bottom-right": "unidirectional without past is top-left for T >= S and neither "
+    "alignment for T < S (the last row sees every key); bottom-right only with a past cache",
     "window": "no sliding-window attribute",
     "weights": "its 4th output (qk) is the scaled logits before softmax, not the weights",
     "weights-mean": "no head-averaged weights",
@@ -429,10 +434,12 @@ MHA_NOTES = (
     "Q/K/V go in as 3-D (B, S, H*hd); key padding as key_padding_mask (B, S) int32, 1 = keep; "
     "every other mask component (boolean masks as 0/-inf, additive masks, biases, query "
     "padding) as one float attention_bias (B, 1|H, T, S); causal as unidirectional=1. "
-    "unidirectional masks rows 0..T-2 only (the CPU kernel's loop stops before the last row, "
-    "which is right for T == S): with T < S and no past the last query row sees every key, "
-    "which the causal-top-left cases report as a fail. Decode: one graph with "
-    "unidirectional=1 and past_key/past_value (empty at first), present_* fed back."
+    "unidirectional=1 for T >= S, where it is top-left. unidirectional without past masks "
+    "rows 0..T-2 only (the CPU kernel's loop stops before the last row, right for T == S): "
+    "with T < S the last query row sees every key, neither top-left nor bottom-right, so for "
+    "T < S the top-left causal mask goes into attention_bias as 0/-inf instead. Decode: one "
+    "graph with unidirectional=1 and past_key/past_value (empty at first), present_* fed "
+    "back (bottom-right by the past length, as decoding needs)."
 )
 GQA_NOTES = (
     "Q (B, S, H*hd), K/V (B, S, G*hd); key padding as seqlens_k = length - 1 (int32) with "

@@ -364,6 +364,33 @@ def test_contrib_mha(onnx_adapters, cases, ref_cache, case_id: str) -> None:  # 
     assert record["verdict"] == "pass", record["message"]
 
 
+def test_contrib_mha_causal_with_fewer_queries_than_keys(onnx_adapters, cases, ref_cache) -> None:  # noqa: ANN001, E501
+    """Top-left causal with T < S goes through attention_bias: unidirectional is neither."""
+    import dataclasses
+
+    from conformance.adapters.onnx_attention import OrtSession
+    from conformance.adapters.ort_contrib import ContribConfig, contrib_model
+
+    mha = onnx_adapters["ort.contrib.mha"]
+    case = dataclasses.replace(cases["causal-top-left"], compare=("output",), id="onnx/ctl@o")
+    plan = mha.plan(case, make_inputs(case))
+    assert not plan.cfg.causal and "attention_bias" in plan.feeds
+    assert verdict(mha, case, ref_cache)["verdict"] == "pass"
+    # Why: unidirectional=1 without past, T=2 < S=3, zero logits (uniform over what a row
+    # sees), V one-hot per key. Row 0 is top-left, the last row sees every key: the fuzz
+    # counterexample (T=1, S=2) is this last-row rule. Fails once ORT changes the kernel.
+    cfg = ContribConfig("MultiHeadAttention", "float32", 1, 1, 1, 3, causal=True)
+    session = OrtSession(contrib_model(cfg), "cpu", None)
+    feeds = {
+        "query": np.zeros((1, 2, 1), np.float32),
+        "key": np.zeros((1, 3, 1), np.float32),
+        "value": np.eye(3, dtype=np.float32)[None],
+    }
+    np.testing.assert_allclose(
+        session.run(feeds)["output"][0], [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6
+    )
+
+
 def test_contrib_mha_key_padding_uses_a_finite_filter(onnx_adapters, cases, ref_cache) -> None:  # noqa: ANN001, E501
     record = verdict(onnx_adapters["ort.contrib.mha"], cases["keypad-zero"], ref_cache)
     assert record["verdict"] == "diverges", record["message"]
@@ -377,6 +404,27 @@ def test_contrib_mha_key_padding_uses_a_finite_filter(onnx_adapters, cases, ref_
 def test_contrib_gqa(onnx_adapters, cases, ref_cache, case_id: str) -> None:  # noqa: ANN001
     record = verdict(onnx_adapters["ort.contrib.gqa"], cases[case_id], ref_cache)
     assert record["verdict"] == "pass", record["message"]
+
+
+def test_contrib_gqa_causal_fully_masked_row_weights(onnx_adapters, cases, ref_cache) -> None:  # noqa: ANN001, E501
+    """A fully masked row under causal=1: output NaN like the reference, but output_qk holds
+    NaN on the causally visible keys and exact zeros beyond the diagonal, which no masked-row
+    policy of the reference expresses: a documented fail (docs/adapters/onnx.md)."""
+    import dataclasses
+
+    case = dataclasses.replace(
+        cases["causal-square"],
+        mask=dataclasses.replace(cases["causal-square"].mask, masked_rows=((0, 1),)),
+        compare=("output", "weights"),
+        id="onnx/causal-square-row1",
+    )
+    gqa = onnx_adapters["ort.contrib.gqa"]
+    record = verdict(gqa, case, ref_cache)
+    assert record["verdict"] == "fail" and "weights" in record["message"], record["message"]
+    out = gqa.run(case, make_inputs(case), "cpu")
+    assert np.isnan(out["output"][0, :, 1]).all()
+    row = out["weights"][0, :, 1]  # [H, S]: query row 1 sees keys 0..1
+    assert np.isnan(row[:, :2]).all() and (row[:, 2:] == 0).all()
 
 
 def test_contrib_dtypes(onnx_adapters, cases, ref_cache) -> None:  # noqa: ANN001
@@ -431,6 +479,21 @@ def test_torch_onnx_decomposed_and_layer(torch_onnx, cases, ref_cache, tmp_path)
     for case_id in ("random",):  # one export each: they cost seconds
         record = verdict(sdpa, cases[case_id], ref_cache)
         assert record["verdict"] == "pass", record["message"]
+    # Known torchlib bug (docs/adapters/onnx.md): a row a boolean mask leaves empty (here a
+    # window (0, 0) with T=2 > S=1, the fuzz counterexample) is filled with dtype.min, not
+    # -inf: a uniform softmax, the mean of V (= v[0] for S=1), where the reference is NaN.
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(
+        "version: 1\nfamily: onnx-empty\ncases:\n  - name: w\n    mode: kernel\n"
+        "    shape: {batch: 1, query_len: 2, kv_len: 1, num_heads: 1, key_dim: 1}\n"
+        "    mask: {window: [0, 0]}\n"
+    )
+    (case,) = load_spec(empty)
+    record = verdict(sdpa, case, ref_cache)
+    assert record["verdict"] == "fail", record["message"]
+    inputs = make_inputs(case)
+    out = sdpa.run(case, inputs, "cpu")["output"]
+    np.testing.assert_allclose(out[0, 0, 1], inputs.arrays["v"][0, 0, 0], rtol=1e-6)
     layer = tmp_path / "layer.yaml"
     layer.write_text(
         textwrap.dedent(

@@ -366,12 +366,16 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         for prop in PROPERTIES
     },
     "ort.contrib.gqa": {
-        "differential": "weights of a fully masked row are 0 where the reference has NaN "
-        "(output matches); no divergence declared for the weights",
+        "differential": "fail with reason (docs/adapters/onnx.md): under causal=1 output_qk "
+        "of a fully masked row is NaN on the visible keys and exactly 0 beyond the diagonal "
+        "(never computed); output is NaN like the reference. No reference masked-row policy "
+        "expresses that mix, so it cannot be a verified divergence without a core change",
     },
     "torch.onnx.sdpa.opset18": {
-        "bool-additive": "a row left empty by the mask is NaN through the additive mask but "
-        "finite through the boolean one (the differential property finds the same row finite "
-        "where the reference is NaN for window masks)",
+        "differential": "fail with reason, the known torchlib dtype.min fill bug "
+        "(docs/adapters/onnx.md): a row a boolean mask (e.g. a window) leaves empty gets "
+        "equal finite logits, so the mean of V where the reference is NaN",
+        "bool-additive": "the same torchlib bug: an empty row is NaN through the 0/-inf "
+        "additive mask (as the reference) but the mean of V through the boolean one",
     },
 }
