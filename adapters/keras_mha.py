@@ -271,13 +271,24 @@ def keras_masks(case: Case, sliding_window: bool = True) -> KerasMasks:
                 f"window {m.window} is neither symmetric nor causal: Keras's sliding_window "
                 "keeps |t - s| < w (optionally with use_causal_mask)"
             )
-    if m.key_padding is not None:
-        out.key_valid = np.arange(s.kv_len)[None, :] < np.asarray(m.key_padding)[:, None]
-    if m.query_padding is not None:
-        out.query_valid = np.arange(s.query_len)[None, :] < np.asarray(m.query_padding)[:, None]
     rest = dataclasses.replace(m, causal=None, window=None, key_padding=None, query_padding=None)
-    if not rest.is_empty():
-        attend, _ = build_mask(dataclasses.replace(case, mask=rest))
+    attend = None if rest.is_empty() else build_mask(dataclasses.replace(case, mask=rest))[0]
+    if attend is not None and attend.shape[1] > 1:
+        # A per-head attention_mask [B, H, T, S] goes beyond the [B, T, S] that Keras
+        # documents, and Keras ANDs it with the padding masks as they come ([B, T, 1] query,
+        # [B, 1, S] key): right-aligned broadcasting meets B with H, which crashes (B != H,
+        # neither 1) or, when B == H, silently masks head b by batch element b's padding. So
+        # the padding travels inside the per-head mask here (the random draws are keyed on
+        # the case, not on the mask); causal and window masks are [1, T, S] in Keras and
+        # broadcast correctly, so they stay native.
+        rest = dataclasses.replace(rest, key_padding=m.key_padding, query_padding=m.query_padding)
+        attend = build_mask(dataclasses.replace(case, mask=rest))[0]
+    else:
+        if m.key_padding is not None:
+            out.key_valid = np.arange(s.kv_len)[None, :] < np.asarray(m.key_padding)[:, None]
+        if m.query_padding is not None:
+            out.query_valid = np.arange(s.query_len)[None, :] < np.asarray(m.query_padding)[:, None]
+    if attend is not None:
         out.attention_mask = attend[:, 0] if attend.shape[1] == 1 else attend
     return out
 

@@ -119,6 +119,19 @@ cases:
     shape: {batch: 2, query_len: 6, num_heads: 2, key_dim: 8}
     mask: {causal: top-left}
     matrix: {dtype: [float16]}
+  - name: bias-k1
+    cross: true
+    shape: {batch: 1, query_len: 1, kv_len: 2, num_heads: 2, key_dim: 1, value_dim: 1}
+    matrix: {dtype: [float64]}
+  - name: per-head-query-padding
+    cross: true
+    shape: {batch: 2, query_len: 3, kv_len: 4, num_heads: 3, key_dim: 4}
+    mask: {query_padding: [3, 1], random: {density: 0.3}, per_head: true}
+    matrix: {dtype: [float64]}
+  - name: per-head-key-padding
+    shape: {batch: 2, query_len: 5, num_heads: 2, key_dim: 4}
+    mask: {key_padding: [5, 3], random: {density: 0.2}, per_head: true}
+    matrix: {dtype: [float64]}
   - name: grad-gqa
     gradients: true
     shape: {batch: 2, query_len: 5, num_heads: 4, num_kv_heads: 2, key_dim: 4}
@@ -428,6 +441,38 @@ EXPECTED = {
     ("keras.tensorflow.explicit", "gradients/low-precision-layer[float16]"): ("pass", None),
     ("keras.tensorflow.explicit", "grad-half[float16]"): ("pass", None),
     ("keras.torch.explicit", "grad-half[float16]"): ("pass", None),
+    # Keras 3.15 tensorflow backend: ops.add takes a tf.nn.bias_add shortcut when the bias
+    # squeezes to one dim; a [H, 1] bias (key_dim 1) on [B, L, H, 1] with L == H is added along
+    # axis 1 (NCHW) instead of the heads: a Keras bug, so a fail (other backends pass).
+    ("keras.tensorflow.fused", "bias-k1[float64]"): ("fail", None),
+    ("keras.tensorflow.explicit", "bias-k1[float64]"): ("fail", None),
+    ("keras.torch.explicit", "bias-k1[float64]"): ("pass", None),
+    ("tf_keras.mha", "bias-k1[float64]"): ("pass", None),
+    # Per-head masks carry the padding (Keras's padding masks do not broadcast against them).
+    ("keras.tensorflow.explicit", "per-head-query-padding[float64]"): (
+        "diverges",
+        "fully-masked-rows-zeros",
+    ),
+    ("keras.tensorflow.fused", "per-head-query-padding[float64]"): (
+        "diverges",
+        "fully-masked-rows-uniform",
+    ),
+    ("keras.jax.explicit", "per-head-query-padding[float64]"): (
+        "diverges",
+        "float64-as-float32-fully-masked",
+    ),
+    ("keras.torch.explicit", "per-head-query-padding[float64]"): (
+        "diverges",
+        "fully-masked-rows-zeros",
+    ),
+    ("keras.gqa.torch.explicit", "per-head-query-padding[float64]"): (
+        "diverges",
+        "fully-masked-rows-zeros",
+    ),
+    ("keras.tensorflow.explicit", "per-head-key-padding[float64]"): ("pass", None),
+    ("keras.torch.explicit", "per-head-key-padding[float64]"): ("pass", None),
+    ("keras.gqa.torch.explicit", "per-head-key-padding[float64]"): ("pass", None),
+    ("tf_keras.mha", "per-head-key-padding[float64]"): ("pass", None),
     # tf_keras adds -1e9: uniform rows in float32, the unmasked softmax in float64.
     ("tf_keras.mha", "basic[float64]"): ("pass", None),
     ("tf_keras.mha", "cross[float64]"): ("pass", None),
