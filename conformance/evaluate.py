@@ -236,6 +236,11 @@ def evaluate(
 
     if all(c.ok for c in comparisons):
         record["verdict"] = "pass"
+        if "weights" in outputs:  # side-by-side heatmaps; error maps only for non-passing results
+            record["preview"] = {
+                "reference_weights": _preview(expected["weights"]),
+                "weights": _preview(outputs["weights"]),
+            }
         if divergence is not None:
             notes.append(f"declared divergence '{divergence.id}' did not show on this case")
         record["message"] = "; ".join(notes)
