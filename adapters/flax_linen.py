@@ -17,6 +17,16 @@ and then filled one token per `apply(..., mutable=["cache"])` call (linen raises
 inputs), so every position, prefix included, is one step; the step outputs concatenated along T
 are compared with full causal attention.
 
+Gradients: the jitted forward also runs jax.vjp w.r.t. the inputs and the `params` tree, with
+the case's grad_output as the cotangent; kernels map back with layouts.from_einsum_kernel.
+Self-attention calls `apply(params, xq)` (inputs_k = inputs_v = None: linen's own self-attention
+form), so grad_query is the total through q, k and v.
+
+Dropout: `dropout_rate=p` at construction, `deterministic` per call, `rngs={"dropout":
+jax.random.key(seed)}` for training draws (a traced seed: one program for all draws).
+broadcast_dropout=True, the default, shares one [T, S] mask across batch and heads; the sown
+weights are the undropped ones.
+
 Jitted functions are cached per weight structure; parameters are plain arguments, set per case.
 """
 
@@ -26,15 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior
 from conformance.case import Case
 from conformance.inputs import CaseInputs
-from conformance.layouts import to_einsum_kernel
 from conformance.masks import build_mask
 
 from .jax_dpa import (
     JAX_ENV,
     compose,
+    flax_param_grads,
+    flax_params,
     jax_device,
     jax_device_names,
     jax_dtype,
@@ -66,6 +77,9 @@ _FEATURES = frozenset(
         "no-bias",
         "decode",
         "weights",
+        "gradients",
+        "dropout",
+        "dropout-training",
     }
 )
 
@@ -111,10 +125,16 @@ class FlaxLinen(Adapter):
             [tf32_on_cuda()],
         ),
         unsupported_reasons=_UNSUPPORTED,
+        # broadcast_dropout=True (the default): one keep mask [T, S] for every batch element
+        # and head; the weights are sown before dropout (attention.py#L149 sows, #L152-L161
+        # drops).
+        dropout=DropoutBehavior(
+            target="weights", shared=("batch", "heads"), returned_weights="undropped"
+        ),
     )
 
     def __init__(self) -> None:
-        self._built: dict[tuple, tuple[Any, Any, Any]] = {}
+        self._built: dict[tuple, tuple[Any, Any, Any, Any]] = {}
 
     def setup(self) -> None:
         setup_jax()
@@ -126,14 +146,18 @@ class FlaxLinen(Adapter):
     def versions(self) -> dict[str, str]:
         return jax_versions()
 
-    def _build(self, case: Case) -> tuple[Any, Any, Any]:
-        """(model, jitted forward, jitted decode step) for this weight structure."""
+    def _build(self, case: Case) -> tuple[Any, Any, Any, Any]:
+        """(model, jitted forward, jitted decode step, abstract decode cache) for this weight
+        structure."""
         import jax
         from flax import linen as nn
 
         s = case.shape
         decode = case.decode is not None
-        key = (s.num_heads, s.key_dim, s.output_dim, case.use_bias, case.dtype, decode)
+        rate = float(case.dropout.rate) if case.dropout is not None else 0.0
+        key = (s.num_heads, s.key_dim, s.output_dim, case.use_bias, case.dtype, decode, rate)
+        if decode:  # the cache's shape comes from the full-length input
+            key += (s.batch, s.query_len, s.query_dim)
         if key in self._built:
             return self._built[key]
         model = nn.MultiHeadDotProductAttention(
@@ -142,69 +166,97 @@ class FlaxLinen(Adapter):
             out_features=s.output_dim,
             use_bias=case.use_bias,
             param_dtype=jax_dtype(case.dtype),
+            dropout_rate=rate,  # broadcast_dropout=True, the default
             decode=decode,
         )
 
-        def fwd(params: Any, xq: Any, xk: Any, xv: Any, mask: Any, sow: bool) -> Any:
-            if not sow:
-                return model.apply({"params": params}, xq, xk, xv, mask=mask), None
-            y, state = model.apply(
-                {"params": params}, xq, xk, xv, mask=mask, sow_weights=True,
-                mutable=["intermediates"],
-            )  # fmt: skip
-            return y, state["intermediates"]["attention_weights"][0]
+        def fwd(params, xq, xk, xv, mask, seed, d_out, *, sow, training):  # noqa: ANN001, ANN202
+            """Forward; with `d_out` also jax.vjp w.r.t. the inputs and every parameter.
+
+            Self-attention passes xk = xv = None: linen then uses `xq` for all three (its own
+            self-attention call), so the query's gradient is the total.
+            """
+            extra: dict[str, Any] = {}
+            if rate:
+                extra["deterministic"] = not training
+                if training:
+                    extra["rngs"] = {"dropout": jax.random.key(seed)}
+
+            def forward(params: Any, xq: Any, xk: Any, xv: Any) -> tuple[Any, Any]:
+                if not sow:
+                    return model.apply({"params": params}, xq, xk, xv, mask=mask, **extra), None
+                y, state = model.apply(
+                    {"params": params}, xq, xk, xv, mask=mask, sow_weights=True,
+                    mutable=["intermediates"], **extra,
+                )  # fmt: skip
+                return y, state["intermediates"]["attention_weights"][0]
+
+            if d_out is None:
+                return forward(params, xq, xk, xv), None
+            y, vjp, weights = jax.vjp(forward, params, xq, xk, xv, has_aux=True)
+            return (y, weights), vjp(d_out)
 
         def step(params: Any, cache: Any, x: Any) -> Any:
-            y, state = model.apply({"params": params, "cache": cache}, x, mutable=["cache"])
+            extra = {"deterministic": True} if rate else {}
+            y, state = model.apply({"params": params, "cache": cache}, x, mutable=["cache"],
+                                   **extra)  # fmt: skip
             return y, state["cache"]
 
-        built = (model, jax.jit(fwd, static_argnames=("sow",)), jax.jit(step))
+        cache = None
+        if decode:
+            # The cache's structure from linen's own init (traced, not run): zeros and index 0
+            # are exactly what a fresh init holds.
+            shape = (s.batch, s.query_len, s.query_dim)
+            x = jax.ShapeDtypeStruct(shape, jax_dtype(case.dtype))
+            cache = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["cache"]
+        built = (
+            model,
+            jax.jit(fwd, static_argnames=("sow", "training")),
+            jax.jit(step),
+            cache,
+        )
         self._built[key] = built
         return built
 
-    def params(self, case: Case, inputs: CaseInputs, device: Any) -> dict[str, Any]:
-        """Canonical weights in linen's parameter tree."""
-        dt = case.dtype
-        tree: dict[str, Any] = {}
-        for proj, n in (("query", "q"), ("key", "k"), ("value", "v")):
-            tree[proj] = {"kernel": to_jax(to_einsum_kernel(inputs.native(f"w{n}")), dt, device)}
-            if case.use_bias:
-                tree[proj]["bias"] = to_jax(inputs.native(f"b{n}"), dt, device)
-        tree["out"] = {"kernel": to_jax(inputs.native("wo"), dt, device)}
-        if case.use_bias:
-            tree["out"]["bias"] = to_jax(inputs.native("bo"), dt, device)
-        return tree
-
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         import jax
-        import jax.numpy as jnp
 
         dev = jax_device(device)
         dt = case.dtype
-        model, fwd, step = self._build(case)
-        params = self.params(case, inputs, dev)
-        xq = to_jax(inputs.native("query"), dt, dev)
+        _, fwd, step, cache_shapes = self._build(case)
+        params = flax_params(case, inputs, dev)
+        query = inputs.native("query")
 
         if case.decode is not None:
-            # The cache's structure comes from linen's own init (traced, not run): zeros,
-            # index 0, exactly what a fresh init holds.
-            shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), xq)["cache"]
-            cache = jax.tree.map(lambda a: jax.device_put(jnp.zeros(a.shape, a.dtype), dev), shapes)
+            cache = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), dev),
+                                 cache_shapes)  # fmt: skip
             outs = []
             for t in range(case.shape.query_len):  # one token per call: linen's cache demands it
-                y, cache = step(params, cache, xq[:, t : t + 1])
+                x = to_jax(query[:, t : t + 1], dt, dev)  # sliced on the host: no eager op
+                y, cache = step(params, cache, x)
                 outs.append(to_numpy(y))
             return {"output": np.concatenate(outs, axis=1)}
 
-        xk = xq if case.self_attention else to_jax(inputs.native("key"), dt, dev)
-        xv = xq if case.self_attention else to_jax(inputs.native("value"), dt, dev)
+        xq = to_jax(query, dt, dev)
+        xk = None if case.self_attention else to_jax(inputs.native("key"), dt, dev)
+        xv = None if case.self_attention else to_jax(inputs.native("value"), dt, dev)
         attend, _ = build_mask(case)  # additive parts are declared unsupported
         mask = None if attend is None else to_jax(attend, "bool", dev)
+        training = case.dropout is not None and case.dropout.training
+        seed = np.int64(case.dropout.seed if training else 0)
+        d_out = to_jax(inputs.native("grad_output"), dt, dev) if case.gradients else None
         sow = "weights" in case.compare
-        y, weights = fwd(params, xq, xk, xv, mask, sow=sow)
+        (y, weights), grads = fwd(params, xq, xk, xv, mask, seed, d_out, sow=sow,
+                                  training=training)  # fmt: skip
         out = {"output": to_numpy(y)}
         if weights is not None:
             out["weights"] = to_numpy(weights)
+        if grads is not None:
+            g_params, g_query, g_key, g_value = grads
+            out["grad_query"] = to_numpy(g_query)
+            if not case.self_attention:
+                out["grad_key"], out["grad_value"] = to_numpy(g_key), to_numpy(g_value)
+            out.update(flax_param_grads(g_params))
         return out
 
 

@@ -26,7 +26,19 @@ Decoding (`decode=True`, after `init_cache`): nnx's cache accepts exactly one to
 raises on anything longer), so every position, prefix included, is fed as one step; the outputs of
 all steps are concatenated along T and compared with full causal attention.
 
-Built modules and jitted functions are cached per weight structure; weights are set per case.
+Gradients: the jitted forward also runs jax.vjp w.r.t. the inputs and the parameter tree that
+becomes the module's nnx.Param state, with the case's grad_output as the cotangent; kernels map
+back with layouts.from_einsum_kernel. Self-attention uses the layer's own self-attention call
+(inputs_k = inputs_v = None), so grad_query is the total through q, k and v.
+
+Dropout (`flax.nnx.explicit` only: any dropout rate sends flax down the explicit path, even at
+inference): `dropout_rate=p` at construction, `deterministic` per call, the dropout key
+`nnx.Rngs(dropout=jax.random.key(seed))` passed to the call (a traced seed: one program for all
+draws). broadcast_dropout=True, the default, shares one [T, S] mask across batch and heads.
+
+Modules are built abstractly (nnx.eval_shape: no initializer runs, nothing compiles) once per
+weight structure and shared by both variants; the canonical weights become the parameters inside
+the jitted call.
 """
 
 from __future__ import annotations
@@ -37,10 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
-from conformance.layouts import to_einsum_kernel
 from conformance.masks import build_mask, causal_offset
 
 from .jax_dpa import (
@@ -50,6 +61,8 @@ from .jax_dpa import (
     SOFTMAX_F32,
     compose,
     cpu_f16_refusal,
+    flax_param_grads,
+    flax_params,
     jax_device,
     jax_device_names,
     jax_dtype,
@@ -84,6 +97,7 @@ _FEATURES = frozenset(
         "fully-masked-rows",
         "no-bias",
         "decode",
+        "gradients",
     }
 )
 
@@ -108,14 +122,39 @@ _EXPLICIT_UNIFORM = (
 )
 _EXPLICIT_UNIFORM_LINK = f"{FLAX_SRC}#L165-L179"
 
+_FUSED_NO_DROPOUT = (
+    "a dropout rate switches flax to its explicit path even in inference mode: the layer "
+    "passes dropout_rate to dot_product_attention, which calls jax.nn.dot_product_attention "
+    f"only when `dropout_rate == 0.0 and module is None` ({FLAX_SRC}#L278); the explicit "
+    "path is flax.nnx.explicit"
+)
+
+# broadcast_dropout=True (the default): one keep mask of shape [T, S] for every batch element
+# and head ("dropout is broadcast across the batch + head dimensions"); the weights are sown
+# before dropout (attention.py#L182 sows, #L185-L196 drops).
+NNX_DROPOUT = DropoutBehavior(
+    target="weights", shared=("batch", "heads"), returned_weights="undropped"
+)
+
 
 class _Built:
-    """One module per weight structure, its graphdef and the jitted functions using it."""
+    """One abstract module per structure (no initializer runs) and the jitted functions.
 
-    def __init__(self, module: Any, fwd: Any, step: Any) -> None:
-        self.module = module
+    Shared by both variants: the module is built under `nnx.eval_shape`, so its randomly
+    initialised parameters are never computed (each initializer would compile small eager
+    programs per shape: two thirds of the fused variant's compilations before); the canonical weights
+    become its parameters inside the jitted call.
+    """
+
+    def __init__(self, graphdef: Any, params: Any, cache: Any, fwd: Any, step: Any) -> None:
+        self.graphdef = graphdef
+        self.params = params  # abstract nnx.State of the nnx.Param variables
+        self.cache = cache  # abstract nnx.State of the decode cache (None without decode)
         self.fwd = fwd
         self.step = step
+
+
+_BUILT: dict[tuple, _Built] = {}
 
 
 @contextlib.contextmanager
@@ -141,12 +180,118 @@ def count_fused_calls() -> Iterator[list[int]]:
         jax.nn.dot_product_attention = original
 
 
+def check_path(fused: bool, calls: int, sown: bool) -> None:
+    """Raise if flax took a different path than the variant is named after."""
+    if fused and (calls != 1 or sown):
+        raise RuntimeError(
+            f"expected the fused path (one jax.nn.dot_product_attention call, nothing "
+            f"sown), saw {calls} fused call(s), sown={sown}"
+        )
+    if not fused and (calls != 0 or not sown):
+        raise RuntimeError(
+            f"expected the explicit path (weights sown, no fused call), saw {calls} fused "
+            f"call(s), sown={sown}"
+        )
+
+
+def _build(case: Case, rate: float) -> _Built:
+    """The abstract module and jitted functions for this weight structure (cached)."""
+    import jax
+    from flax import nnx
+
+    s = case.shape
+    decode = case.decode is not None
+    key = (s.query_dim, s.key_input_dim, s.num_heads, s.num_kv_heads, s.key_dim)
+    key += (s.output_dim, case.use_bias, case.dtype, decode, rate)
+    if decode:  # the cache's shape is part of the module's state
+        key += (s.batch, s.query_len)
+    if key in _BUILT:
+        return _BUILT[key]
+    dt = jax_dtype(case.dtype)
+
+    def make() -> Any:
+        module = nnx.MultiHeadAttention(
+            num_heads=s.num_heads,
+            in_features=s.query_dim,
+            qkv_features=s.num_heads * s.key_dim,
+            out_features=s.output_dim,
+            num_kv_heads=s.num_kv_heads,
+            in_kv_features=s.key_input_dim,
+            use_bias=case.use_bias,
+            param_dtype=dt,
+            dropout_rate=rate,
+            # The dropout key comes with each call (nnx.Rngs(dropout=seed)), not from a stream
+            # stored at construction.
+            keep_rngs=False,
+            decode=decode,
+            rngs=nnx.Rngs(0),
+        )
+        if decode:
+            module.init_cache((s.batch, s.query_len, s.query_dim), dtype=dt)
+        return module
+
+    graphdef, params, cache = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+
+    def merge(pure: Any, cache_state: Any = None) -> Any:
+        """The module with the canonical weights (a plain dict tree) as its parameters."""
+        state = jax.tree.map(lambda leaf: leaf, params)  # a fresh State to fill
+        nnx.replace_by_pure_dict(state, pure)
+        return nnx.merge(graphdef, state, cache if cache_state is None else cache_state)
+
+    def call(m: Any, fused: bool, sow: bool, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """Call the module, capturing what it sows (nnx.capture, flax's intended API)."""
+        with count_fused_calls() as calls:
+            y, sown = nnx.capture(lambda mod: mod(*args, sow_weights=sow, **kwargs),
+                                  nnx.Intermediate)(m)  # fmt: skip
+        weights = sown["attention_weights"].get_value()[0] if "attention_weights" in sown else None
+        check_path(fused, calls[0], weights is not None)
+        return y, weights
+
+    def dropout_kwargs(seed: Any, training: bool) -> dict[str, Any]:
+        if not rate:
+            return {}
+        if not training:
+            return {"deterministic": True}
+        return {"deterministic": False, "rngs": nnx.Rngs(dropout=jax.random.key(seed))}
+
+    def fwd(pure, xq, xk, xv, mask, seed, d_out, *, is_causal, training, fused, sow):  # noqa: ANN001, ANN202
+        """Forward; with `d_out` also jax.vjp w.r.t. the inputs and every parameter.
+
+        Self-attention passes xk = xv = None: the layer then uses `xq` for all three
+        (flax's own self-attention call), so the query's gradient is the total.
+        """
+        extra = dropout_kwargs(seed, training)
+
+        def forward(pure: Any, xq: Any, xk: Any, xv: Any) -> tuple[Any, Any]:
+            return call(merge(pure), fused, sow, xq, xk, xv, mask=mask, is_causal=is_causal,
+                        decode=False, **extra)  # fmt: skip
+
+        if d_out is None:
+            return forward(pure, xq, xk, xv), None
+        y, vjp, weights = jax.vjp(forward, pure, xq, xk, xv, has_aux=True)
+        return (y, weights), vjp(d_out)
+
+    def step(pure, cache_state, x, *, fused, sow):  # noqa: ANN001, ANN202
+        m = merge(pure, cache_state)
+        y, _ = call(m, fused, sow, x, decode=True, **dropout_kwargs(None, False))
+        return y, nnx.state(m, nnx.Cache)
+
+    statics = ("is_causal", "training", "fused", "sow")
+    built = _Built(graphdef, params, cache if decode else None,
+                   jax.jit(fwd, static_argnames=statics),
+                   jax.jit(step, static_argnames=("fused", "sow")))  # fmt: skip
+    _BUILT[key] = built
+    return built
+
+
+def dropout_rate(case: Case) -> float:
+    """The case's attention dropout rate (0 without one)."""
+    return float(case.dropout.rate) if case.dropout is not None else 0.0
+
+
 class _FlaxNnx(Adapter):
     fused = True  # the path this variant is named after (checked on every trace)
     sow_weights = False  # what it passes to the layer to get there
-
-    def __init__(self) -> None:
-        self._built: dict[tuple, _Built] = {}
 
     def setup(self) -> None:
         setup_jax()
@@ -158,96 +303,6 @@ class _FlaxNnx(Adapter):
     def versions(self) -> dict[str, str]:
         return jax_versions()
 
-    # --- building ---------------------------------------------------------------------------
-
-    def _check_path(self, calls: int, sown: bool) -> None:
-        """Raise if flax took a different path than this variant is named after."""
-        if self.fused and (calls != 1 or sown):
-            raise RuntimeError(
-                f"expected the fused path (one jax.nn.dot_product_attention call, nothing "
-                f"sown), saw {calls} fused call(s), sown={sown}"
-            )
-        if not self.fused and (calls != 0 or not sown):
-            raise RuntimeError(
-                f"expected the explicit path (weights sown, no fused call), saw {calls} fused "
-                f"call(s), sown={sown}"
-            )
-
-    def _build(self, case: Case, decode: bool) -> _Built:
-        import jax
-        from flax import nnx
-
-        s = case.shape
-        if s.key_input_dim != s.value_input_dim:
-            raise Unsupported(
-                "key and value inputs with different dims: nnx.MultiHeadAttention has one "
-                "in_kv_features for both"
-            )
-        key = (s.query_dim, s.key_input_dim, s.num_heads, s.num_kv_heads, s.key_dim)
-        key += (s.output_dim, case.use_bias, case.dtype, decode)
-        if decode:  # the cache's shape is part of the module's state
-            key += (s.batch, s.query_len)
-        if key in self._built:
-            return self._built[key]
-        dt = jax_dtype(case.dtype)
-        module = nnx.MultiHeadAttention(
-            num_heads=s.num_heads,
-            in_features=s.query_dim,
-            qkv_features=s.num_heads * s.key_dim,
-            out_features=s.output_dim,
-            num_kv_heads=s.num_kv_heads,
-            in_kv_features=s.key_input_dim,
-            use_bias=case.use_bias,
-            param_dtype=dt,
-            decode=decode,
-            rngs=nnx.Rngs(0),
-        )
-        if decode:
-            module.init_cache((s.batch, s.query_len, s.query_dim), dtype=dt)
-        graphdef, _ = nnx.split(module)
-        sow = self.sow_weights
-
-        def call(m: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            """Call the module, capturing what it sows (nnx.capture, flax's intended API)."""
-            with count_fused_calls() as calls:
-                y, sown = nnx.capture(lambda mod: mod(*args, **kwargs), nnx.Intermediate)(m)
-            weights = (
-                sown["attention_weights"].get_value()[0] if "attention_weights" in sown else None
-            )
-            self._check_path(calls[0], weights is not None)
-            return y, weights
-
-        def fwd(state: Any, xq: Any, xk: Any, xv: Any, mask: Any, is_causal: bool) -> Any:
-            m = nnx.merge(graphdef, state)
-            return call(
-                m, xq, xk, xv, mask=mask, is_causal=is_causal, sow_weights=sow, decode=False
-            )
-
-        def step(state: Any, x: Any) -> Any:
-            m = nnx.merge(graphdef, state)
-            y, _ = call(m, x, sow_weights=sow, decode=True)
-            return y, nnx.state(m)
-
-        built = _Built(
-            module,
-            jax.jit(fwd, static_argnames=("is_causal",)),
-            jax.jit(step),
-        )
-        self._built[key] = built
-        return built
-
-    def _set_weights(self, module: Any, inputs: CaseInputs, case: Case, device: Any) -> None:
-        dt = case.dtype
-        for name, proj in (("q", module.query), ("k", module.key), ("v", module.value)):
-            proj.kernel[...] = to_jax(to_einsum_kernel(inputs.native(f"w{name}")), dt, device)
-            if case.use_bias:
-                proj.bias[...] = to_jax(inputs.native(f"b{name}"), dt, device)
-        module.out.kernel[...] = to_jax(inputs.native("wo"), dt, device)  # [H, V, Do] as is
-        if case.use_bias:
-            module.out.bias[...] = to_jax(inputs.native("bo"), dt, device)
-
-    # --- running ----------------------------------------------------------------------------
-
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         try:
             return self._run(case, inputs, device)
@@ -256,39 +311,56 @@ class _FlaxNnx(Adapter):
             raise
 
     def _run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
-        from flax import nnx
+        import jax
 
+        s = case.shape
+        if s.key_input_dim != s.value_input_dim:
+            raise Unsupported(
+                "key and value inputs with different dims: nnx.MultiHeadAttention has one "
+                "in_kv_features for both"
+            )
         dev = jax_device(device)
         dt = case.dtype
-        decode = case.decode is not None
-        built = self._build(case, decode)
-        self._set_weights(built.module, inputs, case, dev)
-        if decode:
-            built.module.init_cache(
-                (case.shape.batch, case.shape.query_len, case.shape.query_dim), dtype=jax_dtype(dt)
-            )
-        state = nnx.state(built.module)
-        xq = to_jax(inputs.native("query"), dt, dev)
+        built = _build(case, dropout_rate(case))
+        pure = flax_params(case, inputs, dev)
+        path = {"fused": self.fused, "sow": self.sow_weights}
+        query = inputs.native("query")
 
-        if decode:
+        if case.decode is not None:
+            # A fresh cache holds zeros and index 0, exactly what init_cache makes.
+            state = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), dev),
+                                 built.cache)  # fmt: skip
             outs = []
-            for t in range(case.shape.query_len):  # one token per call: nnx's cache demands it
-                y, state = built.step(state, xq[:, t : t + 1])
+            for t in range(s.query_len):  # one token per call: nnx's cache demands it
+                x = to_jax(query[:, t : t + 1], dt, dev)  # sliced on the host: no eager op
+                y, state = built.step(pure, state, x, **path)
                 outs.append(to_numpy(y))
             return {"output": np.concatenate(outs, axis=1)}
 
-        # Self-attention hands the very same array to all three inputs, as users do.
-        xk = xq if case.self_attention else to_jax(inputs.native("key"), dt, dev)
-        xv = xq if case.self_attention else to_jax(inputs.native("value"), dt, dev)
+        xq = to_jax(query, dt, dev)
+        # Self-attention: the layer's own self-attention call (key and value None), so one
+        # array is query, key and value, as users write it.
+        xk = None if case.self_attention else to_jax(inputs.native("key"), dt, dev)
+        xv = None if case.self_attention else to_jax(inputs.native("value"), dt, dev)
         is_causal = bool(case.mask.causal) and causal_offset(case) == 0
         attend, bias = build_mask(strip_mask(case, causal=None) if is_causal else case)
         if bias is not None:  # declared unsupported; never reached through evaluate()
             raise Unsupported("additive masks: the layer takes a boolean mask only")
         mask = None if attend is None else to_jax(attend, "bool", dev)
-        y, weights = built.fwd(state, xq, xk, xv, mask, is_causal=is_causal)
+        training = case.dropout is not None and case.dropout.training
+        seed = np.int64(case.dropout.seed if training else 0)  # what nnx.Rngs(dropout=seed) keys
+        d_out = to_jax(inputs.native("grad_output"), dt, dev) if case.gradients else None
+        (y, weights), grads = built.fwd(pure, xq, xk, xv, mask, seed, d_out,
+                                        is_causal=is_causal, training=training, **path)  # fmt: skip
         out = {"output": to_numpy(y)}
         if weights is not None:
             out["weights"] = to_numpy(weights)
+        if grads is not None:
+            g_params, g_query, g_key, g_value = grads
+            out["grad_query"] = to_numpy(g_query)
+            if not case.self_attention:
+                out["grad_key"], out["grad_value"] = to_numpy(g_key), to_numpy(g_value)
+            out.update(flax_param_grads(g_params))
         return out
 
 
@@ -318,7 +390,11 @@ class FlaxNnxFused(_FlaxNnx):
                 tf32_on_cuda(),
             ],
         ),
-        unsupported_reasons=_UNSUPPORTED,
+        unsupported_reasons={
+            **_UNSUPPORTED,
+            "dropout": _FUSED_NO_DROPOUT,
+            "dropout-training": _FUSED_NO_DROPOUT,
+        },
     )
     fused = True
     sow_weights = False
@@ -328,9 +404,10 @@ class FlaxNnxExplicit(_FlaxNnx):
     declaration = Declaration(
         name="flax.nnx.explicit",
         summary="flax.nnx.MultiHeadAttention(sow_weights=True): flax's own einsum + softmax "
-        "(the path dropout takes), per-head weights sown and compared",
+        "(the path dropout takes), per-head weights sown and compared; attention dropout "
+        "(broadcast_dropout=True, the default)",
         framework="flax",
-        features=_FEATURES | {"weights"},
+        features=_FEATURES | {"weights", "dropout", "dropout-training"},
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
@@ -347,6 +424,7 @@ class FlaxNnxExplicit(_FlaxNnx):
             [tf32_on_cuda()],
         ),
         unsupported_reasons={k: v for k, v in _UNSUPPORTED.items() if k != "weights"},
+        dropout=NNX_DROPOUT,
     )
     fused = False
     sow_weights = True

@@ -18,6 +18,10 @@ What each variant calls (see docs/adapters/jax.md for the evidence behind every 
   boolean mask to the logits as a large negative bias. Shapes cuDNN refuses are `unsupported`
   with cuDNN's reason.
 
+Gradient cases: the same jitted call runs jax.vjp of the attention w.r.t. q, k and v with the
+case's grad_output (B T N H) as the cotangent; K/V gradients come back with G heads (JAX's
+grouped-query path sums each group). No dropout argument: neither dropout tag.
+
 All JAX/Flax adapters share the worker "jax", which runs with x64 enabled (set before any array
 exists) so float64 cases really hand float64 arrays to JAX.
 
@@ -35,7 +39,7 @@ import numpy as np
 from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
-from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk
+from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk, from_einsum_kernel, to_einsum_kernel
 from conformance.masks import build_mask, causal_offset
 
 JAX_SRC = "https://github.com/jax-ml/jax/blob/jax-v0.10.2/jax/_src/nn/functions.py"
@@ -131,6 +135,67 @@ def to_jax(x: np.ndarray, dtype: str, device: Any) -> Any:
     return jax.device_put(np.asarray(x).astype(jax_dtype(dtype)), device)
 
 
+class _HeldArrays:
+    """Device copies of one CaseInputs' weights, reused while the runner stays on that object.
+
+    The runner hands every adapter of a worker the same CaseInputs for a case (case-major
+    order), and a training-mode dropout case the same one for each of its draws: the weights
+    then cross to the device once, not once per adapter and draw. Keyed on the object itself
+    (held, so its id cannot be reused), the dtype, the device and the layout. The harness
+    never modifies a CaseInputs after make_inputs (fuzz's metamorphic runs derive copies).
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._entries: list[tuple[Any, tuple, dict[str, Any]]] = []
+        self._size = size
+
+    def get(self, inputs: CaseInputs, key: tuple, build: Any) -> dict[str, Any]:  # noqa: ANN401
+        for held, held_key, arrays in self._entries:
+            if held is inputs and held_key == key:
+                return arrays
+        arrays = build()
+        self._entries = [(inputs, key, arrays), *self._entries[: self._size - 1]]
+        return arrays
+
+
+_HELD = _HeldArrays()
+
+FLAX_PROJECTIONS = (("query", "q"), ("key", "k"), ("value", "v"))
+
+
+def flax_params(case: Case, inputs: CaseInputs, device: Any) -> dict[str, dict[str, Any]]:  # noqa: ANN401
+    """The canonical weights in Flax's parameter tree (nnx and linen name them alike):
+    query/key/value {"kernel": [D, N, K] = to_einsum_kernel(w), "bias": [N, K]}, out
+    {"kernel": [H, V, Do] (canonical wo), "bias": [Do]}; biases only with `use_bias`.
+    """
+
+    def build() -> dict[str, dict[str, Any]]:
+        dt = case.dtype
+        tree: dict[str, dict[str, Any]] = {}
+        for proj, n in FLAX_PROJECTIONS:
+            tree[proj] = {"kernel": to_jax(to_einsum_kernel(inputs.native(f"w{n}")), dt, device)}
+            if case.use_bias:
+                tree[proj]["bias"] = to_jax(inputs.native(f"b{n}"), dt, device)
+        tree["out"] = {"kernel": to_jax(inputs.native("wo"), dt, device)}
+        if case.use_bias:
+            tree["out"]["bias"] = to_jax(inputs.native("bo"), dt, device)
+        return tree
+
+    return _HELD.get(inputs, ("flax", case.dtype, str(device), case.use_bias), build)
+
+
+def flax_param_grads(grads: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Gradients in Flax's parameter tree -> canonical grad_w*/grad_b* (kernels [D, N, K] ->
+    [N, D, K] with layouts.from_einsum_kernel; biases and the output kernel are canonical)."""
+    out: dict[str, np.ndarray] = {}
+    for proj, n in (*FLAX_PROJECTIONS, ("out", "o")):
+        kernel = to_numpy(grads[proj]["kernel"])
+        out[f"grad_w{n}"] = kernel if proj == "out" else from_einsum_kernel(kernel)
+        if "bias" in grads[proj]:
+            out[f"grad_b{n}"] = to_numpy(grads[proj]["bias"])
+    return out
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """Back to NumPy; bfloat16 (not a NumPy floating type) widens losslessly to float32."""
     arr = np.asarray(x)
@@ -182,6 +247,7 @@ _KERNEL_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        "gradients",
     }
 )
 
@@ -192,6 +258,8 @@ _UNSUPPORTED = {
     "weights-mean": "jax.nn.dot_product_attention returns the output only, never the weights",
     "decode": "jax.nn.dot_product_attention has no key/value cache",
     "layer": "kernel only: no projections",
+    "dropout": "jax.nn.dot_product_attention has no dropout argument",
+    "dropout-training": "jax.nn.dot_product_attention has no dropout argument",
 }
 
 SOFTMAX_F32 = (
@@ -370,23 +438,34 @@ def _cudnn_divergences() -> tuple[Divergence, ...]:
 
 @functools.cache
 def _jitted_dpa() -> Any:
-    """One jitted wrapper; flags are static, so each distinct call signature compiles once."""
+    """One jitted wrapper for every variant; flags are static, so each distinct call signature
+    compiles once. With `d_out` (gradient cases) the same call also runs jax.vjp of the
+    attention w.r.t. q, k and v with `d_out` as the cotangent: the backward belongs to the
+    same compiled program and the same path as the forward.
+    """
     import jax
 
-    def call(q, k, v, bias, mask, q_len, kv_len, *, scale, is_causal, window, implementation):
-        return jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            bias,
-            mask,
-            scale=scale,
-            is_causal=is_causal,
-            query_seq_lengths=q_len,
-            key_value_seq_lengths=kv_len,
-            local_window_size=window,
-            implementation=implementation,
-        )
+    def call(q, k, v, bias, mask, q_len, kv_len, d_out, *, scale, is_causal, window,
+             implementation):  # fmt: skip
+        def attend(q: Any, k: Any, v: Any) -> Any:
+            return jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                bias,
+                mask,
+                scale=scale,
+                is_causal=is_causal,
+                query_seq_lengths=q_len,
+                key_value_seq_lengths=kv_len,
+                local_window_size=window,
+                implementation=implementation,
+            )
+
+        if d_out is None:
+            return attend(q, k, v), None
+        out, vjp = jax.vjp(attend, q, k, v)
+        return out, vjp(d_out)
 
     return jax.jit(call, static_argnames=("scale", "is_causal", "window", "implementation"))
 
@@ -446,8 +525,12 @@ class _JaxDpa(Adapter):
         mask = None if args["mask"] is None else _device_put(args["mask"], dev)
         q_len = None if args["q_len"] is None else _device_put(args["q_len"], dev)
         kv_len = None if args["kv_len"] is None else _device_put(args["kv_len"], dev)
+        # dY in the output's layout (B T N H), in the case dtype like every other input.
+        d_out = (
+            to_jax(bhtk_to_bthk(inputs.native("grad_output")), dt, dev) if case.gradients else None
+        )
         try:
-            out = _jitted_dpa()(
+            out, grads = _jitted_dpa()(
                 q,
                 k,
                 v,
@@ -455,6 +538,7 @@ class _JaxDpa(Adapter):
                 mask,
                 q_len,
                 kv_len,
+                d_out,
                 scale=args["scale"],
                 is_causal=args["is_causal"],
                 window=args["window"],
@@ -465,7 +549,12 @@ class _JaxDpa(Adapter):
         except ValueError as error:
             cpu_f16_refusal(error)
             raise
-        return {"output": bthk_to_bhtk(to_numpy(out))}
+        result = {"output": bthk_to_bhtk(to_numpy(out))}
+        if grads is not None:
+            # K/V gradients come back with G heads: JAX's grouped-query path sums each group.
+            names = ("grad_q", "grad_k", "grad_v")
+            result.update((n, bthk_to_bhtk(to_numpy(g))) for n, g in zip(names, grads, strict=True))
+        return result
 
 
 def _device_put(x: np.ndarray, dev: Any) -> Any:

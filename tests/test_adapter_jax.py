@@ -1,4 +1,5 @@
-"""The JAX and Flax adapters: weight layouts, float64 behaviour, decoding, masked rows, paths.
+"""The JAX and Flax adapters: weight layouts, float64 behaviour, decoding, masked rows, paths,
+gradients (jax.vjp) and attention dropout.
 
 Every assertion is on a real verdict from conformance.evaluate (or on real framework output),
 so these tests fail when an adapter, a declaration or the framework's behaviour changes.
@@ -12,10 +13,15 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
+import dataclasses  # noqa: E402
+
+from conformance.adapter import DropoutBehavior  # noqa: E402
+from conformance.backward import gradient_names, gradients  # noqa: E402
 from conformance.case import Case, Decode, Mask, Shape  # noqa: E402
 from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
 from conformance.layouts import from_einsum_kernel, to_einsum_kernel  # noqa: E402
 from conformance.reference import attention  # noqa: E402
+from conformance.spec import load_spec, shipped_specs_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,6 +49,7 @@ def make_case(
     mask: Mask | None = None,
     compare: tuple[str, ...] = ("output",),
     decode: Decode | None = None,
+    gradients: bool = False,
 ) -> Case:
     S = S or T
     G = G or H
@@ -57,6 +64,7 @@ def make_case(
         dtype=dtype,
         compare=compare,
         decode=decode,
+        gradients=gradients,
         self_attention=(S == T and Dk == 12),
         params=(("dtype", dtype),),
     )
@@ -310,3 +318,127 @@ def test_declarations_share_the_x64_worker() -> None:
     cudnn = jax_dpa.JaxDpaCudnn()
     cudnn.setup()
     assert all(d.startswith("cuda") for d in cudnn.devices())  # none on a CPU-only machine
+
+
+# --- gradients (jax.vjp inside the jitted call) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, Case]:
+    specs = shipped_specs_dir()
+    return {c.id: c for name in ("gradients", "dropout") for c in load_spec(specs / f"{name}.yaml")}
+
+
+def gradient_errors(adapter, case: Case, policy: str = "nan") -> dict[str, float]:  # noqa: ANN001
+    """Largest |adapter - float64 backward| per gradient name, under a masked-row policy."""
+    inputs = CACHE.inputs(case)
+    out = adapter.run(case, inputs, "cpu")
+    ref = gradients(case, inputs, masked_rows=policy)
+    return {n: float(np.max(np.abs(out[n] - ref[n]))) for n in gradient_names(case)}
+
+
+def test_dpa_gradients_and_float32_softmax(dpa, shipped) -> None:  # noqa: ANN001
+    """grad_q/k/v through jax.vjp; K/V gradients summed over each query group by JAX itself.
+
+    float64: the softmax runs in float32 (`softmax-float32`), and its backward too: every
+    gradient errs ~1e-7, far above float64's 1e-9, so the divergence must cover the gradients
+    (it declares no `outputs=`) and the float32 tolerance holds them.
+    """
+    r32 = run(dpa["xla"], shipped["gradients/grouped-query-kernel[float32]"])
+    assert r32["verdict"] == "pass", r32["message"]
+    assert r32["compared"] == ["output", "grad_q", "grad_k", "grad_v"]
+    case = shipped["gradients/grouped-query-kernel[float64]"]
+    r = run(dpa["xla"], case)
+    assert r["verdict"] == "diverges" and r["divergence"]["id"] == "softmax-float32", r["message"]
+    divergence = dpa["xla"].declaration.divergence_for(case, "cpu")
+    assert divergence.outputs is None  # covers the gradients, not only the output
+    errors = gradient_errors(dpa["xla"], case)
+    assert all(1e-9 < e < 1e-5 for e in errors.values()), errors
+
+
+def test_dpa_gradients_of_masked_rows(dpa, shipped) -> None:  # noqa: ANN001
+    """A fully masked row's uniform weights take no gradient through the logits (JAX's
+    jnp.where), and padded query rows zeroed by query_seq_lengths send none back: both are
+    verified on the gradients under the declared policy."""
+    r = run(dpa["xla"], shipped["gradients/masked-rows-kernel[float32]"])
+    assert r["verdict"] == "diverges" and r["divergence"]["id"] == "masked-rows-uniform"
+    case = shipped["gradients/query-padding-kernel[float32]"]
+    r = run(dpa["seq"], case)
+    assert r["verdict"] == "diverges" and r["divergence"]["id"] == "query-padding-zeros"
+    assert max(gradient_errors(dpa["seq"], case, "zeros").values()) < 1e-5
+
+
+def test_nnx_gradients(nnx_adapters, shipped) -> None:  # noqa: ANN001
+    """Inputs and every parameter, mapped back from Flax's kernels; self-attention's
+    grad_query is the total through q, k and v."""
+    case = shipped["gradients/grouped-query-layer[float64]"]
+    r = run(nnx_adapters["explicit"], case)
+    assert r["verdict"] == "pass", r["message"]
+    assert r["max_abs_error"] < 1e-12  # flax's own softmax: a genuine float64 backward
+    assert "grad_wk" in r["compared"] and "grad_query" in r["compared"]
+    r = run(nnx_adapters["fused"], case)
+    assert r["verdict"] == "diverges" and r["divergence"]["id"] == "softmax-float32"
+    cross = make_case("cross-grad", T=5, S=7, Dk=10, G=2, gradients=True,
+                      mask=Mask(causal="bottom-right"))  # fmt: skip
+    r = run(nnx_adapters["explicit"], cross)
+    assert r["verdict"] == "pass", r["message"]
+    assert {"grad_key", "grad_value"} <= set(r["compared"])
+
+
+def test_linen_gradients(linen, shipped) -> None:  # noqa: ANN001
+    r = run(linen, shipped["gradients/cross-layer[float64]"])  # key and value dims differ
+    assert r["verdict"] == "pass", r["message"]
+    assert r["max_abs_error"] < 1e-12
+    r = run(linen, shipped["gradients/masked-rows-layer[float64]"])
+    assert r["verdict"] == "diverges" and r["divergence"]["id"] == "masked-rows-uniform"
+
+
+# --- dropout ------------------------------------------------------------------------------------
+
+
+def test_flax_dropout_inference_and_training(nnx_adapters, linen, shipped) -> None:  # noqa: ANN001
+    """Inference with a rate equals no dropout; training draws are 0 or P/(1-p), keep 1-p on
+    average, and share one [T, S] mask across batch and heads (broadcast_dropout)."""
+    for adapter in (nnx_adapters["explicit"], linen):
+        r = run(adapter, shipped["dropout/inference-layer[float64]"])
+        assert r["verdict"] == "pass" and r["max_abs_error"] < 1e-12, r["message"]
+        r = run(adapter, shipped["dropout/training-layer-weights[float32]"])
+        assert r["verdict"] == "pass", r["message"]
+        assert "one mask shared across heads" in r["message"]
+        assert "one mask shared across batch" in r["message"]
+
+
+def test_flax_dropout_sharing_is_checked(linen, shipped) -> None:  # noqa: ANN001
+    """Declaring Flax's broadcast mask as independent per head and batch element fails."""
+    from conformance.adapters.flax_linen import FlaxLinen
+
+    class Independent(FlaxLinen):
+        declaration = dataclasses.replace(
+            FlaxLinen.declaration, dropout=DropoutBehavior(target="weights", shared=())
+        )
+
+    wrong = Independent()
+    wrong.setup()
+    r = run(wrong, shipped["dropout/training-layer[float32]"])
+    assert r["verdict"] == "fail"
+    assert "independent masks across" in r["message"]
+
+
+def test_dropout_unsupported_where_the_path_cannot_take_it(dpa, nnx_adapters, shipped) -> None:  # noqa: ANN001
+    case = shipped["dropout/inference-layer[float32]"]
+    r = run(nnx_adapters["fused"], case)
+    assert r["verdict"] == "unsupported" and "explicit path" in r["message"]
+    assert "dropout" in run(dpa["xla"], shipped["dropout/inference-kernel[float32]"])["message"]
+    # Forced anyway, the fused variant's path check refuses the explicit path dropout takes.
+    from conformance.adapters.flax_nnx import FlaxNnxFused
+
+    class Forced(FlaxNnxFused):
+        declaration = dataclasses.replace(
+            FlaxNnxFused.declaration,
+            features=FlaxNnxFused.declaration.features | {"dropout"},
+        )
+
+    forced = Forced()
+    forced.setup()
+    r = run(forced, case)
+    assert r["verdict"] == "error" and "expected the fused path" in r["message"]
