@@ -27,9 +27,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cache", action="store_true", help="empty compilation/export cache")
     parser.add_argument("--jobs", "-j", type=int, default=None)
+    parser.add_argument("--out", help="run folder to keep (default: a temporary folder)")
     parser.add_argument("rest", nargs="*", help="extra arguments for conformance run")
     args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="conformance-bench-"))
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="conformance-bench-"))
     env = dict(os.environ)
     if args.no_cache:
         env["CONFORMANCE_CACHE_DIR"] = str(out / "empty-cache")
