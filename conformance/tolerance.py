@@ -1,7 +1,7 @@
 """The tolerance policy, per dtype.
 
 Fixed rule (every element): |actual - expected| <= atol + rtol * |expected|, with (rtol, atol)
-from torch.testing.assert_close's defaults, except float64, which is tighter on purpose:
+as in torch.testing.assert_close's defaults, except float64, which is tighter on purpose:
 torch's float64 default (1e-7, 1e-7) would let an implementation that quietly computes float64
 layers in float32 (errors ~1e-7) slip through. A genuine float64 computation of these small
 cases errs by ~1e-15, so 1e-9 leaves six orders of margin on both sides.
