@@ -424,7 +424,23 @@ class _Plan:
     feeds: dict[str, np.ndarray]
 
 
-class OnnxAttentionBase(Adapter):
+class OrtAdapter(Adapter):
+    """What every ONNX Runtime adapter shares: a quiet ORT, a session cache, devices, versions."""
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        self._sessions = SessionCache()
+
+    def devices(self) -> list[str]:
+        return ort_devices()
+
+    def versions(self) -> dict[str, str]:
+        return ort_versions()
+
+
+class OnnxAttentionBase(OrtAdapter):
     """Shared implementation; subclasses set the declaration and the class constants."""
 
     OPSET = 23
@@ -438,16 +454,8 @@ class OnnxAttentionBase(Adapter):
 
     def setup(self) -> None:
         import onnx  # noqa: F401 - fail early if missing
-        import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)
-        self._sessions = SessionCache()
-
-    def devices(self) -> list[str]:
-        return ort_devices()
-
-    def versions(self) -> dict[str, str]:
-        return ort_versions()
+        super().setup()
 
     # -- planning ----------------------------------------------------------------------------
 

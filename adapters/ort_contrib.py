@@ -25,19 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Declaration, Divergence, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs, make_inputs
 from conformance.layouts import merge_heads, split_heads
 from conformance.masks import build_mask, causal_offset, combined_additive
 
 from .onnx_attention import (
+    OrtAdapter,
     OrtSession,
-    SessionCache,
     make_model,
     onnx_elem_type,
-    ort_devices,
-    ort_versions,
     provider_for,
     require_dtype,
     require_fused,
@@ -124,22 +122,10 @@ class _Plan:
     feeds: dict[str, np.ndarray]
 
 
-class OrtContribBase(Adapter):
+class OrtContribBase(OrtAdapter):
     OP = ""
     DTYPES: tuple[str, ...] = ("float32", "float16")
     DTYPE_REASON = "NumPy has no bfloat16 to feed ONNX Runtime"
-
-    def setup(self) -> None:
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(3)
-        self._sessions = SessionCache()
-
-    def devices(self) -> list[str]:
-        return ort_devices()
-
-    def versions(self) -> dict[str, str]:
-        return ort_versions()
 
     def _config(self, case: Case, **changes: Any) -> ContribConfig:
         s = case.shape

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import Declaration, Divergence, Unsupported
 from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs, make_inputs
 from conformance.layouts import to_linear, to_linear_out, to_packed_in_proj
@@ -43,10 +43,9 @@ from conformance.masks import build_mask, causal_offset, combined_additive, to_t
 
 from .onnx_attention import (
     NUMPY_DTYPES,
+    OrtAdapter,
     OrtSession,
-    SessionCache,
     open_session,
-    ort_devices,
     provider_for,
     require_dtype,
     require_fused,
@@ -171,16 +170,10 @@ class SdpaConfig:
     gqa: tuple[int, int] | None = None  # (H, G): static head counts for enable_gqa
 
 
-class TorchOnnxBase(Adapter):
+class TorchOnnxBase(OrtAdapter):
     def setup(self) -> None:
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(3)
+        super().setup()
         self._exporter = Exporter()
-        self._sessions = SessionCache()
-
-    def devices(self) -> list[str]:
-        return ort_devices()
 
     def versions(self) -> dict[str, str]:
         import onnx
