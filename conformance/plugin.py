@@ -34,7 +34,6 @@ bfloat16 included, on the device). Outputs may be any of these; they come back a
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .adapter import Adapter, Declaration, Divergence, ToleranceOverride, Unsupported
+from .adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
 from .case import Case
 from .inputs import CaseInputs
 from .layouts import (
@@ -56,7 +56,6 @@ from .layouts import (
 from .masks import build_mask, combined_additive, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
-ARRAY_KINDS = ("numpy", "torch", "jax", "tensorflow")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
 WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum")
 KV_HEADS = ("native", "repeat", "equal")
@@ -73,61 +72,6 @@ _FRAMEWORK_OF = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow":
 
 
 # --- arrays in, arrays out -----------------------------------------------------------------
-
-
-def to_framework(array: np.ndarray, dtype: str, kind: str, device: str = "cpu") -> Any:
-    """A NumPy array in the case dtype's storage form -> the framework's array of that dtype.
-
-    Boolean arrays stay boolean. bfloat16 (stored as float32 holding bfloat16 values) becomes
-    the framework's bfloat16, losslessly.
-    """
-    is_bool = array.dtype == np.bool_
-    if kind == "numpy":
-        return array
-    if kind == "torch":
-        import torch
-
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if not is_bool:
-            tensor = tensor.to(getattr(torch, dtype))
-        return tensor.to(device)
-    if kind == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        target = jnp.bool_ if is_bool else getattr(jnp, dtype)
-        value = jnp.asarray(array, dtype=target)
-        if device != "cpu":
-            platform, _, index = device.partition(":")
-            value = jax.device_put(value, jax.devices(platform)[int(index or 0)])
-        return value
-    if kind == "tensorflow":
-        import tensorflow as tf
-
-        target = tf.bool if is_bool else getattr(tf, dtype)
-        with tf.device(_tf_device(device)):
-            return tf.constant(array, dtype=target)
-    raise ValueError(f"arrays must be one of {ARRAY_KINDS}, got {kind!r}")
-
-
-def _tf_device(device: str) -> str:
-    platform, _, index = device.partition(":")
-    return f"/{'GPU' if platform == 'cuda' else platform.upper()}:{index or 0}"
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """Any framework's array -> NumPy, keeping its precision (bfloat16 widens to float32)."""
-    if hasattr(value, "detach"):  # torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        return value.numpy()
-    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # tensorflow
-        value = value.numpy()
-    array = np.asarray(value)
-    if array.dtype.name == "bfloat16":  # ml_dtypes (JAX, TensorFlow): not a NumPy floating type
-        array = array.astype(np.float32)
-    return array
 
 
 # --- masks ---------------------------------------------------------------------------------
@@ -221,13 +165,7 @@ class FunctionAdapter(Adapter):
     _devices: tuple[str, ...] = ("cpu",)
 
     def setup(self) -> None:
-        kind = self.convention["arrays"]
-        if kind == "jax":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)  # float64 cases must stay float64
-        elif kind != "numpy":
-            importlib.import_module(kind)
+        prepare_arrays(self.convention["arrays"])
         if self._setup_hook is not None:
             self._setup_hook()
 
