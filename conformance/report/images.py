@@ -78,6 +78,7 @@ def weights_image(grid: list | np.ndarray) -> np.ndarray:
     """Attention weights in [0, 1] on viridis; NaN as light grey."""
     a = as_array(grid) if isinstance(grid, list) else np.asarray(grid, dtype=np.float64)
     stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
+    # NaN only needs a placeholder for the colour ramp: those pixels are repainted MISSING below.
     rgb = _ramp(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0), stops, _VIRIDIS)
     rgb[np.isnan(a)] = MISSING
     return rgb.round().astype(np.uint8)
@@ -91,6 +92,7 @@ def error_image(
     scale = atol if atol and atol > 0 else 1e-6
     with np.errstate(divide="ignore", invalid="ignore"):
         level = np.log10(np.where(errors > 0, errors / scale, 1e-300))
+    # Placeholder for the ramp only: NaN errors are repainted MISSING, misplaced NaN flagged below.
     level = np.clip(np.nan_to_num(level, nan=-4.0), -4.0, 5.0)
     rgb = _ramp(level, _ERROR_STOPS, _ERROR)
     rgb[np.isnan(errors)] = MISSING
