@@ -17,8 +17,10 @@ framework's generator with it), and the draws are checked against what dropout *
 2. Kept fraction: the kept share of those weights is 1 - p within z * sqrt(p (1 - p) / n),
    n the independent mask entries seen, z for a two-sided false-alarm probability ALPHA.
 3. Mean: the mean output over the draws converges to the no-dropout output: every element
-   within z * s / sqrt(N) (s the sample standard deviation over the N draws) plus the case
-   dtype's tolerance, z Bonferroni-corrected over the elements for family-wise ALPHA.
+   within t * s / sqrt(N) (s the sample standard deviation over the N draws) plus the case
+   dtype's tolerance, t Student's quantile with N - 1 degrees of freedom (s is estimated from
+   the same draws; conformance.stats), Bonferroni-corrected over the elements for family-wise
+   ALPHA.
 4. Sharing: the keep masks of different heads (batch elements) are identical exactly when the
    adapter declares the mask shared along that axis (Declaration.dropout.shared), and differ
    in at least half the expected 2 p (1 - p) share of positions when it declares them
@@ -44,6 +46,7 @@ from .adapter import DropoutBehavior, Unsupported
 from .case import Case
 from .inputs import CaseInputs
 from .reference import attention, project_heads
+from .stats import t_quantile_upper
 
 if TYPE_CHECKING:
     from .adapter import Adapter
@@ -298,21 +301,22 @@ def check_draws(
     mean = ys.mean(axis=0)
     sem = ys.std(axis=0, ddof=1) / np.sqrt(n_draws)
     m = int(np.isfinite(ref_out).sum())
-    z = NormalDist().inv_cdf(1 - ALPHA / (2 * max(m, 1)))
-    allowed = z * sem + atol + rtol * np.abs(ref_out)
+    t = t_quantile_upper(ALPHA / (2 * max(m, 1)), n_draws - 1)
+    allowed = t * sem + atol + rtol * np.abs(ref_out)
     dev = np.abs(mean - ref_out)
     worst = float(np.max(dev / allowed)) if dev.size else 0.0
     stats.update(
         mean_max_abs_error=float(dev.max(initial=0.0)),
-        mean_z=float(z),
+        mean_t=float(t),
         mean_worst_ratio=worst,
     )
     findings.append(
         Finding(
             bool(np.all(dev <= allowed)),
             f"mean of {n_draws} draws vs the no-dropout output: max |error| "
-            f"{dev.max(initial=0.0):.3g}, worst at {worst:.2f} of its bound z*s/sqrt(N) + tol "
-            f"(z = {z:.2f}: family-wise alpha {ALPHA:g} over {m} elements)",
+            f"{dev.max(initial=0.0):.3g}, worst at {worst:.2f} of its bound t*s/sqrt(N) + tol "
+            f"(t = {t:.2f}, {n_draws - 1} degrees of freedom: family-wise alpha {ALPHA:g} "
+            f"over {m} elements)",
         )
     )
 
