@@ -19,6 +19,11 @@ MODES = ("layer", "kernel")
 COMPARABLE = ("output", "weights", "weights_mean")
 MASKED_ROW_POLICIES = ("nan", "zeros", "uniform")
 CAUSAL_ALIGNMENTS = ("top-left", "bottom-right")
+# Size tiers, smallest first: a run at one tier includes the tiers before it.
+#   small    toy sizes (rows <= ~32): every semantic question, in seconds
+#   default  kernel scale (rows ~30-2k): tile and block boundaries, in the default run
+#   large    long contexts (8k-32k): GPU runners and nightly jobs
+TIERS = ("small", "default", "large")
 
 Mode = Literal["layer", "kernel"]
 
@@ -130,6 +135,7 @@ class Case:
     # "file.npz#group": the case's own input arrays (and mask arrays), loaded instead of drawn
     inputs: str | None = None
     dropout: Dropout | None = None
+    tier: str = "small"
 
     @property
     def data_key(self) -> str:
@@ -279,11 +285,15 @@ def case_features(case: Case) -> frozenset[str]:
     return frozenset(tags)
 
 
+def in_tier(case: Case, tier: str) -> bool:
+    """Whether a run at `tier` includes the case (each tier includes the smaller ones)."""
+    return TIERS.index(case.tier) <= TIERS.index(tier)
+
+
 def has_fully_masked_rows(case: Case) -> bool:
     """Whether any query row ends up with every key masked (computed, not guessed)."""
-    from .masks import visible  # local: masks imports case
+    from .masks import any_fully_masked_row  # local: masks imports case
 
     if case.extra_keys:  # torch's appended key positions are always visible
         return False
-    seen = visible(case)
-    return seen is not None and bool((~seen.any(axis=-1)).any())
+    return any_fully_masked_row(case)

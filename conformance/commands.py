@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import __version__
-from .case import DTYPES, FEATURES, Case
+from .case import DTYPES, FEATURES, TIERS, Case, in_tier
 from .errors import UsageError
 from .evaluate import VERDICTS, record_key
 from .progress import Progress
@@ -30,6 +30,7 @@ from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
 
 DEFAULT_OUT = Path("reports/latest")
+DEFAULT_TIER = "default"  # what `conformance run` checks unless told otherwise
 
 
 # --- selection -----------------------------------------------------------------------------
@@ -68,6 +69,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 def select_cases(args: argparse.Namespace) -> list[Case]:
     paths = args.specs or [shipped_specs_dir()]
     cases = load_specs(paths)
+    tier = getattr(args, "tier", None)
+    # Cases named with --case run whatever their tier; otherwise the default tier applies.
+    if tier is not None or not getattr(args, "case", None):
+        cases = [c for c in cases if in_tier(c, tier or DEFAULT_TIER)]
     if getattr(args, "dtype", None):
         for dtype in args.dtype:
             if dtype not in DTYPES:
@@ -383,6 +388,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", action="append", metavar="DT", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--case", action="append", metavar="ID", help="exact case id; repeatable")
+    add_tier_argument(p)
     p.add_argument(
         "-k",
         dest="keyword",
@@ -416,6 +422,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
+
+
+def add_tier_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tier",
+        choices=TIERS,
+        help=f"size tier, each including the smaller ones: small (toy sizes, seconds), default "
+        f"(adds kernel-scale cases: rows across tile and block boundaries), large (adds 8k-32k "
+        f"contexts, for GPU runners and nightly jobs). Default: {DEFAULT_TIER}",
+    )
 
 
 def build_run_parser() -> argparse.ArgumentParser:
@@ -535,6 +551,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("specs", nargs="*", metavar="SPEC_PATH", help="for cases: spec files/folders")
     lst.add_argument("--dtype", action="append", metavar="DT")
     lst.add_argument("-k", dest="keyword", metavar="EXPR")
+    add_tier_argument(lst)
     lst.set_defaults(handler=cmd_list)
 
     show = sub.add_parser("show", help="print one resolved case: shapes, mask picture, semantics")

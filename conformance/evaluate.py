@@ -46,6 +46,7 @@ def base_record(case: Case, adapter: str, device: str) -> dict:
     return {
         "case": case.id,
         "family": case.family,
+        "tier": case.tier,
         "adapter": adapter,
         "device": device,
         "dtype": case.dtype,

@@ -21,50 +21,26 @@ def causal_offset(case: Case) -> int:
     return s.kv_len - s.query_len if case.mask.causal == "bottom-right" else 0
 
 
-def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(attend [B, 1|H, T, S] bool or None, bias [B, 1|H, T, S] float64 or None)."""
+def drawn_masks(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The seeded (or stored) dense parts of a mask: (random attend, additive bias), each
+    [B, 1|H, T, S] or None. Drawn whole, so a block of rows sees exactly the numbers the full
+    mask has; the loader bounds their size per tier (spec.estimate_bytes)."""
     s, m = case.shape, case.mask
     b, t, n = s.batch, s.query_len, s.kv_len
     heads = s.num_heads if m.per_head else 1
-    rows = np.arange(t)[:, None]
-    cols = np.arange(n)[None, :]
-    attend = None
-
-    def restrict(extra: np.ndarray) -> None:
-        nonlocal attend
-        full = np.broadcast_to(extra, (b, heads, t, n))
-        attend = full.copy() if attend is None else attend & full
-
-    offset = causal_offset(case)
-    if m.causal:
-        restrict(cols <= rows + offset)
-    if m.window is not None:
-        left, right = m.window
-        restrict((cols >= rows + offset - left) & (cols <= rows + offset + right))
-    if m.key_padding is not None:
-        lengths = np.asarray(m.key_padding)[:, None, None, None]
-        restrict(np.arange(n)[None, None, None, :] < lengths)
-    if m.query_padding is not None:
-        lengths = np.asarray(m.query_padding)[:, None, None, None]
-        restrict(np.arange(t)[None, None, :, None] < lengths)
     # A case with stored inputs (an imported peer-suite case) carries its own random/additive
     # mask arrays: `random`/`additive`/`bias` then describe them instead of drawing them.
     stored = _stored_masks(case)
+    attend = None
     if m.random_density is not None:
         if "mask.attend" in stored:
-            restrict(stored["mask.attend"].astype(bool))
+            attend = np.broadcast_to(stored["mask.attend"].astype(bool), (b, heads, t, n))
         else:
             draws = stream(case.data_key, "mask.random").random((b, heads, t, n))
-            restrict(draws >= m.random_density)
-    if m.masked_rows:
-        keep = np.ones((b, 1, t, 1), dtype=bool)
-        for bi, ti in m.masked_rows:
-            keep[bi, 0, ti, 0] = False
-        restrict(keep)
-
+            attend = draws >= m.random_density
     bias = None
     if "mask.bias" in stored and (m.additive_density is not None or m.bias_scale is not None):
-        bias = np.broadcast_to(stored["mask.bias"].astype(np.float64), (b, heads, t, n)).copy()
+        bias = np.broadcast_to(stored["mask.bias"].astype(np.float64), (b, heads, t, n))
         return attend, bias
     if m.additive_density is not None:
         draws = stream(case.data_key, "mask.additive").random((b, heads, t, n))
@@ -73,6 +49,65 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
         values = m.bias_scale * stream(case.data_key, "mask.bias").standard_normal((b, heads, t, n))
         bias = values if bias is None else bias + values
     return attend, bias
+
+
+def build_mask(
+    case: Case,
+    rows: tuple[int, int] | None = None,
+    drawn: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(attend [B, 1|H, T, S] bool or None, bias [B, 1|H, T, S] float64 or None).
+
+    `rows` = (t0, t1) builds query rows t0 <= t < t1 only ([B, 1|H, t1 - t0, S]): the
+    reference works through long cases a block of rows at a time. `drawn` passes the
+    case's drawn_masks() when the caller already has them (drawing once per case).
+    """
+    s, m = case.shape, case.mask
+    b, t, n = s.batch, s.query_len, s.kv_len
+    t0, t1 = rows if rows is not None else (0, t)
+    heads = s.num_heads if m.per_head else 1
+    rows_ = np.arange(t0, t1)[:, None]  # absolute query positions
+    cols = np.arange(n)[None, :]
+    attend = None
+
+    def restrict(extra: np.ndarray) -> None:
+        nonlocal attend
+        full = np.broadcast_to(extra, (b, heads, t1 - t0, n))
+        attend = full.copy() if attend is None else attend & full
+
+    offset = causal_offset(case)
+    if m.causal:
+        restrict(cols <= rows_ + offset)
+    if m.window is not None:
+        left, right = m.window
+        restrict((cols >= rows_ + offset - left) & (cols <= rows_ + offset + right))
+    if m.key_padding is not None:
+        lengths = np.asarray(m.key_padding)[:, None, None, None]
+        restrict(np.arange(n)[None, None, None, :] < lengths)
+    if m.query_padding is not None:
+        lengths = np.asarray(m.query_padding)[:, None, None, None]
+        restrict(np.arange(t0, t1)[None, None, :, None] < lengths)
+    random_attend, bias = drawn if drawn is not None else drawn_masks(case)
+    if random_attend is not None:
+        restrict(random_attend[:, :, t0:t1])
+    if m.masked_rows:
+        keep = np.ones((b, 1, t1 - t0, 1), dtype=bool)
+        for bi, ti in m.masked_rows:
+            if t0 <= ti < t1:
+                keep[bi, 0, ti - t0, 0] = False
+        restrict(keep)
+    if bias is not None:
+        bias = np.array(bias[:, :, t0:t1], dtype=np.float64)
+    return attend, bias
+
+
+def row_blocks(case: Case, budget: int) -> list[tuple[int, int]]:
+    """Query-row ranges [(t0, t1), ...] whose [B, H, rows, S] arrays hold <= budget elements
+    (at least one row each)."""
+    s = case.shape
+    per_row = max(1, s.batch * s.num_heads * (s.kv_len + case.extra_keys))
+    step = max(1, budget // per_row)
+    return [(t0, min(t0 + step, s.query_len)) for t0 in range(0, s.query_len, step)]
 
 
 def _stored_masks(case: Case) -> dict[str, np.ndarray]:
@@ -90,6 +125,22 @@ def visible(case: Case) -> np.ndarray | None:
         finite = np.isfinite(bias)
         attend = finite if attend is None else attend & finite
     return attend
+
+
+VISIBILITY_BUDGET = 2**24  # elements of one block of rows when scanning a long case's mask
+
+
+def any_fully_masked_row(case: Case) -> bool:
+    """Whether some query row sees no key, scanned a block of rows at a time (flat memory)."""
+    drawn = drawn_masks(case)
+    for rows in row_blocks(case, VISIBILITY_BUDGET):
+        attend, bias = build_mask(case, rows, drawn)
+        if bias is not None:
+            finite = np.isfinite(bias)
+            attend = finite if attend is None else attend & finite
+        if attend is not None and bool((~attend.any(axis=-1)).any()):
+            return True
+    return False
 
 
 # --- conversions to framework conventions -------------------------------------------------

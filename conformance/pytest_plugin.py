@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .case import TIERS, in_tier
 from .errors import ConformanceError
 from .evaluate import base_record
 from .registry import AdapterEntry, resolve
@@ -41,6 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--conformance-timeout", type=float, default=120.0, metavar="S",
                     help="per-case timeout in seconds")  # fmt: skip
+    group.addoption(
+        "--conformance-tier",
+        choices=TIERS,
+        default="default",
+        help="size tier of the cases collected (each includes the smaller ones; default: default)",
+    )
 
 
 class WorkerSession:
@@ -172,6 +179,8 @@ class SpecFile(pytest.File):
             cases = load_spec(self.path)
         except ConformanceError as error:
             raise self.CollectError(str(error)) from None
+        tier = self.config.getoption("conformance_tier")
+        cases = [case for case in cases if in_tier(case, tier)]
         for entry in pool.entries:
             for device in pool.devices(entry):
                 for case in cases:

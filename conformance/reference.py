@@ -10,8 +10,15 @@ place of -inf: every key equally), or "unmasked" (the finite-negative trick in h
 where the row's own logits survive: softmax as if nothing were masked).
 
 `rounding` is applied after every operation. The oracle uses the identity (float64
-throughout); `baseline()` rounds to the case dtype, giving "a straightforward implementation
-in the same dtype" that the low-precision tolerance rule measures against.
+throughout); `baseline()` gives "a straightforward implementation in the same dtype" that the
+baseline tolerance rule measures against: float32 runs the same code natively in float32
+(float32 matmuls and sums, as a float32 implementation accumulates), float16/bfloat16 round
+every operation's float64 result to the dtype (half-precision kernels accumulate in float32).
+
+Memory stays flat at any size: `attention()` works through the query rows a block at a time
+(ROW_BLOCK_ELEMENTS elements of [B, H, rows, S] per block), building each block's mask from
+absolute row positions (conformance.masks.build_mask(rows=...)). The [B, H, T, S] weights are
+kept only when the case compares them or they are small (WEIGHTS_KEPT_ELEMENTS).
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import numpy as np
 from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
-from .masks import build_mask
+from .masks import build_mask, drawn_masks, row_blocks
+
+ROW_BLOCK_ELEMENTS = 2**22  # logits of one block of query rows: 32 MiB of float64
+WEIGHTS_KEPT_ELEMENTS = 2**22  # [B, H, T, S] weights returned uncompared up to this size
 
 Rounding = Callable[[np.ndarray], np.ndarray]
 POLICIES = (*MASKED_ROW_POLICIES, "unmasked")
@@ -96,10 +106,8 @@ def dot_product_attention(
     return out, probs
 
 
-def _append_extra_keys(
-    case: Case, weights: dict, k: np.ndarray, v: np.ndarray, attend, bias
-) -> tuple:
-    """torch's add_bias_kv then add_zero_attn: extra key positions, always visible."""
+def _extra_keys(case: Case, weights: dict, k: np.ndarray, v: np.ndarray) -> tuple:
+    """torch's add_bias_kv then add_zero_attn: extra key positions appended to K and V."""
     b, g = k.shape[0], k.shape[1]
     extra_k, extra_v = [], []
     if case.add_bias_kv:
@@ -108,17 +116,69 @@ def _append_extra_keys(
     if case.add_zero_attn:
         extra_k.append(np.zeros((b, g, 1, k.shape[3])))
         extra_v.append(np.zeros((b, g, 1, v.shape[3])))
-    n = len(extra_k)
+    if not extra_k:
+        return k, v
+    return np.concatenate([k, *extra_k], axis=2), np.concatenate([v, *extra_v], axis=2)
+
+
+def _extra_mask(n: int, attend, bias) -> tuple:  # noqa: ANN001
+    """The appended key positions are always visible and get no bias."""
     if not n:
-        return k, v, attend, bias
-    k = np.concatenate([k, *extra_k], axis=2)
-    v = np.concatenate([v, *extra_v], axis=2)
+        return attend, bias
     if attend is not None:
-        pad = np.ones((*attend.shape[:3], n), dtype=bool)
-        attend = np.concatenate([attend, pad], axis=3)
+        attend = np.concatenate([attend, np.ones((*attend.shape[:3], n), dtype=bool)], axis=3)
     if bias is not None:
         bias = np.concatenate([bias, np.zeros((*bias.shape[:3], n))], axis=3)
+    return attend, bias
+
+
+def _append_extra_keys(
+    case: Case, weights: dict, k: np.ndarray, v: np.ndarray, attend, bias
+) -> tuple:
+    """K, V and the full mask with torch's extra key positions (the backward pass's form)."""
+    k, v = _extra_keys(case, weights, k, v)
+    attend, bias = _extra_mask(case.extra_keys, attend, bias)
     return k, v, attend, bias
+
+
+def attend_rows(
+    case: Case,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    masked_rows: str,
+    rounding: Rounding,
+    keep_weights: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """q [B,H,T,K], k [B,G,S',K], v [B,G,S',V] (S' = S + extra keys) -> (out [B,H,T,V],
+    weights [B,H,T,S'] or None), one block of query rows at a time.
+
+    Each block [t0, t1) gets the mask rows for those absolute query positions, so nothing
+    of size [B, H, T, S] exists unless the weights are kept.
+    """
+    b, h, t, _ = q.shape
+    out = np.empty((b, h, t, v.shape[-1]))
+    weights = np.empty((b, h, t, k.shape[2])) if keep_weights else None
+    drawn = drawn_masks(case)
+    for t0, t1 in row_blocks(case, ROW_BLOCK_ELEMENTS):
+        attend, bias = build_mask(case, (t0, t1), drawn)
+        attend, bias = _extra_mask(case.extra_keys, attend, bias)
+        o, p = dot_product_attention(
+            q[:, :, t0:t1], k, v, scale=case.effective_scale, attend=attend, bias=bias,
+            masked_rows=masked_rows, rounding=rounding,
+        )  # fmt: skip
+        out[:, :, t0:t1] = o
+        if weights is not None:
+            weights[:, :, t0:t1] = p
+    return out, weights
+
+
+def _keeps_weights(case: Case) -> bool:
+    s = case.shape
+    size = s.batch * int(np.prod(s.outer)) * s.num_heads
+    size *= s.query_len * (s.kv_len + case.extra_keys)
+    return bool({"weights", "weights_mean"} & set(case.compare)) or size <= WEIGHTS_KEPT_ELEMENTS
 
 
 def _to_sequence(case: Case, x: np.ndarray, inner: tuple[int, ...]) -> np.ndarray:
@@ -159,17 +219,16 @@ def attention(
     masked_rows: str | None = None,
     rounding: Rounding = _identity,
 ) -> dict[str, np.ndarray]:
-    """Everything a case can compare: output, per-head weights, head-averaged weights."""
+    """Everything a case can compare: output, per-head weights, head-averaged weights (the
+    weights only when compared or small; see WEIGHTS_KEPT_ELEMENTS)."""
     policy = masked_rows or case.mask.fully_masked_rows
-    attend, bias = build_mask(case)
+    keep = _keeps_weights(case)
     a, w = inputs.arrays, inputs.weights
     if case.mode == "kernel":
-        k, v = a["k"], a["v"]
-        out, probs = dot_product_attention(
-            a["q"], k, v, scale=case.effective_scale, attend=attend, bias=bias,
-            masked_rows=policy, rounding=rounding,
-        )  # fmt: skip
-        return {"output": out, "weights": probs, "weights_mean": probs.mean(axis=1)}
+        out, probs = attend_rows(
+            case, a["q"], a["k"], a["v"], masked_rows=policy, rounding=rounding, keep_weights=keep
+        )
+        return _with_weights({"output": out}, probs)
 
     query = _to_sequence(case, a["query"], case.shape.query_shape)
     key = _to_sequence(case, a["key"], case.shape.kv_shape)
@@ -177,18 +236,36 @@ def attention(
     q = project_heads(query, w["wq"], w["bq"], rounding)  # [B, H, T, K]
     k = project_heads(key, w["wk"], w["bk"], rounding)  # [B, G, S, K]
     v = project_heads(value, w["wv"], w["bv"], rounding)  # [B, G, S, V]
-    k, v, attend, bias = _append_extra_keys(case, w, k, v, attend, bias)
-    heads, probs = dot_product_attention(
-        q, k, v, scale=case.effective_scale, attend=attend, bias=bias,
-        masked_rows=policy, rounding=rounding,
-    )  # fmt: skip
+    k, v = _extra_keys(case, w, k, v)
+    heads, probs = attend_rows(
+        case, q, k, v, masked_rows=policy, rounding=rounding, keep_weights=keep
+    )
     y = rounding(rounding(np.einsum("bhtv,hvd->btd", heads, w["wo"])) + w["bo"])
     y = _from_sequence(case, y, a["query"].shape)
-    return {"output": y, "weights": probs, "weights_mean": probs.mean(axis=1)}
+    return _with_weights({"output": y}, probs)
+
+
+def _with_weights(out: dict, probs: np.ndarray | None) -> dict:
+    if probs is not None:
+        out["weights"] = probs
+        out["weights_mean"] = probs.mean(axis=1)
+    return out
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
 
 
 def baseline(case: Case, inputs: CaseInputs, masked_rows: str | None = None) -> dict:
-    """A straightforward implementation in the case dtype: every op rounded to it."""
+    """A straightforward implementation in the case dtype (see the module docstring)."""
+    if case.dtype == "float32":
+        native = CaseInputs(
+            dtype=case.dtype,
+            arrays={k: _float32(x) for k, x in inputs.arrays.items()},
+            weights={k: _float32(x) for k, x in inputs.weights.items()},
+        )
+        out = attention(case, native, masked_rows=masked_rows, rounding=_float32)
+        return {name: x.astype(np.float64) for name, x in out.items()}
     return attention(
         case, inputs, masked_rows=masked_rows, rounding=lambda x: round_to(x, case.dtype)
     )

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .case import CAUSAL_ALIGNMENTS, COMPARABLE, DTYPES, MASKED_ROW_POLICIES, MODES
+from .case import CAUSAL_ALIGNMENTS, COMPARABLE, DTYPES, MASKED_ROW_POLICIES, MODES, TIERS
 from .spec import (
     CASE_KEYS,
     DECODE_KEYS,
@@ -116,6 +116,7 @@ def _case_properties() -> dict[str, dict[str, Any]]:
         "shape": _param({"$ref": "#/$defs/shape"}),
         "mask": _param({"anyOf": [{"$ref": "#/$defs/mask"}, {"type": "null"}]}),
         "dtype": _param({"enum": list(DTYPES)}),
+        "tier": _param({"enum": list(TIERS)}),
         "scale": _param({"type": ["number", "null"]}),
         "cross": boolean,
         "bias": boolean,

@@ -36,6 +36,7 @@ from .case import (
     DTYPES,
     MASKED_ROW_POLICIES,
     MODES,
+    TIERS,
     Case,
     Decode,
     Dropout,
@@ -47,7 +48,9 @@ from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
 MAX_MATRIX_CASES = 10_000
-MAX_CASE_BYTES = 512 * 2**20  # refuse cases whose arrays would need more memory than this
+# Memory a case's arrays may need, per tier (spec.estimate_bytes): the reference works a
+# block of rows at a time, so this bounds inputs, outputs and dense masks, not T x S logits.
+MAX_CASE_BYTES = {"small": 64 * 2**20, "default": 512 * 2**20, "large": 3 * 2**30}
 MAX_INNER_AXES = 5  # multi-axis: axes between batch and features (frameworks' einsums run out)
 
 FILE_KEYS = {
@@ -76,6 +79,7 @@ CASE_KEYS = {
     "inputs": "file.npz#group: the case's own input and mask arrays (path relative to the spec)",
     "expected": "{output: file.npz#member, ...}: stored expected outputs of a peer test suite",
     "dropout": "{rate, training, draws}: attention dropout, inference (default) or training mode",
+    "tier": "size tier: small (default), default (kernel scale, in the default run) or large",
     "matrix": "parameters expanded into one case per combination",
 }
 DROPOUT_KEYS = {
@@ -451,10 +455,16 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
     return Mask(**kw)
 
 
-def estimate_bytes(shape: dict[str, Any], mode: str) -> int:
-    """Float64 bytes a case's inputs, weights and reference intermediates need (exact ints).
+def estimate_bytes(
+    shape: dict[str, Any], mode: str, dense_mask_heads: int = 0, weights: int = 0
+) -> int:
+    """Float64 bytes a case's arrays need (exact ints), counted before anything is allocated
+    so that a huge shape is refused up front.
 
-    Counted before anything is allocated, so that a huge shape is refused up front.
+    Inputs, outputs and weights count whole; [B, H, T, S] arrays only where they exist whole:
+    `dense_mask_heads` [B, T, S] planes of seeded masks (random/additive/bias, times H when
+    they differ per head) and `weights` compared [B, H, T, S] weight arrays. The reference's logits go a block of rows at a time
+    (reference.ROW_BLOCK_ELEMENTS), a fixed few blocks.
     """
     h, g = shape["num_heads"], shape["num_kv_heads"]
     t, s = shape["query_len"], shape["kv_len"]
@@ -462,12 +472,13 @@ def estimate_bytes(shape: dict[str, Any], mode: str) -> int:
     axes = set(shape.get("attention_axes") or ())
     outer = math.prod(n for i, n in enumerate(shape.get("query_shape") or (), 1) if i not in axes)
     rows = shape["batch"] * outer  # multi-axis: non-attended axes act like batch axes
-    values = rows * h * t * (k + v)  # q and per-head outputs
-    values += rows * g * (s + 2) * (k + v)  # k and v (+ torch's extra positions)
-    values += 6 * rows * h * t * (s + 2)  # masks, logits, exps and probabilities
+    values = 3 * rows * h * t * (k + v)  # q, per-head outputs (reference, baseline, adapter)
+    values += 3 * rows * g * (s + 2) * (k + v)  # k and v (+ torch's extra positions)
+    values += (dense_mask_heads + weights * h) * rows * t * (s + 2)
+    values += 6 * min(rows * h * t * (s + 2), 2**22)  # blocks of logits, exps, probabilities
     if mode == "layer":
         dq, dk, dv, do = (shape[key] for key in LAYER_DIMS)
-        values += rows * (t * (dq + do) + s * (dk + dv))  # inputs and output
+        values += 3 * rows * (t * (dq + do) + s * (dk + dv))  # inputs and output
         values += h * dq * k + g * dk * k + g * dv * v + h * v * do  # weights
     return 8 * values
 
@@ -594,12 +605,25 @@ def _resolve_case(
     if "dropout" in node:
         dropout = _resolve_dropout(ctx, node, decode is not None)
 
-    estimate = estimate_bytes(shape, mode)
-    if estimate > MAX_CASE_BYTES:
+    tier = _choice(ctx, node.get("tier", "small"), node, "tier", TIERS)
+    dense = sum(
+        x is not None for x in (mask.random_density, mask.additive_density, mask.bias_scale)
+    )
+    planes = dense * (shape["num_heads"] if mask.per_head else 1)
+    weights = sum(name in compare for name in ("weights", "weights_mean"))
+    estimate = estimate_bytes(shape, mode, dense_mask_heads=planes, weights=weights)
+    if gradients:  # the analytic backward keeps [B, H, T, S] probabilities and their grads
+        estimate += (
+            8 * 4 * shape["batch"] * shape["num_heads"] * shape["query_len"] * (shape["kv_len"] + 2)
+        )
+    limit = MAX_CASE_BYTES[tier]
+    if estimate > limit:
+        bigger = [n for n in TIERS[TIERS.index(tier) + 1 :] if estimate <= MAX_CASE_BYTES[n]]
         raise ctx.error(
-            f"this case would need about {_human_bytes(estimate)} of memory; the limit is "
-            f"{_human_bytes(MAX_CASE_BYTES)}",
-            node, "shape", "conformance cases should be small: shrink the shape",
+            f"this case would need about {_human_bytes(estimate)} of memory; the {tier} tier's "
+            f"limit is {_human_bytes(limit)}",
+            node, "shape",
+            f"mark it tier: {bigger[0]}" if bigger else "shrink the shape",
         )  # fmt: skip
 
     shown = [(k, v) for k, v in params.items()]
@@ -629,6 +653,7 @@ def _resolve_case(
         source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
         params=tuple(shown),
         dropout=dropout,
+        tier=tier,
     )
     if dropout is not None and dropout.training:
         problem = None

@@ -6,12 +6,22 @@ torch's float64 default (1e-7, 1e-7) would let an implementation that quietly co
 layers in float32 (errors ~1e-7) slip through. A genuine float64 computation of these small
 cases errs by ~1e-15, so 1e-9 leaves six orders of margin on both sides.
 
-Baseline rule (float16/bfloat16 only, the FlashAttention test rule): the result also passes
+Baseline rule (float32, float16, bfloat16; the FlashAttention test rule): the result also passes
 when max|actual - expected| <= K * max|baseline - expected| + floor, where `baseline` is a
 straightforward implementation in the same dtype (every op rounded to it; see
 reference.baseline). K is 2 for outputs (3 for gradients, as FlashAttention uses). The floor is `floor_ulps` units
 of the dtype's epsilon at the largest reference magnitude (one ulp of the biggest value): an
 implementation that merely rounds differently than the baseline cannot be told apart below it.
+
+Why float32 has the baseline rule too: the fixed float32 rule is calibrated on short rows and
+moderate logits. A correct float32 kernel's error grows with the row length (accumulation over
+S keys) and with the logits' magnitude (exp amplifies the rounding error of a large logit), so
+at kernel scale it exceeds rtol 1.3e-6 / atol 1e-5 (seen: 1.7e-5 on a correct blockwise kernel
+at scale 40 and 300 keys). The float32 baseline computes natively in float32 (reference.baseline),
+so its error grows the same way; 2x of it holds a correct kernel at every size and still fails
+every tiled-kernel bug by orders of magnitude (docs/tolerance.md has the measurements and plot).
+float64 keeps the fixed rule only: nothing about float64 needs the slack, and the tight rule is
+what catches float64 computed in float32.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ class Tolerance:
 
 POLICY: dict[str, Tolerance] = {
     "float64": Tolerance(rtol=1e-9, atol=1e-9),
-    "float32": Tolerance(rtol=1.3e-6, atol=1e-5),
+    "float32": Tolerance(rtol=1.3e-6, atol=1e-5, baseline_factor=2.0, floor_ulps=1.0, eps=2.0**-23),
     "float16": Tolerance(rtol=1e-3, atol=1e-5, baseline_factor=2.0, floor_ulps=1.0, eps=2.0**-10),
     "bfloat16": Tolerance(rtol=1.6e-2, atol=1e-5, baseline_factor=2.0, floor_ulps=1.0, eps=2.0**-7),
 }
