@@ -101,19 +101,29 @@ def _previews(outputs: dict, expected: dict) -> dict:
 
 
 class ReferenceCache:
-    """Reference results per (case, policy), so variants of one adapter share them."""
+    """Reference results per (case, policy), so variants of one adapter share them.
 
-    def __init__(self, size: int = 64) -> None:
+    Bounded by entries and by bytes, so kernel-scale cases do not pile up in a worker."""
+
+    def __init__(self, size: int = 64, max_bytes: int = 1 << 30) -> None:
         self._inputs: dict[str, CaseInputs] = {}
         self._refs: dict[tuple[str, str, bool], dict] = {}
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def _account(self, arrays) -> None:  # noqa: ANN001 - iterable of arrays
+        self._bytes += sum(int(getattr(x, "nbytes", 0)) for x in arrays)
 
     def inputs(self, case: Case) -> CaseInputs:
         if case.id not in self._inputs:
-            if len(self._inputs) >= self._size:
+            if len(self._inputs) >= self._size or self._bytes > self._max_bytes:
                 self._inputs.clear()
                 self._refs.clear()
-            self._inputs[case.id] = make_inputs(case)
+                self._bytes = 0
+            made = make_inputs(case)
+            self._account([*made.arrays.values(), *made.weights.values()])
+            self._inputs[case.id] = made
         return self._inputs[case.id]
 
     def reference(self, case: Case, policy: str, same_dtype: bool = False) -> dict:
@@ -125,6 +135,7 @@ class ReferenceCache:
             if case.gradients:
                 grad_fn = baseline_gradients if same_dtype else gradients
                 ref.update(grad_fn(case, self.inputs(case), masked_rows=policy))
+            self._account(ref.values())
             self._refs[key] = ref
         return self._refs[key]
 
