@@ -288,7 +288,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     _user_adapter_help(dedupe(records), entries, cases, out_dir)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
-    return 1 if bad else 0
+    empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
+    return 1 if bad else empty
+
+
+# --- nothing executed (conformance.executed) -------------------------------------------------
+
+
+def _report_empty(
+    records: list[dict], entries: list[AdapterEntry], adapter_info: dict, args: argparse.Namespace
+) -> int:
+    """Say which adapters executed nothing; the exit code for that (0 when it is acceptable).
+
+    Non-zero when an adapter the user named exactly (or as module:function) executed nothing,
+    or when the whole run executed nothing; adapters picked by a prefix or by default (a
+    GPU-only adapter on a CPU machine) are reported but do not change the exit code alone.
+    """
+    from .executed import EXECUTED_VERDICTS, EXIT_NOTHING_EXECUTED, empty_adapters
+
+    empty = empty_adapters([e.name for e in entries], adapter_info, args.device, records)
+    if not empty:
+        return 0
+    for name, why in empty.items():
+        print(f"{name}: executed nothing: {why}", file=sys.stderr)
+    named = set(args.adapter or ())
+    strict = [
+        e.name
+        for e in entries
+        if e.name in empty and (e.name in named or e.source == "command line")
+    ]
+    nothing = not any(r["verdict"] in EXECUTED_VERDICTS for r in records)
+    if not (strict or nothing):
+        return 0
+    if args.allow_empty:
+        print("(--allow-empty: not an error)", file=sys.stderr)
+        return 0
+    print(
+        f"exit {EXIT_NOTHING_EXECUTED}: "
+        + ("nothing was executed" if nothing else f"{', '.join(strict)} executed nothing")
+        + " (pass --allow-empty if that is expected)",
+        file=sys.stderr,
+    )
+    return EXIT_NOTHING_EXECUTED
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
@@ -416,6 +457,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
+    # --- CI trust (conformance.executed, conformance.expected) ---
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="exit 0 even when a named adapter executed nothing (no device, every case "
+        "unsupported); by default that exits 5",
+    )
 
 
 def build_run_parser() -> argparse.ArgumentParser:
@@ -525,6 +573,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the float64 reference, and write results.json (streamed to results.jsonl as results "
         "complete) plus reports into the output folder.",
         epilog="exit codes: 0 no fail/error, 1 some fail or error, 2 bad usage or spec, "
+        "5 a named adapter (or the whole run) executed nothing (see --allow-empty), "
         "130 interrupted (resume with --resume DIR)",
     )
     add_run_arguments(run)

@@ -126,7 +126,11 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
                 AdapterEntry(cls.declaration.name, selector, cls.declaration, "command line")
             )
             continue
-        matched = [e for e in entries if e.name == selector or e.name.startswith(selector + ".")]
+        # An exact name selects that adapter only (torch.sdpa is not torch.sdpa.flash); a
+        # prefix selects the family when no adapter has exactly that name.
+        matched = [e for e in entries if e.name == selector] or [
+            e for e in entries if e.name.startswith(selector + ".")
+        ]
         if not matched:
             hint = did_you_mean(selector, [e.name for e in entries])
             raise UsageError(
