@@ -233,6 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "no installed adapter selected\n  hint: `conformance list adapters` shows what is installed"
         )
 
+    expected = _load_expected(args, cases, entries)
     out_dir.mkdir(parents=True, exist_ok=True)
     stream_path = out_dir / "results.jsonl"
     previous: list[dict] = []
@@ -289,6 +290,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
+    if args.write_expected:
+        from .expected import write
+
+        count = write(args.write_expected, dedupe(records), command)
+        print(f"expected results: {args.write_expected} ({count} known fail/error entries)")
+    if expected is not None:
+        bad = _report_expected(expected, dedupe(records), args.expected)
     return 1 if bad else empty
 
 
@@ -330,6 +338,48 @@ def _report_empty(
         file=sys.stderr,
     )
     return EXIT_NOTHING_EXECUTED
+
+
+# --- expected results (conformance.expected) -------------------------------------------------
+
+
+def _load_expected(args: argparse.Namespace, cases: list[Case], entries: list[AdapterEntry]):  # noqa: ANN202
+    """The --expected entries, checked against the selection before anything runs."""
+    if not args.expected:
+        return None
+    from .expected import check_patterns, load
+
+    known = load(args.expected)
+    check_patterns(known, [c.id for c in cases], [e.name for e in entries])
+    return known
+
+
+def _report_expected(expected: list, records: list[dict], path: str) -> bool:
+    """Print every change against the expected file; True when there is one (exit 1)."""
+    from .expected import compare
+
+    changes = compare(expected, records)
+    known = sum(1 for r in records if r["verdict"] in ("fail", "error")) - sum(
+        1 for c in changes if c.kind == "new failure"
+    )
+    if not changes:
+        print(f"\nexpected results ({path}): no change ({known} known fail/error result(s))")
+        return False
+    print(f"\nexpected results ({path}): {len(changes)} change(s)", file=sys.stderr)
+    for change in changes[:50]:
+        print("  " + _printable(change.describe()), file=sys.stderr)
+    if len(changes) > 50:
+        print(f"  ... and {len(changes) - 50} more", file=sys.stderr)
+    print(
+        "  hint: fix the regression, or update the file (--write-expected writes one from a run)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _printable(text: str) -> str:
+    """Spec and result text on a terminal: control characters shown escaped, not executed."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
@@ -463,6 +513,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 0 even when a named adapter executed nothing (no device, every case "
         "unsupported); by default that exits 5",
+    )
+    p.add_argument(
+        "--expected",
+        metavar="FILE",
+        help="known results (docs/ci.md): exit 0 when every result matches the file, 1 on any "
+        "change (a new fail, or a known fail that now passes)",
+    )
+    p.add_argument(
+        "--write-expected",
+        metavar="FILE",
+        help="write an expected-results file listing this run's fail/error results",
     )
 
 
