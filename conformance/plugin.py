@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from .adapter import Adapter, Declaration, Divergence, ToleranceOverride, Unsupported
+from .adapter import (
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    ToleranceOverride,
+    Unsupported,
+)
 from .adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
 from .case import Case
 from .inputs import CaseInputs
@@ -125,6 +132,7 @@ def _features(
     features: Iterable[str] | None,
     add: Iterable[str],
     drop: Iterable[str],
+    gradients: str | None = None,
 ) -> frozenset[str]:
     if features is not None:
         tags = set(features) | {mode}
@@ -139,6 +147,10 @@ def _features(
             tags.add("scale")
         if returns_weights:
             tags |= {"weights", "weights-mean"}
+        if gradients == "autodiff" or _accepts(fn, "grad_output"):
+            tags.add("gradients")
+        if all(_accepts(fn, p) for p in ("dropout_p", "training", "seed")):
+            tags |= {"dropout", "dropout-training"}
         if weights == "packed":  # torch's packed in_proj: one E for q, k, v and the output
             tags -= {"kv-input-dims", "value-dim", "output-dim"} | GQA_FEATURES
     return frozenset((tags | set(add)) - set(drop))
@@ -192,6 +204,13 @@ class FunctionAdapter(Adapter):
             kwargs["case"] = case
         if _accepts(fn, "device"):
             kwargs["device"] = device
+        # Dropout: the rate, the mode and the seed of this draw (conformance.dropout varies it).
+        if _accepts(fn, "dropout_p"):
+            kwargs["dropout_p"] = case.dropout.rate if case.dropout else 0.0
+        if _accepts(fn, "training"):
+            kwargs["training"] = bool(case.dropout and case.dropout.training)
+        if _accepts(fn, "seed"):
+            kwargs["seed"] = (case.dropout.seed or 0) if case.dropout else 0
         return kwargs
 
     def _array(self, array: np.ndarray | None, case: Case, device: str) -> Any:
@@ -227,8 +246,52 @@ class KernelFunctionAdapter(FunctionAdapter):
             q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
         mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
         args = [self._array(a, case, device) for a in (q, k, v, mask)]
-        result = type(self).function(*args, **self._options(case, device))
-        return self._outputs(result, case, conv["layout"])
+        fn, options = type(self).function, self._options(case, device)
+        d_out = None
+        if case.gradients:  # dY in the function's layout and array kind
+            d_y = np.array(inputs.native("grad_output"))  # writable: frameworks may write
+            d_out = self._array(
+                bhtk_to_bthk(d_y) if conv["layout"] == "BTHK" else d_y, case, device
+            )
+        if _accepts(fn, "grad_output"):
+            options["grad_output"] = d_out  # None outside gradient cases
+        if case.gradients and conv.get("gradients") == "autodiff":
+            from .autodiff import vjp
+
+            result, grads = vjp(
+                conv["arrays"],
+                lambda q, k, v: fn(q, k, v, args[3], **options),
+                tuple(args[:3]),
+                d_out,
+            )
+            if isinstance(result, tuple):
+                if len(result) != 2:
+                    raise TypeError("return the output, or (output, weights)")
+                result = {"output": result[0], "weights": result[1]}
+            elif not isinstance(result, Mapping):
+                result = {"output": result}
+            result = {**result, **dict(zip(("grad_q", "grad_k", "grad_v"), grads, strict=True))}
+        else:
+            result = fn(*args, **options)
+        outputs = self._outputs(result, case, conv["layout"])
+        return _kernel_gradients_back(outputs, case, conv)
+
+
+def _kernel_gradients_back(outputs: dict, case: Case, conv: Mapping[str, Any]) -> dict:
+    """Returned gradients to the canonical layout: BTHK transposed back; with kv_heads="repeat"
+    a key/value head's gradient is the sum over the query heads it was repeated to."""
+    g = case.shape.num_kv_heads
+    for name in ("grad_q", "grad_k", "grad_v"):
+        if name not in outputs or outputs[name].ndim != 4:
+            continue
+        grad = outputs[name]
+        if conv["layout"] == "BTHK":
+            grad = bthk_to_bhtk(grad)
+        if name != "grad_q" and conv["kv_heads"] == "repeat" and grad.shape[1] != g:
+            b, h, s_len, d = grad.shape
+            grad = grad.reshape(b, g, h // g, s_len, d).sum(axis=2)
+        outputs[name] = grad
+    return outputs
 
 
 def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.ndarray | None]:
@@ -320,6 +383,7 @@ def _build(
     devices: Iterable[str],
     setup: Callable[[], None] | None,
     class_name: str | None,
+    dropout: DropoutBehavior | None = None,
 ) -> type[FunctionAdapter]:
     kind = convention["arrays"]
     if kind not in ARRAY_KINDS:
@@ -338,6 +402,7 @@ def _build(
         tolerances=tuple(tolerances),
         unsupported_reasons=dict(unsupported_reasons or {}),
         notes=_notes(convention.get("kv_heads", "native"), convention["returns_weights"], notes),
+        dropout=dropout,
     )
     qualname = class_name or fn.__qualname__
     cls = type(
@@ -383,6 +448,8 @@ def kernel_adapter(
     devices: Iterable[str] = ("cpu",),
     setup: Callable[[], None] | None = None,
     class_name: str | None = None,
+    gradients: str | None = None,
+    dropout: DropoutBehavior | None = None,
 ) -> Any:
     """Decorator (or function) making a kernel-mode adapter from `fn(q, k, v, mask, ...)`.
 
@@ -394,7 +461,16 @@ def kernel_adapter(
     kv_heads: "native" (fn handles G < H itself: head h uses key/value head h // (H/G)),
     "repeat" (the helper repeats key/value heads first; say so in the adapter's name),
     "equal" (grouped/multi-query cases are unsupported).
+
+    Gradient cases: gradients="autodiff" (arrays torch/jax/tensorflow) differentiates fn's
+    output for the case's upstream gradient with the framework (conformance.autodiff); or fn
+    accepts `grad_output` (dY, the output's layout; None outside gradient cases) and returns a
+    dict with "output", "grad_q", "grad_k", "grad_v" (the inputs' layouts).
+    Dropout cases: fn accepts `dropout_p`, `training` and `seed` (one seed per training draw);
+    `dropout=` describes where it applies dropout (conformance.DropoutBehavior).
     """
+    if gradients not in (None, "autodiff"):
+        raise ValueError(f"gradients must be None or 'autodiff', got {gradients!r}")
     for value, allowed, what in (
         (mask, MASK_FORMS, "mask"), (layout, KERNEL_LAYOUTS, "layout"), (kv_heads, KV_HEADS, "kv_heads"),
     ):  # fmt: skip
@@ -403,19 +479,20 @@ def kernel_adapter(
 
     def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
         tags = _features(
-            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop
-        )
+            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop,
+            gradients,
+        )  # fmt: skip
         convention = {
             "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask,
+            "broadcast_mask": broadcast_mask, "gradients": gradients,
         }  # fmt: skip
         return _build(
             KernelFunctionAdapter, function, convention, name=name, summary=summary,
             framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
             env=env, divergences=divergences, tolerances=tolerances,
             unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
-            class_name=class_name,
+            class_name=class_name, dropout=dropout,
         )  # fmt: skip
 
     return wrap(fn) if fn is not None else wrap
