@@ -64,7 +64,8 @@ from .masks import build_mask, combined_additive, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
-WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum")
+WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum", "fused")
+PROJECTIONS = ("q", "k", "v", "o")
 KV_HEADS = ("native", "repeat", "equal")
 
 # What a boolean mask can carry; an additive one carries a finite bias too.
@@ -114,6 +115,39 @@ def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | N
     return mask
 
 
+def bias_for(case: Case, *, broadcast: bool = True) -> np.ndarray | None:
+    """The finite additive bias of a case, [B, H, T, S] in the storage dtype (masked positions
+    hold 0: the boolean mask removes them), or None when the case has no finite bias. With a
+    boolean mask this is the pair "bool mask + separate bias" (e.g. SDPA-like kernels taking
+    attn_mask and a relative-position bias apart)."""
+    from .dtypes import STORAGE
+
+    _, bias = build_mask(case)
+    if bias is None or not np.any(np.isfinite(bias) & (bias != 0)):
+        return None
+    out = np.where(np.isfinite(bias), bias, 0.0).astype(STORAGE[case.dtype])
+    if broadcast:
+        s = case.shape
+        out = np.ascontiguousarray(
+            np.broadcast_to(out, (s.batch, s.num_heads, s.query_len, s.kv_len))
+        )
+    return out
+
+
+def _split_mask(case: Case, form: str, broadcast: bool) -> tuple[np.ndarray | None, Any]:
+    """(boolean mask in `form` without the bias check, finite bias or None)."""
+    if case.mask.is_empty():
+        return None, None
+    seen = visible(case)
+    mask = None if seen is None else (seen if form == "attend" else to_true_masked(seen))
+    if broadcast and mask is not None:
+        s = case.shape
+        mask = np.ascontiguousarray(
+            np.broadcast_to(mask, (s.batch, s.num_heads, s.query_len, s.kv_len))
+        )
+    return mask, bias_for(case, broadcast=broadcast)
+
+
 # --- declarations --------------------------------------------------------------------------
 
 
@@ -147,10 +181,14 @@ def _features(
             tags.add("scale")
         if returns_weights:
             tags |= {"weights", "weights-mean"}
+        if mask in ("attend", "masked") and _accepts(fn, "bias"):
+            tags.add("attn-bias")  # the finite bias travels apart from the boolean mask
         if gradients == "autodiff" or _accepts(fn, "grad_output"):
             tags.add("gradients")
         if all(_accepts(fn, p) for p in ("dropout_p", "training", "seed")):
             tags |= {"dropout", "dropout-training"}
+        if weights == "fused":  # one qkv matrix applied to one input: self-attention only
+            tags -= {"cross-attention", "kv-input-dims"}
         if weights == "packed":  # torch's packed in_proj: one E for q, k, v and the output
             tags -= {"kv-input-dims", "value-dim", "output-dim"} | GQA_FEATURES
     return frozenset((tags | set(add)) - set(drop))
@@ -244,9 +282,15 @@ class KernelFunctionAdapter(FunctionAdapter):
             k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
         if conv["layout"] == "BTHK":
             q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
-        mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
-        args = [self._array(a, case, device) for a in (q, k, v, mask)]
         fn, options = type(self).function, self._options(case, device)
+        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
+            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
+            options["bias"] = self._array(bias, case, device)
+        else:
+            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        if conv.get("qkv") == "packed":
+            return self._run_packed(case, q, k, v, mask, options, device)
+        args = [self._array(a, case, device) for a in (q, k, v, mask)]
         d_out = None
         if case.gradients:  # dY in the function's layout and array kind
             d_y = np.array(inputs.native("grad_output"))  # writable: frameworks may write
@@ -273,8 +317,24 @@ class KernelFunctionAdapter(FunctionAdapter):
             result = {**result, **dict(zip(("grad_q", "grad_k", "grad_v"), grads, strict=True))}
         else:
             result = fn(*args, **options)
-        outputs = self._outputs(result, case, conv["layout"])
+        outputs = self._outputs(result, case, conv.get("out_layout") or conv["layout"])
         return _kernel_gradients_back(outputs, case, conv)
+
+    def _run_packed(self, case, q, k, v, mask, options, device):  # noqa: ANN001, ANN202
+        """fn(qkv [B,T,3,H,K], mask, ...) -> out [B,T,H,K] (flash_attn_qkvpacked_func style):
+        self-attention with T = S, H = G and K = V only."""
+        conv, s = self.convention, case.shape
+        if not (
+            s.query_len == s.kv_len and s.num_heads == s.num_kv_heads and s.key_dim == s.value_dim
+        ):
+            raise Unsupported("packed QKV needs T = S, H = G and K = V")
+        if conv["layout"] != "BTHK":
+            q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
+        qkv = np.ascontiguousarray(np.stack([q, k, v], axis=2))  # [B,T,3,H,K]
+        result = type(self).function(
+            self._array(qkv, case, device), self._array(mask, case, device), **options
+        )
+        return self._outputs(result, case, conv.get("out_layout") or "BTHK")
 
 
 def _kernel_gradients_back(outputs: dict, case: Case, conv: Mapping[str, Any]) -> dict:
@@ -303,6 +363,8 @@ def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.nd
                (torch nn.MultiheadAttention; needs H = G, Dq = Dk = Dv = Do = H*K, K = V)
     einsum:    q_kernel [Dq,H,K] q_bias [H,K] ... out_kernel [H,V,Do] out_bias [Do]
                (Keras EinsumDense, Flax DenseGeneral)
+    fused:     qkv_weight [H*K+G*K+G*V, D] (rows q, then k, then v) qkv_bias, out_weight
+               [Do,H*V] out_bias (one Wqkv matrix, as in many LLM blocks; self-attention)
     add_bias_kv cases add bias_k [G,K] and bias_v [G,V] in every layout.
     """
     w = {name: inputs.native(name) for name in inputs.weights}
@@ -336,6 +398,17 @@ def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.nd
             out[f"{p}_kernel"] = to_einsum_kernel(w[f"w{p}"])
             out[f"{p}_bias"] = w[f"b{p}"] if bias else None
         out["out_kernel"], out["out_bias"] = w["wo"], (w["bo"] if bias else None)
+    elif layout == "fused":
+        s = case.shape
+        if not (case.self_attention and s.query_dim == s.key_input_dim == s.value_input_dim):
+            raise Unsupported("a fused qkv projection needs self-attention (one input)")
+        parts = [to_linear(w[f"w{p}"], w[f"b{p}"]) for p in "qkv"]
+        out = {
+            "qkv_weight": np.concatenate([weight for weight, _ in parts], axis=0),
+            "qkv_bias": np.concatenate([b for _, b in parts], axis=0) if bias else None,
+            "out_weight": to_linear_out(w["wo"]),
+            "out_bias": w["bo"] if bias else None,
+        }
     else:
         raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
     if case.add_bias_kv:
@@ -352,14 +425,23 @@ class LayerFunctionAdapter(FunctionAdapter):
         else:
             key = self._array(inputs.native("key"), case, device)
             value = self._array(inputs.native("value"), case, device)
+        bias_on = conv.get("bias_on") or PROJECTIONS
+        if case.use_bias and set(bias_on) != set(PROJECTIONS):
+            missing = ", ".join(p for p in PROJECTIONS if p not in bias_on)
+            raise Unsupported(
+                f"no bias on the {missing} projection(s); this case has biases on all"
+            )
         params = {
             name: self._array(a, case, device)
             for name, a in layer_params(case, inputs, conv["weights"]).items()
         }
-        mask = self._array(
-            mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"]), case, device
-        )
-        result = type(self).function(query, key, value, params, mask, **self._options(case, device))
+        fn, options = type(self).function, self._options(case, device)
+        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
+            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
+            options["bias"] = self._array(bias, case, device)
+        else:
+            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        result = fn(query, key, value, params, self._array(mask, case, device), **options)
         return self._outputs(result, case, "BHTK")
 
 
@@ -450,6 +532,8 @@ def kernel_adapter(
     class_name: str | None = None,
     gradients: str | None = None,
     dropout: DropoutBehavior | None = None,
+    out_layout: str | None = None,
+    qkv: str = "separate",
 ) -> Any:
     """Decorator (or function) making a kernel-mode adapter from `fn(q, k, v, mask, ...)`.
 
@@ -468,7 +552,18 @@ def kernel_adapter(
     dict with "output", "grad_q", "grad_k", "grad_v" (the inputs' layouts).
     Dropout cases: fn accepts `dropout_p`, `training` and `seed` (one seed per training draw);
     `dropout=` describes where it applies dropout (conformance.DropoutBehavior).
+
+    Other calling conventions: with mask="attend"/"masked", a keyword `bias` receives the
+    finite additive bias [B,H,T,S] apart from the boolean mask (None without one);
+    out_layout= when the output's layout differs from the inputs' (default: layout);
+    qkv="packed": fn(qkv [B,T,3,H,K], mask, ...) (self-attention with T = S, H = G, K = V).
     """
+    if out_layout not in (None, *KERNEL_LAYOUTS):
+        raise ValueError(f"out_layout must be one of {KERNEL_LAYOUTS}, got {out_layout!r}")
+    if qkv not in ("separate", "packed"):
+        raise ValueError(f"qkv must be 'separate' or 'packed', got {qkv!r}")
+    if qkv == "packed" and gradients:
+        raise ValueError("gradients are not supported with qkv='packed' yet")
     if gradients not in (None, "autodiff"):
         raise ValueError(f"gradients must be None or 'autodiff', got {gradients!r}")
     for value, allowed, what in (
@@ -486,7 +581,10 @@ def kernel_adapter(
             "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
             "broadcast_mask": broadcast_mask, "gradients": gradients,
+            "out_layout": out_layout, "qkv": qkv,
         }  # fmt: skip
+        if qkv == "packed":  # one packed tensor: no separate key/value sequence or heads
+            tags = tags - GQA_FEATURES - {"kv-len", "value-dim"}
         return _build(
             KernelFunctionAdapter, function, convention, name=name, summary=summary,
             framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
@@ -524,6 +622,7 @@ def layer_adapter(
     devices: Iterable[str] = ("cpu",),
     setup: Callable[[], None] | None = None,
     class_name: str | None = None,
+    bias_on: Iterable[str] = PROJECTIONS,
 ) -> Any:
     """Decorator (or function) making a layer-mode adapter from
     `fn(query, key, value, params, mask, ...)`.
@@ -534,6 +633,9 @@ def layer_adapter(
     the output [B,T,Do], or (output, weights [B,H,T,S]) when returns_weights, or a dict.
 
     kv_heads: "native" (G < H handled by fn) or "equal" (grouped/multi-query unsupported).
+    bias_on: the projections that have a bias (default all); with fewer, cases with biases
+    are unsupported (the reference has a bias on every projection), bias-free cases run.
+    A keyword `bias` with a boolean mask receives the finite bias apart, as in kernel_adapter.
     Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
     them (accept `case` to see case.decode, case.add_bias_kv, ...).
     """
@@ -543,6 +645,9 @@ def layer_adapter(
         raise ValueError(f"mask must be one of {MASK_FORMS}, got {mask!r}")
     if kv_heads not in ("native", "equal"):
         raise ValueError("kv_heads must be 'native' or 'equal' for a layer")
+    bias_on = tuple(bias_on)
+    if set(bias_on) - set(PROJECTIONS):
+        raise ValueError(f"bias_on takes projections among {PROJECTIONS}, got {bias_on!r}")
 
     def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
         tags = _features(
@@ -551,7 +656,7 @@ def layer_adapter(
         convention = {
             "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask,
+            "broadcast_mask": broadcast_mask, "bias_on": bias_on,
         }  # fmt: skip
         return _build(
             LayerFunctionAdapter, function, convention, name=name, summary=summary,
@@ -569,8 +674,15 @@ def describe_convention(cls: type[FunctionAdapter]) -> str:
     c = cls.convention
     fn = cls.function
     extra = [f"{p}=..." for p in ("scale", "case", "device") if _accepts(fn, p)]
+    extra += [
+        f"{p}=..."
+        for p in ("bias", "grad_output", "dropout_p", "training", "seed")
+        if _accepts(fn, p)
+    ]
     if c["mode"] == "kernel":
-        args = ["q", "k", "v", f"mask_{c['mask']}" if c["mask"] != "none" else "None", *extra]
+        mask = f"mask_{c['mask']}" if c["mask"] != "none" else "None"
+        inputs = ["qkv[B,T,3,H,K]"] if c.get("qkv") == "packed" else ["q", "k", "v"]
+        args = [*inputs, mask, *extra]
     else:
         args = ["query", "key", "value", f"params[{c['weights']}]", f"mask_{c['mask']}", *extra]
     return f"{fn.__module__}.{fn.__qualname__}({', '.join(args)})  # arrays: {c['arrays']}"
