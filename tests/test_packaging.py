@@ -24,25 +24,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE_DEPENDENCIES = ("numpy", "pyyaml")
 
-PLUGIN = '''\
-import numpy as np
-from conformance.plugin import kernel_adapter
+# The five-minute plugin exactly as docs/plugins.md shows it (its first Python block), plus a
+# broken twin (the scale forgotten) so the run also has failures and reproducers.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_blocks import code_blocks  # noqa: E402
 
-@kernel_adapter(name="mylib.attention")
-def my_attention(q, k, v, mask, *, scale):
-    """My attention, in NumPy."""
-    r = q.shape[1] // k.shape[1]
-    k, v = np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)
-    logits = np.einsum("bhtk,bhsk->bhts", q, k) * scale
-    if mask is not None:
-        logits = logits + mask
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    return np.einsum("bhts,bhsv->bhtv", weights, v)
+FIVE_MINUTES = code_blocks(ROOT / "docs" / "plugins.md")[0][1]
+PLUGIN = (
+    FIVE_MINUTES
+    + '''
 
 @kernel_adapter(name="mylib.unscaled")
 def unscaled(q, k, v, mask):
     """Forgets the 1/sqrt(K) scale: every case fails."""
+    r = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)
     logits = np.einsum("bhtk,bhsk->bhts", q, k)
     if mask is not None:
         logits = logits + mask
@@ -50,6 +46,7 @@ def unscaled(q, k, v, mask):
     weights /= weights.sum(-1, keepdims=True)
     return np.einsum("bhts,bhsv->bhtv", weights, v)
 '''
+)
 
 
 def _link_core_dependencies(target: Path) -> None:
