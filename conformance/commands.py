@@ -65,9 +65,29 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def spec_paths(paths: list[str] | None) -> list[str | Path]:
+    """Spec paths as given (relative to the current directory), the shipped specs by default.
+
+    `specs/NAME.yaml` that does not exist here names the shipped file (an installed wheel has
+    them inside the package), so the documented commands work outside a checkout too.
+    """
+    if not paths:
+        return [shipped_specs_dir()]
+    out: list[str | Path] = []
+    for text in paths:
+        path = Path(text)
+        parts = path.parts
+        if not path.exists() and len(parts) >= 1 and parts[0] == "specs":
+            shipped = shipped_specs_dir().joinpath(*parts[1:])
+            if shipped.exists():
+                out.append(shipped)
+                continue
+        out.append(text)
+    return out
+
+
 def select_cases(args: argparse.Namespace) -> list[Case]:
-    paths = args.specs or [shipped_specs_dir()]
-    cases = load_specs(paths)
+    cases = load_specs(spec_paths(args.specs))
     if getattr(args, "dtype", None):
         for dtype in args.dtype:
             if dtype not in DTYPES:
@@ -616,7 +636,7 @@ def describe_case(case: Case) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cases = load_specs(args.specs or [shipped_specs_dir()])
+    cases = load_specs(spec_paths(args.specs))
     found = [c for c in cases if c.id == args.case_id]
     if not found:
         near = [c.id for c in cases if args.case_id.lower() in c.id.lower()][:8]

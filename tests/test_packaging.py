@@ -135,6 +135,12 @@ def test_plugin_runs_shipped_specs_from_an_empty_folder(installed: Path, tmp_pat
     assert verdicts == {"pass"}, verdicts
     assert "site-packages" in next(iter(results["cases"].values()))["source"]
 
+    # docs/plugins.md's second command names specs/masks.yaml: outside a checkout that is
+    # the shipped file.
+    masks = _run(installed, tmp_path, "run", "specs/masks.yaml", "-k", "causal-square and float64",
+                 "--adapter", "myattn:my_attention", "--jobs", "1", "-q", "--out", "masks")  # fmt: skip
+    assert masks.returncode == 0, masks.stdout + masks.stderr
+
     bad = _run(installed, tmp_path, *args, "--adapter", "myattn:unscaled", "--out", "bad")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
