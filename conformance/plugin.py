@@ -441,8 +441,65 @@ class LayerFunctionAdapter(FunctionAdapter):
             options["bias"] = self._array(bias, case, device)
         else:
             mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
-        result = fn(query, key, value, params, self._array(mask, case, device), **options)
+        mask = self._array(mask, case, device)
+        if case.gradients and conv.get("gradients") == "autodiff":
+            return self._run_autodiff(
+                case, inputs, device, query, key, value, params, mask, options
+            )
+        if case.gradients and _accepts(fn, "grad_output"):
+            options["grad_output"] = self._array(
+                np.array(inputs.native("grad_output")), case, device
+            )
+        elif _accepts(fn, "grad_output"):
+            options["grad_output"] = None
+        result = fn(query, key, value, params, mask, **options)
         return self._outputs(result, case, "BHTK")
+
+    def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
+        """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
+        come back in the canonical layout (conformance.backward names)."""
+        from .autodiff import vjp
+        from .layouts import from_linear, from_linear_out
+
+        conv, fn, s = self.convention, type(self).function, case.shape
+        if conv["weights"] not in ("canonical", "linear"):
+            raise Unsupported(f"gradients with weights='{conv['weights']}' are not supported yet")
+        names = ["query"] + ([] if case.self_attention else ["key", "value"])
+        names += [n for n, a in params.items() if a is not None]
+        primals = [query] + ([] if case.self_attention else [key, value])
+        primals += [a for a in params.values() if a is not None]
+
+        def call(*xs: Any) -> Any:
+            d = dict(zip(names, xs, strict=True))
+            q = d["query"]  # self-attention: one tensor used three times, its gradient summed
+            p = {n: d.get(n, a) for n, a in params.items()}
+            return fn(q, d.get("key", q), d.get("value", q), p, mask, **options)
+
+        d_out = self._array(np.array(inputs.native("grad_output")), case, device)
+        result, grads = vjp(conv["arrays"], call, tuple(primals), d_out)
+        g = {n: to_numpy(x) for n, x in zip(names, grads, strict=True)}
+        outputs = self._outputs(result, case, "BHTK")
+        outputs["grad_query"] = g["query"]
+        if not case.self_attention:
+            outputs["grad_key"], outputs["grad_value"] = g["key"], g["value"]
+        if conv["weights"] == "canonical":
+            for n in ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo", "bias_k", "bias_v"):
+                if n in g:
+                    outputs[f"grad_{n}"] = g[n]
+        else:
+            heads = {"q": s.num_heads, "k": s.num_kv_heads, "v": s.num_kv_heads}
+            for p, n in heads.items():
+                w, b = from_linear(g[f"{p}_weight"], g.get(f"{p}_bias"), n)
+                outputs[f"grad_w{p}"] = w
+                if b is not None:
+                    outputs[f"grad_b{p}"] = b
+            outputs["grad_wo"] = from_linear_out(g["out_weight"], s.num_heads)
+            if "out_bias" in g:
+                outputs["grad_bo"] = g["out_bias"]
+            for n in ("bias_k", "bias_v"):
+                if n in g:
+                    outputs[f"grad_{n}"] = g[n]
+        return outputs
 
 
 def _build(
@@ -623,6 +680,7 @@ def layer_adapter(
     setup: Callable[[], None] | None = None,
     class_name: str | None = None,
     bias_on: Iterable[str] = PROJECTIONS,
+    gradients: str | None = None,
 ) -> Any:
     """Decorator (or function) making a layer-mode adapter from
     `fn(query, key, value, params, mask, ...)`.
@@ -636,6 +694,9 @@ def layer_adapter(
     bias_on: the projections that have a bias (default all); with fewer, cases with biases
     are unsupported (the reference has a bias on every projection), bias-free cases run.
     A keyword `bias` with a boolean mask receives the finite bias apart, as in kernel_adapter.
+    Gradient cases: gradients="autodiff" (weights canonical or linear) differentiates with
+    respect to the inputs and every weight; or fn accepts `grad_output` [B,T,Do] and returns a
+    dict with the gradients under conformance.backward's names, in the canonical layout.
     Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
     them (accept `case` to see case.decode, case.add_bias_kv, ...).
     """
@@ -645,18 +706,21 @@ def layer_adapter(
         raise ValueError(f"mask must be one of {MASK_FORMS}, got {mask!r}")
     if kv_heads not in ("native", "equal"):
         raise ValueError("kv_heads must be 'native' or 'equal' for a layer")
+    if gradients not in (None, "autodiff"):
+        raise ValueError(f"gradients must be None or 'autodiff', got {gradients!r}")
     bias_on = tuple(bias_on)
     if set(bias_on) - set(PROJECTIONS):
         raise ValueError(f"bias_on takes projections among {PROJECTIONS}, got {bias_on!r}")
 
     def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
         tags = _features(
-            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop
-        )
+            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop,
+            gradients,
+        )  # fmt: skip
         convention = {
             "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask, "bias_on": bias_on,
+            "broadcast_mask": broadcast_mask, "bias_on": bias_on, "gradients": gradients,
         }  # fmt: skip
         return _build(
             LayerFunctionAdapter, function, convention, name=name, summary=summary,

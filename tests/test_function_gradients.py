@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter
+from conformance.plugin import kernel_adapter, layer_adapter
 from conformance.spec import load_spec
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -145,3 +145,45 @@ def test_dropout_training_cases_with_a_numpy_function() -> None:
         assert record["verdict"] == "pass", (cid, record["message"])
     record = evaluate(bad, DROPOUT["dropout/training-kernel-p0.1[float32]"], "cpu")
     assert record["verdict"] == "fail", record["message"]
+
+
+LAYER_GRAD_CASES = [
+    c
+    for c in load_spec(SPECS / "gradients.yaml")
+    if c.mode == "layer" and c.dtype == "float64" and "fully-masked-rows" not in c.features
+]
+
+
+def _torch_linear_layer(query, key, value, params, mask, scale, case):  # noqa: ANN001, ANN202
+
+    s = case.shape
+
+    def project(x, p, n):  # noqa: ANN001, ANN202
+        y = x @ params[f"{p}_weight"].T
+        if params[f"{p}_bias"] is not None:
+            y = y + params[f"{p}_bias"]
+        return y.reshape(*x.shape[:2], n, -1).transpose(1, 2)  # [B,N,L,K]
+
+    q = project(query, "q", s.num_heads)
+    k = project(key, "k", s.num_kv_heads)
+    v = project(value, "v", s.num_kv_heads)
+    heads = _torch_attention(q, k, v, mask, scale)  # [B,H,T,V]
+    y = heads.transpose(1, 2).reshape(*query.shape[:2], -1) @ params["out_weight"].T
+    return y if params["out_bias"] is None else y + params["out_bias"]
+
+
+def test_layer_autodiff_with_linear_weights() -> None:
+    pytest.importorskip("torch")
+
+    @layer_adapter(name="test.torch-layer", weights="linear", arrays="torch", gradients="autodiff")
+    def layer(query, key, value, params, mask, *, scale, case):  # noqa: ANN001, ANN202
+        return _torch_linear_layer(query, key, value, params, mask, scale, case)
+
+    assert "gradients" in layer.declaration.features
+    records = _run_all(layer(), LAYER_GRAD_CASES)
+    ran = {k: r for k, r in records.items() if r["verdict"] != "unsupported"}
+    assert len(ran) >= 3
+    assert {r["verdict"] for r in ran.values()} == {"pass"}, {
+        k: r["message"] for k, r in ran.items() if r["verdict"] != "pass"
+    }
+    assert any("grad_wq" in r["compared"] for r in ran.values())
