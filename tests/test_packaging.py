@@ -65,7 +65,7 @@ def _link_core_dependencies(target: Path) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bin/ of a fresh venv with the built wheel installed (no extras)."""
     if importlib.util.find_spec("setuptools") is None:
-        pytest.skip("building the wheel offline needs setuptools in this environment")
+        pytest.skip("building the wheel offline needs setuptools (the [test] extra has it)")
     base = tmp_path_factory.mktemp("packaging")
     src = base / "src"
     src.mkdir()
