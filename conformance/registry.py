@@ -87,6 +87,20 @@ def load_target(target: str) -> type[Adapter]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(f"cannot import adapter module '{module_name}': {error}") from None
+    except SyntaxError as error:  # the user's plugin file: say where, no traceback
+        raise UsageError(
+            f"cannot import adapter module '{module_name}': {error.msg} "
+            f"({error.filename}:{error.lineno})"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any error raised while the plugin imports
+        import traceback
+
+        last = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        raise UsageError(
+            f"importing adapter module '{module_name}' raised {type(error).__name__}: "
+            f"{error}{where}"
+        ) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):

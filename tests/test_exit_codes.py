@@ -74,3 +74,18 @@ def test_pytest_plugin_never_falls_back_to_cpu(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 5, done.stdout + done.stderr  # pytest: no tests collected
     assert "numpy.einsum: --conformance-device selects none of its devices (cpu)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [("def broken(:\n", "myplugin.py:1"), ("raise RuntimeError('boom')\n", "RuntimeError: boom")],
+)
+def test_a_plugin_that_does_not_import_is_exit_2_without_traceback(
+    source: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # noqa: ANN001
+    (tmp_path / "myplugin.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["run", BASIC, "--adapter", "myplugin:fn", "-q", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
