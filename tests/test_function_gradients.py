@@ -187,3 +187,30 @@ def test_layer_autodiff_with_linear_weights() -> None:
         k: r["message"] for k, r in ran.items() if r["verdict"] != "pass"
     }
     assert any("grad_wq" in r["compared"] for r in ran.values())
+
+
+def test_training_dropout_verifies_composed_divergences() -> None:
+    from conformance import Divergence
+
+    float32 = Divergence(id="computes-float32", reason="float32 inside",
+                         dtypes=frozenset({"float64"}), compute_dtype="float32")  # fmt: skip
+    noted = Divergence(id="dropout-noted", reason="a second applicable divergence",
+                       when=frozenset({"dropout-training"}))  # fmt: skip
+
+    @kernel_adapter(name="test.dropout-f32", divergences=[float32, noted])
+    def attn(q, k, v, mask, *, scale, dropout_p, training, seed):  # noqa: ANN001, ANN202
+        q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
+        logits = np.einsum("bhtk,bhsk->bhts", q, k) * np.float32(scale)
+        if mask is not None:
+            logits = logits + np.asarray(mask, np.float32)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        if training and dropout_p > 0:
+            keep = np.random.default_rng(seed).random(w.shape) >= dropout_p
+            w = w * keep / np.float32(1 - dropout_p)
+        return np.einsum("bhts,bhsv->bhtv", w, v).astype(np.float64)
+
+    record = evaluate(attn(), DROPOUT["dropout/training-kernel-causal[float64]"], "cpu")
+    assert record["verdict"] == "diverges", record["message"]
+    assert [d["id"] for d in record["divergences"]] == ["computes-float32", "dropout-noted"]
+    assert "checked at float32 precision" in record["message"]
