@@ -73,10 +73,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / name, src / name)
     for name in ("conformance", "adapters", "specs"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # checkout -> sdist -> wheel: the wheel is built from the sdist alone, so anything the
+    # sdist leaves out (specs, their data, the schema) is missing from what gets tested.
+    sdists = base / "sdist"
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
+         "b.build_sdist(sys.argv[1])", str(sdists)],
+        cwd=src, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    (sdist,) = sdists.glob("*.tar.gz")
     wheels = base / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(sdist)],
         check=True,
         timeout=300,
     )
@@ -112,6 +121,21 @@ def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def test_wheel_carries_specs_data_and_schema(installed: Path) -> None:
+    probe = subprocess.run(
+        [str(installed / "python"), "-c",
+         "from conformance.spec import shipped_specs_dir as d; from conformance.schema import "
+         "SCHEMA_PATH as s; print(d()); print(sorted(p.name for p in d().rglob('*.*'))); "
+         "print(s.is_file())"],
+        capture_output=True, text=True, check=True, cwd="/",
+    )  # fmt: skip
+    where, names, schema = probe.stdout.splitlines()
+    assert "site-packages" in where and where.endswith("conformance/specs")
+    for name in ("basic.yaml", "masks.yaml", "keras_attention.npz", "onnx_attention.npz"):
+        assert name in names
+    assert schema == "True"
 
 
 def test_core_install_has_no_optional_dependencies(installed: Path) -> None:
