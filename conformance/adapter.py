@@ -144,10 +144,16 @@ class Declaration:
         return f"{self.name} cannot express: " + "; ".join(parts)
 
     def divergence_for(self, case: Case, device: str) -> Divergence | None:
+        """The first applicable divergence (see divergences_for for all of them)."""
         for divergence in self.divergences:
             if divergence.applies(case, device):
                 return divergence
         return None
+
+    def divergences_for(self, case: Case, device: str) -> list[Divergence]:
+        """Every applicable divergence, in declaration order; evaluate verifies them composed
+        (conformance.divergences)."""
+        return [d for d in self.divergences if d.applies(case, device)]
 
     def tolerance_override(self, dtype: str) -> ToleranceOverride | None:
         return next((t for t in self.tolerances if t.dtype == dtype), None)

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import ConformanceError
+from .errors import ConformanceError, UsageError
 
 EPILOG = """\
 examples:
@@ -29,6 +29,11 @@ SUBCOMMAND_MODULES = (
     "conformance.importers",
 )
 
+# Optional dependencies a subcommand module may need -> the extra that installs them. The core
+# install (numpy, pyyaml) must run every other subcommand; these say what to install instead of
+# a traceback from the import.
+OPTIONAL_EXTRAS = {"hypothesis": "fuzz"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -45,9 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as error:
             if error.name == name:
                 continue  # not part of this install
-            raise
+            missing = (error.name or "").split(".")[0]
+            if missing not in OPTIONAL_EXTRAS:
+                raise
+            _register_unavailable(sub, name.rsplit(".", 1)[-1], missing)
+            continue
         module.register(sub)
     return parser
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing: str) -> None:
+    """A subcommand whose optional dependency is missing: it exits 2 saying which extra."""
+    extra = OPTIONAL_EXTRAS[missing]
+    message = (
+        f"`conformance {command}` needs {missing}, which is not installed\n"
+        f"  hint: pip install 'attention-conformance[{extra}]' (or pip install {missing})"
+    )
+    # prefix_chars without "-": every option the real subcommand takes lands in `rest`, so the
+    # user sees the missing dependency, not "unrecognized arguments".
+    parser = sub.add_parser(
+        command,
+        help=f"(needs the [{extra}] extra: pip install {missing})",
+        prefix_chars="\0",
+        add_help=False,
+    )
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise UsageError(message)
+
+    parser.set_defaults(handler=unavailable)
 
 
 def _version() -> str:

@@ -66,9 +66,29 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def spec_paths(paths: list[str] | None) -> list[str | Path]:
+    """Spec paths as given (relative to the current directory), the shipped specs by default.
+
+    `specs/NAME.yaml` that does not exist here names the shipped file (an installed wheel has
+    them inside the package), so the documented commands work outside a checkout too.
+    """
+    if not paths:
+        return [shipped_specs_dir()]
+    out: list[str | Path] = []
+    for text in paths:
+        path = Path(text)
+        parts = path.parts
+        if not path.exists() and len(parts) >= 1 and parts[0] == "specs":
+            shipped = shipped_specs_dir().joinpath(*parts[1:])
+            if shipped.exists():
+                out.append(shipped)
+                continue
+        out.append(text)
+    return out
+
+
 def select_cases(args: argparse.Namespace) -> list[Case]:
-    paths = args.specs or [shipped_specs_dir()]
-    cases = load_specs(paths)
+    cases = load_specs(spec_paths(args.specs))
     tier = getattr(args, "tier", None)
     # Cases named with --case run whatever their tier; otherwise the default tier applies.
     if tier is not None or not getattr(args, "case", None):
@@ -238,6 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "no installed adapter selected\n  hint: `conformance list adapters` shows what is installed"
         )
 
+    expected = _load_expected(args, cases, entries)
     out_dir.mkdir(parents=True, exist_ok=True)
     stream_path = out_dir / "results.jsonl"
     previous: list[dict] = []
@@ -293,7 +314,97 @@ def cmd_run(args: argparse.Namespace) -> int:
     _user_adapter_help(dedupe(records), entries, cases, out_dir)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
-    return 1 if bad else 0
+    empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
+    if args.write_expected:
+        from .expected import write
+
+        count = write(args.write_expected, dedupe(records), command)
+        print(f"expected results: {args.write_expected} ({count} known fail/error entries)")
+    if expected is not None:
+        bad = _report_expected(expected, dedupe(records), args.expected)
+    return 1 if bad else empty
+
+
+# --- nothing executed (conformance.executed) -------------------------------------------------
+
+
+def _report_empty(
+    records: list[dict], entries: list[AdapterEntry], adapter_info: dict, args: argparse.Namespace
+) -> int:
+    """Say which adapters executed nothing; the exit code for that (0 when it is acceptable).
+
+    Non-zero when an adapter the user named exactly (or as module:function) executed nothing,
+    or when the whole run executed nothing; adapters picked by a prefix or by default (a
+    GPU-only adapter on a CPU machine) are reported but do not change the exit code alone.
+    """
+    from .executed import EXECUTED_VERDICTS, EXIT_NOTHING_EXECUTED, empty_adapters
+
+    empty = empty_adapters([e.name for e in entries], adapter_info, args.device, records)
+    if not empty:
+        return 0
+    for name, why in empty.items():
+        print(f"{name}: executed nothing: {why}", file=sys.stderr)
+    named = set(args.adapter or ())
+    strict = [
+        e.name
+        for e in entries
+        if e.name in empty and (e.name in named or e.source == "command line")
+    ]
+    nothing = not any(r["verdict"] in EXECUTED_VERDICTS for r in records)
+    if not (strict or nothing):
+        return 0
+    if args.allow_empty:
+        print("(--allow-empty: not an error)", file=sys.stderr)
+        return 0
+    print(
+        f"exit {EXIT_NOTHING_EXECUTED}: "
+        + ("nothing was executed" if nothing else f"{', '.join(strict)} executed nothing")
+        + " (pass --allow-empty if that is expected)",
+        file=sys.stderr,
+    )
+    return EXIT_NOTHING_EXECUTED
+
+
+# --- expected results (conformance.expected) -------------------------------------------------
+
+
+def _load_expected(args: argparse.Namespace, cases: list[Case], entries: list[AdapterEntry]):  # noqa: ANN202
+    """The --expected entries, checked against the selection before anything runs."""
+    if not args.expected:
+        return None
+    from .expected import check_patterns, load
+
+    known = load(args.expected)
+    check_patterns(known, [c.id for c in cases], [e.name for e in entries])
+    return known
+
+
+def _report_expected(expected: list, records: list[dict], path: str) -> bool:
+    """Print every change against the expected file; True when there is one (exit 1)."""
+    from .expected import compare
+
+    changes = compare(expected, records)
+    known = sum(1 for r in records if r["verdict"] in ("fail", "error")) - sum(
+        1 for c in changes if c.kind == "new failure"
+    )
+    if not changes:
+        print(f"\nexpected results ({path}): no change ({known} known fail/error result(s))")
+        return False
+    print(f"\nexpected results ({path}): {len(changes)} change(s)", file=sys.stderr)
+    for change in changes[:50]:
+        print("  " + _printable(change.describe()), file=sys.stderr)
+    if len(changes) > 50:
+        print(f"  ... and {len(changes) - 50} more", file=sys.stderr)
+    print(
+        "  hint: fix the regression, or update the file (--write-expected writes one from a run)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _printable(text: str) -> str:
+    """Spec and result text on a terminal: control characters shown escaped, not executed."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
@@ -422,6 +533,24 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
+    # --- CI trust (conformance.executed, conformance.expected) ---
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="exit 0 even when a named adapter executed nothing (no device, every case "
+        "unsupported); by default that exits 5",
+    )
+    p.add_argument(
+        "--expected",
+        metavar="FILE",
+        help="known results (docs/ci.md): exit 0 when every result matches the file, 1 on any "
+        "change (a new fail, or a known fail that now passes)",
+    )
+    p.add_argument(
+        "--write-expected",
+        metavar="FILE",
+        help="write an expected-results file listing this run's fail/error results",
+    )
 
 
 def add_tier_argument(p: argparse.ArgumentParser) -> None:
@@ -523,7 +652,7 @@ def describe_case(case: Case) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cases = load_specs(args.specs or [shipped_specs_dir()])
+    cases = load_specs(spec_paths(args.specs))
     found = [c for c in cases if c.id == args.case_id]
     if not found:
         near = [c.id for c in cases if args.case_id.lower() in c.id.lower()][:8]
@@ -541,6 +670,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the float64 reference, and write results.json (streamed to results.jsonl as results "
         "complete) plus reports into the output folder.",
         epilog="exit codes: 0 no fail/error, 1 some fail or error, 2 bad usage or spec, "
+        "5 a named adapter (or the whole run) executed nothing (see --allow-empty), "
         "130 interrupted (resume with --resume DIR)",
     )
     add_run_arguments(run)

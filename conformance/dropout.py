@@ -400,42 +400,47 @@ def evaluate_training(
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
     findings, stats = check_draws(case, inputs, outputs, reference, behavior, tol.atol, tol.rtol)
     failed = [f.text for f in findings if not f.ok]
-    divergence = decl.divergence_for(case, device) if failed else None
-    if divergence is None:
+    divergences = decl.divergences_for(case, device) if failed else []
+    if not divergences:
         _fill(record, stats, tol, case.dtype)
         record["verdict"] = "fail" if failed else "pass"
         record["message"] = "; ".join(failed or [f.text for f in findings])
         return record
-    # As evaluate._verify_divergence does: check the draws again against what the declared
-    # divergence says happens instead (its masked-row policy; its compute dtype's tolerance and
-    # structure precision); only a result that matches it "diverges", else it is a "fail".
-    record["divergence"] = {"id": divergence.id, "reason": divergence.reason,
-                            "link": divergence.link}  # fmt: skip
-    policy = divergence.masked_rows or case.mask.fully_masked_rows
-    precision, alt_tol = case.dtype, tol
-    if divergence.compute_dtype and (divergence.outputs is None or "output" in divergence.outputs):
-        precision, alt_tol = divergence.compute_dtype, tolerance_for(divergence.compute_dtype)
+    # As evaluate does (conformance.divergences): check the draws again against what the
+    # applicable divergences, composed, say happens instead (masked-row policy; the lowest
+    # compute dtype's tolerance and structure precision); only a match "diverges".
+    from .divergences import compose, record_entries
+
+    record["divergence"] = record_entries(divergences)[0]
+    if len(divergences) > 1:
+        record["divergences"] = record_entries(divergences)
+    composed = compose(divergences, case, ("output",))
+    policy = composed.policy
+    precision = composed.compute.get("output", case.dtype)
+    alt_tol = tolerance_for(precision) if precision != case.dtype else tol
     alt, alt_stats = check_draws(
         case, inputs, outputs, cache.reference(case, policy), behavior, alt_tol.atol,
         alt_tol.rtol, precision,
     )  # fmt: skip
     alt_failed = [f.text for f in alt if not f.ok]
-    if divergence.unverifiable or not alt_failed:
-        how = [f"fully masked rows match policy '{policy}'"] if divergence.masked_rows else []
+    unverifiable = any(d.unverifiable for d in divergences)
+    if unverifiable or not alt_failed:
+        masked = any(d.masked_rows for d in divergences)
+        how = [f"fully masked rows match policy '{policy}'"] if masked else []
         how += [f"checked at {precision} precision"] if precision != case.dtype else []
-        how = ["unverifiable by declaration"] if divergence.unverifiable else how
+        how = ["unverifiable by declaration"] if unverifiable else how
         _fill(record, alt_stats, alt_tol, precision)
         record["verdict"] = "diverges"
-        record["message"] = (
-            f"{divergence.id}: {divergence.reason} [{', '.join(how or ['verified'])}]; "
-        )
+        reasons = "; ".join(f"{d.id}: {d.reason}" for d in divergences)
+        record["message"] = f"{reasons} [{', '.join(how or ['verified'])}]; "
         record["message"] += "; ".join(alt_failed or [f.text for f in alt])
         return record
     _fill(record, stats, tol, case.dtype)
     record["verdict"] = "fail"
+    ids = " + ".join(d.id for d in divergences)
+    what = "divergence '{}' does" if len(divergences) == 1 else "divergences '{}' do"
     record["message"] = "; ".join(failed) + (
-        f"; the declared divergence '{divergence.id}' does not explain it either: "
-        + "; ".join(alt_failed)
+        f"; the declared {what.format(ids)} not explain it either: " + "; ".join(alt_failed)
     )
     return record
 

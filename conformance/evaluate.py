@@ -15,10 +15,11 @@ import traceback
 
 import numpy as np
 
-from .adapter import Adapter, Divergence, Unsupported
+from .adapter import Adapter, Unsupported
 from .backward import baseline_gradients, gradient_names, gradients
 from .case import Case
 from .compare import Comparison, baseline_error, compare
+from .divergences import record_entries, verify
 from .inputs import CaseInputs, make_inputs
 from .reference import attention, baseline
 from .tolerance import Tolerance, for_gradients, tolerance_for
@@ -107,7 +108,7 @@ class ReferenceCache:
 
     def __init__(self, size: int = 64, max_bytes: int = 1 << 30) -> None:
         self._inputs: dict[str, CaseInputs] = {}
-        self._refs: dict[tuple[str, str, bool], dict] = {}
+        self._refs: dict[tuple, dict] = {}  # (case id, policy, same_dtype | compute dtype)
         self._size = size
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -135,6 +136,31 @@ class ReferenceCache:
             if case.gradients:
                 grad_fn = baseline_gradients if same_dtype else gradients
                 ref.update(grad_fn(case, self.inputs(case), masked_rows=policy))
+            self._account(ref.values())
+            self._refs[key] = ref
+        return self._refs[key]
+
+    def at(self, case: Case, policy: str, dtype: str | None) -> dict:
+        """The float64 reference (dtype None), or a straightforward implementation computing
+        in `dtype` from inputs rounded to it: the same-dtype baseline when dtype is the case
+        dtype, else the baseline of a declared compute dtype (conformance.divergences)."""
+        if dtype is None:
+            return self.reference(case, policy)
+        if dtype == case.dtype:
+            return self.reference(case, policy, same_dtype=True)
+        key = (case.id, policy, dtype)
+        if key not in self._refs:
+            from .divergences import rounded_inputs
+            from .dtypes import round_to
+
+            inputs = rounded_inputs(self.inputs(case), dtype)
+
+            def rounding(x: np.ndarray) -> np.ndarray:
+                return round_to(x, dtype)
+
+            ref = attention(case, inputs, masked_rows=policy, rounding=rounding)
+            if case.gradients:
+                ref.update(gradients(case, inputs, masked_rows=policy, rounding=rounding))
             self._account(ref.values())
             self._refs[key] = ref
         return self._refs[key]
@@ -227,7 +253,8 @@ def evaluate(
         if np.finfo(got).bits < (64 if case.dtype == "float64" else 16):
             notes.append(f"'{name}' came back as {got} for a {case.dtype} case")
 
-    divergence = decl.divergence_for(case, device)
+    divergences = decl.divergences_for(case, device)
+    divergence = divergences[0] if divergences else None
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
     policy = case.mask.fully_masked_rows
     low = tol.baseline_factor is not None
@@ -254,7 +281,8 @@ def evaluate(
                 "weights": _preview(outputs["weights"]),
             }
         if divergence is not None:
-            notes.append(f"declared divergence '{divergence.id}' did not show on this case")
+            for d in divergences:
+                notes.append(f"declared divergence '{d.id}' did not show on this case")
         record["message"] = "; ".join(notes)
         return record
 
@@ -264,56 +292,19 @@ def evaluate(
         record["verdict"] = "fail"
         record["message"] = "; ".join([failed, *notes])
         return record
-    record["divergence"] = {
-        "id": divergence.id,
-        "reason": divergence.reason,
-        "link": divergence.link,
-    }
-    verified, how = _verify_divergence(divergence, case, outputs, cache, tol, names)
+    record["divergence"] = record_entries(divergences)[0]
+    if len(divergences) > 1:
+        record["divergences"] = record_entries(divergences)
+    verified, how = verify(divergences, case, outputs, cache.at, tol, names)
+    ids = " + ".join(d.id for d in divergences)
     if verified:
         record["verdict"] = "diverges"
-        record["message"] = f"{divergence.id}: {divergence.reason} [{how}]"
+        reasons = "; ".join(f"{d.id}: {d.reason}" for d in divergences)
+        record["message"] = f"{reasons} [{how}]"
     else:
         record["verdict"] = "fail"
+        what = "divergence '{}' does" if len(divergences) == 1 else "divergences '{}' do"
         record["message"] = (
-            f"{failed}; the declared divergence '{divergence.id}' does not explain it either: {how}"
+            f"{failed}; the declared {what.format(ids)} not explain it either: {how}"
         )
     return record
-
-
-def _verify_divergence(
-    divergence: Divergence,
-    case: Case,
-    outputs: dict,
-    cache: ReferenceCache,
-    tol: Tolerance,
-    names: tuple[str, ...],
-) -> tuple[bool, str]:
-    """Check the result against what the divergence says happens instead."""
-    if divergence.unverifiable:
-        return True, "unverifiable by declaration; measured errors are in the record"
-    policy = divergence.masked_rows or case.mask.fully_masked_rows
-    alt_tol = tolerance_for(divergence.compute_dtype) if divergence.compute_dtype else tol
-    if divergence.compute_dtype and alt_tol.baseline_factor is None:
-        alt_tol = Tolerance(alt_tol.rtol, alt_tol.atol, source=alt_tol.source)
-    expected = cache.reference(case, policy)
-    affected = divergence.outputs or names
-    comparisons = []
-    for name in names:
-        use = _tolerance_of(name, alt_tol if name in affected else tol)
-        # The low-precision baseline rule applies here too, against the same-dtype baseline
-        # computed under the divergence's policy (else every float16/bfloat16 divergence
-        # would be held to the fixed rule alone).
-        b_err = None
-        if use.baseline_factor is not None:
-            base = cache.reference(case, policy, same_dtype=True)
-            b_err = baseline_error(base[name], expected[name])
-        comparisons.append(compare(name, outputs[name], expected[name], use, b_err))
-    if all(c.ok for c in comparisons):
-        parts = []
-        if divergence.masked_rows:
-            parts.append(f"fully masked rows match policy '{policy}'")
-        if divergence.compute_dtype:
-            parts.append(f"matches at {divergence.compute_dtype} tolerance")
-        return True, "verified: " + ", ".join(parts or ["matches"])
-    return False, "; ".join(c.summary() for c in comparisons if not c.ok)

@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from .adapter import Adapter, Declaration, Divergence, ToleranceOverride, Unsupported
+from .adapter import (
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    ToleranceOverride,
+    Unsupported,
+)
 from .adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
 from .case import Case
 from .inputs import CaseInputs
@@ -57,7 +64,8 @@ from .masks import build_mask, combined_additive, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
-WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum")
+WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum", "fused")
+PROJECTIONS = ("q", "k", "v", "o")
 KV_HEADS = ("native", "repeat", "equal")
 
 # What a boolean mask can carry; an additive one carries a finite bias too.
@@ -107,6 +115,39 @@ def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | N
     return mask
 
 
+def bias_for(case: Case, *, broadcast: bool = True) -> np.ndarray | None:
+    """The finite additive bias of a case, [B, H, T, S] in the storage dtype (masked positions
+    hold 0: the boolean mask removes them), or None when the case has no finite bias. With a
+    boolean mask this is the pair "bool mask + separate bias" (e.g. SDPA-like kernels taking
+    attn_mask and a relative-position bias apart)."""
+    from .dtypes import STORAGE
+
+    _, bias = build_mask(case)
+    if bias is None or not np.any(np.isfinite(bias) & (bias != 0)):
+        return None
+    out = np.where(np.isfinite(bias), bias, 0.0).astype(STORAGE[case.dtype])
+    if broadcast:
+        s = case.shape
+        out = np.ascontiguousarray(
+            np.broadcast_to(out, (s.batch, s.num_heads, s.query_len, s.kv_len))
+        )
+    return out
+
+
+def _split_mask(case: Case, form: str, broadcast: bool) -> tuple[np.ndarray | None, Any]:
+    """(boolean mask in `form` without the bias check, finite bias or None)."""
+    if case.mask.is_empty():
+        return None, None
+    seen = visible(case)
+    mask = None if seen is None else (seen if form == "attend" else to_true_masked(seen))
+    if broadcast and mask is not None:
+        s = case.shape
+        mask = np.ascontiguousarray(
+            np.broadcast_to(mask, (s.batch, s.num_heads, s.query_len, s.kv_len))
+        )
+    return mask, bias_for(case, broadcast=broadcast)
+
+
 # --- declarations --------------------------------------------------------------------------
 
 
@@ -125,6 +166,7 @@ def _features(
     features: Iterable[str] | None,
     add: Iterable[str],
     drop: Iterable[str],
+    gradients: str | None = None,
 ) -> frozenset[str]:
     if features is not None:
         tags = set(features) | {mode}
@@ -139,6 +181,14 @@ def _features(
             tags.add("scale")
         if returns_weights:
             tags |= {"weights", "weights-mean"}
+        if mask in ("attend", "masked") and _accepts(fn, "bias"):
+            tags.add("attn-bias")  # the finite bias travels apart from the boolean mask
+        if gradients == "autodiff" or _accepts(fn, "grad_output"):
+            tags.add("gradients")
+        if all(_accepts(fn, p) for p in ("dropout_p", "training", "seed")):
+            tags |= {"dropout", "dropout-training"}
+        if weights == "fused":  # one qkv matrix applied to one input: self-attention only
+            tags -= {"cross-attention", "kv-input-dims"}
         if weights == "packed":  # torch's packed in_proj: one E for q, k, v and the output
             tags -= {"kv-input-dims", "value-dim", "output-dim"} | GQA_FEATURES
     return frozenset((tags | set(add)) - set(drop))
@@ -192,6 +242,13 @@ class FunctionAdapter(Adapter):
             kwargs["case"] = case
         if _accepts(fn, "device"):
             kwargs["device"] = device
+        # Dropout: the rate, the mode and the seed of this draw (conformance.dropout varies it).
+        if _accepts(fn, "dropout_p"):
+            kwargs["dropout_p"] = case.dropout.rate if case.dropout else 0.0
+        if _accepts(fn, "training"):
+            kwargs["training"] = bool(case.dropout and case.dropout.training)
+        if _accepts(fn, "seed"):
+            kwargs["seed"] = (case.dropout.seed or 0) if case.dropout else 0
         return kwargs
 
     def _array(self, array: np.ndarray | None, case: Case, device: str) -> Any:
@@ -225,10 +282,76 @@ class KernelFunctionAdapter(FunctionAdapter):
             k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
         if conv["layout"] == "BTHK":
             q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
-        mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        fn, options = type(self).function, self._options(case, device)
+        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
+            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
+            options["bias"] = self._array(bias, case, device)
+        else:
+            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        if conv.get("qkv") == "packed":
+            return self._run_packed(case, q, k, v, mask, options, device)
         args = [self._array(a, case, device) for a in (q, k, v, mask)]
-        result = type(self).function(*args, **self._options(case, device))
-        return self._outputs(result, case, conv["layout"])
+        d_out = None
+        if case.gradients:  # dY in the function's layout and array kind
+            d_y = np.array(inputs.native("grad_output"))  # writable: frameworks may write
+            d_out = self._array(
+                bhtk_to_bthk(d_y) if conv["layout"] == "BTHK" else d_y, case, device
+            )
+        if _accepts(fn, "grad_output"):
+            options["grad_output"] = d_out  # None outside gradient cases
+        if case.gradients and conv.get("gradients") == "autodiff":
+            from .autodiff import vjp
+
+            result, grads = vjp(
+                conv["arrays"],
+                lambda q, k, v: fn(q, k, v, args[3], **options),
+                tuple(args[:3]),
+                d_out,
+            )
+            if isinstance(result, tuple):
+                if len(result) != 2:
+                    raise TypeError("return the output, or (output, weights)")
+                result = {"output": result[0], "weights": result[1]}
+            elif not isinstance(result, Mapping):
+                result = {"output": result}
+            result = {**result, **dict(zip(("grad_q", "grad_k", "grad_v"), grads, strict=True))}
+        else:
+            result = fn(*args, **options)
+        outputs = self._outputs(result, case, conv.get("out_layout") or conv["layout"])
+        return _kernel_gradients_back(outputs, case, conv)
+
+    def _run_packed(self, case, q, k, v, mask, options, device):  # noqa: ANN001, ANN202
+        """fn(qkv [B,T,3,H,K], mask, ...) -> out [B,T,H,K] (flash_attn_qkvpacked_func style):
+        self-attention with T = S, H = G and K = V only."""
+        conv, s = self.convention, case.shape
+        if not (
+            s.query_len == s.kv_len and s.num_heads == s.num_kv_heads and s.key_dim == s.value_dim
+        ):
+            raise Unsupported("packed QKV needs T = S, H = G and K = V")
+        if conv["layout"] != "BTHK":
+            q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
+        qkv = np.ascontiguousarray(np.stack([q, k, v], axis=2))  # [B,T,3,H,K]
+        result = type(self).function(
+            self._array(qkv, case, device), self._array(mask, case, device), **options
+        )
+        return self._outputs(result, case, conv.get("out_layout") or "BTHK")
+
+
+def _kernel_gradients_back(outputs: dict, case: Case, conv: Mapping[str, Any]) -> dict:
+    """Returned gradients to the canonical layout: BTHK transposed back; with kv_heads="repeat"
+    a key/value head's gradient is the sum over the query heads it was repeated to."""
+    g = case.shape.num_kv_heads
+    for name in ("grad_q", "grad_k", "grad_v"):
+        if name not in outputs or outputs[name].ndim != 4:
+            continue
+        grad = outputs[name]
+        if conv["layout"] == "BTHK":
+            grad = bthk_to_bhtk(grad)
+        if name != "grad_q" and conv["kv_heads"] == "repeat" and grad.shape[1] != g:
+            b, h, s_len, d = grad.shape
+            grad = grad.reshape(b, g, h // g, s_len, d).sum(axis=2)
+        outputs[name] = grad
+    return outputs
 
 
 def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.ndarray | None]:
@@ -240,6 +363,8 @@ def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.nd
                (torch nn.MultiheadAttention; needs H = G, Dq = Dk = Dv = Do = H*K, K = V)
     einsum:    q_kernel [Dq,H,K] q_bias [H,K] ... out_kernel [H,V,Do] out_bias [Do]
                (Keras EinsumDense, Flax DenseGeneral)
+    fused:     qkv_weight [H*K+G*K+G*V, D] (rows q, then k, then v) qkv_bias, out_weight
+               [Do,H*V] out_bias (one Wqkv matrix, as in many LLM blocks; self-attention)
     add_bias_kv cases add bias_k [G,K] and bias_v [G,V] in every layout.
     """
     w = {name: inputs.native(name) for name in inputs.weights}
@@ -273,6 +398,17 @@ def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.nd
             out[f"{p}_kernel"] = to_einsum_kernel(w[f"w{p}"])
             out[f"{p}_bias"] = w[f"b{p}"] if bias else None
         out["out_kernel"], out["out_bias"] = w["wo"], (w["bo"] if bias else None)
+    elif layout == "fused":
+        s = case.shape
+        if not (case.self_attention and s.query_dim == s.key_input_dim == s.value_input_dim):
+            raise Unsupported("a fused qkv projection needs self-attention (one input)")
+        parts = [to_linear(w[f"w{p}"], w[f"b{p}"]) for p in "qkv"]
+        out = {
+            "qkv_weight": np.concatenate([weight for weight, _ in parts], axis=0),
+            "qkv_bias": np.concatenate([b for _, b in parts], axis=0) if bias else None,
+            "out_weight": to_linear_out(w["wo"]),
+            "out_bias": w["bo"] if bias else None,
+        }
     else:
         raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
     if case.add_bias_kv:
@@ -289,15 +425,81 @@ class LayerFunctionAdapter(FunctionAdapter):
         else:
             key = self._array(inputs.native("key"), case, device)
             value = self._array(inputs.native("value"), case, device)
+        bias_on = conv.get("bias_on") or PROJECTIONS
+        if case.use_bias and set(bias_on) != set(PROJECTIONS):
+            missing = ", ".join(p for p in PROJECTIONS if p not in bias_on)
+            raise Unsupported(
+                f"no bias on the {missing} projection(s); this case has biases on all"
+            )
         params = {
             name: self._array(a, case, device)
             for name, a in layer_params(case, inputs, conv["weights"]).items()
         }
-        mask = self._array(
-            mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"]), case, device
-        )
-        result = type(self).function(query, key, value, params, mask, **self._options(case, device))
+        fn, options = type(self).function, self._options(case, device)
+        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
+            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
+            options["bias"] = self._array(bias, case, device)
+        else:
+            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        mask = self._array(mask, case, device)
+        if case.gradients and conv.get("gradients") == "autodiff":
+            return self._run_autodiff(
+                case, inputs, device, query, key, value, params, mask, options
+            )
+        if case.gradients and _accepts(fn, "grad_output"):
+            options["grad_output"] = self._array(
+                np.array(inputs.native("grad_output")), case, device
+            )
+        elif _accepts(fn, "grad_output"):
+            options["grad_output"] = None
+        result = fn(query, key, value, params, mask, **options)
         return self._outputs(result, case, "BHTK")
+
+    def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
+        """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
+        come back in the canonical layout (conformance.backward names)."""
+        from .autodiff import vjp
+        from .layouts import from_linear, from_linear_out
+
+        conv, fn, s = self.convention, type(self).function, case.shape
+        if conv["weights"] not in ("canonical", "linear"):
+            raise Unsupported(f"gradients with weights='{conv['weights']}' are not supported yet")
+        names = ["query"] + ([] if case.self_attention else ["key", "value"])
+        names += [n for n, a in params.items() if a is not None]
+        primals = [query] + ([] if case.self_attention else [key, value])
+        primals += [a for a in params.values() if a is not None]
+
+        def call(*xs: Any) -> Any:
+            d = dict(zip(names, xs, strict=True))
+            q = d["query"]  # self-attention: one tensor used three times, its gradient summed
+            p = {n: d.get(n, a) for n, a in params.items()}
+            return fn(q, d.get("key", q), d.get("value", q), p, mask, **options)
+
+        d_out = self._array(np.array(inputs.native("grad_output")), case, device)
+        result, grads = vjp(conv["arrays"], call, tuple(primals), d_out)
+        g = {n: to_numpy(x) for n, x in zip(names, grads, strict=True)}
+        outputs = self._outputs(result, case, "BHTK")
+        outputs["grad_query"] = g["query"]
+        if not case.self_attention:
+            outputs["grad_key"], outputs["grad_value"] = g["key"], g["value"]
+        if conv["weights"] == "canonical":
+            for n in ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo", "bias_k", "bias_v"):
+                if n in g:
+                    outputs[f"grad_{n}"] = g[n]
+        else:
+            heads = {"q": s.num_heads, "k": s.num_kv_heads, "v": s.num_kv_heads}
+            for p, n in heads.items():
+                w, b = from_linear(g[f"{p}_weight"], g.get(f"{p}_bias"), n)
+                outputs[f"grad_w{p}"] = w
+                if b is not None:
+                    outputs[f"grad_b{p}"] = b
+            outputs["grad_wo"] = from_linear_out(g["out_weight"], s.num_heads)
+            if "out_bias" in g:
+                outputs["grad_bo"] = g["out_bias"]
+            for n in ("bias_k", "bias_v"):
+                if n in g:
+                    outputs[f"grad_{n}"] = g[n]
+        return outputs
 
 
 def _build(
@@ -320,6 +522,7 @@ def _build(
     devices: Iterable[str],
     setup: Callable[[], None] | None,
     class_name: str | None,
+    dropout: DropoutBehavior | None = None,
 ) -> type[FunctionAdapter]:
     kind = convention["arrays"]
     if kind not in ARRAY_KINDS:
@@ -338,6 +541,7 @@ def _build(
         tolerances=tuple(tolerances),
         unsupported_reasons=dict(unsupported_reasons or {}),
         notes=_notes(convention.get("kv_heads", "native"), convention["returns_weights"], notes),
+        dropout=dropout,
     )
     qualname = class_name or fn.__qualname__
     cls = type(
@@ -383,6 +587,10 @@ def kernel_adapter(
     devices: Iterable[str] = ("cpu",),
     setup: Callable[[], None] | None = None,
     class_name: str | None = None,
+    gradients: str | None = None,
+    dropout: DropoutBehavior | None = None,
+    out_layout: str | None = None,
+    qkv: str = "separate",
 ) -> Any:
     """Decorator (or function) making a kernel-mode adapter from `fn(q, k, v, mask, ...)`.
 
@@ -394,7 +602,27 @@ def kernel_adapter(
     kv_heads: "native" (fn handles G < H itself: head h uses key/value head h // (H/G)),
     "repeat" (the helper repeats key/value heads first; say so in the adapter's name),
     "equal" (grouped/multi-query cases are unsupported).
+
+    Gradient cases: gradients="autodiff" (arrays torch/jax/tensorflow) differentiates fn's
+    output for the case's upstream gradient with the framework (conformance.autodiff); or fn
+    accepts `grad_output` (dY, the output's layout; None outside gradient cases) and returns a
+    dict with "output", "grad_q", "grad_k", "grad_v" (the inputs' layouts).
+    Dropout cases: fn accepts `dropout_p`, `training` and `seed` (one seed per training draw);
+    `dropout=` describes where it applies dropout (conformance.DropoutBehavior).
+
+    Other calling conventions: with mask="attend"/"masked", a keyword `bias` receives the
+    finite additive bias [B,H,T,S] apart from the boolean mask (None without one);
+    out_layout= when the output's layout differs from the inputs' (default: layout);
+    qkv="packed": fn(qkv [B,T,3,H,K], mask, ...) (self-attention with T = S, H = G, K = V).
     """
+    if out_layout not in (None, *KERNEL_LAYOUTS):
+        raise ValueError(f"out_layout must be one of {KERNEL_LAYOUTS}, got {out_layout!r}")
+    if qkv not in ("separate", "packed"):
+        raise ValueError(f"qkv must be 'separate' or 'packed', got {qkv!r}")
+    if qkv == "packed" and gradients:
+        raise ValueError("gradients are not supported with qkv='packed' yet")
+    if gradients not in (None, "autodiff"):
+        raise ValueError(f"gradients must be None or 'autodiff', got {gradients!r}")
     for value, allowed, what in (
         (mask, MASK_FORMS, "mask"), (layout, KERNEL_LAYOUTS, "layout"), (kv_heads, KV_HEADS, "kv_heads"),
     ):  # fmt: skip
@@ -403,19 +631,23 @@ def kernel_adapter(
 
     def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
         tags = _features(
-            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop
-        )
+            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop,
+            gradients,
+        )  # fmt: skip
         convention = {
             "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask,
+            "broadcast_mask": broadcast_mask, "gradients": gradients,
+            "out_layout": out_layout, "qkv": qkv,
         }  # fmt: skip
+        if qkv == "packed":  # one packed tensor: no separate key/value sequence or heads
+            tags = tags - GQA_FEATURES - {"kv-len", "value-dim"}
         return _build(
             KernelFunctionAdapter, function, convention, name=name, summary=summary,
             framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
             env=env, divergences=divergences, tolerances=tolerances,
             unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
-            class_name=class_name,
+            class_name=class_name, dropout=dropout,
         )  # fmt: skip
 
     return wrap(fn) if fn is not None else wrap
@@ -447,6 +679,8 @@ def layer_adapter(
     devices: Iterable[str] = ("cpu",),
     setup: Callable[[], None] | None = None,
     class_name: str | None = None,
+    bias_on: Iterable[str] = PROJECTIONS,
+    gradients: str | None = None,
 ) -> Any:
     """Decorator (or function) making a layer-mode adapter from
     `fn(query, key, value, params, mask, ...)`.
@@ -457,6 +691,12 @@ def layer_adapter(
     the output [B,T,Do], or (output, weights [B,H,T,S]) when returns_weights, or a dict.
 
     kv_heads: "native" (G < H handled by fn) or "equal" (grouped/multi-query unsupported).
+    bias_on: the projections that have a bias (default all); with fewer, cases with biases
+    are unsupported (the reference has a bias on every projection), bias-free cases run.
+    A keyword `bias` with a boolean mask receives the finite bias apart, as in kernel_adapter.
+    Gradient cases: gradients="autodiff" (weights canonical or linear) differentiates with
+    respect to the inputs and every weight; or fn accepts `grad_output` [B,T,Do] and returns a
+    dict with the gradients under conformance.backward's names, in the canonical layout.
     Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
     them (accept `case` to see case.decode, case.add_bias_kv, ...).
     """
@@ -466,15 +706,21 @@ def layer_adapter(
         raise ValueError(f"mask must be one of {MASK_FORMS}, got {mask!r}")
     if kv_heads not in ("native", "equal"):
         raise ValueError("kv_heads must be 'native' or 'equal' for a layer")
+    if gradients not in (None, "autodiff"):
+        raise ValueError(f"gradients must be None or 'autodiff', got {gradients!r}")
+    bias_on = tuple(bias_on)
+    if set(bias_on) - set(PROJECTIONS):
+        raise ValueError(f"bias_on takes projections among {PROJECTIONS}, got {bias_on!r}")
 
     def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
         tags = _features(
-            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop
-        )
+            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop,
+            gradients,
+        )  # fmt: skip
         convention = {
             "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
             "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask,
+            "broadcast_mask": broadcast_mask, "bias_on": bias_on, "gradients": gradients,
         }  # fmt: skip
         return _build(
             LayerFunctionAdapter, function, convention, name=name, summary=summary,
@@ -492,8 +738,15 @@ def describe_convention(cls: type[FunctionAdapter]) -> str:
     c = cls.convention
     fn = cls.function
     extra = [f"{p}=..." for p in ("scale", "case", "device") if _accepts(fn, p)]
+    extra += [
+        f"{p}=..."
+        for p in ("bias", "grad_output", "dropout_p", "training", "seed")
+        if _accepts(fn, p)
+    ]
     if c["mode"] == "kernel":
-        args = ["q", "k", "v", f"mask_{c['mask']}" if c["mask"] != "none" else "None", *extra]
+        mask = f"mask_{c['mask']}" if c["mask"] != "none" else "None"
+        inputs = ["qkv[B,T,3,H,K]"] if c.get("qkv") == "packed" else ["q", "k", "v"]
+        args = [*inputs, mask, *extra]
     else:
         args = ["query", "key", "value", f"params[{c['weights']}]", f"mask_{c['mask']}", *extra]
     return f"{fn.__module__}.{fn.__qualname__}({', '.join(args)})  # arrays: {c['arrays']}"

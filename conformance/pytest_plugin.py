@@ -73,7 +73,10 @@ class WorkerSession:
     def devices(self, adapter: str) -> list[str]:
         if self.process is None:
             self._start()
-        return self.hello.get(adapter, {}).get("devices", [])
+        info = self.hello.get(adapter, {})
+        if info.get("error"):
+            return ["cpu"]  # a setup error still becomes failing items, as `conformance run` does
+        return info.get("devices", [])
 
     def run(self, task: Task) -> dict:
         if self.process is None or not self.process.is_alive():
@@ -125,6 +128,7 @@ class _Pool:
         self.devices_filter: list[str] = config.getoption("conformance_device")
         self.timeout: float = config.getoption("conformance_timeout")
         self.sessions: dict[str, WorkerSession] = {}
+        self.empty: dict[str, str] = {}  # adapter -> why it executed nothing
 
     def session(self, entry: AdapterEntry) -> WorkerSession:
         key = entry.declaration.worker or entry.name
@@ -138,9 +142,19 @@ class _Pool:
         return self.sessions[key]
 
     def devices(self, entry: AdapterEntry) -> list[str]:
-        if self.devices_filter:
-            return list(self.devices_filter)
-        return self.session(entry).devices(entry.name) or ["cpu"]
+        """The devices the adapter reports that --conformance-device selects; never a guess
+        (an adapter without a device gets no items and a line in the summary)."""
+        from .executed import selected_devices
+
+        seen = self.session(entry).devices(entry.name)
+        chosen = selected_devices(seen, self.devices_filter)
+        if not chosen:
+            self.empty[entry.name] = (
+                "it reports no devices on this machine"
+                if not seen
+                else f"--conformance-device selects none of its devices ({', '.join(seen)})"
+            )
+        return chosen
 
     def close(self) -> None:
         for session in self.sessions.values():
@@ -162,6 +176,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     pool = config.stash.get(_POOL, None)
     if pool is not None:
         pool.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:  # noqa: ANN001
+    pool = config.stash.get(_POOL, None)
+    if pool is None or not pool.empty:
+        return
+    terminalreporter.section("conformance: adapters that executed nothing")
+    for name, why in sorted(pool.empty.items()):
+        terminalreporter.write_line(f"{name}: {why}")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):  # noqa: ANN201

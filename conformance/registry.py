@@ -87,6 +87,20 @@ def load_target(target: str) -> type[Adapter]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(f"cannot import adapter module '{module_name}': {error}") from None
+    except SyntaxError as error:  # the user's plugin file: say where, no traceback
+        raise UsageError(
+            f"cannot import adapter module '{module_name}': {error.msg} "
+            f"({error.filename}:{error.lineno})"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any error raised while the plugin imports
+        import traceback
+
+        last = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        raise UsageError(
+            f"importing adapter module '{module_name}' raised {type(error).__name__}: "
+            f"{error}{where}"
+        ) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -126,7 +140,11 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
                 AdapterEntry(cls.declaration.name, selector, cls.declaration, "command line")
             )
             continue
-        matched = [e for e in entries if e.name == selector or e.name.startswith(selector + ".")]
+        # An exact name selects that adapter only (torch.sdpa is not torch.sdpa.flash); a
+        # prefix selects the family when no adapter has exactly that name.
+        matched = [e for e in entries if e.name == selector] or [
+            e for e in entries if e.name.startswith(selector + ".")
+        ]
         if not matched:
             hint = did_you_mean(selector, [e.name for e in entries])
             raise UsageError(

@@ -944,5 +944,11 @@ def _source_line(source: str) -> int | None:
 
 
 def shipped_specs_dir() -> Path:
-    """specs/ of the source checkout this package runs from."""
-    return Path(__file__).resolve().parent.parent / "specs"
+    """The shipped specs: conformance/specs inside an installed wheel (pyproject maps the
+    top-level specs/ there), else specs/ of the source checkout this package runs from
+    (editable installs, `python -m` from a checkout). Independent of the working directory."""
+    here = Path(__file__).resolve().parent
+    installed = here / "specs"
+    if installed.is_dir():
+        return installed
+    return here.parent / "specs"

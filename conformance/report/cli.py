@@ -47,6 +47,7 @@ examples:
   conformance report out/results.json --format md > comment.md
   conformance report merge cpu/results.json gpu/results.json --out all.json
   conformance report diff main/results.json pr/results.json --format md
+  conformance report diff --baseline ci/baseline.json out/results.json --strict
 """
 
 
@@ -88,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="diff: how far the max abs error must move to count as changed (default 10)",
     )
+    # CI baselines (issue 16): `report diff --baseline KEPT.json NEW.json` names the kept file.
+    parser.add_argument(
+        "--baseline",
+        metavar="OLD",
+        help="diff: the results file kept as the baseline (then give only NEW)",
+    )
     parser.set_defaults(handler=run_report)
     _accept_files_after_options(parser)
 
@@ -117,7 +124,14 @@ def run_report(args: argparse.Namespace) -> int:
     if args.ratio is not None and not args.ratio > 1.0:
         raise UsageError(f"--ratio must be greater than 1, got {args.ratio:g}")
     if first == "diff":
-        _only(args, "diff", allowed={"format", "out", "strict", "ratio"})
+        _only(args, "diff", allowed={"format", "out", "strict", "ratio", "baseline"})
+        if args.baseline:
+            if len(rest) != 1:
+                raise UsageError(
+                    f"report diff --baseline {args.baseline} needs exactly one NEW results "
+                    f"file, got {len(rest)}"
+                )
+            rest = [args.baseline, *rest]
         return _diff(rest, args)
     _only(args, "rendering", allowed={"format", "out", "slim"})
     if rest:
@@ -137,6 +151,7 @@ def _only(args: argparse.Namespace, what: str, allowed: set[str]) -> None:
         "strict": args.strict,
         "ratio": args.ratio is not None,
         "slim": args.slim,
+        "baseline": args.baseline is not None,
     }
     bad = [f"--{name}" for name, on in given.items() if on and name not in allowed]
     if bad:

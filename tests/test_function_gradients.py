@@ -1,0 +1,216 @@
+"""Function adapters in gradient and training-dropout cases (kernel_adapter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.evaluate import ReferenceCache, evaluate
+from conformance.plugin import kernel_adapter, layer_adapter
+from conformance.spec import load_spec
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+GRAD_CASES = [
+    c
+    for c in load_spec(SPECS / "gradients.yaml")
+    if c.mode == "kernel"
+    and c.dtype in ("float64", "float32")
+    and "fully-masked-rows" not in c.features
+]
+DROPOUT = {c.id: c for c in load_spec(SPECS / "dropout.yaml")}
+
+
+def _run_all(adapter, cases) -> dict[str, dict]:  # noqa: ANN001
+    adapter.setup()
+    cache = ReferenceCache()
+    return {c.id: evaluate(adapter, c, "cpu", cache) for c in cases}
+
+
+def _torch_attention(q, k, v, mask, scale):  # noqa: ANN001, ANN202
+    import torch
+
+    r = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
+    logits = torch.einsum("bhtk,bhsk->bhts", q, k) * scale
+    if mask is not None:
+        logits = logits + mask
+    return torch.einsum("bhts,bhsv->bhtv", torch.softmax(logits, dim=-1), v)
+
+
+def test_torch_autodiff_through_the_function() -> None:
+    pytest.importorskip("torch")
+
+    @kernel_adapter(name="test.torch-autodiff", arrays="torch", gradients="autodiff")
+    def attn(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
+        return _torch_attention(q, k, v, mask, scale)
+
+    assert "gradients" in attn.declaration.features
+    records = _run_all(attn(), GRAD_CASES)
+    assert len(records) >= 20
+    assert {r["verdict"] for r in records.values()} == {"pass"}, {
+        k: r["message"] for k, r in records.items() if r["verdict"] != "pass"
+    }
+    assert all("grad_k" in r["compared"] for r in records.values())
+
+
+def test_autodiff_with_bthk_layout_and_repeated_kv_heads() -> None:
+    pytest.importorskip("torch")
+
+    @kernel_adapter(
+        name="test.torch-bthk", arrays="torch", gradients="autodiff", layout="BTHK",
+        kv_heads="repeat",
+    )  # fmt: skip
+    def attn(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
+        # [B,T,H,K] in and out; H = G here (the helper repeated the key/value heads)
+        out = _torch_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scale)
+        return out.transpose(1, 2)
+
+    gqa = [c for c in GRAD_CASES if c.shape.num_kv_heads != c.shape.num_heads]
+    assert gqa
+    records = _run_all(attn(), gqa)
+    assert {r["verdict"] for r in records.values()} == {"pass"}, records
+
+
+def test_jax_autodiff_through_the_function() -> None:
+    pytest.importorskip("jax")
+
+    @kernel_adapter(name="test.jax-autodiff", arrays="jax", gradients="autodiff")
+    def attn(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
+        import jax
+        import jax.numpy as jnp
+
+        r = q.shape[1] // k.shape[1]
+        k, v = jnp.repeat(k, r, axis=1), jnp.repeat(v, r, axis=1)
+        logits = jnp.einsum("bhtk,bhsk->bhts", q, k) * scale
+        if mask is not None:
+            logits = logits + mask
+        return jnp.einsum("bhts,bhsv->bhtv", jax.nn.softmax(logits, axis=-1), v)
+
+    cases = [c for c in GRAD_CASES if c.dtype == "float32"][:4]
+    records = _run_all(attn(), cases)
+    assert {r["verdict"] for r in records.values()} == {"pass"}, records
+
+
+def test_returned_gradients_and_a_wrong_one_fails() -> None:
+    pytest.importorskip("torch")
+
+    def make(wrong: bool):  # noqa: ANN202
+        @kernel_adapter(name="test.returns-grads", arrays="torch")
+        def attn(q, k, v, mask, *, scale, grad_output):  # noqa: ANN001, ANN202
+            import torch
+
+            leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            with torch.enable_grad():
+                out = _torch_attention(*leaves, mask, scale)
+                if grad_output is None:
+                    return out.detach()
+                d_q, d_k, d_v = torch.autograd.grad(out, leaves, grad_output)
+            if wrong:
+                d_k = d_k * 1.01  # a planted bug in the key gradient
+            return {"output": out.detach(), "grad_q": d_q, "grad_k": d_k, "grad_v": d_v}
+
+        return attn()
+
+    case = next(c for c in GRAD_CASES if c.id == "gradients/basic-kernel[float64]")
+    assert evaluate(make(False), case, "cpu")["verdict"] == "pass"
+    bad = evaluate(make(True), case, "cpu")
+    assert bad["verdict"] == "fail" and "grad_k" in bad["message"]
+
+
+def _numpy_dropout(rescale: bool):  # noqa: ANN202
+    @kernel_adapter(name="test.numpy-dropout")
+    def attn(q, k, v, mask, *, scale, dropout_p, training, seed):  # noqa: ANN001, ANN202
+        r = q.shape[1] // k.shape[1]
+        k, v = np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)
+        logits = np.einsum("bhtk,bhsk->bhts", q, k) * scale
+        if mask is not None:
+            logits = logits + mask
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        if training and dropout_p > 0:
+            keep = np.random.default_rng(seed).random(w.shape) >= dropout_p
+            w = w * keep / ((1 - dropout_p) if rescale else 1.0)
+        return np.einsum("bhts,bhsv->bhtv", w, v)
+
+    return attn()
+
+
+def test_dropout_training_cases_with_a_numpy_function() -> None:
+    good, bad = _numpy_dropout(rescale=True), _numpy_dropout(rescale=False)
+    assert {"dropout", "dropout-training"} <= type(good).declaration.features
+    for cid in ("dropout/training-kernel-p0.1[float32]", "dropout/inference-kernel[float64]"):
+        record = evaluate(good, DROPOUT[cid], "cpu")
+        assert record["verdict"] == "pass", (cid, record["message"])
+    record = evaluate(bad, DROPOUT["dropout/training-kernel-p0.1[float32]"], "cpu")
+    assert record["verdict"] == "fail", record["message"]
+
+
+LAYER_GRAD_CASES = [
+    c
+    for c in load_spec(SPECS / "gradients.yaml")
+    if c.mode == "layer" and c.dtype == "float64" and "fully-masked-rows" not in c.features
+]
+
+
+def _torch_linear_layer(query, key, value, params, mask, scale, case):  # noqa: ANN001, ANN202
+
+    s = case.shape
+
+    def project(x, p, n):  # noqa: ANN001, ANN202
+        y = x @ params[f"{p}_weight"].T
+        if params[f"{p}_bias"] is not None:
+            y = y + params[f"{p}_bias"]
+        return y.reshape(*x.shape[:2], n, -1).transpose(1, 2)  # [B,N,L,K]
+
+    q = project(query, "q", s.num_heads)
+    k = project(key, "k", s.num_kv_heads)
+    v = project(value, "v", s.num_kv_heads)
+    heads = _torch_attention(q, k, v, mask, scale)  # [B,H,T,V]
+    y = heads.transpose(1, 2).reshape(*query.shape[:2], -1) @ params["out_weight"].T
+    return y if params["out_bias"] is None else y + params["out_bias"]
+
+
+def test_layer_autodiff_with_linear_weights() -> None:
+    pytest.importorskip("torch")
+
+    @layer_adapter(name="test.torch-layer", weights="linear", arrays="torch", gradients="autodiff")
+    def layer(query, key, value, params, mask, *, scale, case):  # noqa: ANN001, ANN202
+        return _torch_linear_layer(query, key, value, params, mask, scale, case)
+
+    assert "gradients" in layer.declaration.features
+    records = _run_all(layer(), LAYER_GRAD_CASES)
+    ran = {k: r for k, r in records.items() if r["verdict"] != "unsupported"}
+    assert len(ran) >= 3
+    assert {r["verdict"] for r in ran.values()} == {"pass"}, {
+        k: r["message"] for k, r in ran.items() if r["verdict"] != "pass"
+    }
+    assert any("grad_wq" in r["compared"] for r in ran.values())
+
+
+def test_training_dropout_verifies_composed_divergences() -> None:
+    from conformance import Divergence
+
+    float32 = Divergence(id="computes-float32", reason="float32 inside",
+                         dtypes=frozenset({"float64"}), compute_dtype="float32")  # fmt: skip
+    noted = Divergence(id="dropout-noted", reason="a second applicable divergence",
+                       when=frozenset({"dropout-training"}))  # fmt: skip
+
+    @kernel_adapter(name="test.dropout-f32", divergences=[float32, noted])
+    def attn(q, k, v, mask, *, scale, dropout_p, training, seed):  # noqa: ANN001, ANN202
+        q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
+        logits = np.einsum("bhtk,bhsk->bhts", q, k) * np.float32(scale)
+        if mask is not None:
+            logits = logits + np.asarray(mask, np.float32)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        if training and dropout_p > 0:
+            keep = np.random.default_rng(seed).random(w.shape) >= dropout_p
+            w = w * keep / np.float32(1 - dropout_p)
+        return np.einsum("bhts,bhsv->bhtv", w, v).astype(np.float64)
+
+    record = evaluate(attn(), DROPOUT["dropout/training-kernel-causal[float64]"], "cpu")
+    assert record["verdict"] == "diverges", record["message"]
+    assert [d["id"] for d in record["divergences"]] == ["computes-float32", "dropout-noted"]
+    assert "checked at float32 precision" in record["message"]
