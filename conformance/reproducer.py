@@ -36,6 +36,7 @@ from .layouts import to_einsum_kernel, to_linear, to_linear_out, to_packed_in_pr
 from .masks import build_mask, picture
 from .plugin import mask_for
 from .reference import attention, baseline
+from .sanitize import for_docstring
 from .tolerance import tolerance_for
 
 SCRIPT = '''#!/usr/bin/env python3
@@ -313,12 +314,14 @@ def write_reproducer(
     }
     (directory / "case.json").write_text(json.dumps(meta, indent=1, default=list))
     attend, bias = build_mask(case)
+    # Only the docstring shows values, made unable to end it; the code reads the exact values
+    # from case.json, so nothing a spec or adapter controls is ever pasted in as code.
     script = SCRIPT.format(
-        case_id=case.id,
-        adapter=record.get("adapter"),
-        verdict=record.get("verdict"),
-        version=__version__,
-        call=_call_line(adapter_target),
+        case_id=for_docstring(case.id),
+        adapter=for_docstring(record.get("adapter")),
+        verdict=for_docstring(record.get("verdict")),
+        version=for_docstring(__version__),
+        call=for_docstring(_call_line(adapter_target)),
         picture="\n".join("    " + line for line in picture(attend, bias, limit=24).splitlines()),
     )
     path = directory / "reproduce.py"

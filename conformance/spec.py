@@ -43,6 +43,7 @@ from .case import (
     Shape,
 )
 from .errors import SpecError, did_you_mean
+from .limits import CASE_ID_HINT, case_id_problem
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -608,6 +609,9 @@ def _resolve_case(
         str(v) if k == "dtype" else f"{k}={_id_value(v)}" for k, v in shown if k not in in_name
     ]
     case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
+    # issue 18: ids reach scripts, markup and terminals; refuse unsafe ones here, once.
+    if (problem := case_id_problem(case_id)) is not None:
+        raise ctx.error(problem, node, "matrix" if id_params else "name", CASE_ID_HINT)
     case = Case(
         id=case_id,
         family=family,

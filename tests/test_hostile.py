@@ -1,0 +1,64 @@
+"""Hostile input (issue 18): spec data never becomes code, markup or terminal control.
+
+The loader refuses unsafe case ids (see tests/malformed/case-id-*.yaml); these tests check the
+second line of defence: even a case that bypassed the loader cannot inject into what the tool
+writes.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.reproducer import write_reproducer
+from conformance.sanitize import for_docstring, for_markdown, for_terminal, truncate
+from conformance.spec import load_spec
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+REFERENCE = "conformance.adapters.reference:ReferenceAdapter"
+PAYLOAD = '"""\nimport pathlib; pathlib.Path("PWNED").write_text("x")\n"""\\'
+
+
+@pytest.fixture(scope="module")
+def hostile_case():  # noqa: ANN201
+    case = load_spec(TESTS / "plugin_cases.yaml")[0]
+    return dataclasses.replace(case, id=case.id + PAYLOAD, description=PAYLOAD)
+
+
+def test_reproducer_embeds_a_hostile_id_as_data(tmp_path: Path, hostile_case) -> None:  # noqa: ANN001
+    record = {"adapter": 'ref"""' + PAYLOAD, "device": "cpu", "verdict": "pass", "message": PAYLOAD}
+    script = write_reproducer(hostile_case, record, REFERENCE, tmp_path, search_path=[str(ROOT)])
+    tree = ast.parse(script.read_text())
+    # The only string the payload could reach is the docstring; no statement carries it.
+    assert "PWNED" not in "".join(ast.unparse(node) for node in tree.body[1:])
+    assert '"""' not in ast.get_docstring(tree)
+    meta = json.loads((script.parent / "case.json").read_text())
+    assert meta["case"]["id"] == hostile_case.id  # the exact value, as data
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=script.parent, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (script.parent / "PWNED").exists()
+    assert not any(p.name == "PWNED" for p in tmp_path.rglob("*"))
+
+
+def test_sanitizers_remove_escape_sequences_and_markup() -> None:
+    hostile = "ok\x1b[2J\x1b]0;title\x07\x1b[31mred\x1b[0m\x00\x08\u202e|x|\r\n`y`"
+    shown = for_terminal(hostile)
+    assert "\x1b" not in shown and "\x07" not in shown and "\x00" not in shown
+    assert "\u202e" not in shown and "\r" not in shown and shown.startswith("okred")
+    cell = for_markdown(hostile)
+    assert "\n" not in cell and "\\|x\\|" in cell and "\\`y\\`" in cell
+    assert for_markdown("<script>") == "&lt;script&gt;"
+    doc = for_docstring('a"""b\\c\u00e9\n')
+    assert doc == "a???b?c?\n"
+    assert truncate("x" * 100, 40).endswith("[60 more characters]")
+    assert len(truncate("x" * 100, 40)) == 40
