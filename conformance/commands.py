@@ -27,6 +27,7 @@ from .results import (
     write_json_atomic,
 )
 from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
+from .sanitize import strip_control
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
 
 DEFAULT_OUT = Path("reports/latest")
@@ -204,7 +205,7 @@ def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None: 
         for record in bad[:12]:
             print(
                 f"  {record['verdict'].upper():5s} {record['case']} [{record['adapter']}-"
-                f"{record['device']}]: {record['message'][:160]}",
+                f"{record['device']}]: {strip_control(record['message'], newlines=False)[:160]}",
                 file=stream,
             )
         if len(bad) > 12:

@@ -62,3 +62,32 @@ def test_sanitizers_remove_escape_sequences_and_markup() -> None:
     assert doc == "a???b?c?\n"
     assert truncate("x" * 100, 40).endswith("[60 more characters]")
     assert len(truncate("x" * 100, 40)) == 40
+
+
+HOSTILE_MESSAGE = "boom\x1b[2J\x1b]0;owned\x07 <img src=x onerror=alert(1)>\n| injected | row |"
+
+
+def test_markdown_report_shows_hostile_messages_as_text(tmp_path: Path) -> None:
+    from test_report_fixtures import build_results
+
+    from conformance.report import render, validate
+
+    doc = validate(json.loads(json.dumps(build_results(tmp_path))))
+    for record in doc["results"]:
+        record.update(verdict="error", message=HOSTILE_MESSAGE)
+    text = render(doc, "md")
+    assert "\x1b" not in text and "\x07" not in text
+    assert "<img" not in text and "&lt;img" in text
+    assert "\n| injected" not in text and "\\| injected \\|" in text
+
+
+def test_terminal_summary_strips_escape_sequences() -> None:
+    import io
+
+    from conformance.commands import _summary
+
+    record = {"adapter": "a", "device": "cpu", "case": "f/c", "verdict": "error"}
+    out = io.StringIO()
+    _summary([dict(record, message=HOSTILE_MESSAGE)], [], out)
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "boom" in out.getvalue() and "| injected" in out.getvalue()
