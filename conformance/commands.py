@@ -373,7 +373,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     reports = _write_reports(path, out_dir, args)
     _summary(dedupe(records), missing, sys.stdout)
-    _user_adapter_help(dedupe(records), entries, cases, out_dir)
+    _user_adapter_help(dedupe(records), entries, cases, out_dir, args.timeout)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     return 1 if bad else 0
@@ -394,7 +394,11 @@ def _write_reports(path: Path, out_dir: Path, args: argparse.Namespace) -> list[
 
 
 def _user_adapter_help(
-    records: list[dict], entries: list[AdapterEntry], cases: list[Case], out_dir: Path
+    records: list[dict],
+    entries: list[AdapterEntry],
+    cases: list[Case],
+    out_dir: Path,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
     """For user adapters: which features pass and fail, and a reproducer for the first failure.
 
@@ -405,7 +409,7 @@ def _user_adapter_help(
     if not users:
         return
     from .feature_table import feature_table
-    from .reproducer import write_reproducer
+    from .reproducer import ReproducerError, write_reproducer_isolated
 
     by_id = {c.id: c for c in cases}
     for entry in users:
@@ -416,9 +420,15 @@ def _user_adapter_help(
         failing = next((r for r in mine if r["verdict"] == "fail"), None)
         if failing is None:
             continue
-        script = write_reproducer(
-            by_id[failing["case"]], failing, entry.target, out_dir / "reproducers"
-        )
+        # In a child process with the run's timeout: writing it imports and runs user code.
+        try:
+            script = write_reproducer_isolated(
+                by_id[failing["case"]], failing, entry.target, out_dir / "reproducers",
+                timeout_s=timeout_s,
+            )  # fmt: skip
+        except ReproducerError as error:
+            print(f"first failure: {failing['case']}\n  no reproducer: {error}")
+            continue
         print(f"first failure: {failing['case']}\n  reproduce with: python {script}")
 
 

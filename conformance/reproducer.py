@@ -328,3 +328,77 @@ def write_reproducer(
     path.write_text(script)
     path.chmod(0o755)
     return path
+
+
+def write_reproducer_isolated(
+    case: Case,
+    record: dict,
+    adapter_target: str,
+    out_dir: str | Path,
+    *,
+    timeout_s: float,
+    search_path: list[str] | None = None,
+) -> Path:
+    """`write_reproducer` in a child process, killed after `timeout_s` seconds.
+
+    Writing a reproducer imports the adapter and runs it once: user code, which may crash,
+    hang or call sys.exit. The CLI calls this so that none of that can happen in its own
+    process (issue 18). Raises ReproducerError saying what went wrong.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    payload = {
+        "case": case.to_dict(),
+        "record": record,
+        "target": adapter_target,
+        "out_dir": str(out_dir),
+        "search_path": search_path if search_path is not None else [os.getcwd()],
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+    }
+    with tempfile.TemporaryDirectory(prefix="conformance-repro-") as tmp:
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps(payload, default=str), encoding="utf-8")
+        answer = Path(tmp) / "answer.txt"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "conformance.reproducer", str(request), str(answer)],
+                capture_output=True, text=True, errors="replace", timeout=timeout_s,
+                start_new_session=True,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ReproducerError(f"writing it timed out after {timeout_s:g} s") from None
+        if done.returncode != 0 or not answer.exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ReproducerError(f"the writer exited with code {done.returncode}: {tail[0]}")
+        return Path(answer.read_text(encoding="utf-8"))
+
+
+class ReproducerError(RuntimeError):
+    """The reproducer could not be written (its child crashed, hung or failed)."""
+
+
+def _child_main(argv: list[str]) -> int:
+    import sys
+
+    request, answer = Path(argv[0]), Path(argv[1])
+    payload = json.loads(request.read_text(encoding="utf-8"))
+    for entry in reversed(payload["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    path = write_reproducer(
+        Case.from_dict(payload["case"]),
+        payload["record"],
+        payload["target"],
+        payload["out_dir"],
+        search_path=payload["search_path"],
+    )
+    answer.write_text(str(path), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(sys.argv[1:]))

@@ -138,6 +138,23 @@ class Gated(Adapter):
         return attention(case, inputs)
 
 
+class HangsInReproducer(InvertedMask):
+    """Fails in the run (an inverted mask); hangs when a reproducer writer runs it again.
+
+    Stands for user code that misbehaves outside the run's workers: the CLI must not run it
+    in its own process or without a timeout.
+    """
+
+    declaration = _decl("test.hangs-in-reproducer")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        import sys
+
+        if "reproducer" in sys.argv[0]:
+            time.sleep(3600)
+        return super().run(case, inputs, device)
+
+
 class ExhaustsMemory(Adapter):
     declaration = _decl("test.oom")
 

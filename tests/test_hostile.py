@@ -91,3 +91,22 @@ def test_terminal_summary_strips_escape_sequences() -> None:
     _summary([dict(record, message=HOSTILE_MESSAGE)], [], out)
     assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
     assert "boom" in out.getvalue() and "| injected" in out.getvalue()
+
+
+def test_reproducer_writer_runs_user_code_in_a_child_with_the_timeout(tmp_path: Path) -> None:
+    import time
+
+    from conftest import run_cli
+
+    spec = tmp_path / "one.yaml"
+    spec.write_text(
+        "version: 1\nfamily: one\ncases:\n  - name: c\n    mode: kernel\n"
+        "    shape: {query_len: 3, num_heads: 1, key_dim: 2}\n    mask: {causal: top-left}\n"
+    )
+    start = time.monotonic()
+    proc = run_cli("run", str(spec), "--adapter", "broken_adapters:HangsInReproducer",
+                   "--out", str(tmp_path / "out"), "--no-report", "--timeout", "5")  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the fail, reported; no hang
+    assert "no reproducer: writing it timed out after 5 s" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert time.monotonic() - start < 120
