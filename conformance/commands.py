@@ -458,6 +458,29 @@ def _run_handler(args: argparse.Namespace) -> int:
         return cmd_run(args)
 
 
+def _positive_seconds(text: str) -> float:
+    """A timeout: a positive finite number of seconds (nan, inf, 0 and -1 are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "specs",
@@ -492,11 +515,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", "-o", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument(
-        "--jobs", "-j", type=int, metavar="N", help="worker processes at once (default: CPU count)"
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes at once (default: CPU count)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"per-case timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",

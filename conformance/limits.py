@@ -32,3 +32,35 @@ CASE_ID_HINT = (
     "case ids (family/name[matrix values]) may only hold letters, digits and _ . + - = / [ ] , : "
     '{ } "; use plain matrix values, or name the case with ${param}'
 )
+
+
+# One matrix may expand to MAX_MATRIX_CASES (spec.py); many matrices, items or files together
+# may not exceed this, checked while expanding so no spec can build millions of cases.
+MAX_TOTAL_CASES = 20_000
+TOTAL_CASES_HINT = (
+    "split the run (several spec paths, --case, -k or --shard) or shrink the matrices"
+)
+
+
+def yaml_number_hint(value: object) -> str | None:
+    """A hint for text that looks like a number (YAML 1.1 reads `1e300` or `1e-3` as text)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    mantissa, _, exponent = value.lower().partition("e")
+    sign = "" if exponent[:1] in ("+", "-") else "+"
+    fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{exponent}"
+    return (
+        f"YAML reads {value!r} as text; write it with a dot and a signed exponent, e.g. {fixed}"
+        if exponent and number == number
+        else "write it without quotes"
+    )
+
+
+# Knobs that multiply work or magnitudes: bounded so that no spec asks for a million dropout
+# draws or an additive bias whose values overflow to inf in float32.
+MAX_DROPOUT_DRAWS = 10_000
+MAX_BIAS_SCALE = 1e6

@@ -43,7 +43,15 @@ from .case import (
     Shape,
 )
 from .errors import SpecError, did_you_mean
-from .limits import CASE_ID_HINT, case_id_problem
+from .limits import (
+    CASE_ID_HINT,
+    MAX_BIAS_SCALE,
+    MAX_DROPOUT_DRAWS,
+    MAX_TOTAL_CASES,
+    TOTAL_CASES_HINT,
+    case_id_problem,
+    yaml_number_hint,
+)
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -150,7 +158,8 @@ def _mapping(ctx: _Ctx, value: Any, parent: Any, key: str) -> LocatedDict:
 
 def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.error(f"must be an integer, got {_show(value)}", parent, key)
+        hint = yaml_number_hint(value)
+        raise ctx.error(f"must be an integer, got {_show(value)}", parent, key, hint)
     if value < minimum:
         raise ctx.error(f"must be >= {minimum}, got {value}", parent, key)
     return value
@@ -158,7 +167,8 @@ def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
 
 def _number(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.error(f"must be a number, got {_show(value)}", parent, key)
+        hint = yaml_number_hint(value)
+        raise ctx.error(f"must be a number, got {_show(value)}", parent, key, hint)
     if not math.isfinite(value):
         raise ctx.error(f"must be finite, got {_show(value)}", parent, key)
     return float(value)
@@ -419,6 +429,11 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
         inner = _mapping(ctx, node["bias"], node, "bias")
         _check_keys(ctx, inner, {"scale": "standard deviation"}, "mask.bias")
         kw["bias_scale"] = _number(ctx, inner.get("scale", 1.0), inner, "scale")
+        if not 0 <= kw["bias_scale"] <= MAX_BIAS_SCALE:  # issue 18: no inf biases
+            raise ctx.error(
+                f"bias scale must be within [0, {MAX_BIAS_SCALE:g}], got {kw['bias_scale']:g}",
+                inner, "scale",
+            )  # fmt: skip
     if "per_head" in node:
         kw["per_head"] = _bool(ctx, node["per_head"], node, "per_head")
         if kw["per_head"] and not ({"random_density", "additive_density", "bias_scale"} & set(kw)):
@@ -659,6 +674,8 @@ def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:
         raise ctx.error(f"rate must be within (0, 1), got {rate}", dnode, "rate")
     training = _bool(ctx, dnode.get("training", False), dnode, "training")
     draws = _int(ctx, dnode.get("draws", 100), dnode, "draws", minimum=10)
+    if draws > MAX_DROPOUT_DRAWS:  # issue 18: each draw is a full run of the case
+        raise ctx.error(f"draws must be <= {MAX_DROPOUT_DRAWS}, got {draws}", dnode, "draws")
     if decode:
         raise ctx.error("dropout is not defined for incremental decoding here", node, "dropout")
     return Dropout(rate=rate, training=training, draws=draws)
@@ -860,7 +877,13 @@ def load_spec(path: str | Path) -> list[Case]:
         if not isinstance(item, LocatedDict):
             raise ctx.error(f"each case must be a mapping, got {_show(item)}", data, "cases")
         _check_keys(ctx, item, CASE_KEYS, "case")
-        for case in _expand(ctx, item, defaults, family):
+        expanded = _expand(ctx, item, defaults, family)
+        if len(cases) + len(expanded) > MAX_TOTAL_CASES:  # issue 18: a total, not per matrix
+            raise ctx.error(
+                f"the file expands to more than {MAX_TOTAL_CASES} cases", item, "matrix",
+                TOTAL_CASES_HINT,
+            )  # fmt: skip
+        for case in expanded:
             if case.id in seen:
                 raise ctx.error(
                     f"duplicate case id '{case.id}' (first at {seen[case.id]})", item, "name",
@@ -902,7 +925,13 @@ def load_specs(paths: list[str | Path]) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, str] = {}
     for file in spec_files(paths):
-        for case in load_spec(file):
+        loaded = load_spec(file)
+        if len(cases) + len(loaded) > MAX_TOTAL_CASES:
+            raise SpecError(
+                f"the spec files expand to more than {MAX_TOTAL_CASES} cases together",
+                file=str(file), hint=TOTAL_CASES_HINT,
+            )  # fmt: skip
+        for case in loaded:
             if case.id in seen:
                 raise SpecError(
                     f"duplicate case id '{case.id}' (also at {seen[case.id]})",

@@ -110,3 +110,51 @@ def test_reproducer_writer_runs_user_code_in_a_child_with_the_timeout(tmp_path: 
     assert "no reproducer: writing it timed out after 5 s" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert time.monotonic() - start < 120
+
+
+# --- resource limits ---------------------------------------------------------------------------
+
+
+def test_devices_and_fifos_are_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    from conformance.errors import SpecError
+
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(SpecError, match="not a regular file"):
+            load_spec(path)
+
+
+def test_total_case_count_is_limited_across_items_and_files(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from conformance import spec as spec_module
+    from conformance.errors import SpecError
+    from conformance.spec import load_specs
+
+    monkeypatch.setattr(spec_module, "MAX_TOTAL_CASES", 5)
+    item = (
+        "  - name: c{n}\n    shape: {{query_len: 2, num_heads: 1, key_dim: 2}}\n    seed: $i\n"
+        "    matrix: {{i: [0, 1, 2]}}\n"
+    )
+    one = tmp_path / "one.yaml"
+    one.write_text("family: one\ncases:\n" + item.format(n=1) + item.format(n=2))
+    with pytest.raises(SpecError, match="the file expands to more than 5 cases"):
+        load_spec(one)
+    for name in ("a", "b"):
+        (tmp_path / "many" / name).mkdir(parents=True)
+        (tmp_path / "many" / name / "s.yaml").write_text(
+            f"family: {name}\ncases:\n" + item.format(n=1)
+        )
+    with pytest.raises(SpecError, match="expand to more than 5 cases together"):
+        load_specs([tmp_path / "many"])
+
+
+def test_run_knobs_must_be_positive_finite(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    for flag, value in (("--timeout", "nan"), ("--timeout", "-1"), ("--timeout", "inf"),
+                        ("--jobs", "0"), ("--jobs", "-3")):  # fmt: skip
+        proc = run_cli("run", "--adapter", "reference", flag, value, "--out", str(tmp_path))
+        assert proc.returncode == 2, (flag, value)
+        assert f"argument {flag}" in proc.stderr and "Traceback" not in proc.stderr
