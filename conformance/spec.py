@@ -705,7 +705,10 @@ def _attach_stored(ctx: _Ctx, node: LocatedDict, case: Case) -> Case:
     if "inputs" in node:
         ref = _stored_ref(ctx, node["inputs"], node, "inputs")
         changes["inputs"] = ref
-        stored = stored_group(ref)
+        try:
+            stored = stored_group(ref)
+        except ValueError as error:  # not an npz, or too large (refused before inflating)
+            raise ctx.error(str(error), node, "inputs") from None
         if not stored:
             raise ctx.error(f"the data file has no arrays under '{ref.partition('#')[2]}/'",
                             node, "inputs")  # fmt: skip
@@ -739,7 +742,7 @@ def _attach_stored(ctx: _Ctx, node: LocatedDict, case: Case) -> Case:
             ref = _stored_ref(ctx, value, enode, name)
             try:
                 stored_array(ref)
-            except KeyError as error:
+            except (KeyError, ValueError) as error:
                 raise ctx.error(str(error.args[0]), enode, name) from None
             expected[name] = ref
         changes["expected"] = expected

@@ -158,3 +158,34 @@ def test_run_knobs_must_be_positive_finite(tmp_path: Path) -> None:
         proc = run_cli("run", "--adapter", "reference", flag, value, "--out", str(tmp_path))
         assert proc.returncode == 2, (flag, value)
         assert f"argument {flag}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stored_input_bombs_are_refused_before_inflating(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from conformance import inputs as inputs_module
+    from conformance.errors import SpecError
+
+    # The limit scaled down so the bomb stays small: 4 MiB of zeros compress to ~4 KB, and
+    # only the declared size may be looked at.
+    monkeypatch.setattr(inputs_module, "MAX_STORED_BYTES", 2**20)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (2**19,)}
+    )
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("t/q.npy", "w") as member:
+            member.write(header.getvalue() + bytes(2**22))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    for name, message in (("bomb", "stored inputs are limited to"), ("junk", "not a readable")):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(
+            "cases:\n  - name: a\n    mode: kernel\n"
+            "    shape: {query_len: 2, num_heads: 1, key_dim: 2}\n"
+            f"    inputs: {name}.npz#t\n"
+        )
+        with pytest.raises(SpecError, match=message):
+            load_spec(spec)
