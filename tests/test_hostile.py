@@ -189,3 +189,53 @@ def test_stored_input_bombs_are_refused_before_inflating(tmp_path, monkeypatch) 
         )
         with pytest.raises(SpecError, match=message):
             load_spec(spec)
+
+
+# --- adapters that misbehave -------------------------------------------------------------------
+
+
+def _misbehaving(behaviour: str):  # noqa: ANN202
+    import numpy as np
+
+    from conformance.adapter import Adapter, Declaration
+    from conformance.case import FEATURES
+    from conformance.reference import attention
+
+    class Misbehaves(Adapter):  # a test double of a *user's* adapter, run for real
+        declaration = Declaration(name=f"test.{behaviour}", summary="misbehaves",
+                                  framework="numpy", features=frozenset(FEATURES))  # fmt: skip
+
+        def run(self, case, inputs, device):  # noqa: ANN001, ANN202
+            out = attention(case, inputs)
+            if behaviour == "mutates":
+                for array in [*inputs.arrays.values(), *inputs.weights.values()]:
+                    array[...] = np.nan  # written in place, after computing a right answer
+            elif behaviour == "none":
+                return None
+            elif behaviour == "list":
+                return [out["output"]]
+            elif behaviour == "exit":
+                raise SystemExit(3)
+            elif behaviour == "long":
+                raise RuntimeError("x" * 100_000)
+            return out
+
+    return Misbehaves()
+
+
+def test_misbehaving_adapters_give_clear_records() -> None:
+    from conformance.evaluate import MAX_MESSAGE_CHARS, ReferenceCache, evaluate
+
+    case = load_spec(TESTS / "plugin_cases.yaml")[0]
+    cache = ReferenceCache()
+    # One adapter writing into its inputs corrupts neither the reference nor the next adapter.
+    assert evaluate(_misbehaving("mutates"), case, "cpu", cache)["verdict"] == "pass"
+    assert evaluate(_misbehaving("fine"), case, "cpu", cache)["verdict"] == "pass"
+    for behaviour, text in (("none", "returned NoneType, not a mapping"),
+                            ("list", "returned list, not a mapping"),
+                            ("exit", "SystemExit: 3")):  # fmt: skip
+        record = evaluate(_misbehaving(behaviour), case, "cpu", cache)
+        assert record["verdict"] == "error" and text in record["message"], record["message"]
+    record = evaluate(_misbehaving("long"), case, "cpu", cache)
+    assert record["verdict"] == "error" and "more characters]" in record["message"]
+    assert len(record["message"]) < MAX_MESSAGE_CHARS + 200
