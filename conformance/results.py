@@ -33,8 +33,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _as_text(value: Any) -> str:
+    """A value JSON cannot hold (a version object, a numpy scalar...) as its text: a plugin's
+    odd `versions()` must never cost the results file (issue 18)."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars keep their number
+        try:
+            item = value.item()
+            if isinstance(item, (int, float, str, bool)):
+                return item  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    return str(value)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(_clean(value), allow_nan=False)
+    return json.dumps(_clean(value), allow_nan=False, default=_as_text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -43,7 +56,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_clean(data), handle, indent=1, allow_nan=False)
+            json.dump(_clean(data), handle, indent=1, allow_nan=False, default=_as_text)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

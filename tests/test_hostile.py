@@ -239,3 +239,55 @@ def test_misbehaving_adapters_give_clear_records() -> None:
     record = evaluate(_misbehaving("long"), case, "cpu", cache)
     assert record["verdict"] == "error" and "more characters]" in record["message"]
     assert len(record["message"]) < MAX_MESSAGE_CHARS + 200
+
+
+def test_plugin_import_failures_and_duplicate_names_are_clear(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    (tmp_path / "badrt.py").write_text('raise RuntimeError("boom at import")\n')
+    (tmp_path / "badsyn.py").write_text("def f(:\n")
+    (tmp_path / "dup.py").write_text(
+        "from broken_adapters import Correct\n\n\nclass Other(Correct):\n    pass\n"
+    )
+    spec = TESTS / "plugin_cases.yaml"
+    for target, text in (("badrt:X", "RuntimeError: boom at import"),
+                         ("badsyn:X", "SyntaxError")):  # fmt: skip
+        proc = run_cli("run", str(spec), "--adapter", target, "--out", str(tmp_path / "o"),
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2 and text in proc.stderr, proc.stderr
+        assert "failed to import" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("run", str(spec), "--adapter", "broken_adapters:Correct", "--adapter",
+                   "dup:Other", "--out", str(tmp_path / "o"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "two adapters are named 'test.correct'" in proc.stderr
+    assert "broken_adapters:Correct" in proc.stderr and "dup:Other" in proc.stderr
+
+
+def test_unserialisable_values_become_text_not_a_lost_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from conformance.results import dumps, write_json_atomic
+
+    class Version:
+        def __str__(self) -> str:
+            return "1.2.3+odd"
+
+    data = {"versions": {"lib": Version(), "n": np.int64(3)}, "results": []}
+    write_json_atomic(tmp_path / "results.json", data)
+    back = json.loads((tmp_path / "results.json").read_text())
+    assert back["versions"] == {"lib": "1.2.3+odd", "n": 3}
+    assert json.loads(dumps(data))["versions"]["lib"] == "1.2.3+odd"
+
+
+def test_full_disk_is_one_message(monkeypatch, capsys) -> None:  # noqa: ANN001
+    import errno
+
+    from conformance import commands
+    from conformance.cli import main
+
+    def full(args):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", "out/results.jsonl")
+
+    monkeypatch.setattr(commands, "cmd_run", full)
+    assert main(["run", str(TESTS / "plugin_cases.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device (out/results.jsonl)" in err and "--resume" in err
