@@ -291,3 +291,67 @@ def test_full_disk_is_one_message(monkeypatch, capsys) -> None:  # noqa: ANN001
     assert main(["run", str(TESTS / "plugin_cases.yaml")]) == 2
     err = capsys.readouterr().err
     assert "No space left on device (out/results.jsonl)" in err and "--resume" in err
+
+
+# --- the external protocol ---------------------------------------------------------------------
+
+
+def _peer(code: str, **kw):  # noqa: ANN003, ANN202
+    import textwrap
+
+    from conformance import external
+
+    config = external.ExternalConfig(
+        command=(sys.executable, "-c", textwrap.dedent(code)), cwd=str(ROOT), **kw
+    )
+    return external.make_adapter_class(config)
+
+
+def _hello() -> str:
+    from conformance import external
+
+    return json.dumps({"protocol": external.PROTOCOL, "name": "t.hostile",
+                       "features": ["kernel", "weights", "causal", "causal-top-left", "kv-len"]})  # fmt: skip
+
+
+def test_external_garbage_and_endless_wrong_replies_time_out() -> None:
+    import time
+
+    from conformance.evaluate import evaluate
+
+    # Non-UTF-8 bytes before the hello are logs, not a crash; then every request gets an
+    # endless stream of replies for other ids: the case must still time out.
+    cls = _peer(
+        f"""
+        import json, sys, time
+        sys.stdout.buffer.write(b"\\xff\\xfe garbage \\x80\\n"); sys.stdout.flush()
+        print({_hello()!r}, flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request.get("type") == "shutdown":
+                break
+            while True:
+                print(json.dumps({{"id": "not-" + str(request.get("id")), "status": "ok"}}),
+                      flush=True)
+                time.sleep(0.01)
+        """,
+        timeout_s=1.5,
+        startup_timeout_s=30.0,
+    )
+    adapter = cls()
+    case = next(c for c in load_spec(TESTS / "plugin_cases.yaml") if "kernel-float64" in c.id)
+    start = time.monotonic()
+    record = evaluate(adapter, case, "cpu")
+    assert time.monotonic() - start < 30
+    assert record["verdict"] == "error" and "gave no reply" in record["message"], record
+    adapter.close()
+
+
+def test_external_timeouts_must_be_positive(tmp_path: Path) -> None:
+    from conformance import external
+    from conformance.errors import UsageError
+
+    path = tmp_path / "peer.adapter.json"
+    path.write_text(json.dumps({"command": "python3 peer.py", "timeout_s": float("nan")}))
+    with pytest.raises(UsageError, match="'timeout_s' must be a positive number"):
+        external.load_adapter_file(path)
