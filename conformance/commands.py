@@ -28,7 +28,7 @@ from .results import (
     repair_stream,
     write_json_atomic,
 )
-from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
+from .runner import DEFAULT_SETUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
 from .sanitize import strip_control
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
 
@@ -348,6 +348,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             devices=args.device,
             jobs=args.jobs or default_jobs(),
             timeout_s=args.timeout,
+            setup_timeout_s=args.setup_timeout,
             log_dir=out_dir / "logs",
             done=done,
         ),
@@ -527,6 +528,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"per-case timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--setup-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_SETUP_TIMEOUT_S,
+        metavar="S",
+        help="seconds a worker may take to import its framework and set up "
+        f"(default {DEFAULT_SETUP_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--resume",

@@ -155,6 +155,29 @@ class HangsInReproducer(InvertedMask):
         return super().run(case, inputs, device)
 
 
+class ForksChildren(Adapter):
+    """Uses multiprocessing inside run() and leaves a grandchild running (pid in a file).
+
+    The pid file is $CONFORMANCE_TEST_GATE/child.pid: the test checks that the run killed it.
+    """
+
+    declaration = _decl("test.forks")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        import multiprocessing
+        import subprocess
+
+        process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+        process.start()  # refused in a daemonic worker
+        process.join()
+        gate = os.environ.get("CONFORMANCE_TEST_GATE")
+        if gate and not os.path.exists(os.path.join(gate, "child.pid")):
+            child = subprocess.Popen(["sleep", "600"])  # noqa: S607 - a lingering grandchild
+            with open(os.path.join(gate, "child.pid"), "w") as f:  # noqa: PTH123
+                f.write(str(child.pid))
+        return attention(case, inputs)
+
+
 class ExhaustsMemory(Adapter):
     declaration = _decl("test.oom")
 

@@ -355,3 +355,42 @@ def test_external_timeouts_must_be_positive(tmp_path: Path) -> None:
     path.write_text(json.dumps({"command": "python3 peer.py", "timeout_s": float("nan")}))
     with pytest.raises(UsageError, match="'timeout_s' must be a positive number"):
         external.load_adapter_file(path)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie is dead, only not yet reaped
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see processes")
+def test_workers_may_fork_and_their_children_die_with_the_run(tmp_path: Path) -> None:
+    import os
+    import time
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    spec = tmp_path / "one.yaml"
+    spec.write_text(
+        "version: 1\nfamily: one\ncases:\n  - name: c\n    mode: kernel\n"
+        "    shape: {query_len: 2, num_heads: 1, key_dim: 2}\n"
+    )
+    env = dict(os.environ, CONFORMANCE_TEST_GATE=str(gate))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "conformance.cli", "run", str(spec), "--adapter",
+         "broken_adapters:ForksChildren", "--out", str(tmp_path / "out"), "--no-report",
+         "--setup-timeout", "120"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # multiprocessing inside: a pass
+    pid = int((gate / "child.pid").read_text())
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:  # killed: wait for it to be reaped
+        time.sleep(0.05)
+    assert not _alive(pid), "a child the adapter forked outlived the run"
