@@ -64,3 +64,9 @@ def yaml_number_hint(value: object) -> str | None:
 # draws or an additive bias whose values overflow to inf in float32.
 MAX_DROPOUT_DRAWS = 10_000
 MAX_BIAS_SCALE = 1e6
+
+
+# Integers in a spec: a seed may be large (it is hashed); sizes in lists (windows, paddings,
+# axes) are bounded where NumPy's C integers would overflow.
+MAX_SPEC_INT = 2**63 - 1
+MAX_LIST_INT = 2**31 - 1

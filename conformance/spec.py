@@ -47,6 +47,8 @@ from .limits import (
     CASE_ID_HINT,
     MAX_BIAS_SCALE,
     MAX_DROPOUT_DRAWS,
+    MAX_LIST_INT,
+    MAX_SPEC_INT,
     MAX_TOTAL_CASES,
     TOTAL_CASES_HINT,
     case_id_problem,
@@ -162,6 +164,8 @@ def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
         raise ctx.error(f"must be an integer, got {_show(value)}", parent, key, hint)
     if value < minimum:
         raise ctx.error(f"must be >= {minimum}, got {value}", parent, key)
+    if value > MAX_SPEC_INT:  # issue 18: no OverflowError deep inside NumPy later
+        raise ctx.error(f"must be <= {MAX_SPEC_INT}, got {_show(value, 30)}", parent, key)
     return value
 
 
@@ -193,6 +197,9 @@ def _int_list(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 0) ->
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
             raise ctx.error(f"must hold integers >= {minimum}, got {_show(item)}", parent, key)
+        if item > MAX_LIST_INT:  # windows, paddings, axes: sizes, never this large
+            raise ctx.error(f"must hold integers <= {MAX_LIST_INT}, got {_show(item, 30)}",
+                            parent, key)  # fmt: skip
     return tuple(value)
 
 
