@@ -104,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("conformance: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only or vanished folder: no traceback
+        import errno
+
+        where = f" ({error.filename})" if error.filename else ""
+        text = f"conformance: error: {error.strerror or error}{where}"
+        if error.errno == errno.ENOSPC:
+            text += (
+                "\n  the disk is full: results written so far are kept in results.jsonl;"
+                " free some space and continue with `conformance run --resume DIR`"
+            )
+        print(text, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

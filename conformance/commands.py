@@ -22,11 +22,14 @@ from .registry import AdapterEntry, all_entries, resolve
 from .results import (
     SCHEMA_VERSION,
     ResultStream,
+    RunLock,
     dedupe,
     read_stream,
+    repair_stream,
     write_json_atomic,
 )
-from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
+from .runner import DEFAULT_SETUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
+from .sanitize import strip_control
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
 
 DEFAULT_OUT = Path("reports/latest")
@@ -229,7 +232,7 @@ def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None: 
         for record in bad[:12]:
             print(
                 f"  {record['verdict'].upper():5s} {record['case']} [{record['adapter']}-"
-                f"{record['device']}]: {record['message'][:160]}",
+                f"{record['device']}]: {strip_control(record['message'], newlines=False)[:160]}",
                 file=stream,
             )
         if len(bad) > 12:
@@ -237,14 +240,96 @@ def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None: 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`conformance run`, holding the output folder's lock (one run per --out at a time)."""
+    out_dir = Path(args.resume or args.out or DEFAULT_OUT)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: is a file, not a folder (--out and --resume need a folder)")
+    if not args.resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    elif not (out_dir / "run.json").is_file():
+        raise UsageError(f"--resume {out_dir}: no run.json there (not a run folder)")
+    with RunLock(out_dir):
+        return _cmd_run(args)
+
+
+def _case_digests(cases: list[Case]) -> dict[str, str]:
+    """What each case is, compactly: a resumed run refuses to mix in records of edited cases."""
+    import hashlib
+
+    return {
+        c.id: hashlib.sha256(
+            json.dumps(c.to_dict(), sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        for c in cases
+    }
+
+
+def _check_resumable(saved: dict, cases: list[Case], previous: list[dict]) -> None:
+    """Refuse to resume when a case that already has results was edited since (issue 18)."""
+    stored = saved.get("cases")
+    if not isinstance(stored, dict):
+        return  # a run folder from before case digests were kept
+    now = _case_digests(cases)
+    done = {r["case"] for r in previous}
+    changed = sorted(c for c in done if c in now and c in stored and stored[c] != now[c])
+    if changed:
+        shown = ", ".join(changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise UsageError(
+            f"--resume: {len(changed)} case definition(s) changed since the interrupted run "
+            f"started ({shown}); their results would not match the specs any more\n"
+            "  hint: start a fresh run (without --resume, or with another --out)"
+        )
+
+
+# With --resume, these flags given on the command line apply (they change how the run goes,
+# not what its results mean); every other flag is refused rather than silently ignored.
+RESUME_APPLIES = ("jobs", "quiet", "no_report", "no_cache")
+
+
+def _apply_resume_flags(given: argparse.Namespace, saved: argparse.Namespace) -> None:
+    defaults = build_run_parser().parse_args([])
+    for dest, value in vars(given).items():
+        if (
+            dest.startswith("_")
+            or dest in ("resume", "func", "command")
+            or not hasattr(defaults, dest)
+        ):
+            continue
+        if value == getattr(defaults, dest):
+            continue
+        if dest in RESUME_APPLIES:
+            setattr(saved, dest, value)
+            continue
+        flag = {"specs": "SPEC_PATH", "keyword": "-k"}.get(dest, "--" + dest.replace("_", "-"))
+        raise UsageError(
+            f"--resume continues a run with its original options; {flag} cannot be changed "
+            f"(only {', '.join('--' + d.replace('_', '-') for d in RESUME_APPLIES)} can)\n"
+            "  hint: start a fresh run with the new options (another --out, or without --resume)"
+        )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     if args.resume:
         out_dir = Path(args.resume)
         saved = out_dir / "run.json"
         if not saved.exists():
             raise UsageError(f"--resume {out_dir}: no run.json there (not a run folder)")
-        argv = json.loads(saved.read_text())["argv"]
+        given = args
+        try:
+            argv = json.loads(saved.read_text(encoding="utf-8"))["argv"]
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise TypeError
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            raise UsageError(
+                f"--resume {out_dir}: run.json is corrupted (no readable 'argv'); the results "
+                f"so far are in {out_dir / 'results.jsonl'}\n  hint: start a fresh run"
+            ) from None
         args = build_run_parser().parse_args(argv)
+        _apply_resume_flags(given, args)
+        args._argv = argv
         args.resume = str(out_dir)
         args.out = str(out_dir)
     if args.no_cache:
@@ -263,11 +348,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     stream_path = out_dir / "results.jsonl"
     previous: list[dict] = []
     if args.resume:
+        repair_stream(stream_path)  # a torn last line is dropped: that case runs again
         previous = read_stream(stream_path)
+        _check_resumable(json.loads((out_dir / "run.json").read_text()), cases, previous)
     else:
         stream_path.unlink(missing_ok=True)
         (out_dir / "results.json").unlink(missing_ok=True)
-        write_json_atomic(out_dir / "run.json", {"argv": _argv_of(args)})
+        run_info = {"argv": _argv_of(args), "cases": _case_digests(cases)}
+        write_json_atomic(out_dir / "run.json", run_info)
     done = {record_key(r["case"], r["adapter"], r["device"]) for r in previous}
     records = list(previous)
     stream = ResultStream(stream_path)
@@ -286,6 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             devices=args.device,
             jobs=args.jobs or default_jobs(),
             timeout_s=args.timeout,
+            setup_timeout_s=args.setup_timeout,
             log_dir=out_dir / "logs",
             done=done,
         ),
@@ -311,7 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     reports = _write_reports(path, out_dir, args)
     _summary(dedupe(records), missing, sys.stdout)
-    _user_adapter_help(dedupe(records), entries, cases, out_dir)
+    _user_adapter_help(dedupe(records), entries, cases, out_dir, args.timeout)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
@@ -422,7 +511,11 @@ def _write_reports(path: Path, out_dir: Path, args: argparse.Namespace) -> list[
 
 
 def _user_adapter_help(
-    records: list[dict], entries: list[AdapterEntry], cases: list[Case], out_dir: Path
+    records: list[dict],
+    entries: list[AdapterEntry],
+    cases: list[Case],
+    out_dir: Path,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
     """For user adapters: which features pass and fail, and a reproducer for the first failure.
 
@@ -433,7 +526,7 @@ def _user_adapter_help(
     if not users:
         return
     from .feature_table import feature_table
-    from .reproducer import write_reproducer
+    from .reproducer import ReproducerError, write_reproducer_isolated
 
     by_id = {c.id: c for c in cases}
     for entry in users:
@@ -444,9 +537,15 @@ def _user_adapter_help(
         failing = next((r for r in mine if r["verdict"] == "fail"), None)
         if failing is None:
             continue
-        script = write_reproducer(
-            by_id[failing["case"]], failing, entry.target, out_dir / "reproducers"
-        )
+        # In a child process with the run's timeout: writing it imports and runs user code.
+        try:
+            script = write_reproducer_isolated(
+                by_id[failing["case"]], failing, entry.target, out_dir / "reproducers",
+                timeout_s=timeout_s,
+            )  # fmt: skip
+        except ReproducerError as error:
+            print(f"first failure: {failing['case']}\n  no reproducer: {error}")
+            continue
         print(f"first failure: {failing['case']}\n  reproduce with: python {script}")
 
 
@@ -474,6 +573,29 @@ def _run_handler(args: argparse.Namespace) -> int:
     args._argv = list(args._raw_argv)
     with _SignalToInterrupt():
         return cmd_run(args)
+
+
+def _positive_seconds(text: str) -> float:
+    """A timeout: a positive finite number of seconds (nan, inf, 0 and -1 are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -511,14 +633,26 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", "-o", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument(
-        "--jobs", "-j", type=int, metavar="N", help="worker processes at once (default: CPU count)"
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes at once (default: CPU count)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"per-case timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--setup-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_SETUP_TIMEOUT_S,
+        metavar="S",
+        help="seconds a worker may take to import its framework and set up "
+        f"(default {DEFAULT_SETUP_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--resume",

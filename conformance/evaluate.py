@@ -10,8 +10,11 @@ Verdicts:
 
 from __future__ import annotations
 
+import copy
+import sys
 import time
 import traceback
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -22,10 +25,12 @@ from .compare import Comparison, baseline_error, compare
 from .divergences import record_entries, verify
 from .inputs import CaseInputs, make_inputs
 from .reference import attention, baseline
+from .sanitize import truncate
 from .tolerance import Tolerance, for_gradients, tolerance_for
 
 VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")
 PREVIEW_LIMIT = 48  # largest T or S for which heatmap previews are stored in the record
+MAX_MESSAGE_CHARS = 4000  # an exception text longer than this is cut in the record (issue 18)
 
 
 def compared_names(case: Case) -> tuple[str, ...]:
@@ -224,19 +229,35 @@ def evaluate(
         return evaluate_training(adapter, case, device, cache, record)
 
     inputs = cache.inputs(case)
+    # issue 18: the reference is computed before the adapter runs, and the adapter gets a
+    # private copy (deepcopy keeps self-attention's key/value aliasing the query), so one
+    # that writes into its inputs can corrupt neither the reference nor another adapter's run.
+    cache.reference(case, case.mask.fully_masked_rows)
+    private = copy.deepcopy(inputs)
     start = time.perf_counter()
     try:
-        outputs = adapter.run(case, inputs, device)
+        outputs = adapter.run(case, private, device)
     except Unsupported as error:
         record.update(verdict="unsupported", message=f"{decl.name}: {error}")
         return record
-    except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - an implementation's exception is a result
         last = traceback.extract_tb(error.__traceback__)[-1:]
         where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-        record.update(verdict="error", message=f"{type(error).__name__}: {error}{where}")
+        message = f"{type(error).__name__}: {error}"
+        if len(message) > MAX_MESSAGE_CHARS:  # the full text goes to the worker's log
+            print(f"{case.id} [{decl.name}]: {message}", file=sys.stderr)
+            message = truncate(message, MAX_MESSAGE_CHARS)
+        record.update(verdict="error", message=f"{message}{where}")
         record["duration_s"] = time.perf_counter() - start
         return record
     record["duration_s"] = time.perf_counter() - start
+    if not isinstance(outputs, Mapping):
+        record.update(
+            verdict="error",
+            message=f"adapter returned {type(outputs).__name__}, not a mapping of output names "
+            "to arrays (e.g. {'output': array})",
+        )
+        return record
 
     names = compared_names(case)
     for name in names:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import queue
 import shlex
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,18 @@ def _read_file(path: Path) -> dict:
     return json.loads(json.dumps(data))  # LocatedDict -> plain data
 
 
+def _seconds(path: Path, data: dict, key: str) -> float:
+    """A timeout from the adapter file: a positive finite number (default 60)."""
+    value = data.get(key, 60.0)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise UsageError(f"{path}: '{key}' must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def load_adapter_file(path: str | Path) -> ExternalConfig:
     """Read a YAML/TOML adapter file (keys: FILE_KEYS)."""
     path = Path(path).resolve()
@@ -208,8 +222,8 @@ def load_adapter_file(path: str | Path) -> ExternalConfig:
         command=parts,
         cwd=str(path.parent),
         protocol=protocol,
-        timeout_s=float(data.get("timeout_s", 60.0)),
-        startup_timeout_s=float(data.get("startup_timeout_s", 60.0)),
+        timeout_s=_seconds(path, data, "timeout_s"),
+        startup_timeout_s=_seconds(path, data, "startup_timeout_s"),
         env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
         declared={k: v for k, v in data.items() if k in DECLARATION_KEYS},
         source=str(path),
@@ -326,7 +340,7 @@ class Channel:
             self.process = subprocess.Popen(
                 list(config.command), cwd=config.cwd, env=_env(config),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, bufsize=1, start_new_session=True,
+                text=True, errors="replace", bufsize=1, start_new_session=True,
             )  # fmt: skip
         except OSError as error:
             raise ExternalError(f"cannot start {shlex.join(config.command)}: {error}") from None
@@ -354,7 +368,6 @@ class Channel:
 
     def receive(self, timeout: float, what: str) -> dict:
         """The next JSON object line; other lines are logs. Raises on timeout or exit."""
-        import time
 
         deadline = time.monotonic() + timeout
         while True:
@@ -543,8 +556,13 @@ class ExternalAdapter(Adapter):
     def _run_persistent(self, directory: Path, request: dict) -> dict[str, np.ndarray]:
         channel = self._live_channel()
         channel.send(request)
+        # One deadline for the case, not one per line: a process that keeps sending wrong
+        # replies must still time out (issue 18).
+        deadline = time.monotonic() + self.config.timeout_s
         while True:
-            reply = channel.receive(self.config.timeout_s, f"reply to case {request['id']}")
+            left = max(0.0, deadline - time.monotonic())
+            reply = channel.receive(left, f"reply to case {request['id']} (timeout "
+                                    f"{self.config.timeout_s:g} s)")  # fmt: skip
             if reply.get("id") == request["id"]:
                 break
             channel.logs.append(f"(ignored a reply for id {reply.get('id')!r})")
@@ -558,7 +576,8 @@ class ExternalAdapter(Adapter):
     def _run_oneshot(self, directory: Path, request: dict) -> dict[str, np.ndarray]:
         process = subprocess.Popen(
             [*self.config.command, str(directory)], cwd=self.config.cwd, env=_env(self.config),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+            start_new_session=True,
         )  # fmt: skip
         try:
             stdout, stderr = process.communicate(timeout=self.config.timeout_s)

@@ -36,9 +36,57 @@ def split_ref(ref: str) -> tuple[str, str]:
     return path, member
 
 
+# Stored arrays are small conformance data; a data file declaring more is refused before any
+# decompression (issue 18: a zip bomb must not exhaust memory).
+MAX_STORED_BYTES = 256 * 2**20
+
+
+def _npz_headers(path: str) -> list[tuple[str, int, tuple, np.dtype]]:
+    """(member, declared bytes, shape, dtype) of every array in an .npz, nothing inflated
+    beyond the .npy headers; ValueError when it is not a zip of .npy arrays."""
+    import zipfile
+
+    out = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(handle, max_header_size=2**16)
+                out.append((member.filename, member.file_size, shape, dtype))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable .npz file: {error}") from None
+    return out
+
+
+def check_npz_size(path: str) -> None:
+    """Raise ValueError when the .npz at `path` is not a zip of .npy arrays or declares more
+    than MAX_STORED_BYTES, by its zip directory and its array headers (nothing is inflated)."""
+    headers = _npz_headers(path)
+    declared = sum(size for _, size, _, _ in headers)
+    if declared > MAX_STORED_BYTES:
+        raise ValueError(
+            f"{path} declares {declared} bytes of arrays; stored inputs are limited to "
+            f"{MAX_STORED_BYTES}"
+        )
+    for name, member_size, shape, dtype in headers:
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > member_size:  # the header promises more than the member holds
+            raise ValueError(
+                f"{path}: array '{name}' declares shape {shape} of {dtype} ({size} bytes) in a "
+                f"{member_size}-byte member: refused"
+            )
+
+
 @functools.lru_cache(maxsize=8)
 def _npz(path: str) -> dict[str, np.ndarray]:
     # Read once per process: the runner sends many cases of one data file to each worker.
+    check_npz_size(path)
     with np.load(path, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from types import ModuleType
 
 from .adapter import Adapter, Declaration
 from .errors import UsageError, did_you_mean
+from .sanitize import strip_control
 
 ENTRY_POINT_GROUP = "attention_conformance.adapters"
 
@@ -45,8 +48,25 @@ class AdapterEntry:
     source: str  # "builtin", "entry-point" or "command line"
 
 
+def _import_plugin(module_name: str) -> ModuleType:
+    """Import a plugin module; whatever goes wrong in its code is one clear UsageError."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"cannot import adapter module '{module_name}': {error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a plugin's bug, not ours
+        last = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        if isinstance(error, SyntaxError) and error.filename:
+            where = f" (at {error.filename}:{error.lineno})"
+        raise UsageError(
+            f"adapter module '{module_name}' failed to import: {type(error).__name__}: "
+            f"{strip_control(error, newlines=False)[:300]}{where}"
+        ) from None
+
+
 def _entries_from_module(module_name: str, source: str) -> list[AdapterEntry]:
-    module = importlib.import_module(module_name)
+    module = _import_plugin(module_name)
     adapters = getattr(module, "ADAPTERS", None)
     if adapters is None:
         raise UsageError(f"module '{module_name}' has no ADAPTERS list")
@@ -83,24 +103,7 @@ def load_target(target: str) -> type[Adapter]:
     # workers inherit sys.path.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"cannot import adapter module '{module_name}': {error}") from None
-    except SyntaxError as error:  # the user's plugin file: say where, no traceback
-        raise UsageError(
-            f"cannot import adapter module '{module_name}': {error.msg} "
-            f"({error.filename}:{error.lineno})"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - any error raised while the plugin imports
-        import traceback
-
-        last = traceback.extract_tb(error.__traceback__)[-1:]
-        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-        raise UsageError(
-            f"importing adapter module '{module_name}' raised {type(error).__name__}: "
-            f"{error}{where}"
-        ) from None
+    module = _import_plugin(module_name)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -122,6 +125,7 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
     """Adapters named by --adapter values (exact names, prefixes like 'torch', or module:Class)."""
     entries = all_entries()
     if not selectors:
+        _refuse_duplicate_names(entries)
         return entries
     chosen: list[AdapterEntry] = []
     for selector in selectors:
@@ -154,4 +158,18 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
                 "a plugin is named as module:Class"
             )
         chosen.extend(e for e in matched if e not in chosen)
+    _refuse_duplicate_names(chosen)
     return chosen
+
+
+def _refuse_duplicate_names(entries: list[AdapterEntry]) -> None:
+    """Two adapters with one name would mix their records (issue 18): name both sources."""
+    first: dict[str, AdapterEntry] = {}
+    for entry in entries:
+        other = first.setdefault(entry.name, entry)
+        if other is not entry and other.target != entry.target:
+            raise UsageError(
+                f"two adapters are named '{entry.name}': {other.target} ({other.source}) and "
+                f"{entry.target} ({entry.source})\n  hint: give one of them another "
+                "declaration name, or select only one"
+            )

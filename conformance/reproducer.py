@@ -36,6 +36,7 @@ from .layouts import to_einsum_kernel, to_linear, to_linear_out, to_packed_in_pr
 from .masks import build_mask, picture
 from .plugin import mask_for
 from .reference import attention, baseline
+from .sanitize import for_docstring
 from .tolerance import tolerance_for
 
 SCRIPT = '''#!/usr/bin/env python3
@@ -313,15 +314,91 @@ def write_reproducer(
     }
     (directory / "case.json").write_text(json.dumps(meta, indent=1, default=list))
     attend, bias = build_mask(case)
+    # Only the docstring shows values, made unable to end it; the code reads the exact values
+    # from case.json, so nothing a spec or adapter controls is ever pasted in as code.
     script = SCRIPT.format(
-        case_id=case.id,
-        adapter=record.get("adapter"),
-        verdict=record.get("verdict"),
-        version=__version__,
-        call=_call_line(adapter_target),
+        case_id=for_docstring(case.id),
+        adapter=for_docstring(record.get("adapter")),
+        verdict=for_docstring(record.get("verdict")),
+        version=for_docstring(__version__),
+        call=for_docstring(_call_line(adapter_target)),
         picture="\n".join("    " + line for line in picture(attend, bias, limit=24).splitlines()),
     )
     path = directory / "reproduce.py"
     path.write_text(script)
     path.chmod(0o755)
     return path
+
+
+def write_reproducer_isolated(
+    case: Case,
+    record: dict,
+    adapter_target: str,
+    out_dir: str | Path,
+    *,
+    timeout_s: float,
+    search_path: list[str] | None = None,
+) -> Path:
+    """`write_reproducer` in a child process, killed after `timeout_s` seconds.
+
+    Writing a reproducer imports the adapter and runs it once: user code, which may crash,
+    hang or call sys.exit. The CLI calls this so that none of that can happen in its own
+    process (issue 18). Raises ReproducerError saying what went wrong.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    payload = {
+        "case": case.to_dict(),
+        "record": record,
+        "target": adapter_target,
+        "out_dir": str(out_dir),
+        "search_path": search_path if search_path is not None else [os.getcwd()],
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+    }
+    with tempfile.TemporaryDirectory(prefix="conformance-repro-") as tmp:
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps(payload, default=str), encoding="utf-8")
+        answer = Path(tmp) / "answer.txt"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "conformance.reproducer", str(request), str(answer)],
+                capture_output=True, text=True, errors="replace", timeout=timeout_s,
+                start_new_session=True,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ReproducerError(f"writing it timed out after {timeout_s:g} s") from None
+        if done.returncode != 0 or not answer.exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ReproducerError(f"the writer exited with code {done.returncode}: {tail[0]}")
+        return Path(answer.read_text(encoding="utf-8"))
+
+
+class ReproducerError(RuntimeError):
+    """The reproducer could not be written (its child crashed, hung or failed)."""
+
+
+def _child_main(argv: list[str]) -> int:
+    import sys
+
+    request, answer = Path(argv[0]), Path(argv[1])
+    payload = json.loads(request.read_text(encoding="utf-8"))
+    for entry in reversed(payload["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    path = write_reproducer(
+        Case.from_dict(payload["case"]),
+        payload["record"],
+        payload["target"],
+        payload["out_dir"],
+        search_path=payload["search_path"],
+    )
+    answer.write_text(str(path), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(sys.argv[1:]))

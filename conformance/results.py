@@ -33,8 +33,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _as_text(value: Any) -> str:
+    """A value JSON cannot hold (a version object, a numpy scalar...) as its text: a plugin's
+    odd `versions()` must never cost the results file (issue 18)."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars keep their number
+        try:
+            item = value.item()
+            if isinstance(item, (int, float, str, bool)):
+                return item  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    return str(value)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(_clean(value), allow_nan=False)
+    return json.dumps(_clean(value), allow_nan=False, default=_as_text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -43,7 +56,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_clean(data), handle, indent=1, allow_nan=False)
+            json.dump(_clean(data), handle, indent=1, allow_nan=False, default=_as_text)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -54,12 +67,88 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def repair_stream(path: Path) -> int:
+    """Cut a torn last line (a run killed mid-write) off results.jsonl; return bytes dropped.
+
+    Appending after the fragment would glue the next record onto it and corrupt both; the
+    dropped case has no record, so a resumed run runs it again.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    start = data.rfind(b"\n") + 1
+    try:
+        record = json.loads(data[start:].decode("utf-8"))
+        complete = isinstance(record, dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        complete = False
+    with open(path, "r+b") as handle:  # noqa: PTH123
+        if complete:  # the record is whole, only its newline is missing
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+            return 0
+        handle.truncate(start)
+    return len(data) - start
+
+
+class RunLock:
+    """An exclusive lock on an output folder for the life of a run (`.conformance.lock`).
+
+    A second run into the same --out is refused instead of deleting or interleaving the first
+    one's results. The lock is an OS file lock (flock), so a killed run never leaves a stale
+    lock behind; the file names the holder's pid for the error message.
+    """
+
+    NAME = ".conformance.lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / self.NAME
+        self._handle = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not protected from each other there
+            return
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ResultsFileError(
+                f"{self.path.parent}: another conformance run (pid {holder}) is writing there; "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ResultStream:
     """Appends one JSON line per record and flushes it, so a killed run loses nothing done."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        repair_stream(path)
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict) -> None:

@@ -10,6 +10,7 @@ A worker that crashes or hangs costs only the task it was running: that task bec
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -72,6 +73,16 @@ class RunOptions:
     setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
     log_dir: Path | None = None
     done: set[str] = field(default_factory=set)  # record keys already computed (resume)
+
+
+def _kill_group(pgid: int | None) -> None:
+    """Kill what is left of a worker's process group: children a plugin forked must not
+    outlive the run (they would keep a CI job's output pipe open). The worker made itself the
+    group leader (os.setsid in worker_main), so the group id is its pid."""
+    if pgid is None or not hasattr(os, "killpg"):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class Runner:
@@ -146,7 +157,9 @@ class Runner:
     def _start(self, unit: Unit) -> None:
         parent, child = self.context.Pipe()
         process = self.context.Process(
-            target=worker_main, args=(child, unit.spec), daemon=True,
+            # Not daemonic, so adapters may use multiprocessing inside; the finally of run()
+            # stops every worker, and the worker leads its own process group (see _stop).
+            target=worker_main, args=(child, unit.spec), daemon=False,
             name=f"conformance-worker-{unit.spec.key}",
         )  # fmt: skip
         process.start()
@@ -169,6 +182,7 @@ class Runner:
         if unit.process.is_alive():
             unit.process.kill()
             unit.process.join(timeout=5)
+        _kill_group(unit.process.pid)
         unit.conn.close()
         unit.process = None
 

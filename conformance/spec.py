@@ -44,6 +44,17 @@ from .case import (
     Shape,
 )
 from .errors import SpecError, did_you_mean
+from .limits import (
+    CASE_ID_HINT,
+    MAX_BIAS_SCALE,
+    MAX_DROPOUT_DRAWS,
+    MAX_LIST_INT,
+    MAX_SPEC_INT,
+    MAX_TOTAL_CASES,
+    TOTAL_CASES_HINT,
+    case_id_problem,
+    yaml_number_hint,
+)
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -153,15 +164,19 @@ def _mapping(ctx: _Ctx, value: Any, parent: Any, key: str) -> LocatedDict:
 
 def _int(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.error(f"must be an integer, got {_show(value)}", parent, key)
+        hint = yaml_number_hint(value)
+        raise ctx.error(f"must be an integer, got {_show(value)}", parent, key, hint)
     if value < minimum:
         raise ctx.error(f"must be >= {minimum}, got {value}", parent, key)
+    if value > MAX_SPEC_INT:  # issue 18: no OverflowError deep inside NumPy later
+        raise ctx.error(f"must be <= {MAX_SPEC_INT}, got {_show(value, 30)}", parent, key)
     return value
 
 
 def _number(ctx: _Ctx, value: Any, parent: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.error(f"must be a number, got {_show(value)}", parent, key)
+        hint = yaml_number_hint(value)
+        raise ctx.error(f"must be a number, got {_show(value)}", parent, key, hint)
     if not math.isfinite(value):
         raise ctx.error(f"must be finite, got {_show(value)}", parent, key)
     return float(value)
@@ -186,6 +201,9 @@ def _int_list(ctx: _Ctx, value: Any, parent: Any, key: str, minimum: int = 0) ->
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
             raise ctx.error(f"must hold integers >= {minimum}, got {_show(item)}", parent, key)
+        if item > MAX_LIST_INT:  # windows, paddings, axes: sizes, never this large
+            raise ctx.error(f"must hold integers <= {MAX_LIST_INT}, got {_show(item, 30)}",
+                            parent, key)  # fmt: skip
     return tuple(value)
 
 
@@ -422,6 +440,11 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
         inner = _mapping(ctx, node["bias"], node, "bias")
         _check_keys(ctx, inner, {"scale": "standard deviation"}, "mask.bias")
         kw["bias_scale"] = _number(ctx, inner.get("scale", 1.0), inner, "scale")
+        if not 0 <= kw["bias_scale"] <= MAX_BIAS_SCALE:  # issue 18: no inf biases
+            raise ctx.error(
+                f"bias scale must be within [0, {MAX_BIAS_SCALE:g}], got {kw['bias_scale']:g}",
+                inner, "scale",
+            )  # fmt: skip
     if "per_head" in node:
         kw["per_head"] = _bool(ctx, node["per_head"], node, "per_head")
         if kw["per_head"] and not ({"random_density", "additive_density", "bias_scale"} & set(kw)):
@@ -632,6 +655,9 @@ def _resolve_case(
         str(v) if k == "dtype" else f"{k}={_id_value(v)}" for k, v in shown if k not in in_name
     ]
     case_id = f"{family}/{name}" + (f"[{','.join(id_params)}]" if id_params else "")
+    # issue 18: ids reach scripts, markup and terminals; refuse unsafe ones here, once.
+    if (problem := case_id_problem(case_id)) is not None:
+        raise ctx.error(problem, node, "matrix" if id_params else "name", CASE_ID_HINT)
     case = Case(
         id=case_id,
         family=family,
@@ -680,6 +706,8 @@ def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:
         raise ctx.error(f"rate must be within (0, 1), got {rate}", dnode, "rate")
     training = _bool(ctx, dnode.get("training", False), dnode, "training")
     draws = _int(ctx, dnode.get("draws", 100), dnode, "draws", minimum=10)
+    if draws > MAX_DROPOUT_DRAWS:  # issue 18: each draw is a full run of the case
+        raise ctx.error(f"draws must be <= {MAX_DROPOUT_DRAWS}, got {draws}", dnode, "draws")
     if decode:
         raise ctx.error("dropout is not defined for incremental decoding here", node, "dropout")
     return Dropout(rate=rate, training=training, draws=draws)
@@ -709,7 +737,10 @@ def _attach_stored(ctx: _Ctx, node: LocatedDict, case: Case) -> Case:
     if "inputs" in node:
         ref = _stored_ref(ctx, node["inputs"], node, "inputs")
         changes["inputs"] = ref
-        stored = stored_group(ref)
+        try:
+            stored = stored_group(ref)
+        except ValueError as error:  # not an npz, or too large (refused before inflating)
+            raise ctx.error(str(error), node, "inputs") from None
         if not stored:
             raise ctx.error(f"the data file has no arrays under '{ref.partition('#')[2]}/'",
                             node, "inputs")  # fmt: skip
@@ -743,7 +774,7 @@ def _attach_stored(ctx: _Ctx, node: LocatedDict, case: Case) -> Case:
             ref = _stored_ref(ctx, value, enode, name)
             try:
                 stored_array(ref)
-            except KeyError as error:
+            except (KeyError, ValueError) as error:
                 raise ctx.error(str(error.args[0]), enode, name) from None
             expected[name] = ref
         changes["expected"] = expected
@@ -881,7 +912,13 @@ def load_spec(path: str | Path) -> list[Case]:
         if not isinstance(item, LocatedDict):
             raise ctx.error(f"each case must be a mapping, got {_show(item)}", data, "cases")
         _check_keys(ctx, item, CASE_KEYS, "case")
-        for case in _expand(ctx, item, defaults, family):
+        expanded = _expand(ctx, item, defaults, family)
+        if len(cases) + len(expanded) > MAX_TOTAL_CASES:  # issue 18: a total, not per matrix
+            raise ctx.error(
+                f"the file expands to more than {MAX_TOTAL_CASES} cases", item, "matrix",
+                TOTAL_CASES_HINT,
+            )  # fmt: skip
+        for case in expanded:
             if case.id in seen:
                 raise ctx.error(
                     f"duplicate case id '{case.id}' (first at {seen[case.id]})", item, "name",
@@ -923,7 +960,13 @@ def load_specs(paths: list[str | Path]) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, str] = {}
     for file in spec_files(paths):
-        for case in load_spec(file):
+        loaded = load_spec(file)
+        if len(cases) + len(loaded) > MAX_TOTAL_CASES:
+            raise SpecError(
+                f"the spec files expand to more than {MAX_TOTAL_CASES} cases together",
+                file=str(file), hint=TOTAL_CASES_HINT,
+            )  # fmt: skip
+        for case in loaded:
             if case.id in seen:
                 raise SpecError(
                     f"duplicate case id '{case.id}' (also at {seen[case.id]})",

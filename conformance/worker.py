@@ -53,6 +53,11 @@ def _redirect_output(path: str | None) -> None:
 def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessing Connection
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    if hasattr(os, "setsid"):  # lead a process group the parent kills whole when it stops us
+        try:
+            os.setsid()
+        except OSError:
+            pass
     os.environ.update(dict(spec.env))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _redirect_output(spec.log_path)

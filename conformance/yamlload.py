@@ -12,6 +12,7 @@ Every failure is a SpecError naming the file and, where known, the line and key.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -267,12 +268,22 @@ def load_yaml_file(path: Path) -> Any:
     """Read and parse one spec file, refusing oversized, binary and non-UTF-8 files."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        # A FIFO would block and a device (/dev/zero) never ends: only regular files are read,
+        # and never more than the cap (issue 18).
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError("cannot read file: it is a directory", file=name)
+        if not stat.S_ISREG(mode):
+            raise SpecError(
+                "not a regular file (a device, FIFO or socket): refused, not read", file=name
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as error:
         raise SpecError(f"cannot read file: {error.strerror or error}", file=name) from None
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(
-            f"file is {len(raw)} bytes; specs are limited to {MAX_SPEC_BYTES}",
+            f"file is over {MAX_SPEC_BYTES} bytes; specs are limited to {MAX_SPEC_BYTES}",
             file=name,
             hint="split it into several spec files",
         )

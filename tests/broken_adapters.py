@@ -110,6 +110,74 @@ class Slow(Adapter):
         return attention(case, inputs)
 
 
+class Gated(Adapter):
+    """Passes its first 3 cases; at the 4th it says so and waits to be released.
+
+    Lets a test interrupt a run at a known point instead of racing it: the run cannot end
+    while the gate is closed. The gate is the directory in $CONFORMANCE_TEST_GATE: this adapter
+    counts its calls in `calls` there, creates `reached` at the 4th and waits (bounded) for the
+    test to create `open`. Without the variable it is a plain correct adapter.
+    """
+
+    declaration = _decl("test.gated")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        gate = os.environ.get("CONFORMANCE_TEST_GATE")
+        if gate:
+            calls = os.path.join(gate, "calls")
+            count = os.path.getsize(calls) if os.path.exists(calls) else 0
+            if count >= 3:
+                open(os.path.join(gate, "reached"), "a").close()  # noqa: PTH123
+                deadline = time.monotonic() + 600
+                while not os.path.exists(os.path.join(gate, "open")):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+            with open(calls, "a") as f:  # noqa: PTH123
+                f.write("x")
+        return attention(case, inputs)
+
+
+class HangsInReproducer(InvertedMask):
+    """Fails in the run (an inverted mask); hangs when a reproducer writer runs it again.
+
+    Stands for user code that misbehaves outside the run's workers: the CLI must not run it
+    in its own process or without a timeout.
+    """
+
+    declaration = _decl("test.hangs-in-reproducer")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        import sys
+
+        if "reproducer" in sys.argv[0]:
+            time.sleep(3600)
+        return super().run(case, inputs, device)
+
+
+class ForksChildren(Adapter):
+    """Uses multiprocessing inside run() and leaves a grandchild running (pid in a file).
+
+    The pid file is $CONFORMANCE_TEST_GATE/child.pid: the test checks that the run killed it.
+    """
+
+    declaration = _decl("test.forks")
+
+    def run(self, case, inputs, device):  # noqa: ANN001
+        import multiprocessing
+        import subprocess
+
+        process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+        process.start()  # refused in a daemonic worker
+        process.join()
+        gate = os.environ.get("CONFORMANCE_TEST_GATE")
+        if gate and not os.path.exists(os.path.join(gate, "child.pid")):
+            child = subprocess.Popen(["sleep", "600"])  # noqa: S607 - a lingering grandchild
+            with open(os.path.join(gate, "child.pid"), "w") as f:  # noqa: PTH123
+                f.write(str(child.pid))
+        return attention(case, inputs)
+
+
 class ExhaustsMemory(Adapter):
     declaration = _decl("test.oom")
 

@@ -259,11 +259,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         # jax compiles every new shape (~0.3 s CPU each): run only the cases asserted on.
         only = {
-            name: [case_id(case) for (a, case) in EXPECTED if a == name]
+            name: [case_id(case) for (a, case) in [*EXPECTED, *MACHINE_DEPENDENT] if a == name]
             for name, _ in targets
             if backend == "jax"
         }
-        shipped = sorted({case_id(case) for _, case in EXPECTED if "/" in case})
+        asserted = [*EXPECTED, *MACHINE_DEPENDENT]
+        shipped = sorted({case_id(case) for _, case in asserted if "/" in case})
         procs[backend] = subprocess.Popen(
             [sys.executable, "-c", SCRIPT, str(spec), json.dumps(targets), json.dumps(only),
              json.dumps(shipped)],
@@ -435,12 +436,7 @@ EXPECTED = {
     ("keras.gqa.torch.fused", "grad-masked-rows[float32]"): ("fail", "fully-masked-rows-uniform"),
     # tf_keras's additive -1e9 gives a uniform row whose softmax still passes gradient,
     ("tf_keras.mha", "grad-masked-rows[float32]"): ("fail", "fully-masked-rows-uniform"),
-    # and tf.einsum accumulates float16 in float16 on CPU (Keras 3 goes through tf.matmul):
-    # grad_bv 7x the same-dtype baseline's error on the shipped case (the rule allows 3x).
-    ("tf_keras.mha", "gradients/low-precision-layer[float16]"): ("fail", None),
-    ("keras.tensorflow.explicit", "gradients/low-precision-layer[float16]"): ("pass", None),
-    ("keras.tensorflow.explicit", "grad-half[float16]"): ("pass", None),
-    ("keras.torch.explicit", "grad-half[float16]"): ("pass", None),
+    # (float16 gradients: see MACHINE_DEPENDENT below.)
     # Keras 3.15 tensorflow backend: ops.add takes a tf.nn.bias_add shortcut when the bias
     # squeezes to one dim; a [H, 1] bias (key_dim 1) on [B, L, H, 1] with L == H is added along
     # axis 1 (NCHW) instead of the heads: a Keras bug, so a fail (other backends pass).
@@ -488,9 +484,32 @@ EXPECTED = {
 }
 
 
+# float16 verdicts that depend on the CPU the suite runs on (issue 18): TensorFlow's CPU
+# kernels accumulate float16 matmuls/einsums in float16 or float32 depending on the oneDNN
+# code path the CPU selects (AVX512-FP16/AMX on recent Intel, plain AVX2 on AMD), so the same
+# case can be a pass on one machine and a fail on another (tf_keras.mha's grad_bv was 7x the
+# same-dtype baseline error here, the rule allows 3x; issue 18 saw the verdict flip on a CPU
+# of another make). Only what is stable is asserted: it runs, and its verdict is a pass or a
+# plain fail (no error, no declared divergence hiding it).
+MACHINE_DEPENDENT = {
+    ("tf_keras.mha", "gradients/low-precision-layer[float16]"),
+    ("keras.tensorflow.explicit", "gradients/low-precision-layer[float16]"),
+    ("keras.tensorflow.explicit", "grad-half[float16]"),
+    ("keras.torch.explicit", "grad-half[float16]"),
+}
+
+
 @pytest.mark.parametrize(("adapter", "case"), sorted(EXPECTED))
 def test_verdict(results: dict, adapter: str, case: str) -> None:
     assert verdict(results, adapter, case) == EXPECTED[(adapter, case)], results["verdicts"].get(
+        f"{adapter}|{case_id(case)}"
+    )
+
+
+@pytest.mark.parametrize(("adapter", "case"), sorted(MACHINE_DEPENDENT))
+def test_machine_dependent_verdict(results: dict, adapter: str, case: str) -> None:
+    got = verdict(results, adapter, case)
+    assert got in {("pass", None), ("fail", None)}, results["verdicts"].get(
         f"{adapter}|{case_id(case)}"
     )
 

@@ -117,17 +117,9 @@ def test_interrupted_run_keeps_results_and_resumes_without_duplicates(
         "    shape: {query_len: 2, num_heads: 1, key_dim: 2}\n    seed: $i\n"
         "    matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conformance.cli", "run", str(spec), "--adapter",
-         f"{BROKEN}:Slow", "--out", str(out), "--no-report", "-q"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if len(read_stream(out / "results.jsonl")) >= 3:
-            break
-        time.sleep(0.2)
+    gate = tmp_path / "gate"
+    proc = _gated_run(spec, out, gate)
+    _wait_for_gate(proc, out, gate, done=3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -135,6 +127,7 @@ def test_interrupted_run_keeps_results_and_resumes_without_duplicates(
     partial = read_results(out / "results.json")["results"]
     assert 3 <= len(partial) < 20
 
+    (gate / "open").touch()  # (the resumed run has no gate anyway: it runs without the env)
     resumed = run_cli("run", "--resume", str(out), "--no-report")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     final = read_results(out / "results.json")["results"]
@@ -151,19 +144,37 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
         "    shape: {query_len: 2, num_heads: 1, key_dim: 2}\n    seed: $i\n"
         "    matrix: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conformance.cli", "run", str(spec), "--adapter",
-         f"{BROKEN}:Slow", "--out", str(out), "--no-report", "-q"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(read_stream(out / "results.jsonl")) < 2:
-        time.sleep(0.2)
+    gate = tmp_path / "gate"
+    proc = _gated_run(spec, out, gate)
+    _wait_for_gate(proc, out, gate, done=3)
     proc.terminate()
     proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert len(read_results(out / "results.json")["results"]) >= 2
+    assert len(read_results(out / "results.json")["results"]) >= 3
+
+
+def _gate_env(gate: Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(TESTS), CONFORMANCE_TEST_GATE=str(gate))
+
+
+def _gated_run(spec: Path, out: Path, gate: Path) -> subprocess.Popen:
+    """`conformance run` with the Gated adapter: it stops at seed 3 until the gate opens."""
+    gate.mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-m", "conformance.cli", "run", str(spec), "--adapter",
+         f"{BROKEN}:Gated", "--out", str(out), "--no-report", "-q", "--jobs", "1"],
+        cwd=ROOT, env=_gate_env(gate), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_gate(proc: subprocess.Popen, out: Path, gate: Path, done: int) -> None:
+    """Wait for the events, not for time: the adapter is at the gate and `done` results are on
+    disk (the run cannot finish meanwhile: the gate is closed)."""
+    deadline = time.monotonic() + 300
+    while not ((gate / "reached").exists() and len(read_stream(out / "results.jsonl")) >= done):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached the gate"
+        time.sleep(0.05)
 
 
 def test_two_runs_give_identical_verdicts_and_errors(tiny_spec: Path, tmp_path: Path) -> None:

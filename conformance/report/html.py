@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from ..case import FEATURES
+from ..sanitize import strip_control
 from . import images
 from .assets import CSS, JS
 from .results import (
@@ -76,7 +77,8 @@ def _num(value: float | None) -> float | None:
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    # Control characters and ANSI sequences from adapters' messages are dropped (issue 18).
+    return html.escape(strip_control(text), quote=True)
 
 
 def spec_text(case: dict) -> str:

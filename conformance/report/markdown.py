@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..sanitize import for_markdown
 from .results import (
     BAD,
     SEVERITY,
@@ -97,7 +98,7 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
                 device = f" ({record['device']} @ {record.get('environment_id')})"
             lines.append(
                 f"- {MARK[record['verdict']]} {_code(record['adapter'])} "
-                f"{_code(record['case'])}{device}: {one_line(record.get('message'), 200)}"
+                f"{_code(record['case'])}{device}: {for_markdown(one_line(record.get('message'), 200))}"
             )
         if len(failing) > MAX_FAILURE_LINES:
             lines.append(f"- … and {len(failing) - MAX_FAILURE_LINES} more (see the HTML report)")
@@ -127,7 +128,7 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
             n = len(group)
             lines.append(
                 f"- 🔶 {_code(adapter)} **{div_id}** ({n} result{'s' * (n != 1)}): "
-                f"{one_line(div.get('reason'), 200)}{link}"
+                f"{for_markdown(one_line(div.get('reason'), 200))}{link}"
             )
         lines.append("")
     text = "\n".join(lines)

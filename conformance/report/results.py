@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ResultsFileError
 from ..evaluate import VERDICTS
+from ..sanitize import strip_control
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "spec_version", "adapters", "cases", "results")
@@ -252,6 +253,7 @@ def repro_command(doc: dict, record: dict) -> str:
 
 
 def one_line(text: str | None, limit: int = 240) -> str:
-    """A message squeezed onto one line, cut at `limit` characters."""
-    text = " ".join(str(text or "").split())
+    """A message squeezed onto one line, cut at `limit` characters, without control
+    characters or ANSI escape sequences (issue 18: messages come from adapters)."""
+    text = " ".join(strip_control(text or "", newlines=False).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
