@@ -139,11 +139,19 @@ def test_junit_one_testcase_per_result(doc: dict) -> None:
     assert len(cases) == len(doc["results"]) == int(root.get("tests"))
     verdicts = [r["verdict"] for r in doc["results"]]
     failures = root.findall(".//testcase/failure")
+    errors = root.findall(".//testcase/error")
     skipped = root.findall(".//testcase/skipped")
-    assert len(failures) == verdicts.count("fail") + verdicts.count("error") == 3
+    assert len(failures) + len(errors) == 3
+    assert len(failures) == verdicts.count("fail") and len(errors) == verdicts.count("error")
+    assert len(errors) >= 1  # the fixture has an error verdict: JUnit must count it as one
     assert len(skipped) == verdicts.count("diverges") + verdicts.count("unsupported") == 6
-    assert int(root.get("failures")) == 3 and int(root.get("skipped")) == 6
-    assert {f.get("type") for f in failures} == {"fail", "error"}
+    assert int(root.get("failures")) == len(failures) and int(root.get("errors")) == len(errors)
+    assert int(root.get("skipped")) == 6
+    assert {f.get("type") for f in failures} == {"fail"}
+    assert {e.get("type") for e in errors} == {"error"}
+    assert {s.get("type") for s in skipped} == {"diverges", "unsupported"}
+    for element in failures + errors:
+        assert "{" not in element.text  # no dict dumps in the details
     reasons = [s.get("message") for s in skipped]
     assert any("masked-rows-zeros" in m and m.startswith("diverges:") for m in reasons)
     assert any(m.startswith("unsupported: test.wrong cannot express: layer") for m in reasons)
@@ -152,7 +160,8 @@ def test_junit_one_testcase_per_result(doc: dict) -> None:
     assert suites["reference"].get("failures") == "0"
     window = next(c for c in cases if c.get("name") == "masks/window [cpu]"
                   and c.get("classname") == "test.wrong.masks")  # fmt: skip
-    assert "reproduce: conformance run" in window.find("failure").text
+    detail = window.find("failure") if window.find("failure") is not None else window.find("error")
+    assert "reproduce: conformance run" in detail.text
 
 
 def test_junit_survives_control_characters(doc: dict) -> None:
