@@ -43,6 +43,7 @@ from .case import (
     Shape,
 )
 from .errors import SpecError, did_you_mean
+from .paths import display_path
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -626,7 +627,8 @@ def _resolve_case(
         gradients=gradients,
         seed=seed,
         description=description,
-        source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
+        # Stored relative (paths.py) so results from two machines diff without path noise.
+        source=f"{display_path(ctx.file)}:{source_line}" if source_line else display_path(ctx.file),
         params=tuple(shown),
         dropout=dropout,
     )

@@ -53,3 +53,13 @@ def test_baseline_rule_is_shown_when_it_applies() -> None:
     assert "Same-dtype baseline error 0.01, budget 0.02." in got.message
     # Within the budget the baseline rule passes it, and says so.
     assert compare("output", expected + 0.015, expected, tol, baseline_error=0.01).ok
+
+
+def test_paths_are_stored_relative(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from conformance.paths import display_path, safe_file_name
+    from conformance.spec import shipped_specs_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert display_path(tmp_path / "specs" / "mine.yaml") == "specs/mine.yaml"
+    assert display_path(shipped_specs_dir() / "masks.yaml") == "specs/masks.yaml"
+    assert safe_file_name("external:cmd a/b") == "external_cmd_a_b"
