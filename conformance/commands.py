@@ -10,13 +10,12 @@ import os
 import re
 import shlex
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import __version__
 from .case import DTYPES, FEATURES, Case
 from .errors import UsageError
-from .evaluate import VERDICTS, record_key
+from .evaluate import record_key
 from .progress import Progress
 from .registry import AdapterEntry, all_entries, resolve
 from .results import (
@@ -28,6 +27,7 @@ from .results import (
 )
 from .runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
+from .summary import summary_lines
 
 DEFAULT_OUT = Path("reports/latest")
 
@@ -183,32 +183,15 @@ def write_results(
 
 
 def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None:  # noqa: ANN001
-    by_adapter: dict[str, Counter] = defaultdict(Counter)
-    for record in records:
-        by_adapter[f"{record['adapter']} ({record['device']})"][record["verdict"]] += 1
-    if by_adapter:
-        width = max(len(k) for k in by_adapter) + 2
-        header = "adapter".ljust(width) + "".join(v.rjust(12) for v in VERDICTS)
-        print(header, file=stream)
-        for name in sorted(by_adapter):
-            counts = by_adapter[name]
-            print(
-                name.ljust(width) + "".join(str(counts[v]).rjust(12) for v in VERDICTS), file=stream
-            )
+    table = summary_lines(records)  # summary.py: fits 80 columns
+    bad_at = next((i for i, line in enumerate(table) if not line), len(table))
+    for line in table[:bad_at]:
+        print(line, file=stream)
     if missing:
         names = ", ".join(f"{e.name} ({e.declaration.installed()[1]})" for e in missing)
         print(f"\nnot installed, not run: {names}", file=stream)
-    bad = [r for r in records if r["verdict"] in ("fail", "error")]
-    if bad:
-        print(f"\n{len(bad)} failing result(s); first ones:", file=stream)
-        for record in bad[:12]:
-            print(
-                f"  {record['verdict'].upper():5s} {record['case']} [{record['adapter']}-"
-                f"{record['device']}]: {record['message'][:160]}",
-                file=stream,
-            )
-        if len(bad) > 12:
-            print(f"  ... and {len(bad) - 12} more (see the report)", file=stream)
+    for line in table[bad_at:]:
+        print(line, file=stream)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

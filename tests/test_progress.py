@@ -60,3 +60,17 @@ def test_eta_is_smoothed() -> None:
     before, after = etas[99], etas[100]
     assert after is not None and before is not None
     assert abs(after - before) / before < 0.25  # one slow case moves it little
+
+
+def test_summary_fits_eighty_columns() -> None:
+    from conformance.summary import summary_lines
+
+    records = [
+        {"adapter": "keras.gqa.torch.explicit-with-a-very-long-plugin-name", "device": "cuda:0",
+         "verdict": v, "case": "masks/causal-bottom-right[T=5,S=9,float32]", "message": "x " * 200}
+        for v in ("pass", "fail", "error", "diverges", "unsupported")
+    ]  # fmt: skip
+    lines = summary_lines(records * 3000)
+    assert all(len(line) <= 79 for line in lines)
+    assert lines[0].split() == ["adapter", "pass", "fail", "div", "unsup", "error"]
+    assert "3000" in lines[1] and "…" in lines[1]
