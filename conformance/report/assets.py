@@ -98,11 +98,40 @@ JS = r"""
 (function () {
   "use strict";
   var D = JSON.parse(document.getElementById("report-data").textContent);
-  D.results.forEach(function (r) {  // texts travel once in D.strings
-    r.d = D.strings[r.d]; r.m = D.strings[r.m];
-    r.tol = r.tol == null ? null : D.strings[r.tol];
-  });
   var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
+  // Results travel as positional rows (html.py ROW_KEYS); texts once in D.strings.
+  D.byCase = D.cases.map(function () { return []; });
+  // Unsupported results of one adapter, reason and device travel as one row and case indices.
+  D.unsupported.forEach(function (row) {
+    var shared = row.slice(0, -1), at = 0;
+    var cases = row[row.length - 1].map(function (d) { at += d; return at; });  // differences
+    while (shared.length < 3) shared.push(null);
+    cases.forEach(function (c) {
+      var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
+    });
+  });
+  D.results = D.results.map(function (row, i) {
+    var r = {i: i};
+    D.resultKeys.forEach(function (k, j) { if (j < row.length && row[j] != null) r[k] = row[j]; });
+    r.v = ORDER[r.v];
+    r.d = D.strings[r.d || 0]; r.e = r.e || 0;
+    if (r.mu) r.m = D.adapters[r.a] + " cannot express: " + r.mu.map(function (k) { return D.strings[k]; }).join("; ");
+    else r.m = r.m == null ? "" : D.strings[r.m];
+    r.tol = r.tol == null ? null : D.strings[r.tol];
+    if (!r.cmd && r.v !== "pass") r.cmd = reproCommand(r);
+    D.byCase[r.c].push(i);
+    return r;
+  });
+  function shellQuote(s) {  // as Python's shlex.quote
+    return /^[\w@%+=:,.\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\"'\"'") + "'";
+  }
+  function reproCommand(r) {  // as conformance.report.results.repro_command
+    var c = D.cases[r.c], parts = ["conformance", "run"];
+    if (c.src) parts.push(c.src);
+    parts.push("--adapter", D.adapters[r.a], "--case", c.id);
+    if (r.d !== "cpu") parts.push("--device", r.d);
+    return parts.map(shellQuote).join(" ");
+  }
   var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
   var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
   var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "",
@@ -168,7 +197,7 @@ JS = r"""
   }
   function countLine(n) {
     var d = el("div", {cls: "counts"});
-    ORDER.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });
+    SEVERITY.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });  // worst first
     return d;
   }
 
@@ -342,7 +371,7 @@ JS = r"""
      pic(r.w, "implementation weights (batch 0, head 0)", cell),
      pic(r.wd, "|weights − reference|", cell)
     ].forEach(function (f) { if (f) row1.appendChild(f); });
-    [pic(c.mask, c.maskNote || "mask", cell),
+    [pic(c.mask, c.maskNote == null ? "mask" : D.strings[c.maskNote], cell),
      pic(r.oe, "|output − reference| (batch 0" + (c.mode === "kernel" ? ", head 0)" : ")"), null)
     ].forEach(function (f) { if (f) row2.appendChild(f); });
     if (row1.childNodes.length) pics.appendChild(row1);

@@ -82,7 +82,7 @@ def _e(text: object) -> str:
 def spec_text(case: dict) -> str:
     """The resolved case as short readable lines: what a reader needs to rebuild it."""
     shape = case.get("shape") or {}
-    lines = [f"id: {case.get('id')}"]
+    lines: list[str] = []  # the id is shown above the spec
     scale = case.get("scale")
     key_dim = shape.get("key_dim")
     scale_text = f"{scale:g}" if scale is not None else (f"1/sqrt({key_dim})" if key_dim else "?")
@@ -175,6 +175,40 @@ def _record_pictures(record: dict, store: _Images) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# Results travel as positional rows (the page turns them back into objects), keys ordered so an
+# unsupported result's row ends early: 17,000 unsupported results of the default matrix would
+# otherwise be most of the page. `i` (the row's index) and `byCase` are rebuilt by the page.
+ROW_KEYS = ("c", "a", "v", "m", "mu", "d", "e", "s", "x", "rx", "at", "rt", "tol", "mm", "fm",
+            "dv", "cmd", "w", "wd", "oe")  # fmt: skip
+_CANNOT = " cannot express: "
+# An unsupported result with nothing but these keys joins its group (the "unsupported" rows:
+# the shared row with its case indices appended as a last element).
+_GROUPABLE = {"c", "a", "d", "e", "v", "m", "mu", "s", "cmd"}
+
+
+def _deltas(row: list) -> list:
+    """The case indices at the end of an unsupported row, sorted and as differences."""
+    cases = sorted(row[-1])
+    return row[:-1] + [[b - a for a, b in zip([0, *cases], cases, strict=False)]]
+
+
+def _row(entry: dict) -> list:
+    row = [entry.get(k) for k in ROW_KEYS]
+    while row and row[-1] is None:
+        row.pop()
+    return row
+
+
+def _cannot_express(record: dict, strings: _Strings) -> list[int] | None:
+    """An unsupported result's "<adapter> cannot express: a (why); b (why)" as indices of its
+    pieces: a few hundred distinct pieces instead of 1,700 distinct long messages."""
+    message = record.get("message") or ""
+    head = record["adapter"] + _CANNOT
+    if record["verdict"] != "unsupported" or not message.startswith(head):
+        return None
+    return [strings.add(piece) for piece in message[len(head) :].split("; ")]
+
+
 def _payload(doc: dict) -> dict:
     store = _Images()
     adapters = adapter_names(doc)
@@ -187,6 +221,7 @@ def _payload(doc: dict) -> dict:
             case_ids.append(record["case"])
     case_index = {cid: i for i, cid in enumerate(case_ids)}
 
+    strings = _Strings()
     cases = []
     for cid in case_ids:
         case = doc["cases"].get(cid)
@@ -204,8 +239,9 @@ def _payload(doc: dict) -> dict:
                 "mode": case.get("mode", ""),
                 "spec": spec_text(case),
                 "cmp": ", ".join(case.get("compare") or []),
+                "src": str(case.get("source") or "").rsplit(":", 1)[0] or None,
                 "mask": mask,
-                "maskNote": note,
+                "maskNote": strings.add(note) if note else None,
             }
         )
     for record in doc["results"]:  # the reference picture is the same for every adapter
@@ -219,28 +255,26 @@ def _payload(doc: dict) -> dict:
     divergences: list[dict] = []
     div_index: dict[str, int] = {}
     results = []
-    by_case: list[list[int]] = [[] for _ in case_ids]
     pictured = 0
-    strings = _Strings()
     ordered = sorted(doc["results"], key=sort_key)
-    for i, record in enumerate(ordered):
+    unsupported: dict[str, list] = {}  # same adapter, reason, device: one row, its case indices
+    for record in ordered:
         fam = record_family(record)
         c = case_index[record["case"]]
         if cases[c]["f"] != fams.index(fam):
             cases[c]["f"] = fams.index(fam)
         entry = {
-            "i": i,
             "c": c,
             "a": adapters.index(record["adapter"]),
             "d": strings.add(record["device"]),
             "e": env_index.get(record.get("environment_id"), 0),
-            "v": record["verdict"],
+            "v": ORDER.index(record["verdict"]),
             "x": _num(record.get("max_abs_error")),
             "rx": _num(record.get("max_rel_error")),
             "at": _num(record.get("atol")),
             "rt": _num(record.get("rtol")),
             "tol": strings.add(record.get("tolerance")),
-            "m": strings.add(record.get("message") or ""),
+            "mu": _cannot_express(record, strings),
             "s": _num(record.get("duration_s")),
             "mm": record.get("mismatches") if record["verdict"] != "pass" else None,
             "fm": record.get("first_mismatch"),
@@ -252,25 +286,37 @@ def _payload(doc: dict) -> dict:
                 div_index[key] = len(divergences)
                 divergences.append(div)
             entry["dv"] = div_index[key]
-        if record["verdict"] != "pass":
+        if record["verdict"] in BAD:  # the page builds the others' commands (reproCommand)
             entry["cmd"] = repro_command(doc, record)
+        if entry["mu"] is None:
+            entry["m"] = strings.add(record.get("message") or "")
         if record["verdict"] == "pass" or pictured < MAX_RECORD_IMAGES:
             pics = _record_pictures(record, store)
             pictured += record["verdict"] != "pass"
             entry.update(pics)
-        results.append({k: v for k, v in entry.items() if v is not None})
-        by_case[c].append(i)
+        if entry.get("s") == 0:
+            entry["s"] = None
+        if (
+            record["verdict"] == "unsupported"
+            and {k for k, v in entry.items() if v is not None} <= _GROUPABLE
+        ):
+            key = json.dumps([entry.get(k) for k in ("a", "mu", "m", "d", "e")])
+            unsupported.setdefault(key, _row({**entry, "c": None, "v": None}) + [[]])
+            unsupported[key][-1].append(c)
+            continue
+        results.append(_row(entry))
     return {
         "adapters": adapters,
         "families": fams,
         "envs": [{"id": env["id"], "label": environment_label(env)} for env in envs],
         "cases": cases,
+        "resultKeys": list(ROW_KEYS),
         "results": results,
-        "byCase": by_case,
+        "unsupported": [_deltas(row) for row in unsupported.values()],
         "divergences": divergences,
         "images": store.items,
         "strings": strings.items,
-        "ran": [any(r["a"] == ai for r in results) for ai in range(len(adapters))],
+        "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],
     }
 
 
@@ -299,16 +345,6 @@ def _chips(counter: Counter) -> str:
     )
 
 
-def _bar(counter: Counter) -> str:
-    total = sum(counter.values()) or 1
-    spans = "".join(
-        f'<span class="v-{v}" style="width:{100 * counter[v] / total:.3f}%"></span>'
-        for v in ORDER
-        if counter.get(v)
-    )
-    return f'<div class="bar">{spans}</div>'
-
-
 def _static_matrix(doc: dict, adapters: list[str], fams: list[str]) -> str:
     grid = matrix(doc)
     rows = []
@@ -326,12 +362,12 @@ def _static_matrix(doc: dict, adapters: list[str], fams: list[str]) -> str:
                 cells.append('<td class="cell empty">·</td>')
                 continue
             worst = next(v for v in SEVERITY if counter.get(v))
+            # Worst verdict first; no bar here (the script draws it): this table is for readers
+            # without JavaScript, and 600 bars are a tenth of the page.
             counts_html = "".join(
-                f'<span class="v-{v}">{counter[v]} {v}</span>' for v in ORDER if counter.get(v)
+                f'<span class="v-{v}">{counter[v]} {v}</span>' for v in SEVERITY if counter.get(v)
             )
-            cells.append(
-                f'<td class="cell w-{worst}">{_bar(counter)}<div class="counts">{counts_html}</div></td>'
-            )
+            cells.append(f'<td class="cell w-{worst}"><div class="counts">{counts_html}</div></td>')
         rows.append(
             f'<tr><th class="adapter" scope="row"><a href="#adapter-{ai}">{_e(name)}</a></th>'
             + "".join(cells)
@@ -395,11 +431,12 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
         features = set(info.get("features") or [])
         if features:
             tags = []
-            for tag, why in FEATURES.items():
+            for tag in FEATURES:
                 if tag in ("float64", "float32", "float16", "bfloat16"):
                     continue
                 cls = "tag" if tag in features else "tag off"
-                tags.append(f'<span class="{cls}" title="{_e(why)}">{_e(tag)}</span>')
+                # The meaning of each tag is in the glossary once, not repeated per adapter.
+                tags.append(f'<span class="{cls}">{_e(tag)}</span>')
             tags += [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
             parts.append(
                 '<div class="note">capabilities (struck out: cannot express)</div>'
@@ -436,7 +473,14 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
             parts.append(f'<div class="note">notes</div><div>{_e(info["notes"])}</div>')
         parts.append("</div>")
         cards.append("".join(parts))
-    return '<div class="cards">' + "".join(cards) + "</div>"
+    glossary = "".join(
+        f"<dt><code>{_e(tag)}</code></dt><dd>{_e(why)}</dd>" for tag, why in FEATURES.items()
+    )
+    return (
+        '<div class="cards">' + "".join(cards) + "</div>"
+        '<details id="capabilities"><summary>what each capability tag means</summary>'
+        f'<dl class="kv">{glossary}</dl></details>'
+    )
 
 
 def _tolerance_text(t: dict) -> str:
