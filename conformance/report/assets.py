@@ -46,6 +46,13 @@ table.matrix th, table.matrix td { border: 1px solid var(--line); padding: 6px 8
 table.matrix thead th { background: var(--panel); font-size: 13px; text-align: left; }
 table.matrix th.adapter { text-align: left; white-space: nowrap; background: #fff; font-weight: 600; }
 table.matrix td.cell { min-width: 96px; cursor: pointer; }
+/* The matrix scrolls inside its box (a 1280 px window shows it whole in width) with the family
+   header and the adapter column pinned, so a cell far down or right still says what it is. */
+#matrix-holder { max-height: 80vh; max-width: 100%; overflow: auto; }
+table.matrix thead th { position: sticky; top: 0; z-index: 2; }
+table.matrix th.adapter { position: sticky; left: 0; z-index: 1; }
+table.results thead th { position: sticky; top: 0; z-index: 1; }
+.behaviour { margin: 10px 0 18px; }
 table.matrix td.cell:hover { outline: 2px solid var(--accent); outline-offset: -2px; }
 td.cell.w-pass { background: var(--pass-bg); } td.cell.w-diverges { background: var(--diverges-bg); }
 td.cell.w-unsupported { background: var(--unsupported-bg); } td.cell.w-fail { background: var(--fail-bg); }
@@ -413,6 +420,41 @@ JS = r"""
     ["f-adapter", "f-family", "f-text"].forEach(function (id) { document.getElementById(id).value = ""; });
     renderResults();
   });
+  // Filters live in the URL (#f=...), so a view can be linked; "clear" resets every filter.
+  var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family"};
+  function saveUrl() {
+    var q = new URLSearchParams();
+    Object.keys(KEYS).forEach(function (k) { if (state[k]) q.set(k, state[k]); });
+    if (state.text) q.set("q", state.text);
+    var off = ORDER.filter(function (v) { return !state.verdicts[v]; });
+    if (off.length) q.set("hide", off.join(","));
+    var text = q.toString();
+    if (text || location.hash.indexOf("#f=") === 0)
+      history.replaceState(null, "", text ? "#f=" + encodeURIComponent(text) : location.pathname + location.search);
+  }
+  function loadUrl() {
+    if (location.hash.indexOf("#f=") !== 0) return;
+    var q = new URLSearchParams(decodeURIComponent(location.hash.slice(3)));
+    Object.keys(KEYS).forEach(function (k) {
+      var node = document.getElementById(KEYS[k]);
+      if (q.has(k) && node) { state[k] = q.get(k); node.value = state[k]; }
+    });
+    if (q.has("q")) { state.text = q.get("q"); document.getElementById("f-text").value = state.text; }
+    (q.get("hide") || "").split(",").forEach(function (v) { if (v in state.verdicts) state.verdicts[v] = false; });
+    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
+      box.checked = state.verdicts[box.value];
+    });
+  }
+  var drawResults = renderResults;
+  renderResults = function () { drawResults(); saveUrl(); };
+  document.getElementById("reset").addEventListener("click", function () {
+    state.device = ""; state.dtype = ""; state.env = "";
+    ORDER.forEach(function (v) { state.verdicts[v] = true; });
+    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) { box.checked = true; });
+    ["f-device", "f-dtype", "f-env"].forEach(function (id) { var n = document.getElementById(id); if (n) n.value = ""; });
+    renderMatrix(); renderTotals(); renderResults();
+  });
+  loadUrl();
   renderTotals();
   renderMatrix();
   renderResults();

@@ -19,6 +19,7 @@ import numpy as np
 from ..case import FEATURES
 from . import images
 from .assets import CSS, JS
+from .behaviours import behaviour_tables, one_module_different_answers
 from .results import (
     BAD,
     SEVERITY,
@@ -534,6 +535,59 @@ def _machines(doc: dict) -> str:
     return "".join(parts)
 
 
+def _behaviours(doc: dict, adapters: list[str]) -> str:
+    """The behaviour views: one table per behaviour, implementations sharing a row when they do
+    the same thing, each linked to its adapter card (declarations and upstream links)."""
+    index = {name: i for i, name in enumerate(adapters)}
+
+    def names(group: list[str]) -> str:
+        return ", ".join(
+            f'<a href="#adapter-{index[n]}"><code>{_e(n)}</code></a>' if n in index
+            else f"<code>{_e(n)}</code>" for n in group
+        )  # fmt: skip
+
+    parts = []
+    for table in behaviour_tables(doc):
+        if not table["rows"]:
+            continue
+        same: dict[str, list[str]] = {}
+        links: dict[str, set[str]] = {}
+        for row in table["rows"]:
+            same.setdefault(row["does"], []).append(row["adapter"])
+            links.setdefault(row["does"], set()).update(row.get("links") or [])
+        body = "".join(
+            f"<tr><td>{names(group)}</td><td>{_e(does)}"
+            + "".join(
+                f' <a href="{_e(u)}" rel="noopener noreferrer">[upstream]</a>'
+                for u in sorted(links[does]) if u.lower().startswith(("https://", "http://"))
+            )
+            + "</td></tr>"
+            for does, group in same.items()
+        )  # fmt: skip
+        parts.append(
+            f'<div class="behaviour" id="behaviour-{_e(table["id"])}"><h3>{_e(table["title"])}</h3>'
+            f'<div class="note">{_e(table["question"])}</div><table class="small"><thead><tr>'
+            f"<th>implementations</th><th>what they do</th></tr></thead><tbody>{body}</tbody>"
+            "</table></div>"
+        )
+    groups = one_module_different_answers(doc)
+    if groups:
+        rows = "".join(
+            f"<tr><td><code>{_e(g['api'])}</code></td><td>"
+            + "<br>".join(f"{names([p])}: {_e(a)}" for p, a in g["paths"].items())
+            + "</td><td>" + "<br>".join(f"<code>{_e(c)}</code>" for c in g["cases"][:3])
+            + (f"<br>… {g['n_cases']} cases in all" if g["n_cases"] > 3 else "") + "</td></tr>"
+            for g in groups
+        )  # fmt: skip
+        parts.append(
+            '<div class="behaviour" id="behaviour-one-module"><h3>One module, different answers'
+            '</h3><div class="note">execution paths of one API that disagree on the same case'
+            '</div><table class="small"><thead><tr><th>API</th><th>path: answers</th>'
+            f"<th>cases</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+    return "".join(parts) or '<p class="note">no behaviour to compare in this run</p>'
+
+
 def _options(values: list[tuple[str, str]], all_label: str) -> str:
     return f'<option value="">{_e(all_label)}</option>' + "".join(
         f'<option value="{_e(v)}">{_e(label)}</option>' for v, label in values
@@ -595,7 +649,7 @@ def render_html(doc: dict, title: str = "Attention conformance report") -> str:
 <div class="totals" id="totals">{_chips(total)}</div>
 <div class="meta">{"every result within tolerance or explained" if not failing else f"{failing} results fail or error"}</div>
 </header>
-<nav><a href="#matrix">Matrix</a><a href="#results">Results</a><a href="#adapters">Adapters</a><a href="#machines">Machines</a></nav>
+<nav><a href="#matrix">Matrix</a><a href="#behaviours">Behaviours</a><a href="#results">Results</a><a href="#adapters">Adapters</a><a href="#machines">Machines</a></nav>
 <main>
 <section id="matrix">
 <h2>Compatibility matrix</h2>
@@ -607,6 +661,11 @@ def render_html(doc: dict, title: str = "Attention conformance report") -> str:
 </div>
 <div class="legend">{legend}</div>
 <div id="matrix-holder">{_static_matrix(doc, adapters, fams)}</div>
+</section>
+<section id="behaviours">
+<h2>Behaviours implementations disagree on</h2>
+<div class="note">generated from the results and the adapters' declared divergences</div>
+{_behaviours(doc, adapters)}
 </section>
 <section id="results">
 <h2>Results</h2>
