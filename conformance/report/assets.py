@@ -67,7 +67,9 @@ table.results td { padding: 5px 8px; border-bottom: 1px solid var(--line); verti
 table.results tr.row { cursor: pointer; }
 table.results tr.row:hover td { background: #f1f5fc; }
 table.results tr.row.open td { background: #e8eff9; }
-td.msg { color: var(--muted); max-width: 520px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+/* Long case ids wrap and messages are cut: the list fits a 1280 px window. */
+table.results td:nth-child(3) { max-width: 300px; overflow-wrap: anywhere; }
+td.msg { color: var(--muted); max-width: 300px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.detail > td { background: #fbfcfd; padding: 12px 16px 16px; }
 .detail-grid { display: grid; grid-template-columns: minmax(320px, 1fr) minmax(320px, 1.2fr); gap: 18px; }
@@ -345,7 +347,8 @@ JS = r"""
       ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
       ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
       ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
-      ["upstream", link]
+      ["upstream", link],
+      ["explained in", D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null]
     ]));
     if (r.cmd) {
       var pre = el("pre", {cls: "repro", text: r.cmd});

@@ -20,6 +20,7 @@ from ..case import FEATURES
 from . import images
 from .assets import CSS, JS
 from .behaviours import behaviour_tables, one_module_different_answers
+from .docs_links import docs_page
 from .results import (
     BAD,
     SEVERITY,
@@ -315,6 +316,7 @@ def _payload(doc: dict) -> dict:
         "results": results,
         "unsupported": [_deltas(row) for row in unsupported.values()],
         "divergences": divergences,
+        "docs": [docs_page(name) for name in adapters],
         "images": store.items,
         "strings": strings.items,
         "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],
@@ -401,6 +403,8 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
         parts = [f'<div class="card" id="adapter-{ai}"><h3><code>{_e(name)}</code></h3>']
         if info.get("summary"):
             parts.append(f"<div>{_e(info['summary'])}</div>")
+        if docs_page(name):
+            parts.append(f'<div class="note">explained in <code>{_e(docs_page(name))}</code></div>')
         parts.append(f'<div class="totals">{_chips(counter)}</div>')
         rows = []
         if info.get("framework"):
@@ -559,7 +563,7 @@ def _behaviours(doc: dict, adapters: list[str]) -> str:
             f"<tr><td>{names(group)}</td><td>{_e(does)}"
             + "".join(
                 f' <a href="{_e(u)}" rel="noopener noreferrer">[upstream]</a>'
-                for u in sorted(links[does]) if u.lower().startswith(("https://", "http://"))
+                for u in sorted(links[does])[:2] if u.lower().startswith(("https://", "http://"))
             )
             + "</td></tr>"
             for does, group in same.items()
