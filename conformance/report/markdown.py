@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from .behaviours import behaviours_markdown
 from .results import (
     BAD,
     SEVERITY,
@@ -175,6 +176,11 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
                 f"{one_line(div.get('reason'), 200)}{link}"
             )
         lines.append("")
+    behaviours = behaviours_markdown(doc)
+    if behaviours.strip():
+        lines += ["<details><summary>Behaviours implementations disagree on (generated from the "
+                  "results and declarations)</summary>", "", behaviours.strip(), "",
+                  "</details>", ""]  # fmt: skip
     text = "\n".join(lines)
     if len(text) > MAX_CHARS:  # keep it postable: cut whole lines, say so
         cut = text[:MAX_CHARS].rsplit("\n", 1)[0]
