@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_command(parser: argparse.ArgumentParser, raw: list[str]) -> str | None:
+    """The error for a mistyped subcommand (with the closest ones), or None."""
+    from .suggest import hint
+
+    if not raw or raw[0].startswith("-"):
+        return None
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction) and raw[0] not in action.choices:  # noqa: SLF001
+            return f"unknown command {raw[0]!r}{hint(raw[0], action.choices)}"
+    return None
+
+
 def _version() -> str:
     from . import __version__
 
@@ -59,6 +71,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_command(parser, raw)  # suggest.py: 'did you mean' for subcommands
+    if unknown:
+        print(f"conformance: error: {unknown}", file=sys.stderr)
+        return 2
     args = parser.parse_args(raw)
     args._raw_argv = raw[1:] if raw and raw[0] == "run" else raw
     if not getattr(args, "handler", None):

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, suggest
 from .case import DTYPES, FEATURES, Case
 from .errors import UsageError
 from .evaluate import record_key
@@ -79,8 +79,8 @@ def select_cases(args: argparse.Namespace) -> list[Case]:
         missing = sorted(wanted - known)
         if missing:
             raise UsageError(
-                f"no case with id {missing[0]!r}\n  hint: `conformance list cases` shows ids; "
-                "quote ids in the shell because of the brackets"
+                f"no case with id {missing[0]!r}{suggest.hint(missing[0], known)}\n  hint: "
+                "`conformance list cases` shows ids; quote ids in the shell because of the brackets"
             )
         cases = [c for c in cases if c.id in wanted]
     if getattr(args, "keyword", None):
@@ -209,7 +209,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["CONFORMANCE_CACHE_DIR"] = "off"  # workers inherit the environment
     cases = select_cases(args)
     if not cases:
-        raise UsageError("no cases selected (check the spec paths, --case, -k, --dtype, --shard)")
+        near = ""
+        if getattr(args, "keyword", None):  # suggest.py: families and ids near the -k words
+            near = suggest.keyword_hint(args.keyword, (c.id for c in load_specs(
+                args.specs or [shipped_specs_dir()])))  # fmt: skip
+        raise UsageError(
+            "no cases selected (check the spec paths, --case, -k, --dtype, --shard)" + near
+        )
     entries, missing = select_adapters(args.adapter)
     if not entries:
         raise UsageError(
