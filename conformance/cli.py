@@ -14,7 +14,7 @@ examples:
   conformance run specs/masks.yaml --adapter torch.sdpa --dtype float64
   conformance run --adapter mypkg.attn:MyAttention     validate your own implementation
   conformance list adapters                   what is installed, with versions
-  conformance show 'masks/causal-top-left[T=5,S=7,float32]'
+  conformance show 'masks/causal-top-left-kernel[T=5,S=7,float32]'
   conformance report reports/latest/results.json --format md
 
 exit codes: 0 no fail/error results, 1 some fail or error, 2 bad usage or bad spec
