@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, suggest
+from . import __version__, maxfail, suggest
 from .case import DTYPES, FEATURES, Case
 from .errors import UsageError
 from .evaluate import record_key
@@ -237,10 +237,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(len(cases) * len(entries), interactive=None if not args.quiet else False)
     progress.done = len(previous)
 
+    stop_after = maxfail.Counter(getattr(args, "maxfail", None))
+
     def on_record(record: dict) -> None:
         stream.write(record)
         records.append(record)
         progress.update(record)
+        stop_after.see(record)  # raises MaxFailReached at --maxfail N
 
     runner = Runner(
         cases,
@@ -257,10 +260,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     command = "conformance run " + " ".join(shlex.quote(a) for a in _argv_of(args))
     interrupted = False
+    stopped = None
     try:
         runner.run()
     except KeyboardInterrupt:
         interrupted = True
+    except maxfail.MaxFailReached as reason:
+        stopped = str(reason)
     finally:
         stream.close()
         progress.close()
@@ -276,6 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _summary(dedupe(records), missing, sys.stdout)
     _user_adapter_help(dedupe(records), entries, cases, out_dir)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
+    if stopped:
+        print(f"{stopped}; continue with: conformance run --resume {out_dir}", file=sys.stderr)
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     return 1 if bad else 0
 
@@ -405,6 +413,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
+    maxfail.add_arguments(p)  # -x / --maxfail N (maxfail.py)
 
 
 def build_run_parser() -> argparse.ArgumentParser:

@@ -25,3 +25,20 @@ def test_mistyped_family_in_k(capsys: pytest.CaptureFixture, tmp_path) -> None: 
     assert main(["run", "-k", "fully_maskd", "-a", "reference", "-q", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "-k 'fully_maskd' matches no case id; did you mean: 'fully_masked'" in err
+
+
+def test_exitfirst_stops_after_the_first_failure(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from conftest import run_cli
+    from test_report_fixtures import MASKS_SPEC
+
+    (tmp_path / "masks.yaml").write_text(MASKS_SPEC)
+    out = tmp_path / "out"
+    proc = run_cli("run", str(tmp_path / "masks.yaml"), "--adapter",
+                   "test_report_fixtures:WrongAttention", "-x", "-j", "1", "-q", "--no-report",
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "stopped after 1 fail/error result(s)" in proc.stderr
+    records = json.loads((out / "results.json").read_text())["results"]
+    assert sum(r["verdict"] in ("fail", "error") for r in records) == 1
