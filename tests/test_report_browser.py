@@ -191,6 +191,17 @@ def test_scoreboard_answers_the_three_questions(tmp_path: Path) -> None:
             page.click("#reset")
             assert "#f=" not in page.url
 
+            # The feature x adapter matrix: the same results, one column per case feature.
+            page.select_option("#f-by", "feature")
+            cell = page.locator(
+                "td.cell[data-adapter='torch.onnx.sdpa.opset18'][data-feature='fully-masked-rows']"
+            )
+            assert "fail" in cell.inner_text()
+            assert "by%3Dfeature" in page.url or "by=feature" in page.url
+            page.locator("#matrix").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "feature-matrix.png"))
+            page.click("#reset")
+
             # 3. Does an adapter pass everything it supports? Its matrix row: no fail or error.
             row = page.locator("#matrix-table tbody tr", has_text="torch.sdpa.math").first
             text = row.inner_text()

@@ -143,7 +143,7 @@ JS = r"""
   }
   var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
   var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
-  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "",
+  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "", feature: "", by: "",
                verdicts: {pass: true, diverges: true, unsupported: true, fail: true, error: true},
                limit: 200};
 
@@ -180,6 +180,7 @@ JS = r"""
     if (!matchesMatrix(r) || !state.verdicts[r.v]) return false;
     if (state.adapter !== "" && String(r.a) !== state.adapter) return false;
     if (state.family !== "" && String(caseOf(r).f) !== state.family) return false;
+    if (state.feature && (caseOf(r).ft || []).indexOf(Number(state.feature)) < 0) return false;
     if (state.text) {
       var hay = (D.adapters[r.a] + " " + caseOf(r).id + " " + r.d + " " + (r.m || "")).toLowerCase();
       if (hay.indexOf(state.text) < 0) return false;
@@ -221,15 +222,21 @@ JS = r"""
   }
 
   function renderMatrix() {
+    // Columns are families, or features (a result counts under every feature of its case).
+    var byFeature = state.by === "feature";
+    var columns = byFeature ? D.features : D.families;
     var cells = {};
     D.results.forEach(function (r) {
       if (!matchesMatrix(r)) return;
-      var key = r.a + "|" + caseOf(r).f;
-      (cells[key] = cells[key] || []).push(r);
+      var keys = byFeature ? (caseOf(r).ft || []) : [caseOf(r).f];
+      keys.forEach(function (k) { var key = r.a + "|" + k; (cells[key] = cells[key] || []).push(r); });
+    });
+    var used = columns.map(function (_, ci) {
+      return D.adapters.some(function (_, ai) { return cells[ai + "|" + ci]; });
     });
     var table = el("table", {cls: "matrix", id: "matrix-table"});
-    var head = el("tr", null, el("th", {text: "adapter \\ family"}));
-    D.families.forEach(function (f) { head.appendChild(el("th", {scope: "col", text: f})); });
+    var head = el("tr", null, el("th", {text: byFeature ? "adapter \\ feature" : "adapter \\ family"}));
+    columns.forEach(function (f, ci) { if (used[ci]) head.appendChild(el("th", {scope: "col", text: f})); });
     table.appendChild(el("thead", null, head));
     var body = el("tbody");
     D.adapters.forEach(function (name, ai) {
@@ -240,14 +247,18 @@ JS = r"""
         body.appendChild(tr);
         return;
       }
-      D.families.forEach(function (f, fi) {
+      columns.forEach(function (f, fi) {
+        if (!used[fi]) return;
         var list = cells[ai + "|" + fi] || [];
         if (!list.length) { tr.appendChild(el("td", {cls: "cell empty", text: "·"})); return; }
         var n = countsOf(list);
-        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name, "data-family": f,
+        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name,
+                           "data-family": byFeature ? null : f, "data-feature": byFeature ? f : null,
                            title: name + " × " + f + ": click to list these results"}, bar(n), countLine(n));
         td.addEventListener("click", function () {
-          state.adapter = String(ai); state.family = String(fi); state.limit = 200;
+          state.adapter = String(ai); state.limit = 200;
+          if (byFeature) { state.feature = String(fi); state.family = ""; }
+          else { state.family = String(fi); state.feature = ""; }
           document.getElementById("f-adapter").value = state.adapter;
           document.getElementById("f-family").value = state.family;
           renderResults();
@@ -405,11 +416,11 @@ JS = r"""
     if (!node) return;
     node.addEventListener("change", function () {
       state[key] = node.value; state.limit = 200;
-      if (key === "device" || key === "dtype" || key === "env") { renderMatrix(); renderTotals(); }
+      if (key === "device" || key === "dtype" || key === "env" || key === "by") { renderMatrix(); renderTotals(); }
       renderResults();
     });
   }
-  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env");
+  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env"); bind("f-by", "by");
   bind("f-adapter", "adapter"); bind("f-family", "family");
   document.getElementById("f-text").addEventListener("input", function (ev) {
     state.text = ev.target.value.trim().toLowerCase(); state.limit = 200; renderResults();
@@ -424,11 +435,12 @@ JS = r"""
     renderResults();
   });
   // Filters live in the URL (#f=...), so a view can be linked; "clear" resets every filter.
-  var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family"};
+  var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family", by: "f-by"};
   function saveUrl() {
     var q = new URLSearchParams();
     Object.keys(KEYS).forEach(function (k) { if (state[k]) q.set(k, state[k]); });
     if (state.text) q.set("q", state.text);
+    if (state.feature) q.set("feature", state.feature);
     var off = ORDER.filter(function (v) { return !state.verdicts[v]; });
     if (off.length) q.set("hide", off.join(","));
     var text = q.toString();
@@ -442,6 +454,7 @@ JS = r"""
       var node = document.getElementById(KEYS[k]);
       if (q.has(k) && node) { state[k] = q.get(k); node.value = state[k]; }
     });
+    if (q.has("feature")) state.feature = q.get("feature");
     if (q.has("q")) { state.text = q.get("q"); document.getElementById("f-text").value = state.text; }
     (q.get("hide") || "").split(",").forEach(function (v) { if (v in state.verdicts) state.verdicts[v] = false; });
     Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
@@ -451,7 +464,8 @@ JS = r"""
   var drawResults = renderResults;
   renderResults = function () { drawResults(); saveUrl(); };
   document.getElementById("reset").addEventListener("click", function () {
-    state.device = ""; state.dtype = ""; state.env = "";
+    state.device = ""; state.dtype = ""; state.env = ""; state.feature = ""; state.by = "";
+    var by = document.getElementById("f-by"); if (by) by.value = "";
     ORDER.forEach(function (v) { state.verdicts[v] = true; });
     Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) { box.checked = true; });
     ["f-device", "f-dtype", "f-env"].forEach(function (id) { var n = document.getElementById(id); if (n) n.value = ""; });

@@ -16,7 +16,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..case import FEATURES
+from ..case import FEATURES, Case
 from . import images
 from .assets import CSS, JS
 from .behaviours import behaviour_tables, one_module_different_answers
@@ -72,9 +72,9 @@ class _Strings:
         return self._index[text]
 
 
-def _num(value: float | None) -> float | None:
+def _num(value: float | None, digits: int = 4) -> float | None:
     """Four significant digits: what a reader compares, at a third of the bytes."""
-    return None if value is None else float(f"{value:.4g}")
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def _e(text: object) -> str:
@@ -224,6 +224,8 @@ def _payload(doc: dict) -> dict:
     case_index = {cid: i for i, cid in enumerate(case_ids)}
 
     strings = _Strings()
+    feature_list = [t for t in FEATURES if t not in ("float64", "float32", "float16", "bfloat16")]
+    feature_set = set(feature_list)
     cases = []
     for cid in case_ids:
         case = doc["cases"].get(cid)
@@ -233,6 +235,10 @@ def _payload(doc: dict) -> dict:
                           "cmp": ""})  # fmt: skip
             continue
         mask, note = _mask_picture(case, store)
+        try:  # the feature x adapter matrix groups results by the features of their case
+            tags = sorted(Case.from_dict(case).features & feature_set)
+        except Exception:  # noqa: BLE001 - a case this version cannot rebuild has no features
+            tags = []
         cases.append(
             {
                 "id": cid,
@@ -244,6 +250,7 @@ def _payload(doc: dict) -> dict:
                 "src": str(case.get("source") or "").rsplit(":", 1)[0] or None,
                 "mask": mask,
                 "maskNote": strings.add(note) if note else None,
+                "ft": [feature_list.index(t) for t in tags],
             }
         )
     for record in doc["results"]:  # the reference picture is the same for every adapter
@@ -277,7 +284,7 @@ def _payload(doc: dict) -> dict:
             "rt": _num(record.get("rtol")),
             "tol": strings.add(record.get("tolerance")),
             "mu": _cannot_express(record, strings),
-            "s": _num(record.get("duration_s")),
+            "s": _num(record.get("duration_s"), 2),  # timing: two digits say enough
             "mm": record.get("mismatches") if record["verdict"] != "pass" else None,
             "fm": record.get("first_mismatch"),
         }
@@ -317,6 +324,7 @@ def _payload(doc: dict) -> dict:
         "unsupported": [_deltas(row) for row in unsupported.values()],
         "divergences": divergences,
         "docs": [docs_page(name) for name in adapters],
+        "features": feature_list,
         "images": store.items,
         "strings": strings.items,
         "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],
@@ -661,6 +669,7 @@ def render_html(doc: dict, title: str = "Attention conformance report") -> str:
 <label>device <select id="f-device">{_options([(d, d) for d in devices], "all")}</select></label>
 <label>dtype <select id="f-dtype">{_options([(d, d) for d in dtypes], "all")}</select></label>
 {env_filter}
+<label>columns <select id="f-by"><option value="">family</option><option value="feature">feature</option></select></label>
 <span class="note">click a cell to list its results</span>
 </div>
 <div class="legend">{legend}</div>
