@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -183,7 +184,8 @@ def write_results(
 
 
 def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None:  # noqa: ANN001
-    table = summary_lines(records)  # summary.py: fits 80 columns
+    # summary.py: fits 80 columns, or a narrower terminal
+    table = summary_lines(records, width=min(80, shutil.get_terminal_size((80, 24)).columns))
     bad_at = next((i for i, line in enumerate(table) if not line), len(table))
     for line in table[:bad_at]:
         print(line, file=stream)

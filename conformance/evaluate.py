@@ -20,6 +20,7 @@ from .backward import baseline_gradients, gradient_names, gradients
 from .case import Case
 from .compare import Comparison, baseline_error, compare
 from .inputs import CaseInputs, make_inputs
+from .paths import code_path
 from .reference import attention, baseline
 from .tolerance import Tolerance, for_gradients, tolerance_for
 
@@ -194,7 +195,8 @@ def evaluate(
         return record
     except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
         last = traceback.extract_tb(error.__traceback__)[-1:]
-        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        # No machine paths in results (paths.py): two machines' results diff cleanly.
+        where = f" (at {code_path(last[0].filename)}:{last[0].lineno})" if last else ""
         record.update(verdict="error", message=f"{type(error).__name__}: {error}{where}")
         record["duration_s"] = time.perf_counter() - start
         return record

@@ -37,3 +37,13 @@ def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | Non
 def safe_file_name(name: str) -> str:
     """`name` with every run of characters outside [A-Za-z0-9._-] replaced by one `_`."""
     return _UNSAFE.sub("_", name).strip("_") or "_"
+
+
+def code_path(path: str) -> str:
+    """A source file named in a message: relative to the working directory, or from its
+    `site-packages/` (or `dist-packages/`) folder on, else as given."""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    shown = display_path(path)
+    return shown

@@ -47,8 +47,8 @@ def summary_lines(records: Iterable[dict], width: int = WIDTH) -> list[str]:
             head = f"  {record['verdict'].upper():5s} {record['adapter']} {record['case']}"
             lines.append(_fit(head, room))
             message = " ".join(str(record.get("message") or "").split())
-            lines.append(_fit("        " + message, room) if len(message) + 8 > room else
-                         "        " + message)  # fmt: skip
+            line = "        " + message  # the head of a message says most: cut its tail
+            lines.append(line if len(line) <= room else line[: room - 1] + "…")
         if len(bad) > 12:
             lines.append(f"  ... and {len(bad) - 12} more (see the report)")
     return lines

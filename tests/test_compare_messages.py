@@ -63,3 +63,11 @@ def test_paths_are_stored_relative(tmp_path, monkeypatch) -> None:  # noqa: ANN0
     assert display_path(tmp_path / "specs" / "mine.yaml") == "specs/mine.yaml"
     assert display_path(shipped_specs_dir() / "masks.yaml") == "specs/masks.yaml"
     assert safe_file_name("external:cmd a/b") == "external_cmd_a_b"
+
+
+def test_code_paths_in_messages_are_relative() -> None:
+    from conformance.paths import code_path
+
+    assert code_path("/opt/venv/lib/python3.11/site-packages/torch/nn/functional.py") == (
+        "site-packages/torch/nn/functional.py"
+    )
