@@ -626,3 +626,21 @@ def test_markdown_has_the_behaviour_views(doc: dict) -> None:
     text = render(doc, "md")
     assert "Behaviours implementations disagree on" in text
     assert "**Fully masked rows**" in text
+
+
+def test_known_findings_explain_fails_but_keep_them_fails() -> None:
+    from conformance.report.findings import finding_for, known_findings
+
+    assert known_findings(), "adapters/findings/*.json"
+    record = {
+        "adapter": "torch.onnx.sdpa.opset18",
+        "case": "fully_masked/all-random-kernel[float32]",
+    }
+    assert finding_for({**record, "verdict": "fail"})["id"] == "torchlib-bool-mask-dtype-min"
+    assert finding_for({**record, "verdict": "pass"}) is None
+    assert (
+        finding_for({**record, "verdict": "fail", "case": "scale/negative-kernel[float32]"}) is None
+    )
+    root = Path(__file__).resolve().parent.parent
+    text = render_markdown(load_results(root / "reports" / "results.json"))
+    assert "Known finding **torchlib-bool-mask-dtype-min**" in text

@@ -359,7 +359,11 @@ JS = r"""
       ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
       ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
       ["upstream", link],
-      ["explained in", D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null]
+      ["known finding", r.kf == null ? null : D.findings[r.kf].id + ": " + D.findings[r.kf].explanation],
+      ["finding upstream", r.kf == null || !/^https?:\/\//i.test(D.findings[r.kf].link || "") ? null
+        : el("a", {href: D.findings[r.kf].link, target: "_blank", rel: "noopener noreferrer", text: D.findings[r.kf].link})],
+      ["explained in", r.kf != null && D.findings[r.kf].docs ? D.findings[r.kf].docs + " (in the project's docs)"
+        : (D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null)]
     ]));
     if (r.cmd) {
       var pre = el("pre", {cls: "repro", text: r.cmd});

@@ -21,6 +21,7 @@ from . import images
 from .assets import CSS, JS
 from .behaviours import behaviour_tables, one_module_different_answers
 from .docs_links import docs_page
+from .findings import finding_for
 from .results import (
     BAD,
     SEVERITY,
@@ -181,7 +182,7 @@ def _record_pictures(record: dict, store: _Images) -> dict:
 # unsupported result's row ends early: 17,000 unsupported results of the default matrix would
 # otherwise be most of the page. `i` (the row's index) and `byCase` are rebuilt by the page.
 ROW_KEYS = ("c", "a", "v", "m", "mu", "d", "e", "s", "x", "rx", "at", "rt", "tol", "mm", "fm",
-            "dv", "cmd", "w", "wd", "oe")  # fmt: skip
+            "dv", "cmd", "w", "wd", "oe", "kf")  # fmt: skip
 _CANNOT = " cannot express: "
 # An unsupported result with nothing but these keys joins its group (the "unsupported" rows:
 # the shared row with its case indices appended as a last element).
@@ -267,6 +268,8 @@ def _payload(doc: dict) -> dict:
     pictured = 0
     ordered = sorted(doc["results"], key=sort_key)
     unsupported: dict[str, list] = {}  # same adapter, reason, device: one row, its case indices
+    found: list[dict] = []
+    finding_index: dict[str, int] = {}
     for record in ordered:
         fam = record_family(record)
         c = case_index[record["case"]]
@@ -295,6 +298,13 @@ def _payload(doc: dict) -> dict:
                 div_index[key] = len(divergences)
                 divergences.append(div)
             entry["dv"] = div_index[key]
+        finding = finding_for(record)  # findings.py: an explained fail stays a fail
+        if finding is not None:
+            key = finding["id"]
+            if key not in finding_index:
+                finding_index[key] = len(found)
+                found.append({k: finding.get(k) for k in ("id", "explanation", "docs", "link")})
+            entry["kf"] = finding_index[key]
         if record["verdict"] in BAD:  # the page builds the others' commands (reproCommand)
             entry["cmd"] = repro_command(doc, record)
         if entry["mu"] is None:
@@ -325,6 +335,7 @@ def _payload(doc: dict) -> dict:
         "divergences": divergences,
         "docs": [docs_page(name) for name in adapters],
         "features": feature_list,
+        "findings": found,
         "images": store.items,
         "strings": strings.items,
         "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],

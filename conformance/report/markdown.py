@@ -13,6 +13,7 @@ import re
 from collections import Counter
 
 from .behaviours import behaviours_markdown
+from .findings import finding_for
 from .results import (
     BAD,
     SEVERITY,
@@ -142,6 +143,16 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
                 "</summary>"
             )
             lines.append("")
+            finding = finding_for(first)  # findings.py: the explanation, where one is known
+            if finding is not None:
+                url = str(finding.get("link") or "")
+                link = f" ([upstream]({url}))" if url.startswith(("https://", "http://")) else ""
+                docs = f" See `{finding['docs']}`." if finding.get("docs") else ""
+                lines.append(
+                    f"Known finding **{finding['id']}**: "
+                    f"{one_line(finding.get('explanation'), 400)}{link}.{docs}"
+                )
+                lines.append("")
             for record in group[:MAX_PER_GROUP]:
                 where = f" ({record['device']})" if record["device"] != "cpu" else ""
                 if multi_env:
