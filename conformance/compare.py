@@ -137,7 +137,8 @@ def _failure_message(
     if placement.any():
         first = _index(int(np.flatnonzero(placement)[0]), shape)
         parts.append(
-            f"First at index {first}: got {_num(actual[first])}, reference {_num(expected[first])}."
+            f"First misplaced non-finite value at index {first}: "
+            f"got {_num(actual[first])}, reference {_num(expected[first])}."
         )
     both = exp_fin & act_fin
     if both.any():

@@ -30,7 +30,10 @@ def test_greatest_differences_are_over_finite_pairs_with_their_index() -> None:
     got = compare("output", actual, expected, TOL)
     assert "Mismatched elements: 2 / 24 (8.3%)." in got.message
     assert "NaN where the reference is finite: 1 of 24." in got.message
-    assert "First at index (0, 0, 0): got NaN, reference 0.1." in got.message
+    assert (
+        "First misplaced non-finite value at index (0, 0, 0): got NaN, reference 0.1."
+        in got.message
+    )
     assert "Greatest absolute difference: 0.01 at index (1, 2, 3)" in got.message
     assert "Tolerance: rtol=1e-05, atol=1e-05." in got.message
     assert got.max_abs_error is not None and abs(got.max_abs_error - 0.01) < 1e-12
