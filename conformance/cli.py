@@ -14,7 +14,7 @@ examples:
   conformance run specs/masks.yaml --adapter torch.sdpa --dtype float64
   conformance run --adapter mypkg.attn:MyAttention     validate your own implementation
   conformance list adapters                   what is installed, with versions
-  conformance show 'masks/causal-top-left[T=5,S=7,float32]'
+  conformance show 'masks/causal-top-left-kernel[T=5,S=7,float32]'
   conformance report reports/latest/results.json --format md
 
 exit codes: 0 no fail/error results, 1 some fail or error, 2 bad usage or bad spec
@@ -81,6 +81,17 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
 
     parser.set_defaults(handler=unavailable)
 
+def unknown_command(parser: argparse.ArgumentParser, raw: list[str]) -> str | None:
+    """The error for a mistyped subcommand (with the closest ones), or None."""
+    from .suggest import hint
+
+    if not raw or raw[0].startswith("-"):
+        return None
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction) and raw[0] not in action.choices:  # noqa: SLF001
+            return f"unknown command {raw[0]!r}{hint(raw[0], action.choices)}"
+    return None
+
 
 def _version() -> str:
     from . import __version__
@@ -91,6 +102,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_command(parser, raw)  # suggest.py: 'did you mean' for subcommands
+    if unknown:
+        print(f"conformance: error: {unknown}", file=sys.stderr)
+        return 2
     args = parser.parse_args(raw)
     args._raw_argv = raw[1:] if raw and raw[0] == "run" else raw
     if not getattr(args, "handler", None):

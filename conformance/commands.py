@@ -9,14 +9,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 
-from . import __version__
+from . import __version__, maxfail, suggest
 from .case import DTYPES, FEATURES, TIERS, Case, in_tier
 from .errors import UsageError
-from .evaluate import VERDICTS, record_key
+from .evaluate import record_key
 from .progress import Progress
 from .registry import AdapterEntry, all_entries, resolve
 from .results import (
@@ -29,8 +29,8 @@ from .results import (
     write_json_atomic,
 )
 from .runner import DEFAULT_SETUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
-from .sanitize import strip_control
 from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
+from .summary import summary_lines
 
 DEFAULT_OUT = Path("reports/latest")
 DEFAULT_TIER = "default"  # what `conformance run` checks unless told otherwise
@@ -107,8 +107,8 @@ def select_cases(args: argparse.Namespace) -> list[Case]:
         missing = sorted(wanted - known)
         if missing:
             raise UsageError(
-                f"no case with id {missing[0]!r}\n  hint: `conformance list cases` shows ids; "
-                "quote ids in the shell because of the brackets"
+                f"no case with id {missing[0]!r}{suggest.hint(missing[0], known)}\n  hint: "
+                "`conformance list cases` shows ids; quote ids in the shell because of the brackets"
             )
         cases = [c for c in cases if c.id in wanted]
     if getattr(args, "keyword", None):
@@ -211,32 +211,16 @@ def write_results(
 
 
 def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None:  # noqa: ANN001
-    by_adapter: dict[str, Counter] = defaultdict(Counter)
-    for record in records:
-        by_adapter[f"{record['adapter']} ({record['device']})"][record["verdict"]] += 1
-    if by_adapter:
-        width = max(len(k) for k in by_adapter) + 2
-        header = "adapter".ljust(width) + "".join(v.rjust(12) for v in VERDICTS)
-        print(header, file=stream)
-        for name in sorted(by_adapter):
-            counts = by_adapter[name]
-            print(
-                name.ljust(width) + "".join(str(counts[v]).rjust(12) for v in VERDICTS), file=stream
-            )
+    # summary.py: fits 80 columns, or a narrower terminal
+    table = summary_lines(records, width=min(80, shutil.get_terminal_size((80, 24)).columns))
+    bad_at = next((i for i, line in enumerate(table) if not line), len(table))
+    for line in table[:bad_at]:
+        print(line, file=stream)
     if missing:
         names = ", ".join(f"{e.name} ({e.declaration.installed()[1]})" for e in missing)
         print(f"\nnot installed, not run: {names}", file=stream)
-    bad = [r for r in records if r["verdict"] in ("fail", "error")]
-    if bad:
-        print(f"\n{len(bad)} failing result(s); first ones:", file=stream)
-        for record in bad[:12]:
-            print(
-                f"  {record['verdict'].upper():5s} {record['case']} [{record['adapter']}-"
-                f"{record['device']}]: {strip_control(record['message'], newlines=False)[:160]}",
-                file=stream,
-            )
-        if len(bad) > 12:
-            print(f"  ... and {len(bad) - 12} more (see the report)", file=stream)
+    for line in table[bad_at:]:
+        print(line, file=stream)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -336,7 +320,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ["CONFORMANCE_CACHE_DIR"] = "off"  # workers inherit the environment
     cases = select_cases(args)
     if not cases:
-        raise UsageError("no cases selected (check the spec paths, --case, -k, --dtype, --shard)")
+        near = ""
+        if getattr(args, "keyword", None):  # suggest.py: families and ids near the -k words
+            near = suggest.keyword_hint(args.keyword, (c.id for c in load_specs(
+                args.specs or [shipped_specs_dir()])))  # fmt: skip
+        raise UsageError(
+            "no cases selected (check the spec paths, --case, -k, --dtype, --shard)" + near
+        )
     entries, missing = select_adapters(args.adapter)
     if not entries:
         raise UsageError(
@@ -362,10 +352,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(len(cases) * len(entries), interactive=None if not args.quiet else False)
     progress.done = len(previous)
 
+    stop_after = maxfail.Counter(getattr(args, "maxfail", None))
+
     def on_record(record: dict) -> None:
         stream.write(record)
         records.append(record)
         progress.update(record)
+        stop_after.see(record)  # raises MaxFailReached at --maxfail N
 
     runner = Runner(
         cases,
@@ -383,10 +376,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     command = "conformance run " + " ".join(shlex.quote(a) for a in _argv_of(args))
     interrupted = False
+    stopped = None
     try:
         runner.run()
     except KeyboardInterrupt:
         interrupted = True
+    except maxfail.MaxFailReached as reason:
+        stopped = str(reason)
     finally:
         stream.close()
         progress.close()
@@ -402,6 +398,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _summary(dedupe(records), missing, sys.stdout)
     _user_adapter_help(dedupe(records), entries, cases, out_dir, args.timeout)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
+    if stopped:
+        print(f"{stopped}; continue with: conformance run --resume {out_dir}", file=sys.stderr)
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
     if args.write_expected:
@@ -685,6 +683,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write an expected-results file listing this run's fail/error results",
     )
+    maxfail.add_arguments(p)  # -x / --maxfail N (maxfail.py)
 
 
 def add_tier_argument(p: argparse.ArgumentParser) -> None:

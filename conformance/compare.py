@@ -64,37 +64,99 @@ def compare(
     mismatches = int(bad.sum())
     ok = mismatches == 0
     message = ""
-    if not ok and not placement.any() and tol.baseline_factor and baseline_error is not None:
+    budget = None
+    if tol.baseline_factor and baseline_error is not None:
         magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
         budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
-        if max_abs <= budget:
-            ok = True
-            message = f"within {tol.baseline_factor:g}x same-dtype baseline error"
+    if not ok and not placement.any() and budget is not None and max_abs <= budget:
+        ok = True
+        message = f"within {tol.baseline_factor:g}x same-dtype baseline error"
     if not ok:
-        first = _first(bad)
-        if placement.any():
-            where = _first(placement)
-            n_nan = int((act_nan & finite).sum())
-            message = (
-                f"{int(placement.sum())} non-finite value(s) misplaced, first at {where}: "
-                f"got {actual[where]!r}, reference {expected[where]!r}"
-            )
-            if n_nan:
-                message += f" ({n_nan} NaN where the reference is finite)"
-        else:
-            message = (
-                f"{mismatches}/{total} elements differ, first at {first}: got "
-                f"{actual[first]:.9g}, reference {expected[first]:.9g}; max abs error "
-                f"{max_abs:.3g} ({tol.describe()})"
-            )
-            if tol.baseline_factor and baseline_error is not None:
-                magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
-                budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
-                message += f"; same-dtype baseline error {baseline_error:.3g}, budget {budget:.3g}"
+        message = _failure_message(
+            actual, expected, tol, bad, placement, diff, rel, baseline_error, budget
+        )
     return Comparison(
         name, ok, max_abs, max_rel, 0 if ok else mismatches, total,
         None if ok else _first(bad), message,
     )  # fmt: skip
+
+
+def _num(value: float) -> str:
+    """A plain number for people: 0.49, nan, -inf (never np.float64(...))."""
+    value = float(value)
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    return f"{value:.6g}"
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
+def _count(n: int, total: int) -> str:
+    return f"{n} of {total}"
+
+
+def _failure_message(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tol: Tolerance,
+    bad: np.ndarray,
+    placement: np.ndarray,
+    diff: np.ndarray,
+    rel: np.ndarray,
+    baseline_error: float | None,
+    budget: float | None,
+) -> str:
+    """One paragraph in the style of torch.testing.assert_close: counts, greatest differences
+    with their index, what was allowed, and non-finite placement worded plainly.
+
+    Greatest differences are over positions where both values are finite, so a NaN never hides
+    (or inflates) the numeric error; non-finite mismatches are counted next to them.
+    """
+    total = int(expected.size)
+    shape = expected.shape
+    n_bad = int(bad.sum())
+    parts = [f"Mismatched elements: {n_bad} / {total} ({100.0 * n_bad / max(total, 1):.1f}%)."]
+    exp_nan, act_nan = np.isnan(expected), np.isnan(actual)
+    exp_inf, act_inf = np.isinf(expected), np.isinf(actual)
+    exp_fin, act_fin = ~(exp_nan | exp_inf), ~(act_nan | act_inf)
+    # Plain wording for each kind of misplaced non-finite value; counts out of the positions
+    # where the reference has that kind of value, so "192 of 192" reads as "every one".
+    kinds = [
+        ("NaN where the reference is finite", act_nan & exp_fin, exp_fin),
+        ("Inf where the reference is finite", act_inf & exp_fin, exp_fin),
+        ("A number where the reference is NaN", ~act_nan & exp_nan, exp_nan),
+        ("A different value where the reference is Inf", exp_inf & (actual != expected), exp_inf),
+    ]
+    for label, where, among in kinds:
+        if where.any():
+            parts.append(f"{label}: {_count(int(where.sum()), int(among.sum()))}.")
+    if placement.any():
+        first = _index(int(np.flatnonzero(placement)[0]), shape)
+        parts.append(
+            f"First misplaced non-finite value at index {first}: "
+            f"got {_num(actual[first])}, reference {_num(expected[first])}."
+        )
+    both = exp_fin & act_fin
+    if both.any():
+        flat_abs = int(np.argmax(np.where(both, diff, -1.0)))
+        flat_rel = int(np.argmax(np.where(both, rel, -1.0)))
+        i_abs, i_rel = _index(flat_abs, shape), _index(flat_rel, shape)
+        parts.append(
+            f"Greatest absolute difference: {_num(diff.flat[flat_abs])} at index {i_abs} "
+            f"(got {_num(actual[i_abs])}, reference {_num(expected[i_abs])}; "
+            f"allowed there {_num(tol.atol + tol.rtol * abs(expected[i_abs]))}). "
+            f"Greatest relative difference: {_num(rel.flat[flat_rel])} at index {i_rel}."
+        )
+        if placement.any():
+            parts[-1] = parts[-1][:-1] + " (over the positions where both are finite)."
+    parts.append(f"Tolerance: {tol.describe()}.")
+    if budget is not None and baseline_error is not None:
+        parts.append(f"Same-dtype baseline error {_num(baseline_error)}, budget {_num(budget)}.")
+    return " ".join(parts)
 
 
 def baseline_error(baseline: np.ndarray, expected: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from .case import Case
 from .compare import Comparison, baseline_error, compare
 from .divergences import record_entries, verify
 from .inputs import CaseInputs, make_inputs
+from .paths import code_path
 from .reference import attention, baseline
 from .sanitize import truncate
 from .tolerance import Tolerance, for_gradients, tolerance_for
@@ -242,7 +243,8 @@ def evaluate(
         return record
     except (Exception, SystemExit) as error:  # noqa: BLE001 - an implementation's exception is a result
         last = traceback.extract_tb(error.__traceback__)[-1:]
-        where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+        # No machine paths in results (paths.py): two machines' results diff cleanly.
+        where = f" (at {code_path(last[0].filename)}:{last[0].lineno})" if last else ""
         message = f"{type(error).__name__}: {error}"
         if len(message) > MAX_MESSAGE_CHARS:  # the full text goes to the worker's log
             print(f"{case.id} [{decl.name}]: {message}", file=sys.stderr)

@@ -70,6 +70,7 @@ def load(name):
 def rerun():
     """Run the adapter on the saved arrays; None when it cannot be imported here."""
     for path in reversed(META["search_path"]):
+        path = str((HERE / path).resolve())  # stored relative to this folder
         if path not in sys.path:
             sys.path.insert(0, path)
     try:
@@ -309,7 +310,11 @@ def write_reproducer(
         "inputs": saved_inputs,
         "weights": saved_weights,
         "files": files,
-        "search_path": search_path if search_path is not None else [os.getcwd()],
+        # Relative to the reproducer's folder: no machine path in what may be committed.
+        "search_path": [
+            os.path.relpath(Path(p).resolve(), directory.resolve())
+            for p in (search_path if search_path is not None else [os.getcwd()])
+        ],
         "capture_error": capture_error,
     }
     (directory / "case.json").write_text(json.dumps(meta, indent=1, default=list))

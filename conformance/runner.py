@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .case import Case
 from .evaluate import base_record, record_key
+from .paths import display_path, safe_file_name
 from .registry import AdapterEntry
 from .worker import Task, WorkerSpec, worker_main
 
@@ -141,7 +142,8 @@ class Runner:
                 log = None
                 if self.options.log_dir is not None:
                     self.options.log_dir.mkdir(parents=True, exist_ok=True)
-                    log = str(self.options.log_dir / f"{key}{'' if n == 1 else f'.{i}'}.log")
+                    stem = safe_file_name(f"{key}{'' if n == 1 else f'.{i}'}")
+                    log = str(self.options.log_dir / f"{stem}.log")
                 spec = WorkerSpec(
                     key=key,
                     adapters=tuple((e.name, e.target) for e in group),
@@ -263,7 +265,7 @@ class Runner:
         if unit.hello is None:
             detail = f"worker '{unit.spec.key}' failed to start: {message}"
             if unit.spec.log_path:
-                detail += f" (log: {unit.spec.log_path})"
+                detail += f" (log: {display_path(unit.spec.log_path)})"
             for entry in unit.entries:
                 self.adapter_info.setdefault(entry.name, {"devices": [], "versions": {}})[
                     "error"

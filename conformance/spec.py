@@ -55,6 +55,7 @@ from .limits import (
     case_id_problem,
     yaml_number_hint,
 )
+from .paths import display_path
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -676,7 +677,8 @@ def _resolve_case(
         gradients=gradients,
         seed=seed,
         description=description,
-        source=f"{ctx.file}:{source_line}" if source_line else ctx.file,
+        # Stored relative (paths.py) so results from two machines diff without path noise.
+        source=f"{display_path(ctx.file)}:{source_line}" if source_line else display_path(ctx.file),
         params=tuple(shown),
         dropout=dropout,
         tier=tier,

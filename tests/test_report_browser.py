@@ -122,3 +122,92 @@ def test_report_in_headless_chromium(report_page: Path, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert not problems, problems
+
+
+def test_scoreboard_answers_the_three_questions(tmp_path: Path) -> None:
+    """The committed full-CPU scoreboard (reports/results.json) as a user sees it: which
+    implementations differ on fully masked rows and what each returns, why a given fail
+    happened and where it is explained, whether an adapter passes everything it supports."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from conformance.report import load_results
+
+    root = Path(__file__).resolve().parent.parent
+    page_path = tmp_path / "results.html"
+    page_path.write_text(render(load_results(root / "reports" / "results.json"), "html"))
+    assert page_path.stat().st_size <= 1_500_000
+    shots = Path(os.environ.get("REPORT_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as error:  # noqa: BLE001 - a browser that cannot start is a skip reason
+            pytest.skip(f"chromium at {CHROMIUM} does not start: {error}")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(page_path.as_uri())
+            page.wait_for_selector("body[data-ready='1']")
+            # The page fits a 1280 px window: nothing scrolls sideways but the matrix's box.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+            # 1. Fully masked rows: one table, implementations grouped by what they return.
+            table = page.locator("#behaviour-fully-masked-rows")
+            rows = {
+                r.locator("td").nth(1).inner_text(): r.locator("td").nth(0).inner_text()
+                for r in table.locator("tbody tr").all()
+            }
+            zeros = next(v for k, v in rows.items() if k.startswith("zeros"))
+            assert "torch.sdpa" in zeros and "onnx.attention.4d" in zeros
+            nan = next(v for k, v in rows.items() if k.startswith("NaN"))
+            assert "torch.mha.fast" in nan and "reference" in nan
+            assert any(k.startswith("uniform") and "flax.linen" in v for k, v in rows.items())
+            table.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "behaviour-fully-masked-rows.png"))
+            assert "torch.mha" in page.locator("#behaviour-one-module").inner_text()
+
+            # 2. Why did torch.onnx.sdpa.opset18 fail, and where is it explained? A linked view.
+            adapters = page.evaluate(
+                "Array.from(document.querySelectorAll('#f-adapter option')).map(o => o.text)"
+            )
+            index = adapters.index("torch.onnx.sdpa.opset18") - 1  # first option is "all"
+            hide = "pass,diverges,unsupported,error"
+            page.goto(
+                f"{page_path.as_uri()}#f=adapter%3D{index}%26hide%3D{hide.replace(',', '%2C')}"
+            )
+            page.reload()
+            page.wait_for_selector("body[data-ready='1']")
+            assert page.locator("#f-adapter").input_value() == str(index)
+            failing = page.locator("#results-body tr.row[data-verdict='fail']")
+            assert failing.count() >= 1
+            assert page.locator("#results-body tr.row:not([data-verdict='fail'])").count() == 0
+            failing.first.click()
+            detail = page.locator("#results-body tr.detail").first
+            assert "docs/adapters/onnx.md" in detail.inner_text()
+            # The fail is a known finding: its explanation sits next to it (it stays a fail).
+            assert "torchlib-bool-mask-dtype-min" in detail.inner_text()
+            assert "--adapter torch.onnx.sdpa.opset18" in detail.locator("pre.repro").inner_text()
+            page.screenshot(path=str(shots / "failing-result-detail.png"))
+            page.click("#reset")
+            assert "#f=" not in page.url
+
+            # The feature x adapter matrix: the same results, one column per case feature.
+            page.select_option("#f-by", "feature")
+            cell = page.locator(
+                "td.cell[data-adapter='torch.onnx.sdpa.opset18'][data-feature='fully-masked-rows']"
+            )
+            assert "fail" in cell.inner_text()
+            assert "by%3Dfeature" in page.url or "by=feature" in page.url
+            page.locator("#matrix").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "feature-matrix.png"))
+            page.click("#reset")
+
+            # 3. Does an adapter pass everything it supports? Its matrix row: no fail or error.
+            row = page.locator("#matrix-table tbody tr", has_text="torch.sdpa.math").first
+            text = row.inner_text()
+            assert "fail" not in text and "error" not in text and "pass" in text
+        finally:
+            browser.close()
+    assert not problems, problems

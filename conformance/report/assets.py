@@ -46,6 +46,13 @@ table.matrix th, table.matrix td { border: 1px solid var(--line); padding: 6px 8
 table.matrix thead th { background: var(--panel); font-size: 13px; text-align: left; }
 table.matrix th.adapter { text-align: left; white-space: nowrap; background: #fff; font-weight: 600; }
 table.matrix td.cell { min-width: 96px; cursor: pointer; }
+/* The matrix scrolls inside its box (a 1280 px window shows it whole in width) with the family
+   header and the adapter column pinned, so a cell far down or right still says what it is. */
+#matrix-holder { max-height: 80vh; max-width: 100%; overflow: auto; }
+table.matrix thead th { position: sticky; top: 0; z-index: 2; }
+table.matrix th.adapter { position: sticky; left: 0; z-index: 1; }
+table.results thead th { position: sticky; top: 0; z-index: 1; }
+.behaviour { margin: 10px 0 18px; }
 table.matrix td.cell:hover { outline: 2px solid var(--accent); outline-offset: -2px; }
 td.cell.w-pass { background: var(--pass-bg); } td.cell.w-diverges { background: var(--diverges-bg); }
 td.cell.w-unsupported { background: var(--unsupported-bg); } td.cell.w-fail { background: var(--fail-bg); }
@@ -60,7 +67,9 @@ table.results td { padding: 5px 8px; border-bottom: 1px solid var(--line); verti
 table.results tr.row { cursor: pointer; }
 table.results tr.row:hover td { background: #f1f5fc; }
 table.results tr.row.open td { background: #e8eff9; }
-td.msg { color: var(--muted); max-width: 520px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+/* Long case ids wrap and messages are cut: the list fits a 1280 px window. */
+table.results td:nth-child(3) { max-width: 300px; overflow-wrap: anywhere; }
+td.msg { color: var(--muted); max-width: 300px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.detail > td { background: #fbfcfd; padding: 12px 16px 16px; }
 .detail-grid { display: grid; grid-template-columns: minmax(320px, 1fr) minmax(320px, 1.2fr); gap: 18px; }
@@ -98,14 +107,43 @@ JS = r"""
 (function () {
   "use strict";
   var D = JSON.parse(document.getElementById("report-data").textContent);
-  D.results.forEach(function (r) {  // texts travel once in D.strings
-    r.d = D.strings[r.d]; r.m = D.strings[r.m];
-    r.tol = r.tol == null ? null : D.strings[r.tol];
-  });
   var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
+  // Results travel as positional rows (html.py ROW_KEYS); texts once in D.strings.
+  D.byCase = D.cases.map(function () { return []; });
+  // Unsupported results of one adapter, reason and device travel as one row and case indices.
+  D.unsupported.forEach(function (row) {
+    var shared = row.slice(0, -1), at = 0;
+    var cases = row[row.length - 1].map(function (d) { at += d; return at; });  // differences
+    while (shared.length < 3) shared.push(null);
+    cases.forEach(function (c) {
+      var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
+    });
+  });
+  D.results = D.results.map(function (row, i) {
+    var r = {i: i};
+    D.resultKeys.forEach(function (k, j) { if (j < row.length && row[j] != null) r[k] = row[j]; });
+    r.v = ORDER[r.v];
+    r.d = D.strings[r.d || 0]; r.e = r.e || 0;
+    if (r.mu) r.m = D.adapters[r.a] + " cannot express: " + r.mu.map(function (k) { return D.strings[k]; }).join("; ");
+    else r.m = r.m == null ? "" : D.strings[r.m];
+    r.tol = r.tol == null ? null : D.strings[r.tol];
+    if (!r.cmd && r.v !== "pass") r.cmd = reproCommand(r);
+    D.byCase[r.c].push(i);
+    return r;
+  });
+  function shellQuote(s) {  // as Python's shlex.quote
+    return /^[\w@%+=:,.\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\"'\"'") + "'";
+  }
+  function reproCommand(r) {  // as conformance.report.results.repro_command
+    var c = D.cases[r.c], parts = ["conformance", "run"];
+    if (c.src) parts.push(c.src);
+    parts.push("--adapter", D.adapters[r.a], "--case", c.id);
+    if (r.d !== "cpu") parts.push("--device", r.d);
+    return parts.map(shellQuote).join(" ");
+  }
   var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
   var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
-  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "",
+  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "", feature: "", by: "",
                verdicts: {pass: true, diverges: true, unsupported: true, fail: true, error: true},
                limit: 200};
 
@@ -142,6 +180,7 @@ JS = r"""
     if (!matchesMatrix(r) || !state.verdicts[r.v]) return false;
     if (state.adapter !== "" && String(r.a) !== state.adapter) return false;
     if (state.family !== "" && String(caseOf(r).f) !== state.family) return false;
+    if (state.feature && (caseOf(r).ft || []).indexOf(Number(state.feature)) < 0) return false;
     if (state.text) {
       var hay = (D.adapters[r.a] + " " + caseOf(r).id + " " + r.d + " " + (r.m || "")).toLowerCase();
       if (hay.indexOf(state.text) < 0) return false;
@@ -168,7 +207,7 @@ JS = r"""
   }
   function countLine(n) {
     var d = el("div", {cls: "counts"});
-    ORDER.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });
+    SEVERITY.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });  // worst first
     return d;
   }
 
@@ -183,15 +222,21 @@ JS = r"""
   }
 
   function renderMatrix() {
+    // Columns are families, or features (a result counts under every feature of its case).
+    var byFeature = state.by === "feature";
+    var columns = byFeature ? D.features : D.families;
     var cells = {};
     D.results.forEach(function (r) {
       if (!matchesMatrix(r)) return;
-      var key = r.a + "|" + caseOf(r).f;
-      (cells[key] = cells[key] || []).push(r);
+      var keys = byFeature ? (caseOf(r).ft || []) : [caseOf(r).f];
+      keys.forEach(function (k) { var key = r.a + "|" + k; (cells[key] = cells[key] || []).push(r); });
+    });
+    var used = columns.map(function (_, ci) {
+      return D.adapters.some(function (_, ai) { return cells[ai + "|" + ci]; });
     });
     var table = el("table", {cls: "matrix", id: "matrix-table"});
-    var head = el("tr", null, el("th", {text: "adapter \\ family"}));
-    D.families.forEach(function (f) { head.appendChild(el("th", {scope: "col", text: f})); });
+    var head = el("tr", null, el("th", {text: byFeature ? "adapter \\ feature" : "adapter \\ family"}));
+    columns.forEach(function (f, ci) { if (used[ci]) head.appendChild(el("th", {scope: "col", text: f})); });
     table.appendChild(el("thead", null, head));
     var body = el("tbody");
     D.adapters.forEach(function (name, ai) {
@@ -202,14 +247,18 @@ JS = r"""
         body.appendChild(tr);
         return;
       }
-      D.families.forEach(function (f, fi) {
+      columns.forEach(function (f, fi) {
+        if (!used[fi]) return;
         var list = cells[ai + "|" + fi] || [];
         if (!list.length) { tr.appendChild(el("td", {cls: "cell empty", text: "·"})); return; }
         var n = countsOf(list);
-        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name, "data-family": f,
+        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name,
+                           "data-family": byFeature ? null : f, "data-feature": byFeature ? f : null,
                            title: name + " × " + f + ": click to list these results"}, bar(n), countLine(n));
         td.addEventListener("click", function () {
-          state.adapter = String(ai); state.family = String(fi); state.limit = 200;
+          state.adapter = String(ai); state.limit = 200;
+          if (byFeature) { state.feature = String(fi); state.family = ""; }
+          else { state.family = String(fi); state.feature = ""; }
           document.getElementById("f-adapter").value = state.adapter;
           document.getElementById("f-family").value = state.family;
           renderResults();
@@ -309,7 +358,12 @@ JS = r"""
       ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
       ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
       ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
-      ["upstream", link]
+      ["upstream", link],
+      ["known finding", r.kf == null ? null : D.findings[r.kf].id + ": " + D.findings[r.kf].explanation],
+      ["finding upstream", r.kf == null || !/^https?:\/\//i.test(D.findings[r.kf].link || "") ? null
+        : el("a", {href: D.findings[r.kf].link, target: "_blank", rel: "noopener noreferrer", text: D.findings[r.kf].link})],
+      ["explained in", r.kf != null && D.findings[r.kf].docs ? D.findings[r.kf].docs + " (in the project's docs)"
+        : (D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null)]
     ]));
     if (r.cmd) {
       var pre = el("pre", {cls: "repro", text: r.cmd});
@@ -342,7 +396,7 @@ JS = r"""
      pic(r.w, "implementation weights (batch 0, head 0)", cell),
      pic(r.wd, "|weights − reference|", cell)
     ].forEach(function (f) { if (f) row1.appendChild(f); });
-    [pic(c.mask, c.maskNote || "mask", cell),
+    [pic(c.mask, c.maskNote == null ? "mask" : D.strings[c.maskNote], cell),
      pic(r.oe, "|output − reference| (batch 0" + (c.mode === "kernel" ? ", head 0)" : ")"), null)
     ].forEach(function (f) { if (f) row2.appendChild(f); });
     if (row1.childNodes.length) pics.appendChild(row1);
@@ -366,11 +420,11 @@ JS = r"""
     if (!node) return;
     node.addEventListener("change", function () {
       state[key] = node.value; state.limit = 200;
-      if (key === "device" || key === "dtype" || key === "env") { renderMatrix(); renderTotals(); }
+      if (key === "device" || key === "dtype" || key === "env" || key === "by") { renderMatrix(); renderTotals(); }
       renderResults();
     });
   }
-  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env");
+  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env"); bind("f-by", "by");
   bind("f-adapter", "adapter"); bind("f-family", "family");
   document.getElementById("f-text").addEventListener("input", function (ev) {
     state.text = ev.target.value.trim().toLowerCase(); state.limit = 200; renderResults();
@@ -384,6 +438,44 @@ JS = r"""
     ["f-adapter", "f-family", "f-text"].forEach(function (id) { document.getElementById(id).value = ""; });
     renderResults();
   });
+  // Filters live in the URL (#f=...), so a view can be linked; "clear" resets every filter.
+  var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family", by: "f-by"};
+  function saveUrl() {
+    var q = new URLSearchParams();
+    Object.keys(KEYS).forEach(function (k) { if (state[k]) q.set(k, state[k]); });
+    if (state.text) q.set("q", state.text);
+    if (state.feature) q.set("feature", state.feature);
+    var off = ORDER.filter(function (v) { return !state.verdicts[v]; });
+    if (off.length) q.set("hide", off.join(","));
+    var text = q.toString();
+    if (text || location.hash.indexOf("#f=") === 0)
+      history.replaceState(null, "", text ? "#f=" + encodeURIComponent(text) : location.pathname + location.search);
+  }
+  function loadUrl() {
+    if (location.hash.indexOf("#f=") !== 0) return;
+    var q = new URLSearchParams(decodeURIComponent(location.hash.slice(3)));
+    Object.keys(KEYS).forEach(function (k) {
+      var node = document.getElementById(KEYS[k]);
+      if (q.has(k) && node) { state[k] = q.get(k); node.value = state[k]; }
+    });
+    if (q.has("feature")) state.feature = q.get("feature");
+    if (q.has("q")) { state.text = q.get("q"); document.getElementById("f-text").value = state.text; }
+    (q.get("hide") || "").split(",").forEach(function (v) { if (v in state.verdicts) state.verdicts[v] = false; });
+    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
+      box.checked = state.verdicts[box.value];
+    });
+  }
+  var drawResults = renderResults;
+  renderResults = function () { drawResults(); saveUrl(); };
+  document.getElementById("reset").addEventListener("click", function () {
+    state.device = ""; state.dtype = ""; state.env = ""; state.feature = ""; state.by = "";
+    var by = document.getElementById("f-by"); if (by) by.value = "";
+    ORDER.forEach(function (v) { state.verdicts[v] = true; });
+    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) { box.checked = true; });
+    ["f-device", "f-dtype", "f-env"].forEach(function (id) { var n = document.getElementById(id); if (n) n.value = ""; });
+    renderMatrix(); renderTotals(); renderResults();
+  });
+  loadUrl();
   renderTotals();
   renderMatrix();
   renderResults();

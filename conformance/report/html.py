@@ -16,10 +16,13 @@ from collections import Counter
 
 import numpy as np
 
-from ..case import FEATURES
+from ..case import FEATURES, Case
 from ..sanitize import strip_control
 from . import images
 from .assets import CSS, JS
+from .behaviours import behaviour_tables, one_module_different_answers
+from .docs_links import docs_page
+from .findings import finding_for
 from .results import (
     BAD,
     SEVERITY,
@@ -71,9 +74,9 @@ class _Strings:
         return self._index[text]
 
 
-def _num(value: float | None) -> float | None:
+def _num(value: float | None, digits: int = 4) -> float | None:
     """Four significant digits: what a reader compares, at a third of the bytes."""
-    return None if value is None else float(f"{value:.4g}")
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def _e(text: object) -> str:
@@ -84,11 +87,14 @@ def _e(text: object) -> str:
 def spec_text(case: dict) -> str:
     """The resolved case as short readable lines: what a reader needs to rebuild it."""
     shape = case.get("shape") or {}
-    lines = [f"id: {case.get('id')}"]
+    lines: list[str] = []  # the id is shown above the spec
     scale = case.get("scale")
     key_dim = shape.get("key_dim")
     scale_text = f"{scale:g}" if scale is not None else (f"1/sqrt({key_dim})" if key_dim else "?")
-    lines.append(f"mode: {case.get('mode')}   dtype: {case.get('dtype')}   scale: {scale_text}")
+    tier = f"   tier: {case['tier']}" if case.get("tier", "small") != "small" else ""
+    lines.append(
+        f"mode: {case.get('mode')}   dtype: {case.get('dtype')}   scale: {scale_text}{tier}"
+    )
     kernel_keys = (
         "batch",
         "query_len",
@@ -177,6 +183,40 @@ def _record_pictures(record: dict, store: _Images) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# Results travel as positional rows (the page turns them back into objects), keys ordered so an
+# unsupported result's row ends early: 17,000 unsupported results of the default matrix would
+# otherwise be most of the page. `i` (the row's index) and `byCase` are rebuilt by the page.
+ROW_KEYS = ("c", "a", "v", "m", "mu", "d", "e", "s", "x", "rx", "at", "rt", "tol", "mm", "fm",
+            "dv", "cmd", "w", "wd", "oe", "kf")  # fmt: skip
+_CANNOT = " cannot express: "
+# An unsupported result with nothing but these keys joins its group (the "unsupported" rows:
+# the shared row with its case indices appended as a last element).
+_GROUPABLE = {"c", "a", "d", "e", "v", "m", "mu", "s", "cmd"}
+
+
+def _deltas(row: list) -> list:
+    """The case indices at the end of an unsupported row, sorted and as differences."""
+    cases = sorted(row[-1])
+    return row[:-1] + [[b - a for a, b in zip([0, *cases], cases, strict=False)]]
+
+
+def _row(entry: dict) -> list:
+    row = [entry.get(k) for k in ROW_KEYS]
+    while row and row[-1] is None:
+        row.pop()
+    return row
+
+
+def _cannot_express(record: dict, strings: _Strings) -> list[int] | None:
+    """An unsupported result's "<adapter> cannot express: a (why); b (why)" as indices of its
+    pieces: a few hundred distinct pieces instead of 1,700 distinct long messages."""
+    message = record.get("message") or ""
+    head = record["adapter"] + _CANNOT
+    if record["verdict"] != "unsupported" or not message.startswith(head):
+        return None
+    return [strings.add(piece) for piece in message[len(head) :].split("; ")]
+
+
 def _payload(doc: dict) -> dict:
     store = _Images()
     adapters = adapter_names(doc)
@@ -189,6 +229,9 @@ def _payload(doc: dict) -> dict:
             case_ids.append(record["case"])
     case_index = {cid: i for i, cid in enumerate(case_ids)}
 
+    strings = _Strings()
+    feature_list = [t for t in FEATURES if t not in ("float64", "float32", "float16", "bfloat16")]
+    feature_set = set(feature_list)
     cases = []
     for cid in case_ids:
         case = doc["cases"].get(cid)
@@ -198,6 +241,10 @@ def _payload(doc: dict) -> dict:
                           "cmp": ""})  # fmt: skip
             continue
         mask, note = _mask_picture(case, store)
+        try:  # the feature x adapter matrix groups results by the features of their case
+            tags = sorted(Case.from_dict(case).features & feature_set)
+        except Exception:  # noqa: BLE001 - a case this version cannot rebuild has no features
+            tags = []
         cases.append(
             {
                 "id": cid,
@@ -206,8 +253,10 @@ def _payload(doc: dict) -> dict:
                 "mode": case.get("mode", ""),
                 "spec": spec_text(case),
                 "cmp": ", ".join(case.get("compare") or []),
+                "src": str(case.get("source") or "").rsplit(":", 1)[0] or None,
                 "mask": mask,
-                "maskNote": note,
+                "maskNote": strings.add(note) if note else None,
+                "ft": [feature_list.index(t) for t in tags],
             }
         )
     for record in doc["results"]:  # the reference picture is the same for every adapter
@@ -221,29 +270,29 @@ def _payload(doc: dict) -> dict:
     divergences: list[dict] = []
     div_index: dict[str, int] = {}
     results = []
-    by_case: list[list[int]] = [[] for _ in case_ids]
     pictured = 0
-    strings = _Strings()
     ordered = sorted(doc["results"], key=sort_key)
-    for i, record in enumerate(ordered):
+    unsupported: dict[str, list] = {}  # same adapter, reason, device: one row, its case indices
+    found: list[dict] = []
+    finding_index: dict[str, int] = {}
+    for record in ordered:
         fam = record_family(record)
         c = case_index[record["case"]]
         if cases[c]["f"] != fams.index(fam):
             cases[c]["f"] = fams.index(fam)
         entry = {
-            "i": i,
             "c": c,
             "a": adapters.index(record["adapter"]),
             "d": strings.add(record["device"]),
             "e": env_index.get(record.get("environment_id"), 0),
-            "v": record["verdict"],
+            "v": ORDER.index(record["verdict"]),
             "x": _num(record.get("max_abs_error")),
             "rx": _num(record.get("max_rel_error")),
             "at": _num(record.get("atol")),
             "rt": _num(record.get("rtol")),
             "tol": strings.add(record.get("tolerance")),
-            "m": strings.add(record.get("message") or ""),
-            "s": _num(record.get("duration_s")),
+            "mu": _cannot_express(record, strings),
+            "s": _num(record.get("duration_s"), 2),  # timing: two digits say enough
             "mm": record.get("mismatches") if record["verdict"] != "pass" else None,
             "fm": record.get("first_mismatch"),
         }
@@ -254,25 +303,47 @@ def _payload(doc: dict) -> dict:
                 div_index[key] = len(divergences)
                 divergences.append(div)
             entry["dv"] = div_index[key]
-        if record["verdict"] != "pass":
+        finding = finding_for(record)  # findings.py: an explained fail stays a fail
+        if finding is not None:
+            key = finding["id"]
+            if key not in finding_index:
+                finding_index[key] = len(found)
+                found.append({k: finding.get(k) for k in ("id", "explanation", "docs", "link")})
+            entry["kf"] = finding_index[key]
+        if record["verdict"] in BAD:  # the page builds the others' commands (reproCommand)
             entry["cmd"] = repro_command(doc, record)
+        if entry["mu"] is None:
+            entry["m"] = strings.add(record.get("message") or "")
         if record["verdict"] == "pass" or pictured < MAX_RECORD_IMAGES:
             pics = _record_pictures(record, store)
             pictured += record["verdict"] != "pass"
             entry.update(pics)
-        results.append({k: v for k, v in entry.items() if v is not None})
-        by_case[c].append(i)
+        if entry.get("s") == 0:
+            entry["s"] = None
+        if (
+            record["verdict"] == "unsupported"
+            and {k for k, v in entry.items() if v is not None} <= _GROUPABLE
+        ):
+            key = json.dumps([entry.get(k) for k in ("a", "mu", "m", "d", "e")])
+            unsupported.setdefault(key, _row({**entry, "c": None, "v": None}) + [[]])
+            unsupported[key][-1].append(c)
+            continue
+        results.append(_row(entry))
     return {
         "adapters": adapters,
         "families": fams,
         "envs": [{"id": env["id"], "label": environment_label(env)} for env in envs],
         "cases": cases,
+        "resultKeys": list(ROW_KEYS),
         "results": results,
-        "byCase": by_case,
+        "unsupported": [_deltas(row) for row in unsupported.values()],
         "divergences": divergences,
+        "docs": [docs_page(name) for name in adapters],
+        "features": feature_list,
+        "findings": found,
         "images": store.items,
         "strings": strings.items,
-        "ran": [any(r["a"] == ai for r in results) for ai in range(len(adapters))],
+        "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],
     }
 
 
@@ -301,16 +372,6 @@ def _chips(counter: Counter) -> str:
     )
 
 
-def _bar(counter: Counter) -> str:
-    total = sum(counter.values()) or 1
-    spans = "".join(
-        f'<span class="v-{v}" style="width:{100 * counter[v] / total:.3f}%"></span>'
-        for v in ORDER
-        if counter.get(v)
-    )
-    return f'<div class="bar">{spans}</div>'
-
-
 def _static_matrix(doc: dict, adapters: list[str], fams: list[str]) -> str:
     grid = matrix(doc)
     rows = []
@@ -328,12 +389,12 @@ def _static_matrix(doc: dict, adapters: list[str], fams: list[str]) -> str:
                 cells.append('<td class="cell empty">·</td>')
                 continue
             worst = next(v for v in SEVERITY if counter.get(v))
+            # Worst verdict first; no bar here (the script draws it): this table is for readers
+            # without JavaScript, and 600 bars are a tenth of the page.
             counts_html = "".join(
-                f'<span class="v-{v}">{counter[v]} {v}</span>' for v in ORDER if counter.get(v)
+                f'<span class="v-{v}">{counter[v]} {v}</span>' for v in SEVERITY if counter.get(v)
             )
-            cells.append(
-                f'<td class="cell w-{worst}">{_bar(counter)}<div class="counts">{counts_html}</div></td>'
-            )
+            cells.append(f'<td class="cell w-{worst}"><div class="counts">{counts_html}</div></td>')
         rows.append(
             f'<tr><th class="adapter" scope="row"><a href="#adapter-{ai}">{_e(name)}</a></th>'
             + "".join(cells)
@@ -366,6 +427,8 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
         parts = [f'<div class="card" id="adapter-{ai}"><h3><code>{_e(name)}</code></h3>']
         if info.get("summary"):
             parts.append(f"<div>{_e(info['summary'])}</div>")
+        if docs_page(name):
+            parts.append(f'<div class="note">explained in <code>{_e(docs_page(name))}</code></div>')
         parts.append(f'<div class="totals">{_chips(counter)}</div>')
         rows = []
         if info.get("framework"):
@@ -397,11 +460,12 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
         features = set(info.get("features") or [])
         if features:
             tags = []
-            for tag, why in FEATURES.items():
+            for tag in FEATURES:
                 if tag in ("float64", "float32", "float16", "bfloat16"):
                     continue
                 cls = "tag" if tag in features else "tag off"
-                tags.append(f'<span class="{cls}" title="{_e(why)}">{_e(tag)}</span>')
+                # The meaning of each tag is in the glossary once, not repeated per adapter.
+                tags.append(f'<span class="{cls}">{_e(tag)}</span>')
             tags += [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
             parts.append(
                 '<div class="note">capabilities (struck out: cannot express)</div>'
@@ -438,7 +502,14 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
             parts.append(f'<div class="note">notes</div><div>{_e(info["notes"])}</div>')
         parts.append("</div>")
         cards.append("".join(parts))
-    return '<div class="cards">' + "".join(cards) + "</div>"
+    glossary = "".join(
+        f"<dt><code>{_e(tag)}</code></dt><dd>{_e(why)}</dd>" for tag, why in FEATURES.items()
+    )
+    return (
+        '<div class="cards">' + "".join(cards) + "</div>"
+        '<details id="capabilities"><summary>what each capability tag means</summary>'
+        f'<dl class="kv">{glossary}</dl></details>'
+    )
 
 
 def _tolerance_text(t: dict) -> str:
@@ -490,6 +561,59 @@ def _machines(doc: dict) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def _behaviours(doc: dict, adapters: list[str]) -> str:
+    """The behaviour views: one table per behaviour, implementations sharing a row when they do
+    the same thing, each linked to its adapter card (declarations and upstream links)."""
+    index = {name: i for i, name in enumerate(adapters)}
+
+    def names(group: list[str]) -> str:
+        return ", ".join(
+            f'<a href="#adapter-{index[n]}"><code>{_e(n)}</code></a>' if n in index
+            else f"<code>{_e(n)}</code>" for n in group
+        )  # fmt: skip
+
+    parts = []
+    for table in behaviour_tables(doc):
+        if not table["rows"]:
+            continue
+        same: dict[str, list[str]] = {}
+        links: dict[str, set[str]] = {}
+        for row in table["rows"]:
+            same.setdefault(row["does"], []).append(row["adapter"])
+            links.setdefault(row["does"], set()).update(row.get("links") or [])
+        body = "".join(
+            f"<tr><td>{names(group)}</td><td>{_e(does)}"
+            + "".join(
+                f' <a href="{_e(u)}" rel="noopener noreferrer">[upstream]</a>'
+                for u in sorted(links[does])[:2] if u.lower().startswith(("https://", "http://"))
+            )
+            + "</td></tr>"
+            for does, group in same.items()
+        )  # fmt: skip
+        parts.append(
+            f'<div class="behaviour" id="behaviour-{_e(table["id"])}"><h3>{_e(table["title"])}</h3>'
+            f'<div class="note">{_e(table["question"])}</div><table class="small"><thead><tr>'
+            f"<th>implementations</th><th>what they do</th></tr></thead><tbody>{body}</tbody>"
+            "</table></div>"
+        )
+    groups = one_module_different_answers(doc)
+    if groups:
+        rows = "".join(
+            f"<tr><td><code>{_e(g['api'])}</code></td><td>"
+            + "<br>".join(f"{names([p])}: {_e(a)}" for p, a in g["paths"].items())
+            + "</td><td>" + "<br>".join(f"<code>{_e(c)}</code>" for c in g["cases"][:3])
+            + (f"<br>… {g['n_cases']} cases in all" if g["n_cases"] > 3 else "") + "</td></tr>"
+            for g in groups
+        )  # fmt: skip
+        parts.append(
+            '<div class="behaviour" id="behaviour-one-module"><h3>One module, different answers'
+            '</h3><div class="note">execution paths of one API that disagree on the same case'
+            '</div><table class="small"><thead><tr><th>API</th><th>path: answers</th>'
+            f"<th>cases</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+    return "".join(parts) or '<p class="note">no behaviour to compare in this run</p>'
 
 
 def _options(values: list[tuple[str, str]], all_label: str) -> str:
@@ -553,7 +677,7 @@ def render_html(doc: dict, title: str = "Attention conformance report") -> str:
 <div class="totals" id="totals">{_chips(total)}</div>
 <div class="meta">{"every result within tolerance or explained" if not failing else f"{failing} results fail or error"}</div>
 </header>
-<nav><a href="#matrix">Matrix</a><a href="#results">Results</a><a href="#adapters">Adapters</a><a href="#machines">Machines</a></nav>
+<nav><a href="#matrix">Matrix</a><a href="#behaviours">Behaviours</a><a href="#results">Results</a><a href="#adapters">Adapters</a><a href="#machines">Machines</a></nav>
 <main>
 <section id="matrix">
 <h2>Compatibility matrix</h2>
@@ -561,10 +685,16 @@ def render_html(doc: dict, title: str = "Attention conformance report") -> str:
 <label>device <select id="f-device">{_options([(d, d) for d in devices], "all")}</select></label>
 <label>dtype <select id="f-dtype">{_options([(d, d) for d in dtypes], "all")}</select></label>
 {env_filter}
+<label>columns <select id="f-by"><option value="">family</option><option value="feature">feature</option></select></label>
 <span class="note">click a cell to list its results</span>
 </div>
 <div class="legend">{legend}</div>
 <div id="matrix-holder">{_static_matrix(doc, adapters, fams)}</div>
+</section>
+<section id="behaviours">
+<h2>Behaviours implementations disagree on</h2>
+<div class="note">generated from the results and the adapters' declared divergences</div>
+{_behaviours(doc, adapters)}
 </section>
 <section id="results">
 <h2>Results</h2>

@@ -1,8 +1,9 @@
 """JUnit XML: one testcase per result, so CI systems show conformance results natively.
 
 One testsuite per adapter; testcase classname "<adapter>.<family>", name "<case id> [<device>]".
-`fail` and `error` are <failure> elements (type says which), `diverges` and `unsupported` are
-<skipped> with their reason, `pass` is a plain testcase.
+`fail` is a <failure>, `error` an <error> (so CI counts crashes apart from wrong numbers),
+`diverges` and `unsupported` are <skipped> whose type says which, with the reason as message;
+`pass` is a plain testcase.
 """
 
 from __future__ import annotations
@@ -68,17 +69,19 @@ def render_junit(doc: dict) -> str:
             )
             message = _clean(record.get("message") or verdict)
             if verdict in ("fail", "error"):
-                failure = ET.SubElement(case, "failure", message=message, type=verdict)
+                tag = "failure" if verdict == "fail" else "error"
+                failure = ET.SubElement(case, tag, message=message, type=verdict)
                 failure.text = _clean(_details(doc, record))
             elif verdict in ("diverges", "unsupported"):
-                ET.SubElement(case, "skipped", message=f"{verdict}: {message}")
+                skipped = ET.SubElement(case, "skipped", message=f"{verdict}: {message}")
+                skipped.set("type", verdict)
             env = envs.get(record.get("environment_id"))
             if len(envs) > 1 and env is not None:
                 out = ET.SubElement(case, "system-out")
                 out.text = _clean(f"environment: {env['id']}")
         suite.set("tests", str(len(group)))
-        suite.set("failures", str(n["fail"] + n["error"]))
-        suite.set("errors", "0")
+        suite.set("failures", str(n["fail"]))
+        suite.set("errors", str(n["error"]))
         suite.set("skipped", str(n["diverges"] + n["unsupported"]))
         suite.set("time", _seconds(suite_time))
         if doc.get("created"):
@@ -86,18 +89,29 @@ def render_junit(doc: dict) -> str:
         totals += n
         total_time += suite_time
     root.set("tests", str(len(records)))
-    root.set("failures", str(totals["fail"] + totals["error"]))
-    root.set("errors", "0")
+    root.set("failures", str(totals["fail"]))
+    root.set("errors", str(totals["error"]))
     root.set("skipped", str(totals["diverges"] + totals["unsupported"]))
     root.set("time", _seconds(total_time))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _plain(value: object) -> str:
+    """Dicts (tolerance, per-output errors) as `k=v, k=v`, never a Python repr."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_plain(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _details(doc: dict, record: dict) -> str:
     lines = [f"verdict: {record['verdict']}", f"message: {record.get('message') or ''}"]
     for key in ("max_abs_error", "max_rel_error", "tolerance", "mismatches", "first_mismatch"):
         if record.get(key) is not None:
-            lines.append(f"{key}: {record[key]}")
+            lines.append(f"{key}: {_plain(record[key])}")
     lines.append(f"reproduce: {repro_command(doc, record)}")
     return "\n".join(lines)

@@ -1,14 +1,20 @@
 """Markdown summary sized for a pull-request comment (GitHub caps comments at 65,536 chars).
 
-The adapter x family matrix with verdict counts, then one line per failure and one line per
-declared divergence (grouped per adapter and divergence id, with the number of cases).
+Only what needs a reader's attention is in the open: the adapter x family matrix keeps just the
+adapters and families with a fail or error (the all-green adapters are named on one line);
+failures are grouped by cause (adapter and message with its numbers blanked), one line per group
+with the number of results, each group's results and reproduce commands inside <details>;
+declared divergences one line per adapter and divergence id.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
-from ..sanitize import for_markdown
+from ..sanitize import for_markdown, strip_control
+from .behaviours import behaviours_markdown
+from .findings import finding_for
 from .results import (
     BAD,
     SEVERITY,
@@ -25,6 +31,14 @@ from .results import (
 MARK = {"pass": "✅", "fail": "❌", "diverges": "🔶", "unsupported": "➖", "error": "💥"}
 MAX_FAILURE_LINES = 60
 MAX_CHARS = 60_000
+MAX_PER_GROUP = 8  # results listed inside one cause's <details>
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
+
+
+def cause(record: dict) -> tuple[str, str]:
+    """(adapter, message with numbers blanked): results failing for the same reason group."""
+    text = one_line(record.get("message"), 160)
+    return record["adapter"], _NUMBER.sub("#", text)
 
 
 def _cell(counter: Counter) -> str:
@@ -38,6 +52,13 @@ def _code(text: str) -> str:
     text = text.replace("|", "\\|")
     fence = "``" if "`" in text else "`"
     return f"{fence}{text}{fence}"
+
+
+def _html(text: str) -> str:
+    """Text inside <summary>, where Markdown is not parsed: escape it as HTML."""
+    import html
+
+    return html.escape(strip_control(text, newlines=False), quote=False)
 
 
 def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
@@ -64,18 +85,28 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
 
     fams = families(doc)
     grid = matrix(doc)
-    ran = {r["adapter"] for r in records}
-    if records:
-        lines.append("| adapter | " + " | ".join(fams) + " |")
-        lines.append("|---|" + "---|" * len(fams))
-        for name in adapter_names(doc):
-            if name not in ran:
-                continue
-            cells = [_cell(grid.get((name, fam), Counter())) for fam in fams]
+    ran = [n for n in adapter_names(doc) if n in {r["adapter"] for r in records}]
+    red = [n for n in ran if any(grid.get((n, f), Counter()).get(v) for f in fams for v in BAD)]
+    red_fams = [
+        f for f in fams if any(grid.get((n, f), Counter()).get(v) for n in red for v in BAD)
+    ]
+    if red:
+        lines.append("| adapter | " + " | ".join(red_fams) + " |")
+        lines.append("|---|" + "---|" * len(red_fams))
+        for name in red:
+            cells = [_cell(grid.get((name, fam), Counter())) for fam in red_fams]
             lines.append(f"| {_code(name)} | " + " | ".join(cells) + " |")
-    else:
+        lines.append("")
+    if not records:
         lines.append("No results: no selected case ran on any selected adapter.")
-    lines.append("")
+        lines.append("")
+    green = [n for n in ran if n not in red]
+    if green:
+        lines.append(
+            f"No fail or error ({len(green)} adapter{'s' * (len(green) != 1)}): "
+            + ", ".join(_code(n) for n in green)
+        )
+        lines.append("")
     idle = [name for name in adapter_names(doc) if name not in ran]
     if idle:
         lines.append(
@@ -83,34 +114,60 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
             + ", ".join(_code(n) for n in idle)
         )
         lines.append("")
-    lines.append(
-        "<sub>" + " ".join(f"{MARK[v]} {v}" for v in SEVERITY[::-1]) + " · counts per cell</sub>"
-    )
-    lines.append("")
+    if red:
+        lines.append(
+            "<sub>"
+            + " ".join(f"{MARK[v]} {v}" for v in SEVERITY[::-1])
+            + " · counts per cell · only adapters and families with a fail or error</sub>"
+        )
+        lines.append("")
 
     failing = sorted((r for r in records if r["verdict"] in BAD), key=sort_key)
+    by_cause: dict[tuple[str, str], list[dict]] = {}
+    for record in failing:
+        by_cause.setdefault(cause(record), []).append(record)
     if failing:
-        lines.append(f"### Failures ({len(failing)})")
+        lines.append(f"### Failures ({len(failing)} results, {len(by_cause)} causes)")
         lines.append("")
-        for record in failing[:MAX_FAILURE_LINES]:
-            device = f" ({record['device']})" if record["device"] != "cpu" else ""
-            if len(doc["environments"]) > 1:
-                device = f" ({record['device']} @ {record.get('environment_id')})"
+        multi_env = len(doc["environments"]) > 1
+        for n_group, ((adapter, _), group) in enumerate(by_cause.items()):
+            if n_group >= MAX_FAILURE_LINES:
+                rest = sum(len(g) for g in list(by_cause.values())[MAX_FAILURE_LINES:])
+                lines.append(f"… and {rest} more results (see the HTML report)")
+                lines.append("")
+                break
+            first = group[0]
+            n = len(group)
             lines.append(
-                f"- {MARK[record['verdict']]} {_code(record['adapter'])} "
-                f"{_code(record['case'])}{device}: {for_markdown(one_line(record.get('message'), 200))}"
+                f"<details><summary>{MARK[first['verdict']]} {_html(adapter)} · {n} "
+                f"result{'s' * (n != 1)}: {_html(one_line(first.get('message'), 200))}"
+                "</summary>"
             )
-        if len(failing) > MAX_FAILURE_LINES:
-            lines.append(f"- … and {len(failing) - MAX_FAILURE_LINES} more (see the HTML report)")
-        lines.append("")
-        lines.append("<details><summary>Reproduce</summary>")
-        lines.append("")
-        lines.append("```sh")
-        lines.extend(repro_command(doc, r) for r in failing[:MAX_FAILURE_LINES])
-        lines.append("```")
-        lines.append("")
-        lines.append("</details>")
-        lines.append("")
+            lines.append("")
+            finding = finding_for(first)  # findings.py: the explanation, where one is known
+            if finding is not None:
+                url = str(finding.get("link") or "")
+                link = f" ([upstream]({url}))" if url.startswith(("https://", "http://")) else ""
+                docs = f" See `{finding['docs']}`." if finding.get("docs") else ""
+                lines.append(
+                    f"Known finding **{finding['id']}**: "
+                    f"{one_line(finding.get('explanation'), 400)}{link}.{docs}"
+                )
+                lines.append("")
+            for record in group[:MAX_PER_GROUP]:
+                where = f" ({record['device']})" if record["device"] != "cpu" else ""
+                if multi_env:
+                    where = f" ({record['device']} @ {record.get('environment_id')})"
+                lines.append(f"- {_code(record['case'])}{where}")
+            if n > MAX_PER_GROUP:
+                lines.append(f"- … and {n - MAX_PER_GROUP} more")
+            lines.append("")
+            lines.append("```sh")
+            lines.extend(repro_command(doc, r) for r in group[:MAX_PER_GROUP])
+            lines.append("```")
+            lines.append("")
+            lines.append("</details>")
+            lines.append("")
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
@@ -131,6 +188,11 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
                 f"{for_markdown(one_line(div.get('reason'), 200))}{link}"
             )
         lines.append("")
+    behaviours = behaviours_markdown(doc)
+    if behaviours.strip():
+        lines += ["<details><summary>Behaviours implementations disagree on (generated from the "
+                  "results and declarations)</summary>", "", behaviours.strip(), "",
+                  "</details>", ""]  # fmt: skip
     text = "\n".join(lines)
     if len(text) > MAX_CHARS:  # keep it postable: cut whole lines, say so
         cut = text[:MAX_CHARS].rsplit("\n", 1)[0]

@@ -1,0 +1,49 @@
+"""Paths as results store them: relative, so results from two machines diff cleanly.
+
+A path under the working directory is stored relative to it; one under the tool's own specs/
+directory as `specs/<file>` (the shipped specs, named the same on every machine); anything
+else (a spec outside both) is kept as given, since no relative form would point at it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# CI artifact uploaders (actions/upload-artifact among them) refuse `:` and a few other
+# characters in file names; adapter keys like "external:cmd" must not reach a file name as is.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
+    """`path` relative to `cwd` (default: the working directory) or to the shipped specs."""
+    from .spec import shipped_specs_dir  # late: spec imports this module
+
+    text = str(path)
+    try:
+        absolute = Path(text).resolve()
+    except (OSError, RuntimeError):
+        return text
+    base = Path(cwd or os.getcwd()).resolve()
+    if absolute.is_relative_to(base):
+        return absolute.relative_to(base).as_posix() or "."
+    shipped = shipped_specs_dir()
+    if absolute.is_relative_to(shipped):
+        return (Path("specs") / absolute.relative_to(shipped)).as_posix()
+    return text
+
+
+def safe_file_name(name: str) -> str:
+    """`name` with every run of characters outside [A-Za-z0-9._-] replaced by one `_`."""
+    return _UNSAFE.sub("_", name).strip("_") or "_"
+
+
+def code_path(path: str) -> str:
+    """A source file named in a message: relative to the working directory, or from its
+    `site-packages/` (or `dist-packages/`) folder on, else as given."""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    shown = display_path(path)
+    return shown
