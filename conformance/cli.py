@@ -81,6 +81,7 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
 
     parser.set_defaults(handler=unavailable)
 
+
 def unknown_command(parser: argparse.ArgumentParser, raw: list[str]) -> str | None:
     """The error for a mistyped subcommand (with the closest ones), or None."""
     from .suggest import hint
