@@ -24,6 +24,7 @@ rows = [
 for e in all_entries():
     d = e.declaration
     doc = next((v for k, v in docs.items() if e.name.startswith(k + ".") or e.name == k), None)
+    doc = "traps" if ".traps_" in e.target else doc  # trap adapters share one page
     name = f"[`{e.name}`](docs/adapters/{doc}.md)" if doc else f"`{e.name}`"
     modes = "/".join(m for m in ("layer", "kernel") if m in d.features)
     divs = ", ".join(sorted({v.id for v in d.divergences})) or "-"
