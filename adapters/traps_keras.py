@@ -70,4 +70,32 @@ class KerasUseCausalMaskDecode(KerasTensorflowFused):
         return keras_masks(case)
 
 
-ADAPTERS = [KerasAdditiveMask, KerasUseCausalMaskDecode]
+class KerasQueryMaskArgument(KerasTensorflowExplicit):
+    """Query padding passed as the documented `query_mask=` call argument.
+
+    Keras 3.15's MultiHeadAttention.call overwrites its query_mask argument with the query
+    tensor's own Keras mask (`query_mask = backend.get_keras_mask(query)`), so the argument is
+    silently ignored: padded query rows attend as if they were real.
+    """
+
+    declaration = dataclasses.replace(
+        KerasTensorflowExplicit.declaration,
+        name="keras.tensorflow.explicit.query-mask-argument",
+        summary="TRAP: keras MultiHeadAttention (TensorFlow) given query padding as the "
+        "query_mask= call argument, which call() overwrites with the query tensor's Keras mask",
+        notes="The user passes query_mask=[B, T] (1 = real query) as documented. "
+        "MultiHeadAttention.call replaces it with the Keras mask attached to the query tensor "
+        "(None for a plain tensor), so the padded query rows are computed as ordinary rows "
+        "instead of being masked. Only cases with query padding are affected; the careful "
+        "adapter attaches the mask to the query tensor (as Embedding(mask_zero=True) does).",
+    )
+
+    def _mask_kwargs(self, masks: KerasMasks, query: object, cross: bool) -> dict[str, object]:
+        query_valid = masks.query_valid
+        kwargs = super()._mask_kwargs(dataclasses.replace(masks, query_valid=None), query, cross)
+        if query_valid is not None:
+            kwargs["query_mask"] = query_valid
+        return kwargs
+
+
+ADAPTERS = [KerasAdditiveMask, KerasUseCausalMaskDecode, KerasQueryMaskArgument]

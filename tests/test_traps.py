@@ -41,6 +41,9 @@ EXPECTED = {
     ("keras.tensorflow.fused.use-causal-mask-decode", "decode-step-layer"): "fail",
     ("keras.tensorflow.fused.use-causal-mask-decode", "causal-short-layer"): "pass",
     ("keras.tensorflow.fused.use-causal-mask-decode", "causal-layer"): "pass",
+    ("keras.tensorflow.explicit.query-mask-argument", "query-padding-layer"): "fail",
+    ("keras.tensorflow.explicit.query-mask-argument", "random-layer"): "pass",
+    ("keras.tensorflow.explicit.query-mask-argument", "causal-layer"): "pass",
     ("ort.contrib.mha.unidirectional", "causal-short-kernel"): "fail",
     ("ort.contrib.mha.unidirectional", "causal-kernel"): "pass",
 }
