@@ -78,6 +78,36 @@ class TorchMhaSlowSdpaMaskPolarity(TorchMhaSlowAdapter):
         return kwargs
 
 
+class TorchMhaSlowAttnMaskRepeat(TorchMhaSlowAdapter):
+    """A per-sample 3-D attn_mask tiled to [B * H, T, S] with `.repeat(H, 1, 1)`.
+
+    MultiheadAttention indexes a 3-D attn_mask as batch * H + head, which
+    `mask.repeat_interleave(H, dim=0)` builds; `.repeat(H, 1, 1)` tiles [M0, M1, M0, M1]
+    instead, so heads read other samples' masks (line/lighthouse#77, ArrowLuo/CLIP4Clip#22).
+    """
+
+    declaration = _trap(
+        TorchMhaSlowAdapter,
+        "torch.mha.slow.attn-mask-repeat",
+        "TRAP: nn.MultiheadAttention slow path given a 3-D attn_mask tiled with "
+        ".repeat(num_heads, 1, 1) (head-major) where torch indexes batch * num_heads + head",
+        "The user's [B, H, T, S] (or [B, T, S]) mask is flattened head-major, as "
+        "mask.repeat(H, 1, 1) does, instead of batch-major (repeat_interleave). Heads of sample "
+        "b then read another sample's mask. Masks shared by every sample (2-D attn_mask) and "
+        "B = 1 are unaffected.",
+    )
+
+    def _masks(self, case: Case, device: str) -> dict[str, Any]:
+        kwargs = super()._masks(case, device)
+        mask = kwargs.get("attn_mask")
+        if mask is not None and mask.dim() == 3:
+            b, h = case.shape.batch, case.shape.num_heads
+            t, s = mask.shape[-2:]
+            # [B * H] batch-major -> the same [B, H] masks laid out head-major
+            kwargs["attn_mask"] = mask.reshape(b, h, t, s).transpose(0, 1).reshape(b * h, t, s)
+        return kwargs
+
+
 class TorchSdpaIsCausalDecode(TorchSdpaAdapter):
     """F.scaled_dot_product_attention(is_causal=True) for a query block at the END of the keys.
 
@@ -105,4 +135,9 @@ class TorchSdpaIsCausalDecode(TorchSdpaAdapter):
         return kwargs
 
 
-ADAPTERS = [TorchMhaSlowIsCausalHint, TorchMhaSlowSdpaMaskPolarity, TorchSdpaIsCausalDecode]
+ADAPTERS = [
+    TorchMhaSlowIsCausalHint,
+    TorchMhaSlowSdpaMaskPolarity,
+    TorchMhaSlowAttnMaskRepeat,
+    TorchSdpaIsCausalDecode,
+]
