@@ -198,13 +198,18 @@ def _attention_bias(
 class OrtContribMHA(OrtContribBase):
     OP = "MultiHeadAttention"
 
+    def _unidirectional(self, case: Case) -> bool:
+        """Whether the case's causal mask goes to `unidirectional` (a hook for
+        adapters.traps_onnx, which uses it for every causal case)."""
+        return case.mask.causal is not None and case.shape.query_len >= case.shape.kv_len
+
     def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
         feeds = self._qkv(case, inputs)
         dtype = feeds["query"].dtype
         m = case.mask
         rest = m
         causal = False
-        if m.causal is not None and case.shape.query_len >= case.shape.kv_len:
+        if self._unidirectional(case):
             # unidirectional without past is top-left only for T >= S (checked on ORT 1.32:
             # with T < S it masks rows 0..T-2 top-left and leaves the last row seeing every
             # key, neither alignment). For T < S the top-left causal pattern goes into

@@ -415,7 +415,7 @@ class TorchMhaAdapter(Adapter):
                 query = key = value = query.transpose(0, 1)
             else:
                 query, key, value = (x.transpose(0, 1) for x in (query, key, value))
-        masks = mha_masks(case, device)
+        masks = self._masks(case, device)
 
         # One call per requested form of the weights: average_attn_weights decides which.
         averages = [False] if "weights" in case.compare else []
@@ -447,6 +447,10 @@ class TorchMhaAdapter(Adapter):
             if self.need_weights:
                 results["weights_mean" if average else "weights"] = to_numpy(weights)
         return results
+
+    def _masks(self, case: Case, device: str) -> dict[str, Any]:
+        """The mask keyword arguments (a hook: adapters.traps_torch passes them the trapped way)."""
+        return mha_masks(case, device)
 
     def _check_path(self, ops: list[str]) -> None:
         """Prove the intended path ran; a silent fallback would make the variant a lie."""

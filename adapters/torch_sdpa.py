@@ -308,7 +308,7 @@ class TorchSdpaAdapter(Adapter):
         import torch.nn.functional as F
         from torch.nn.attention import sdpa_kernel
 
-        kwargs = sdpa_arguments(case, inputs, device)
+        kwargs = self._arguments(case, inputs, device)
         if "dropout_p" in kwargs:
             torch.manual_seed(case.dropout.seed)  # seeds the CPU and every CUDA generator
         leaves = (kwargs["query"], kwargs["key"], kwargs["value"])
@@ -339,6 +339,10 @@ class TorchSdpaAdapter(Adapter):
             # enable_gqa keeps K/V at G heads, so every gradient is already canonical BHTK.
             result.update(zip(("grad_q", "grad_k", "grad_v"), map(to_numpy, grads), strict=True))
         return result
+
+    def _arguments(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, Any]:
+        """SDPA's keyword arguments (a hook: adapters.traps_torch passes them the trapped way)."""
+        return sdpa_arguments(case, inputs, device)
 
     def _check_backend(self, ops: list[str], backward: bool = False) -> None:
         """Prove the intended backend ran (a forced variant must not fall back silently).

@@ -27,7 +27,7 @@ def adapter_table() -> str:
     ]
     for e in all_entries():
         d = e.declaration
-        doc = docs_page(e.name)
+        doc = "docs/adapters/traps.md" if ".traps_" in e.target else docs_page(e.name)
         name = f"[`{e.name}`]({doc})" if doc else f"`{e.name}`"
         modes = "/".join(m for m in ("layer", "kernel") if m in d.features)
         divs = ", ".join(sorted({v.id for v in d.divergences})) or "-"

@@ -294,7 +294,11 @@ def _installed() -> list:
     from conformance.fuzz import _entries, _group_key
 
     entries, _ = _entries(None)
-    return [(e, _group_key(e)) for e in entries if e.name != "reference"]
+    # Trap adapters (adapters/traps_*.py) compute the wrong thing by design: tests/test_traps.py
+    # pins where each one fails; "no counterexample" does not apply to them.
+    return [
+        (e, _group_key(e)) for e in entries if e.name != "reference" and ".traps_" not in e.target
+    ]
 
 
 @functools.cache
