@@ -34,6 +34,8 @@ BUILTIN_MODULES = (
     "onnx_attention",
     "ort_contrib",
     "torch_onnx",
+    "torch_compile",
+    "hf_attention",
 )
 
 
