@@ -19,7 +19,6 @@ torch is imported lazily in setup().
 
 from __future__ import annotations
 
-
 import os
 
 import numpy as np
@@ -62,7 +61,6 @@ def compile_setup() -> None:
 
 
 def compile_versions() -> dict[str, str]:
-    import torch
 
     versions = torch_versions()
     versions["torch.compile"] = "inductor"
