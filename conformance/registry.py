@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "torch_onnx",
     "torch_compile",
     "hf_attention",
+    "keras_ops_dpa",
 )
 
 
