@@ -8,6 +8,9 @@ from __future__ import annotations
 from conformance.registry import all_entries
 
 docs = {
+    "torch.compile": "torch_compile",
+    "hf": "transformers",
+    "keras.ops": "keras_ops",
     "torch.onnx": "onnx",
     "torch": "torch",
     "jax": "jax",
