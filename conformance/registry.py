@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "torch_compile",
     "hf_attention",
     "keras_ops_dpa",
+    "openvino_sdpa",
 )
 
 

@@ -11,6 +11,7 @@ docs = {
     "torch.compile": "torch_compile",
     "hf": "transformers",
     "keras.ops": "keras_ops",
+    "openvino": "openvino",
     "torch.onnx": "onnx",
     "torch": "torch",
     "jax": "jax",
