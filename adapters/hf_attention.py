@@ -125,6 +125,19 @@ EAGER_MASKED_ROWS_FLOAT64 = Divergence(
     compute_dtype="float32",
 )
 
+# hf.sdpa with a finite bias: the bias and the mask travel as one float mask with finfo.min
+# where masked (create_position_bias_mask's convention), so SDPA sees finite logits and a fully
+# masked row is uniform, not the zeros of a boolean or -inf mask.
+SDPA_BIAS_MASKED_ROWS = Divergence(
+    id="hf-sdpa-bias-masked-rows-uniform",
+    reason="with a position bias transformers passes SDPA one float mask with finfo(dtype).min "
+    "where masked (create_position_bias_mask), so a fully masked row has finite, equal logits: "
+    "uniform weights instead of SDPA's zeros",
+    link=SDPA_SOURCE,
+    when=frozenset({"fully-masked-rows", "attn-bias"}),
+    masked_rows="uniform",
+)
+
 _module_class: Any = None
 
 
@@ -240,7 +253,7 @@ class HfSdpaAdapter(HfEagerAdapter):
         features=FEATURES,
         requires=REQUIRES,
         worker="torch",
-        divergences=(SDPA_MASKED_ROWS,),
+        divergences=(SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS),
         unsupported_reasons=UNSUPPORTED,
         notes="Boolean mask (True = attend) as masking_utils' sdpa_mask builds it; a float mask "
         "when the case has a bias; a mask that is only top-left causal goes in as no mask and "
