@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "hf_attention",
     "keras_ops_dpa",
     "openvino_sdpa",
+    "openvino_onnx",
 )
 
 

@@ -61,3 +61,20 @@ def test_grouped_query_is_unsupported(adapters) -> None:
     record = evaluate(adapters["f32"], make_case("gqa", "float32", 2, Mask()), "cpu", CACHE)
     assert record["verdict"] == "unsupported"
     assert "grouped-query" in record["message"]
+
+
+def test_onnx_attention_through_openvino_frontend() -> None:
+    """The onnx.attention.4d model read by OpenVINO: GQA causal passes; scale=0 is ignored
+    (a known OpenVINO bug, kept as a fail so a fix shows up)."""
+    pytest.importorskip("onnx")
+    import dataclasses
+
+    from conformance.adapters.openvino_onnx import OpenvinoOnnxAttention
+
+    adapter = OpenvinoOnnxAttention()
+    adapter.setup()
+    case = make_case("onnx-gqa", "float32", 2, Mask(causal="top-left"))
+    assert evaluate(adapter, case, "cpu", CACHE)["verdict"] == "pass"
+    zero = dataclasses.replace(make_case("onnx-scale0", "float32", 2, Mask()), scale=0.0)
+    record = evaluate(adapter, zero, "cpu", CACHE)
+    assert record["verdict"] == "fail", record.get("message")
