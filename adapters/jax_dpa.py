@@ -633,4 +633,33 @@ class JaxDpaCudnn(_JaxDpa):
             raise Unsupported("cuDNN supports no right window without the causal flag")
 
 
-ADAPTERS = [JaxDpaXla, JaxDpaXlaSeqLengths, JaxDpaCudnn]
+class JaxDpaDefault(_JaxDpa):
+    """implementation=None: what a user who names no implementation gets.
+
+    JAX picks cuDNN when it can (CUDA GPU, float16/bfloat16, supported shapes) and XLA
+    otherwise; this adapter lists CPU only, where the choice is XLA, so it carries the XLA
+    variant's declarations. Kept separate from jax.dpa.xla because the selection logic itself
+    is code under test (a change in JAX's default would show up here first).
+    """
+
+    declaration = Declaration(
+        name="jax.dpa.default",
+        summary="jax.nn.dot_product_attention(implementation=None): JAX's own choice (XLA on "
+        "CPU); same flags and masks as jax.dpa.xla",
+        framework="jax",
+        features=_KERNEL_FEATURES,
+        requires=("jax",),
+        worker="jax",
+        env=JAX_ENV,
+        divergences=_dpa_divergences(False, [softmax_float32(), tf32_on_cuda()]),
+        unsupported_reasons=_UNSUPPORTED,
+        notes="CPU only: on a GPU implementation=None may select cuDNN, whose conventions "
+        "differ (see jax.dpa.cudnn); that selection is not exercised here.",
+    )
+    implementation = None
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+
+ADAPTERS = [JaxDpaXla, JaxDpaXlaSeqLengths, JaxDpaCudnn, JaxDpaDefault]

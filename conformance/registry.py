@@ -37,6 +37,11 @@ BUILTIN_MODULES = (
     "onnx_attention",
     "ort_contrib",
     "torch_onnx",
+    "torch_compile",
+    "hf_attention",
+    "keras_ops_dpa",
+    "openvino_sdpa",
+    "openvino_onnx",
     # Trap adapters: the real calls, made the way users get them wrong (docs/adapters/traps.md).
     "traps_torch",
     "traps_keras",

@@ -7,6 +7,10 @@ prefix wins, so torch.onnx.* goes to the ONNX page, not the torch one.
 from __future__ import annotations
 
 PAGES = {
+    "torch.compile": "docs/adapters/torch_compile.md",
+    "hf": "docs/adapters/transformers.md",
+    "keras.ops": "docs/adapters/keras_ops.md",
+    "openvino": "docs/adapters/openvino.md",
     "torch.onnx": "docs/adapters/onnx.md",
     "torch": "docs/adapters/torch.md",
     "jax": "docs/adapters/jax.md",

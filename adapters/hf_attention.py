@@ -1,0 +1,285 @@
+"""`hf.eager`, `hf.sdpa`: Hugging Face transformers' attention interface functions, kernel mode.
+
+What runs: the functions transformers registers for `config._attn_implementation`, called as
+a model's attention layer calls them, `fn(module, query, key, value, attention_mask,
+scaling=..., dropout=0.0)` with query [B, H, T, K], key/value [B, G, S, K|V]:
+
+- `hf.eager`  `eager_attention_forward` from transformers.models.llama.modeling_llama (the
+              function copied into hundreds of model files): repeat_kv, matmul, additive mask,
+              softmax in float32 cast back to the query dtype, matmul. Returns the weights.
+- `hf.sdpa`   `ALL_ATTENTION_FUNCTIONS["sdpa"]` (transformers.integrations.sdpa_attention):
+              GQA handling, is_causal only when there is no mask, then
+              F.scaled_dot_product_attention.
+
+The `module` argument is a small nn.Module carrying what the functions read from a real
+attention layer: num_key_value_groups (H / G), is_causal and training (False: inference).
+Masks follow transformers' own mask builders (masking_utils): for eager an additive float mask,
+0 where attended and torch.finfo(dtype).min elsewhere (plus the case's bias); for sdpa a
+boolean mask (True = attend), or a float mask when the case has a bias, or no mask and
+is_causal=True when the case's whole mask is top-left causal. `scaling` is the case's scale,
+else K**-0.5 as every transformers attention layer passes it.
+
+Path proof: the function is taken from transformers' registry / model module and checked to
+be the one named; eager must return its weights, sdpa must return none. torch imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conformance.adapter import Adapter, Declaration, Divergence
+from conformance.case import Case
+from conformance.inputs import CaseInputs
+from conformance.masks import build_mask
+
+from .torch_sdpa import (
+    SDPA_MASKED_ROWS,
+    only_causal,
+    to_numpy,
+    to_torch,
+    torch_devices,
+    torch_setup,
+    torch_versions,
+)
+
+REQUIRES = ("torch", "transformers")
+EAGER_SOURCE = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/"
+    "modeling_llama.py"
+)
+SDPA_SOURCE = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/integrations/"
+    "sdpa_attention.py"
+)
+
+FEATURES = frozenset(
+    {
+        "kernel",
+        "value-dim",
+        "kv-len",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "causal-top-left",
+        "causal-bottom-right",
+        "key-padding",
+        "query-padding",
+        "bool-mask",
+        "per-head-mask",
+        "additive-mask",
+        "attn-bias",
+        "window",
+        "fully-masked-rows",
+        "scale",
+    }
+)
+
+UNSUPPORTED = {
+    "layer": "the interface functions are the kernel only (projections live in each model)",
+    "weights": "the sdpa function returns None for the weights",
+    "weights-mean": "the interface functions return per-head weights at most",
+    "decode": "the functions take the whole key/value; the cache lives in the model layer",
+    "multi-axis": "one sequence axis",
+    "bias-kv": "nn.MultiheadAttention's add_bias_kv has no counterpart",
+    "zero-attn": "nn.MultiheadAttention's add_zero_attn has no counterpart",
+    "dropout": "the functions take a dropout rate; inference passes 0.0",
+    "dropout-training": "not covered: training-mode dropout is not wired in this adapter",
+    "gradients": "not covered: this adapter runs the forward only",
+}
+
+# Measured (transformers 5.25, torch 2.13 CPU): float64 inputs come back float64, but the
+# softmax ran in float32 (`softmax(..., dtype=torch.float32).to(query.dtype)`).
+EAGER_FLOAT32_SOFTMAX = Divergence(
+    id="hf-eager-softmax-float32",
+    reason="eager_attention_forward computes the softmax in float32 and casts back, so float64 "
+    "attention is float32-accurate",
+    link=EAGER_SOURCE,
+    dtypes=frozenset({"float64"}),
+    compute_dtype="float32",
+)
+
+# A row whose every key is masked gets finfo.min everywhere: softmax of equal logits, uniform.
+EAGER_MASKED_ROWS = Divergence(
+    id="hf-eager-masked-rows-uniform",
+    reason="transformers masks with torch.finfo(dtype).min, not -inf, so a fully masked row "
+    "softmaxes to uniform weights over all keys instead of NaN",
+    link="https://github.com/huggingface/transformers/blob/main/src/transformers/masking_utils.py",
+    when=frozenset({"fully-masked-rows"}),
+    masked_rows="uniform",
+)
+
+# float64 and a fully masked row: the mask value finfo(float64).min (-1.8e308) overflows to
+# -inf when the float32 softmax converts the logits, so the whole row is -inf and the softmax
+# gives NaN (measured, transformers 5.25 / torch 2.13 CPU) where float32/16 give uniform.
+EAGER_MASKED_ROWS_FLOAT64 = Divergence(
+    id="hf-eager-masked-rows-nan-float64",
+    reason="in float64 the finfo(float64).min mask value overflows to -inf in the float32 "
+    "softmax, so a fully masked row gives NaN (other dtypes: uniform); and "
+    + EAGER_FLOAT32_SOFTMAX.reason,
+    link=EAGER_SOURCE,
+    when=frozenset({"fully-masked-rows"}),
+    dtypes=frozenset({"float64"}),
+    masked_rows="nan",
+    compute_dtype="float32",
+)
+
+# hf.sdpa with a finite bias: the bias and the mask travel as one float mask with finfo.min
+# where masked (create_position_bias_mask's convention), so SDPA sees finite logits and a fully
+# masked row is uniform, not the zeros of a boolean or -inf mask.
+SDPA_BIAS_MASKED_ROWS = Divergence(
+    id="hf-sdpa-bias-masked-rows-uniform",
+    reason="with a position bias transformers passes SDPA one float mask with finfo(dtype).min "
+    "where masked (create_position_bias_mask), so a fully masked row has finite, equal logits: "
+    "uniform weights instead of SDPA's zeros",
+    link=SDPA_SOURCE,
+    when=frozenset({"fully-masked-rows", "attn-bias"}),
+    masked_rows="uniform",
+)
+
+_module_class: Any = None
+
+
+def attention_module(groups: int) -> Any:
+    """The attributes the interface functions read from the calling attention layer."""
+    global _module_class
+    if _module_class is None:
+        import torch
+
+        class Caller(torch.nn.Module):
+            def __init__(self, groups: int) -> None:
+                super().__init__()
+                self.num_key_value_groups = groups
+                self.is_causal = False  # set per call; the mask decides otherwise
+                self.training = False
+
+        _module_class = Caller
+    return _module_class(groups)
+
+
+def eager_mask(case: Case, dtype: str, device: str) -> Any:
+    """masking_utils' eager convention: 0 / finfo(dtype).min, plus the case's bias."""
+    import torch
+
+    attend, bias = build_mask(case)
+    if attend is None and bias is None:
+        return None
+    low = float(torch.finfo(getattr(torch, dtype)).min)
+    s = case.shape
+    shape = (s.batch, 1, s.query_len, s.kv_len)
+    base = np.zeros(shape) if bias is None else bias
+    additive = base if attend is None else np.where(attend, base, low)
+    return to_torch(additive, dtype, device)
+
+
+class HfEagerAdapter(Adapter):
+    function = "eager"
+
+    declaration = Declaration(
+        name="hf.eager",
+        summary="transformers eager_attention_forward (modeling_llama), kernel: matmul, additive "
+        "finfo.min mask, float32 softmax, matmul",
+        framework="transformers",
+        features=FEATURES | {"weights"},
+        requires=REQUIRES,
+        worker="torch",
+        divergences=(EAGER_MASKED_ROWS_FLOAT64, EAGER_MASKED_ROWS, EAGER_FLOAT32_SOFTMAX),
+        unsupported_reasons={k: v for k, v in UNSUPPORTED.items() if k != "weights"},
+        notes="Masks as transformers' masking_utils builds them for eager (0 attended, "
+        "finfo(dtype).min masked, bias added). scaling = case scale or K**-0.5.",
+    )
+
+    def setup(self) -> None:
+        torch_setup()
+        import transformers  # noqa: F401  (fail early with a clear import error)
+
+    def devices(self) -> list[str]:
+        return torch_devices()
+
+    def versions(self) -> dict[str, str]:
+        import transformers
+
+        return {**torch_versions(), "transformers": transformers.__version__}
+
+    def _function(self) -> Any:
+        from transformers.models.llama import modeling_llama
+
+        fn = modeling_llama.eager_attention_forward
+        if fn.__module__ != "transformers.models.llama.modeling_llama":
+            raise RuntimeError(f"eager_attention_forward comes from {fn.__module__}")
+        return fn
+
+    def arguments(self, case: Case, device: str) -> tuple[Any, Any]:
+        """(attention_mask, is_causal) in the function's convention."""
+        return eager_mask(case, case.dtype, device), None
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        import torch
+
+        s = case.shape
+        module = attention_module(s.num_heads // s.num_kv_heads)
+        q = to_torch(inputs.native("q"), case.dtype, device)
+        k = to_torch(inputs.native("k"), case.dtype, device)
+        v = to_torch(inputs.native("v"), case.dtype, device)
+        mask, is_causal = self.arguments(case, device)
+        scaling = case.scale if case.scale is not None else s.key_dim**-0.5
+        extra = {} if is_causal is None else {"is_causal": is_causal}
+        with torch.no_grad():
+            out, weights = self._function()(
+                module, q, k, v, mask, scaling=scaling, dropout=0.0, **extra
+            )
+        if out.dtype != q.dtype:
+            raise RuntimeError(f"output dtype {out.dtype} differs from the input's {q.dtype}")
+        result = {"output": to_numpy(out.transpose(1, 2))}  # [B, T, H, V] -> [B, H, T, V]
+        self.check_weights(weights)
+        if weights is not None and "weights" in case.features:
+            result["weights"] = to_numpy(weights)
+        return result
+
+    def check_weights(self, weights: Any) -> None:
+        if weights is None:
+            raise RuntimeError("eager_attention_forward returned no weights: not the eager path")
+
+
+class HfSdpaAdapter(HfEagerAdapter):
+    function = "sdpa"
+
+    declaration = Declaration(
+        name="hf.sdpa",
+        summary="transformers ALL_ATTENTION_FUNCTIONS['sdpa'] (sdpa_attention_forward), kernel: "
+        "GQA handling, then F.scaled_dot_product_attention",
+        framework="transformers",
+        features=FEATURES,
+        requires=REQUIRES,
+        worker="torch",
+        divergences=(SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS),
+        unsupported_reasons=UNSUPPORTED,
+        notes="Boolean mask (True = attend) as masking_utils' sdpa_mask builds it; a float mask "
+        "when the case has a bias; a mask that is only top-left causal goes in as no mask and "
+        "is_causal=True. scaling = case scale or K**-0.5.",
+    )
+
+    def _function(self) -> Any:
+        from transformers.integrations import sdpa_attention
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        fn = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        if fn is not sdpa_attention.sdpa_attention_forward:
+            raise RuntimeError(f"ALL_ATTENTION_FUNCTIONS['sdpa'] is {fn!r}")
+        return fn
+
+    def arguments(self, case: Case, device: str) -> tuple[Any, Any]:
+        if only_causal(case.mask) and case.mask.causal == "top-left":
+            return None, True
+        attend, bias = build_mask(case)
+        if bias is None:
+            return (None if attend is None else to_torch(attend, "bool", device)), False
+        return eager_mask(case, case.dtype, device), False
+
+    def check_weights(self, weights: Any) -> None:
+        if weights is not None:
+            raise RuntimeError("sdpa_attention_forward returned weights: not the sdpa path")
+
+
+ADAPTERS = [HfEagerAdapter, HfSdpaAdapter]
