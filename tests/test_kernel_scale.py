@@ -10,12 +10,15 @@ conformance.evaluate against the float64 reference under the shipped tolerance r
 from __future__ import annotations
 
 import pytest
-from blockwise_kernel import BUGS, blockwise_attention
+from blockwise_kernel import BLOCK_K, BUGS, blockwise_attention
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis.errors import NoSuchExample
 
 from conformance.adapter import Divergence
 from conformance.evaluate import ReferenceCache, evaluate
 from conformance.plugin import kernel_adapter
 from conformance.spec import load_specs, shipped_specs_dir
+from conformance.strategies import DEFAULT_LIMITS, KERNEL_SCALE_LIMITS, cases
 
 # The planted bugs overflow and divide by zero on purpose; the verdicts are what count.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -131,3 +134,53 @@ def test_which_bugs_the_small_tier_misses(small, cache) -> None:  # noqa: ANN001
         if not {"fail", "error"} & set(verdicts.values()):
             missed.add(bug)
     assert missed == SMALL_TIER_MISSES
+
+
+# --- fuzzing at kernel scale -----------------------------------------------------------------
+
+FUZZ = settings(max_examples=60, derandomize=True, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))  # fmt: skip
+
+
+def _drawn_lengths(limits) -> list[int]:  # noqa: ANN001
+    """max(T, S) of the kernel-mode examples drawn under `limits`, checking the budget."""
+    seen: list[int] = []
+
+    @FUZZ
+    @given(cases(limits=limits, forbid={"layer"}))
+    def collect(case) -> None:  # noqa: ANN001
+        s = case.shape
+        if limits.long_len:
+            assert s.batch * s.num_heads * s.query_len * s.kv_len <= limits.max_elements
+        seen.append(max(s.query_len, s.kv_len))
+
+    collect()
+    return seen
+
+
+def test_default_fuzz_limits_stay_small() -> None:
+    """The option is off by default: existing fuzz runs keep their sizes and speed."""
+    assert DEFAULT_LIMITS.long_len == 0
+    assert max(_drawn_lengths(DEFAULT_LIMITS)) <= DEFAULT_LIMITS.max_len
+
+
+def test_kernel_scale_fuzz_reaches_multi_block_rows_under_its_budget() -> None:
+    seen = _drawn_lengths(KERNEL_SCALE_LIMITS)
+    assert max(seen) > 2 * BLOCK_K  # several key blocks and a split
+    assert sum(n > 128 for n in seen) >= 5
+
+
+def test_kernel_scale_fuzz_finds_a_rescaling_bug() -> None:
+    """Hypothesis, drawing from what the kernel declares at kernel scale, finds the
+    unrescaled accumulator (at the default limits every row fits one block: it cannot)."""
+    adapter = _adapter("acc-not-rescaled")
+    cache = ReferenceCache(size=8)
+
+    def fails(case) -> bool:  # noqa: ANN001
+        return evaluate(adapter, case, "cpu", cache)["verdict"] == "fail"
+
+    strategy = cases(adapter.declaration, limits=KERNEL_SCALE_LIMITS)
+    found = find(strategy, fails, settings=FUZZ)
+    assert found.shape.kv_len > BLOCK_K
+    with pytest.raises(NoSuchExample):
+        find(cases(adapter.declaration, limits=DEFAULT_LIMITS), fails, settings=FUZZ)
