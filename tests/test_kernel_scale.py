@@ -62,7 +62,7 @@ DETECT = (
     "long_masks/gqa-h8-g2[float32]",
     "long_numerics/scale-100.0[T=513,float32]",
     "long_numerics/scale-1000.0[T=513,float64]",
-    "long_numerics/long-row-2048[float32]",
+    "long_numerics/long-row-4096[float32]",
 )
 
 
@@ -118,7 +118,7 @@ def test_correct_kernel_passes_every_kernel_case_it_supports(small, default, cac
     diverging = {k for k, v in verdicts.items() if v == "diverges"}
     assert diverging == {c.id for c in default + small if c.mask.fully_masked_rows != "nan"
                          and "fully-masked-rows" in c.features and not c.gradients}  # fmt: skip
-    assert list(verdicts.values()).count("pass") >= 190 + 100
+    assert list(verdicts.values()).count("pass") >= 150 + 100
 
 
 @pytest.mark.parametrize("bug", BUGS)
