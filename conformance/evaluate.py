@@ -10,6 +10,7 @@ Verdicts:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 
@@ -270,6 +271,17 @@ def evaluate(
     return record
 
 
+def _baseline_in(case: Case, dtype: str, inputs: CaseInputs, policy: str) -> dict:
+    """The same-dtype baseline as if the case were in `dtype` (a compute_dtype divergence:
+    its result is held to that dtype's rule, baseline included; the case's own baseline
+    would be the float64 reference itself, error 0)."""
+    lowered = dataclasses.replace(case, dtype=dtype)
+    base = baseline(lowered, inputs, masked_rows=policy)
+    if case.gradients:
+        base.update(baseline_gradients(lowered, inputs, masked_rows=policy))
+    return base
+
+
 def _verify_divergence(
     divergence: Divergence,
     case: Case,
@@ -295,7 +307,11 @@ def _verify_divergence(
         # would be held to the fixed rule alone).
         b_err = None
         if use.baseline_factor is not None:
-            base = cache.reference(case, policy, same_dtype=True)
+            lower = divergence.compute_dtype if name in affected else None
+            if lower and lower != case.dtype:  # float64 computed in float32: float32's baseline
+                base = _baseline_in(case, lower, cache.inputs(case), policy)
+            else:
+                base = cache.reference(case, policy, same_dtype=True)
             b_err = baseline_error(base[name], expected[name])
         comparisons.append(compare(name, outputs[name], expected[name], use, b_err))
     if all(c.ok for c in comparisons):

@@ -9,6 +9,7 @@ conformance.evaluate against the float64 reference under the shipped tolerance r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from blockwise_kernel import BLOCK_K, BUGS, blockwise_attention
 from hypothesis import HealthCheck, find, given, settings
@@ -184,3 +185,31 @@ def test_kernel_scale_fuzz_finds_a_rescaling_bug() -> None:
     assert found.shape.kv_len > BLOCK_K
     with pytest.raises(NoSuchExample):
         find(cases(adapter.declaration, limits=DEFAULT_LIMITS), fails, settings=FUZZ)
+
+
+# --- a float64 case computed in float32, declared: held to float32's rule, baseline included --
+
+
+def _float32_inside(bug: str | None, declared: bool):  # noqa: ANN202
+    def kernel(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
+        low = [None if x is None else x.astype(np.float32) for x in (q, k, v, mask)]
+        return blockwise_attention(*low, scale=scale, bug=bug).astype(q.dtype)
+
+    lower = Divergence(id="test.float32-inside", reason="computes float64 cases in float32",
+                       when=frozenset({"float64"}), compute_dtype="float32")  # fmt: skip
+    cls = kernel_adapter(kernel, name=f"test.blockwise.f32.{bug}.{declared}", mask="additive",
+                         class_name="Float32Inside", divergences=[lower] if declared else [])  # fmt: skip
+    adapter = cls()
+    adapter.setup()
+    return adapter
+
+
+def test_compute_dtype_divergence_uses_that_dtypes_baseline(default, cache) -> None:  # noqa: ANN001
+    """At logits of ~10^3 a correct float32 computation errs ~1e-5, far above float32's fixed
+    rule; the declared divergence is verified against a float32 baseline (not the float64
+    case's own baseline, whose error is 0), and a real bug still fails."""
+    case = next(c for c in default if c.id == "long_numerics/scale-100.0[T=129,float64]")
+    assert evaluate(_float32_inside(None, True), case, "cpu", cache)["verdict"] == "diverges"
+    assert evaluate(_float32_inside(None, False), case, "cpu", cache)["verdict"] == "fail"
+    bugged = evaluate(_float32_inside("query-tail-dropped", True), case, "cpu", cache)
+    assert bugged["verdict"] == "fail"
