@@ -81,7 +81,13 @@ DEFAULT_LIMITS = Limits()
 # Multi-block sizes under a per-example budget (conformance fuzz --tier default): rows cross
 # key and query blocks of 32-1024, so online-softmax rescaling and tail blocks are exercised.
 KERNEL_SCALE_LIMITS = Limits(max_batch=2, max_heads=4, max_dim=64, long_len=1025)
-BLOCK_SIZES = (32, 64, 128, 256, 512, 1024)
+# Per size tier (conformance fuzz --tier): large reaches 8k-token rows, B = 1, up to 2^24 logits.
+LIMITS_BY_TIER = {
+    "small": DEFAULT_LIMITS,
+    "default": KERNEL_SCALE_LIMITS,
+    "large": Limits(max_batch=1, max_heads=4, max_dim=128, long_len=8193, max_elements=2**24),
+}
+BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def row_lengths(limits: Limits, cap: int) -> st.SearchStrategy[int]:

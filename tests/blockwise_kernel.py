@@ -136,3 +136,18 @@ def blockwise_attention(
         with np.errstate(invalid="ignore", divide="ignore"):
             out[:, :, t0:t1] = acc / l_sum  # l = 0 (every key masked): 0/0 = NaN
     return out
+
+
+def _unrescaled(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
+    """The blockwise kernel with its accumulator not rescaled (for `conformance fuzz` tests)."""
+    return blockwise_attention(q, k, v, mask, scale=scale, bug="acc-not-rescaled")
+
+
+def _unrescaled_adapter():  # noqa: ANN202
+    from conformance.plugin import kernel_adapter  # local: the kernel itself needs only NumPy
+
+    return kernel_adapter(_unrescaled, name="test.blockwise.acc-not-rescaled", mask="additive",
+                          class_name="Unrescaled")  # fmt: skip
+
+
+Unrescaled = _unrescaled_adapter()

@@ -213,3 +213,17 @@ def test_compute_dtype_divergence_uses_that_dtypes_baseline(default, cache) -> N
     assert evaluate(_float32_inside(None, False), case, "cpu", cache)["verdict"] == "fail"
     bugged = evaluate(_float32_inside("query-tail-dropped", True), case, "cpu", cache)
     assert bugged["verdict"] == "fail"
+
+
+def test_cli_fuzz_tier_default_finds_what_tier_small_cannot(tmp_path) -> None:  # noqa: ANN001
+    from conftest import run_cli
+
+    args = ("fuzz", "--adapter", "blockwise_kernel:Unrescaled", "--property", "differential",
+            "--seed", "1", "-n", "60")  # fmt: skip
+    small = run_cli(*args, "--out", str(tmp_path / "small"))
+    assert small.returncode == 0, small.stdout + small.stderr
+    found = run_cli(*args, "--tier", "default", "--out", str(tmp_path / "default"))
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "COUNTEREXAMPLE" in found.stdout
+    assert "--seed 1 --max-examples 60 --tier default" in found.stdout  # the rerun line
+    assert len(list((tmp_path / "default").rglob("*.yaml"))) == 1
