@@ -60,7 +60,7 @@ from .inputs import CaseInputs, make_inputs
 from .masks import build_mask, causal_offset, visible
 from .reference import attention, baseline
 from .seeding import stream
-from .strategies import DEFAULT_LIMITS, Limits, cases
+from .strategies import DEFAULT_LIMITS, LIMITS_BY_TIER, Limits, cases
 from .tolerance import Tolerance, tolerance_for
 
 DEFAULT_MAX_EXAMPLES = 50
@@ -1085,6 +1085,8 @@ def fuzz_adapter(
         if result.failure is not None:
             rerun = (f"conformance fuzz --adapter {_quote(selector or target)}"
                      f" --property {name} --seed {seed} --max-examples {max_examples}")  # fmt: skip
+            tier = next((t for t, lim in LIMITS_BY_TIER.items() if lim == limits), "small")
+            rerun += "" if tier == "small" else f" --tier {tier}"  # the sizes the seed drew
             result.files = write_failure(result.failure, adapter=adapter, target=target,
                                          device=device, out_dir=Path(out_dir), seed=seed,
                                          rerun=rerun)  # fmt: skip
@@ -1176,6 +1178,7 @@ def handle(args: argparse.Namespace) -> int:
                 argv += ["--forbid", tag]
             if args.device:
                 argv += ["--device", args.device]
+            argv += ["--tier", args.tier]
             sys.stdout.flush()
             code = max(code, subprocess.call(argv))
         return code
@@ -1202,7 +1205,7 @@ def handle(args: argparse.Namespace) -> int:
             adapter, target=entry.target, max_examples=args.max_examples, seed=seed,
             out_dir=Path(args.out), properties=args.property, device=args.device,
             selector=entry.target if entry.source == "command line" else entry.name,
-            forbid=_forbidden_for(entry.name, args.forbid or ()),
+            forbid=_forbidden_for(entry.name, args.forbid or ()), limits=LIMITS_BY_TIER[args.tier],
         )  # fmt: skip
         code = max(code, 0 if report.ok else 1)
         sys.stdout.flush()
@@ -1261,4 +1264,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="never generate this feature tag (for every adapter, or one): fuzz "
                         "around a known bug to find the others (repeatable)")  # fmt: skip
     parser.add_argument("--device", help="device to run on (default: the adapter's first)")
+    parser.add_argument("--tier", choices=list(LIMITS_BY_TIER), default="small",
+                        help="example sizes: small (default; rows up to 6), default (rows "
+                        "crossing kernel blocks up to 1025, <= 2^20 logits each) or large "
+                        "(up to 8193)")  # fmt: skip
     parser.set_defaults(handler=handle)

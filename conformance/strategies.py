@@ -71,9 +71,35 @@ class Limits:
     max_dim: int = 8  # K and V
     max_model_dim: int = 12  # Dq, Dk, Dv, Do when free
     max_inner: int = 3  # size of each multi-axis inner axis
+    # Kernel scale (off when 0): T and S may also reach long_len, drawn mostly one below, at
+    # and one above the block sizes tiled kernels use, with B*H*T*S <= max_elements per example.
+    long_len: int = 0
+    max_elements: int = 2**20
 
 
 DEFAULT_LIMITS = Limits()
+# Multi-block sizes under a per-example budget (conformance fuzz --tier default): rows cross
+# key and query blocks of 32-1024, so online-softmax rescaling and tail blocks are exercised.
+KERNEL_SCALE_LIMITS = Limits(max_batch=2, max_heads=4, max_dim=64, long_len=1025)
+# Per size tier (conformance fuzz --tier): large reaches 8k-token rows, B = 1, up to 2^24 logits.
+LIMITS_BY_TIER = {
+    "small": DEFAULT_LIMITS,
+    "default": KERNEL_SCALE_LIMITS,
+    "large": Limits(max_batch=1, max_heads=4, max_dim=128, long_len=8193, max_elements=2**24),
+}
+BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def row_lengths(limits: Limits, cap: int) -> st.SearchStrategy[int]:
+    """T or S: 1..max_len, or (kernel scale) a block edge +-1 or any length up to long_len;
+    never above cap (the per-example budget)."""
+    short = st.integers(1, max(1, min(limits.max_len, cap)))
+    top = min(limits.long_len, cap)
+    if top <= limits.max_len:
+        return short
+    edges = [n for b in BLOCK_SIZES for n in (b - 1, b, b + 1) if limits.max_len < n <= top]
+    long = st.integers(limits.max_len + 1, top)
+    return st.one_of(short, st.sampled_from(edges), long) if edges else st.one_of(short, long)
 
 
 def allowed_features(declaration: Declaration | None = None) -> frozenset[str]:
@@ -197,6 +223,15 @@ def shapes(
         s = math.prod(kv_shape[a - 1] for a in axes)
     elif decode is not None:
         t = s = decode.prefix + decode.steps
+    elif limits.long_len:
+        per_row = batch * h  # B*H*T*S <= max_elements (S = T unless S is free)
+        cap = (
+            limits.max_elements // per_row
+            if kv_free
+            else math.isqrt(limits.max_elements // per_row)
+        )
+        t = draw(row_lengths(limits, max(1, cap)))
+        s = draw(row_lengths(limits, max(1, cap // t))) if kv_free else t
     else:
         t = draw(st.integers(1, limits.max_len))
         s = draw(st.integers(1, limits.max_len)) if kv_free else t

@@ -164,6 +164,10 @@ def test_reference_adapter_passes_every_shipped_case(cases: list) -> None:
     cache = ReferenceCache()
     verdicts = Counter()
     failures = []
+    # Every small-tier case, and the first case of each kernel-scale family (the default and
+    # large tiers whole would take minutes and gigabytes: they are benchmarks, not tests).
+    firsts = {c.family: c for c in reversed(cases) if c.tier == "default"}
+    cases = [c for c in cases if c.tier == "small"] + list(firsts.values())
     for case in cases:
         record = evaluate(adapter, case, "cpu", cache)
         verdicts[record["verdict"]] += 1
