@@ -59,12 +59,52 @@ def enable_compilation_cache(jax: Any) -> None:  # noqa: ANN401 - the jax module
     """
     from conformance.cache import cache_dir
 
+    count_compilations(jax)
     folder = cache_dir("jax")
     if folder is None:
         return
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_listening = False
+
+
+def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
+    """Report JAX's tracing, lowering and XLA compilation time to conformance.profile.
+
+    JAX compiles inside the first call of each signature, so the harness cannot time it from
+    outside; JAX's own monitoring events say how long each step took. One backend_compile event
+    is one program (an XLA compilation, or a load from the persistent cache).
+    """
+    global _listening
+    if _listening:
+        return
+    from conformance import profile
+
+    def on_duration(name: str, seconds: float, **_: Any) -> None:  # noqa: ANN401
+        if name in _COMPILE_EVENTS:
+            count = 1 if name == "/jax/core/compile/backend_compile_duration" else 0
+            profile.add("compile", seconds, count)
+
+    def on_event(name: str, **_: Any) -> None:  # noqa: ANN401
+        if name == "/jax/compilation_cache/cache_hits":
+            profile.add("cache_hits", 0.0)
+
+    try:
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(on_duration)
+        monitoring.register_event_listener(on_event)
+    except (ImportError, AttributeError):  # an older JAX without monitoring: no compile split, same results
+        return
+    _listening = True
 
 
 def setup_jax() -> Any:

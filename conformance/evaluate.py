@@ -15,6 +15,7 @@ import traceback
 
 import numpy as np
 
+from . import profile
 from .adapter import Adapter, Unsupported
 from .backward import baseline_gradients, gradient_names, gradients
 from .case import Case
@@ -223,7 +224,8 @@ def evaluate(
 
         return evaluate_training(adapter, case, device, cache, record)
 
-    inputs = cache.inputs(case)
+    with profile.phase("inputs"):
+        inputs = cache.inputs(case)
     start = time.perf_counter()
     try:
         outputs = adapter.run(case, inputs, device)
@@ -258,7 +260,8 @@ def evaluate(
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
     policy = case.mask.fully_masked_rows
     low = tol.baseline_factor is not None
-    expected = cache.reference(case, policy)
+    with profile.phase("reference"):
+        expected = cache.reference(case, policy)
     for name in names:
         if outputs[name].shape != expected[name].shape:
             record.update(
@@ -267,8 +270,10 @@ def evaluate(
                 f"{tuple(expected[name].shape)}",
             )
             return record
-    base = cache.reference(case, policy, same_dtype=True) if low else None
-    comparisons = _compare_all(case, outputs, expected, tol, base, names)
+    with profile.phase("reference"):
+        base = cache.reference(case, policy, same_dtype=True) if low else None
+    with profile.phase("compare"):
+        comparisons = _compare_all(case, outputs, expected, tol, base, names)
     _fill_errors(record, comparisons, tol)
     if case.gradients and tol.baseline_factor is not None:
         record["tolerance"] += f"; gradients: {for_gradients(tol).baseline_factor:g}x baseline"
