@@ -102,7 +102,7 @@ def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
 
         monitoring.register_event_duration_secs_listener(on_duration)
         monitoring.register_event_listener(on_event)
-    except (ImportError, AttributeError):  # an older JAX without monitoring: no compile split, same results
+    except (ImportError, AttributeError):  # an older JAX: no compile split, same results
         return
     _listening = True
 

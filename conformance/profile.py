@@ -53,7 +53,17 @@ def take() -> dict[str, list[float]]:
     return out
 
 
-COLUMNS = ("import", "first", "compile", "compiles", "cache_hits", "run", "inputs", "reference", "compare")
+COLUMNS = (
+    "import",
+    "first",
+    "compile",
+    "compiles",
+    "cache_hits",
+    "run",
+    "inputs",
+    "reference",
+    "compare",
+)
 
 
 @dataclass
@@ -113,4 +123,33 @@ def table(rows: list[Row]) -> str:
         total = row.total + s["import"]
         cells.append(f"{total:.2f}" if math.isfinite(total) else "nan")
         lines.append(f"| {_cell(row.adapter)} | {row.executed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def programs_by_family(records: list[dict], adapters: list[str]) -> str:
+    """A Markdown table: per case family, its executed cases and distinct case shapes, and the
+    programs (compilations/exports, cache loads included) each named adapter obtained for it.
+
+    A program is built the first time a worker meets a signature, so the family that meets it
+    first is charged; run a family alone (`conformance run specs/FAMILY.yaml`) for its own count.
+    """
+    cases: dict[str, set] = {}
+    programs: dict[tuple[str, str], int] = {}
+    for record in records:
+        if record.get("verdict") == "unsupported" or "total_s" not in record:
+            continue
+        family = str(record.get("family"))
+        cases.setdefault(family, set()).add(record["case"])
+        if record["adapter"] in adapters:
+            count = (record.get("phases") or {}).get("compile", [0.0, 0])[1]
+            key = (family, record["adapter"])
+            programs[key] = programs.get(key, 0) + int(count)
+    head = "| family | cases | " + " | ".join(_cell(a) for a in adapters) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(adapters)]
+    for family in sorted(cases):
+        cells = [str(programs.get((family, a), 0)) for a in adapters]
+        lines.append(f"| {_cell(family)} | {len(cases[family])} | " + " | ".join(cells) + " |")
+    totals = [str(sum(n for (_, a), n in programs.items() if a == name)) for name in adapters]
+    total_cases = sum(len(c) for c in cases.values())
+    lines.append(f"| **all** | {total_cases} | " + " | ".join(totals) + " |")
     return "\n".join(lines)
