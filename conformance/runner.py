@@ -345,4 +345,9 @@ class Runner:
 
 
 def default_jobs() -> int:
-    return max(1, os.cpu_count() or 1)
+    """Worker processes at once by default: the CPUs this process may use (a container or
+    `taskset` can allow fewer than the machine has, and more workers than CPUs only thrash)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)

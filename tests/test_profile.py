@@ -99,3 +99,22 @@ def test_run_profile_prints_the_table_and_records_phases(tiny_spec: Path, tmp_pa
             assert phases["inputs"][1] == 1 and phases["compare"][1] == 1
             assert phases["reference"][1] >= 1
             assert "compile" not in phases  # neither adapter compiles anything
+
+
+def test_default_jobs_follows_the_cpus_this_process_may_use() -> None:
+    """A process pinned to one CPU (taskset, a container's cpuset) gets one worker by default,
+    whatever os.cpu_count() says about the machine."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from conformance.runner import default_jobs; print(default_jobs())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
