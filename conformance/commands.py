@@ -311,8 +311,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     reports = _write_reports(path, out_dir, args)
     _summary(dedupe(records), missing, sys.stdout)
-    if args.profile:
-        _print_profile(records, runner.adapter_info)
+    if args.profile:  # this invocation only: resumed records ran earlier
+        _print_profile(records[len(previous) :], runner.adapter_info)
     _user_adapter_help(dedupe(records), entries, cases, out_dir)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
@@ -331,7 +331,7 @@ def _print_profile(records: list[dict], adapter_info: dict) -> None:
     """--profile: where each adapter's time went (conformance.profile), this run's records."""
     from .profile import summarize, table
 
-    fresh = [r for r in records if "total_s" in r]  # resumed records carry no timings
+    fresh = [r for r in records if "total_s" in r]
     print("\nprofile (seconds summed over each adapter's executed cases; see conformance.profile):")
     print(table(summarize(fresh, adapter_info)))
 
