@@ -605,6 +605,7 @@ def _device_put(x: np.ndarray, dev: Any) -> Any:
 
 class JaxDpaXla(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.xla",
         summary="jax.nn.dot_product_attention(implementation='xla'); flags is_causal, "
         "local_window_size, bias, scale; other masks as the boolean mask",
@@ -623,6 +624,7 @@ class JaxDpaXla(_JaxDpa):
 
 class JaxDpaXlaSeqLengths(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.xla.seq-lengths",
         summary="jax.nn.dot_product_attention(implementation='xla') with key/query padding as "
         "key_value_seq_lengths / query_seq_lengths",
@@ -641,6 +643,7 @@ class JaxDpaXlaSeqLengths(_JaxDpa):
 
 class JaxDpaCudnn(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.cudnn",
         summary="jax.nn.dot_product_attention(implementation='cudnn') on CUDA GPUs; padding as "
         "sequence lengths",

@@ -585,6 +585,7 @@ def _decl(name: str, summary: str, features: frozenset, **kw: Any) -> Declaratio
         dtypes=frozenset(NUMPY_DTYPES),
         requires=("torch", "onnxscript", "onnx", "onnxruntime"),
         worker="onnx",
+        compiles=True,  # one torch.onnx export per structure
         **kw,
     )
 

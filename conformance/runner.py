@@ -138,7 +138,17 @@ class Runner:
                     log_path=log,
                 )
                 units.append(Unit(spec=spec, entries=group, cases=part))
-        units.sort(key=lambda u: -weights[u.spec.key] / max(1, shards[u.spec.key]))
+        # Longest first: compile-bound workers (measured: minutes on a first run, against
+        # seconds for eager ones; docs/performance.md), then by supported (case, adapter) pairs.
+        compiles = {
+            key: any(e.declaration.compiles for e in group) for key, group in groups.items()
+        }
+        units.sort(
+            key=lambda u: (
+                not compiles[u.spec.key],
+                -weights[u.spec.key] / max(1, shards[u.spec.key]),
+            )
+        )
         return units
 
     # --- worker lifecycle ------------------------------------------------------------------

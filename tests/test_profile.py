@@ -118,3 +118,35 @@ def test_default_jobs_follows_the_cpus_this_process_may_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_compile_bound_workers_start_first() -> None:
+    """The planner starts workers whose adapters compile (minutes on a fresh machine) before
+    eager ones with more cases; among equals, more supported (case, adapter) pairs first.
+    Declarations here are test doubles of the harness's own input, nothing is run."""
+    import dataclasses
+
+    from conformance.adapter import Declaration
+    from conformance.registry import AdapterEntry
+    from conformance.runner import Runner, RunOptions
+    from conformance.spec import load_spec
+
+    spec = Path(__file__).parent / "plugin_cases.yaml"
+    cases = load_spec(spec)
+    base = Declaration(name="x", summary="x", framework="numpy", features=frozenset())
+
+    def entry(name: str, worker: str, compiles: bool, layer: bool) -> AdapterEntry:
+        modes = frozenset({"layer", "kernel"} if layer else {"kernel"})
+        decl = dataclasses.replace(base, name=name, worker=worker, compiles=compiles)
+        tags = {t for case in cases for t in case.features} - {"layer", "kernel"}
+        decl = dataclasses.replace(decl, features=modes | tags)
+        return AdapterEntry(name=name, target="m:C", declaration=decl, source="builtin")
+
+    entries = [
+        entry("eager.few", "small", False, layer=False),
+        entry("eager.many", "eager", False, layer=True),
+        entry("jit.few", "jit", True, layer=False),
+    ]
+    runner = Runner(cases, entries, RunOptions(jobs=1), lambda record: None)
+    assert any(c.mode == "layer" for c in cases)  # so "eager" has more pairs than "small"
+    assert [unit.spec.key for unit in runner._plan()] == ["jit", "eager", "small"]
