@@ -101,6 +101,7 @@ _UNSUPPORTED = {
 
 class FlaxLinen(Adapter):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="flax.linen",
         summary="flax.linen.MultiHeadDotProductAttention: einsum + softmax in flax, every mask "
         "(causal included) as the boolean mask, decode cache, weights via sow_weights",

@@ -366,6 +366,7 @@ class _FlaxNnx(Adapter):
 
 class FlaxNnxFused(_FlaxNnx):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="flax.nnx.fused",
         summary="flax.nnx.MultiHeadAttention, default path: jax.nn.dot_product_attention "
         "inside (no dropout, no sown weights); is_causal flag, boolean mask, decode cache",
@@ -402,6 +403,7 @@ class FlaxNnxFused(_FlaxNnx):
 
 class FlaxNnxExplicit(_FlaxNnx):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="flax.nnx.explicit",
         summary="flax.nnx.MultiHeadAttention(sow_weights=True): flax's own einsum + softmax "
         "(the path dropout takes), per-head weights sown and compared; attention dropout "

@@ -59,12 +59,52 @@ def enable_compilation_cache(jax: Any) -> None:  # noqa: ANN401 - the jax module
     """
     from conformance.cache import cache_dir
 
+    count_compilations(jax)
     folder = cache_dir("jax")
     if folder is None:
         return
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_listening = False
+
+
+def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
+    """Report JAX's tracing, lowering and XLA compilation time to conformance.profile.
+
+    JAX compiles inside the first call of each signature, so the harness cannot time it from
+    outside; JAX's own monitoring events say how long each step took. One backend_compile event
+    is one program (an XLA compilation, or a load from the persistent cache).
+    """
+    global _listening
+    if _listening:
+        return
+    from conformance import profile
+
+    def on_duration(name: str, seconds: float, **_: Any) -> None:  # noqa: ANN401
+        if name in _COMPILE_EVENTS:
+            count = 1 if name == "/jax/core/compile/backend_compile_duration" else 0
+            profile.add("compile", seconds, count)
+
+    def on_event(name: str, **_: Any) -> None:  # noqa: ANN401
+        if name == "/jax/compilation_cache/cache_hits":
+            profile.add("cache_hits", 0.0)
+
+    try:
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(on_duration)
+        monitoring.register_event_listener(on_event)
+    except (ImportError, AttributeError):  # an older JAX: no compile split, same results
+        return
+    _listening = True
 
 
 def setup_jax() -> Any:
@@ -565,6 +605,7 @@ def _device_put(x: np.ndarray, dev: Any) -> Any:
 
 class JaxDpaXla(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.xla",
         summary="jax.nn.dot_product_attention(implementation='xla'); flags is_causal, "
         "local_window_size, bias, scale; other masks as the boolean mask",
@@ -583,6 +624,7 @@ class JaxDpaXla(_JaxDpa):
 
 class JaxDpaXlaSeqLengths(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.xla.seq-lengths",
         summary="jax.nn.dot_product_attention(implementation='xla') with key/query padding as "
         "key_value_seq_lengths / query_seq_lengths",
@@ -601,6 +643,7 @@ class JaxDpaXlaSeqLengths(_JaxDpa):
 
 class JaxDpaCudnn(_JaxDpa):
     declaration = Declaration(
+        compiles=True,  # one XLA program per signature
         name="jax.dpa.cudnn",
         summary="jax.nn.dot_product_attention(implementation='cudnn') on CUDA GPUs; padding as "
         "sequence lengths",

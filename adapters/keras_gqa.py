@@ -157,6 +157,7 @@ def _declaration(backend: str, path: str) -> Declaration:
         requires=("keras", backend),
         worker=f"keras-{backend}",
         env={"KERAS_BACKEND": backend},
+        compiles=backend == "jax",  # JAX compiles every op per shape, eager calls too
         divergences=keras_divergences(backend, path),
         unsupported_reasons=reasons,
         dropout=KERAS_DROPOUT,

@@ -121,6 +121,9 @@ class Declaration:
     notes: str = ""
     # How training-mode dropout ("dropout-training") is applied; None: DropoutBehavior().
     dropout: DropoutBehavior | None = None
+    # Builds one program per signature on first use (an XLA compilation, an ONNX export): on a
+    # fresh machine such workers take the longest, so the runner starts them first.
+    compiles: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted((self.features | self.dtypes) - set(FEATURES))

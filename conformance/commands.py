@@ -396,6 +396,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     reports = _write_reports(path, out_dir, args)
     _summary(dedupe(records), missing, sys.stdout)
+    if args.profile:  # this invocation only: resumed records ran earlier
+        _print_profile(records[len(previous) :], runner.adapter_info)
     _user_adapter_help(dedupe(records), entries, cases, out_dir, args.timeout)
     print(f"\nresults: {path}" + "".join(f"\n         {p}" for p in reports))
     if stopped:
@@ -410,6 +412,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if expected is not None:
         bad = _report_expected(expected, dedupe(records), args.expected)
     return 1 if bad else empty
+
+
+def _print_profile(records: list[dict], adapter_info: dict) -> None:
+    """--profile: where each adapter's time went (conformance.profile), this run's records."""
+    from .profile import summarize, table
+
+    fresh = [r for r in records if "total_s" in r]
+    print("\nprofile (seconds summed over each adapter's executed cases; see conformance.profile):")
+    print(table(summarize(fresh, adapter_info)))
 
 
 # --- nothing executed (conformance.executed) -------------------------------------------------
@@ -658,6 +669,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="continue an interrupted run in DIR without redoing finished results",
     )
     p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where each adapter's time went: import, first case, compile/export, run, "
+        "inputs, reference, comparison",
+    )
     p.add_argument(
         "--no-cache",
         action="store_true",

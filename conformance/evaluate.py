@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import profile
 from .adapter import Adapter, Unsupported
 from .backward import baseline_gradients, gradient_names, gradients
 from .case import Case
@@ -229,12 +230,14 @@ def evaluate(
 
         return evaluate_training(adapter, case, device, cache, record)
 
-    inputs = cache.inputs(case)
+    with profile.phase("inputs"):
+        inputs = cache.inputs(case)
+        private = copy.deepcopy(inputs)
     # issue 18: the reference is computed before the adapter runs, and the adapter gets a
     # private copy (deepcopy keeps self-attention's key/value aliasing the query), so one
     # that writes into its inputs can corrupt neither the reference nor another adapter's run.
-    cache.reference(case, case.mask.fully_masked_rows)
-    private = copy.deepcopy(inputs)
+    with profile.phase("reference"):
+        cache.reference(case, case.mask.fully_masked_rows)
     start = time.perf_counter()
     try:
         outputs = adapter.run(case, private, device)
@@ -281,7 +284,8 @@ def evaluate(
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
     policy = case.mask.fully_masked_rows
     low = tol.baseline_factor is not None
-    expected = cache.reference(case, policy)
+    with profile.phase("reference"):
+        expected = cache.reference(case, policy)
     for name in names:
         if outputs[name].shape != expected[name].shape:
             record.update(
@@ -290,8 +294,10 @@ def evaluate(
                 f"{tuple(expected[name].shape)}",
             )
             return record
-    base = cache.reference(case, policy, same_dtype=True) if low else None
-    comparisons = _compare_all(case, outputs, expected, tol, base, names)
+    with profile.phase("reference"):
+        base = cache.reference(case, policy, same_dtype=True) if low else None
+    with profile.phase("compare"):
+        comparisons = _compare_all(case, outputs, expected, tol, base, names)
     _fill_errors(record, comparisons, tol)
     if case.gradients and tol.baseline_factor is not None:
         record["tolerance"] += f"; gradients: {for_gradients(tol).baseline_factor:g}x baseline"

@@ -151,7 +151,17 @@ class Runner:
                     log_path=log,
                 )
                 units.append(Unit(spec=spec, entries=group, cases=part))
-        units.sort(key=lambda u: -weights[u.spec.key] / max(1, shards[u.spec.key]))
+        # Longest first: compile-bound workers (measured: minutes on a first run, against
+        # seconds for eager ones; docs/performance.md), then by supported (case, adapter) pairs.
+        compiles = {
+            key: any(e.declaration.compiles for e in group) for key, group in groups.items()
+        }
+        units.sort(
+            key=lambda u: (
+                not compiles[u.spec.key],
+                -weights[u.spec.key] / max(1, shards[u.spec.key]),
+            )
+        )
         return units
 
     # --- worker lifecycle ------------------------------------------------------------------
@@ -361,4 +371,9 @@ class Runner:
 
 
 def default_jobs() -> int:
-    return max(1, os.cpu_count() or 1)
+    """Worker processes at once by default: the CPUs this process may use (a container or
+    `taskset` can allow fewer than the machine has, and more workers than CPUs only thrash)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)

@@ -62,6 +62,7 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _redirect_output(spec.log_path)
 
+    from . import profile
     from .evaluate import ReferenceCache, evaluate
     from .registry import load_target
 
@@ -82,6 +83,7 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
             traceback.print_exc()
         hello[name] = info
     conn.send(("hello", hello))
+    profile.take()  # what setup() compiled is in setup_s already
 
     cache = ReferenceCache()
     while True:
@@ -99,5 +101,9 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
             # total_s: the whole case through the harness (inputs, reference, adapter, compare);
             # duration_s: the adapter's run() alone. Their ratio is the harness overhead.
             record["total_s"] = time.perf_counter() - started
+            # phases: where the case's time went (compile/export, inputs, reference, compare)
+            phases = profile.take()
+            if phases:
+                record["phases"] = phases
             conn.send(("result", index, record))
         conn.send(("done",))

@@ -442,3 +442,18 @@ def test_dropout_unsupported_where_the_path_cannot_take_it(dpa, nnx_adapters, sh
     forced.setup()
     r = run(forced, case)
     assert r["verdict"] == "error" and "expected the fused path" in r["message"]
+
+
+def test_dpa_compiles_once_per_signature_and_reports_it(dpa) -> None:  # noqa: ANN001
+    """Two cases that differ only in data share one XLA program: the first case's record counts
+    it (conformance.profile, from JAX's monitoring events), the second compiles nothing."""
+    from conformance import profile
+
+    # A shape no other test uses, so this process has not compiled it yet.
+    first, second = (make_case(n, "kernel", "float32", T=3, S=11, H=1) for n in ("sig-a", "sig-b"))
+    profile.take()
+    assert run(dpa["xla"], first)["verdict"] == "pass"
+    programs = profile.take().get("compile", [0.0, 0])[1]
+    assert programs >= 1  # compiled, or loaded from the persistent cache: counted either way
+    assert run(dpa["xla"], second)["verdict"] == "pass"
+    assert "compile" not in profile.take()
