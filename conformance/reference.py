@@ -23,7 +23,8 @@ import numpy as np
 from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
-from .masks import build_mask
+from .masks import build_mask, causal_offset
+from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap
 
 Rounding = Callable[[np.ndarray], np.ndarray]
 POLICIES = (*MASKED_ROW_POLICIES, "unmasked")
@@ -38,11 +39,13 @@ def softmax_rows(
     visible: np.ndarray,
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
+    sink: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax over the last axis of `logits` restricted to `visible` keys.
 
     logits [..., S] finite; visible [..., S] bool (broadcastable). Rows with no visible key
-    follow `masked_rows`.
+    follow `masked_rows`. `sink` [H] (logits [B, H, T, S]): a sink logit per head in every
+    denominator; a row with no visible key then gives all its weight to the sink (zeros).
     """
     if masked_rows not in POLICIES:
         raise ValueError(f"masked_rows must be one of {POLICIES}, got {masked_rows!r}")
@@ -54,9 +57,13 @@ def softmax_rows(
     masked = np.where(visible, logits, -np.inf)
     peak = np.max(np.where(visible, logits, -np.inf), axis=-1, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
+    if sink is not None:  # issue 14: the sink joins the running maximum (no overflow)
+        peak = np.maximum(peak, np.asarray(sink, dtype=np.float64)[:, None, None])
     with np.errstate(invalid="ignore", over="ignore"):
         exps = rounding(np.exp(rounding(masked - peak)))
         total = rounding(exps.sum(axis=-1, keepdims=True))
+        if sink is not None:
+            total = rounding(total + rounding(sink_denominator_term(sink, peak)))
         probs = rounding(exps / total)  # empty rows: 0 / 0 = nan
     if masked_rows == "zeros":
         probs = np.where(empty, 0.0, probs)
@@ -75,9 +82,12 @@ def dot_product_attention(
     bias: np.ndarray | None = None,
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
+    terms: ScoreTerms | None = None,
+    alibi_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
-    probs [B,H,T,S])."""
+    probs [B,H,T,S]). `terms`: softcap, ALiBi (query t at key t + alibi_offset) and sinks, in
+    the order conformance.score_terms documents."""
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     if h % g:
@@ -86,11 +96,19 @@ def dot_product_attention(
     qg = q.reshape(b, g, r, t, kd)
     logits = rounding(np.einsum("bgrtk,bgsk->bgrts", qg, k).reshape(b, h, t, s))
     logits = rounding(logits * scale)
+    # --- issue 14: score terms, before the bias and the mask (conformance.score_terms) ---
+    terms = terms or ScoreTerms()
+    if terms.softcap is not None:
+        logits = rounding(softcap(logits, terms.softcap))
+    if terms.alibi is not None:
+        alibi = alibi_bias(np.asarray(terms.alibi), np.arange(t), np.arange(s), alibi_offset)
+        logits = rounding(logits + alibi[None])
+    # --- end issue 14 ---
     visible = np.ones((1, 1, 1, s), dtype=bool) if attend is None else attend
     if bias is not None:
         visible = visible & np.isfinite(bias)
         logits = rounding(logits + np.where(np.isfinite(bias), bias, 0.0))
-    probs = softmax_rows(logits, visible, masked_rows, rounding)
+    probs = softmax_rows(logits, visible, masked_rows, rounding, sink=terms.sink)
     pg = probs.reshape(b, g, r, t, s)
     out = rounding(np.einsum("bgrts,bgsv->bgrtv", pg, v).reshape(b, h, t, v.shape[-1]))
     return out, probs
@@ -163,11 +181,12 @@ def attention(
     policy = masked_rows or case.mask.fully_masked_rows
     attend, bias = build_mask(case)
     a, w = inputs.arrays, inputs.weights
+    terms = {"terms": case.scores, "alibi_offset": alibi_offset(case)}  # issue 14
     if case.mode == "kernel":
         k, v = a["k"], a["v"]
         out, probs = dot_product_attention(
             a["q"], k, v, scale=case.effective_scale, attend=attend, bias=bias,
-            masked_rows=policy, rounding=rounding,
+            masked_rows=policy, rounding=rounding, **terms,
         )  # fmt: skip
         return {"output": out, "weights": probs, "weights_mean": probs.mean(axis=1)}
 
@@ -180,11 +199,19 @@ def attention(
     k, v, attend, bias = _append_extra_keys(case, w, k, v, attend, bias)
     heads, probs = dot_product_attention(
         q, k, v, scale=case.effective_scale, attend=attend, bias=bias,
-        masked_rows=policy, rounding=rounding,
+        masked_rows=policy, rounding=rounding, **terms,
     )  # fmt: skip
     y = rounding(rounding(np.einsum("bhtv,hvd->btd", heads, w["wo"])) + w["bo"])
     y = _from_sequence(case, y, a["query"].shape)
     return {"output": y, "weights": probs, "weights_mean": probs.mean(axis=1)}
+
+
+def alibi_offset(case: Case) -> int:
+    """Key position of query 0 for ALiBi distances: the causal band's offset under a causal
+    mask, else S - T (queries end the key sequence, as in decoding and FlashAttention)."""
+    if case.mask.causal:
+        return causal_offset(case)
+    return case.shape.kv_len - case.shape.query_len
 
 
 def baseline(case: Case, inputs: CaseInputs, masked_rows: str | None = None) -> dict:

@@ -1,0 +1,89 @@
+"""Score terms of modern attention: logit soft-capping, ALiBi biases and attention sinks.
+
+Each is a function of absolute position index arrays (query positions, key positions) and the
+head, never of a whole [T, S] matrix, so a blockwise computation can call it per block.
+Shape letters: H query heads, T queries, S keys.
+
+The order in which they act on one head's scaled logits x = scale * q.k is fixed here, because
+every native implementation agrees on it (Gemma 2, FlashAttention, the ONNX Attention reference,
+ORT GroupQueryAttention):
+
+    x -> softcap(x) = cap * tanh(x / cap)       (before any bias or mask: a masked -inf
+                                                  would otherwise become a finite -cap)
+      -> + alibi(h, t, s) + bias(t, s)          (additive terms)
+      -> masked keys removed
+      -> softmax with an optional sink logit per head in the denominator:
+         p_s = exp(x_s) / (exp(sink_h) + sum_s' exp(x_s'))   (the sink takes the rest)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ALIBI_KINDS = ("standard",)
+
+
+@dataclass(frozen=True)
+class ScoreTerms:
+    """Resolved score terms of a case. Every tuple has one entry per query head (H)."""
+
+    softcap: float | None = None  # cap > 0: logits -> cap * tanh(logits / cap)
+    alibi: tuple[float, ...] | None = None  # slope per head: bias -slope * |t + offset - s|
+    sink: tuple[float, ...] | None = None  # sink logit per head, added to the denominator
+    alibi_standard: bool = False  # the slopes are the paper's standard ones (for adapters)
+
+    def is_empty(self) -> bool:
+        return self.softcap is None and self.alibi is None and self.sink is None
+
+    @property
+    def off_by_one(self) -> bool:
+        """Every sink logit is 0: softmax_1 / ORT's smooth softmax, exp(0) = 1 added."""
+        return self.sink is not None and all(s == 0.0 for s in self.sink)
+
+
+def standard_alibi_slopes(num_heads: int) -> tuple[float, ...]:
+    """The ALiBi paper's slopes (Press et al. 2022, the authors' `get_slopes`).
+
+    For H a power of two: 2^(-8 (h + 1) / H). Otherwise the slopes of the closest smaller power
+    of two n, then every other slope of 2n, as the reference code (and BLOOM, MPT) do.
+    """
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return tuple(power_of_two(num_heads))
+    closest = 2 ** math.floor(math.log2(num_heads))
+    extra = power_of_two(2 * closest)[0::2][: num_heads - closest]
+    return tuple(power_of_two(closest) + extra)
+
+
+def softcap(logits: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(logits / cap): smooth, odd, bounded by +-cap, ~identity for |x| << cap."""
+    return cap * np.tanh(logits / cap)
+
+
+def alibi_bias(
+    slopes: np.ndarray, query_pos: np.ndarray, key_pos: np.ndarray, offset: int
+) -> np.ndarray:
+    """slopes [H], query_pos [T], key_pos [S] -> bias [H, T, S] = -slope_h * |t + offset - s|.
+
+    `offset` places query t at key position t + offset (S - T for queries that end the key
+    sequence, as in decoding and FlashAttention; the causal offset when a causal mask is set).
+    Under a causal mask only keys s <= t + offset remain, where this is the paper's
+    -slope * (t + offset - s); without one it is the symmetric (bidirectional) form.
+    """
+    distance = np.abs(query_pos[:, None] + offset - key_pos[None, :]).astype(np.float64)
+    return -np.asarray(slopes, dtype=np.float64)[:, None, None] * distance[None]
+
+
+def sink_denominator_term(sink: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """exp(sink_h - peak): the sink's share of a softmax denominator shifted by `peak`.
+
+    sink [H] broadcast against peak [..., H, T, 1] (the running maximum of the row).
+    """
+    return np.exp(np.asarray(sink, dtype=np.float64)[:, None, None] - peak)
