@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .case import Case
+from .score_terms import alibi_for_case
 from .seeding import stream
 
 
@@ -72,6 +73,11 @@ def build_mask(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
     if m.bias_scale is not None:
         values = m.bias_scale * stream(case.data_key, "mask.bias").standard_normal((b, heads, t, n))
         bias = values if bias is None else bias + values
+    # --- issue 14: ALiBi is an additive bias [B, H, T, S] (conformance.score_terms) ---
+    alibi = alibi_for_case(case)
+    if alibi is not None:
+        bias = alibi if bias is None else bias + alibi  # broadcasts 1 -> H heads
+    # --- end issue 14 ---
     return attend, bias
 
 

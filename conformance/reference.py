@@ -23,8 +23,8 @@ import numpy as np
 from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
-from .masks import build_mask, causal_offset
-from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap
+from .masks import build_mask
+from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap, without_alibi
 
 Rounding = Callable[[np.ndarray], np.ndarray]
 POLICIES = (*MASKED_ROW_POLICIES, "unmasked")
@@ -181,7 +181,8 @@ def attention(
     policy = masked_rows or case.mask.fully_masked_rows
     attend, bias = build_mask(case)
     a, w = inputs.arrays, inputs.weights
-    terms = {"terms": case.scores, "alibi_offset": alibi_offset(case)}  # issue 14
+    # issue 14: ALiBi arrived inside `bias` (build_mask); softcap and sinks act here.
+    terms = {"terms": without_alibi(case).scores}
     if case.mode == "kernel":
         k, v = a["k"], a["v"]
         out, probs = dot_product_attention(
@@ -204,14 +205,6 @@ def attention(
     y = rounding(rounding(np.einsum("bhtv,hvd->btd", heads, w["wo"])) + w["bo"])
     y = _from_sequence(case, y, a["query"].shape)
     return {"output": y, "weights": probs, "weights_mean": probs.mean(axis=1)}
-
-
-def alibi_offset(case: Case) -> int:
-    """Key position of query 0 for ALiBi distances: the causal band's offset under a causal
-    mask, else S - T (queries end the key sequence, as in decoding and FlashAttention)."""
-    if case.mask.causal:
-        return causal_offset(case)
-    return case.shape.kv_len - case.shape.query_len
 
 
 def baseline(case: Case, inputs: CaseInputs, masked_rows: str | None = None) -> dict:

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .case import Case
 
 ALIBI_KINDS = ("standard",)
 
@@ -87,3 +91,41 @@ def sink_denominator_term(sink: np.ndarray, peak: np.ndarray) -> np.ndarray:
     sink [H] broadcast against peak [..., H, T, 1] (the running maximum of the row).
     """
     return np.exp(np.asarray(sink, dtype=np.float64)[:, None, None] - peak)
+
+
+def alibi_offset(case: Case) -> int:
+    """Key position of query 0 for ALiBi distances: the causal band's offset under a causal
+    mask, else S - T (queries end the key sequence, as in decoding and FlashAttention)."""
+    from .masks import causal_offset  # local: masks imports this module
+
+    if case.mask.causal:
+        return causal_offset(case)
+    return case.shape.kv_len - case.shape.query_len
+
+
+def alibi_for_case(case: Case) -> np.ndarray | None:
+    """The case's ALiBi term as an additive bias [B, H, T, S] (None without ALiBi).
+
+    ALiBi is a bias, so it travels with the neutral mask's bias (conformance.masks.build_mask):
+    every adapter that takes an additive attention bias receives it there, which is how BLOOM
+    and MPT feed it to SDPA-style kernels. An adapter with a native ALiBi parameter removes it
+    from the case first and passes the slopes.
+    """
+    if case.scores is None or case.scores.alibi is None:
+        return None
+    s = case.shape
+    heads = alibi_bias(
+        np.asarray(case.scores.alibi), np.arange(s.query_len), np.arange(s.kv_len),
+        alibi_offset(case),
+    )  # fmt: skip
+    return np.broadcast_to(heads[None], (s.batch, *heads.shape)).copy()
+
+
+def without_alibi(case: Case) -> Case:
+    """The case with its ALiBi term removed (for adapters that pass the slopes natively)."""
+    import dataclasses
+
+    if case.scores is None or case.scores.alibi is None:
+        return case
+    scores = dataclasses.replace(case.scores, alibi=None, alibi_standard=False)
+    return dataclasses.replace(case, scores=None if scores.is_empty() else scores)

@@ -612,6 +612,11 @@ def _resolve_case(
             )  # fmt: skip
         if shape.get("attention_axes"):
             raise ctx.error("score terms are not supported with attention_axes", node, "scores")
+        if scores.alibi is not None and decode is not None:
+            raise ctx.error(
+                "ALiBi with incremental decoding is not expressible here yet", node, "scores",
+                "state the step as a kernel case: T new queries ending S keys (offset S - T)",
+            )  # fmt: skip
 
     estimate = estimate_bytes(shape, mode)
     if estimate > MAX_CASE_BYTES:

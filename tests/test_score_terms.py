@@ -162,3 +162,18 @@ def test_layer_case_through_spec(tmp_path) -> None:
         rtol=1e-14,
     )
     assert Case.from_dict(capped.to_dict()) == capped
+
+
+def test_spec_case_matches_scalar_loop(tmp_path) -> None:
+    """Whole path: spec -> case -> build_mask (ALiBi as a bias) -> reference, vs the loop."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "version: 1\nfamily: f\ncases:\n  - name: a\n    mode: kernel\n"
+        "    shape: {query_len: 4, kv_len: 6, num_heads: 4, num_kv_heads: 2, key_dim: 3}\n"
+        "    mask: {causal: bottom-right}\n    scale: 1.0\n"
+        "    scores: {softcap: 2.0, alibi: standard, sink: [1.0, 0.0, -1.0, 0.5]}\n"
+    )
+    (case,) = load_spec(spec)
+    a = make_inputs(case).arrays
+    want = loop_attention(a["q"], a["k"], a["v"], 1.0, case.scores, offset=2, causal=True)
+    np.testing.assert_allclose(attention(case, make_inputs(case))["output"], want, rtol=1e-12)
