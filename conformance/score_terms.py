@@ -77,9 +77,9 @@ def alibi_bias(
     """slopes [H], query_pos [T], key_pos [S] -> bias [H, T, S] = -slope_h * |t + offset - s|.
 
     `offset` places query t at key position t + offset (S - T for queries that end the key
-    sequence, as in decoding and FlashAttention; the causal offset when a causal mask is set).
-    Under a causal mask only keys s <= t + offset remain, where this is the paper's
-    -slope * (t + offset - s); without one it is the symmetric (bidirectional) form.
+    sequence, as in decoding and FlashAttention). Under a bottom-right causal mask only keys
+    s <= t + offset remain, where this is the paper's -slope * (t + offset - s); without one it
+    is the symmetric (bidirectional) form.
     """
     distance = np.abs(query_pos[:, None] + offset - key_pos[None, :]).astype(np.float64)
     return -np.asarray(slopes, dtype=np.float64)[:, None, None] * distance[None]
@@ -94,12 +94,9 @@ def sink_denominator_term(sink: np.ndarray, peak: np.ndarray) -> np.ndarray:
 
 
 def alibi_offset(case: Case) -> int:
-    """Key position of query 0 for ALiBi distances: the causal band's offset under a causal
-    mask, else S - T (queries end the key sequence, as in decoding and FlashAttention)."""
-    from .masks import causal_offset  # local: masks imports this module
-
-    if case.mask.causal:
-        return causal_offset(case)
+    """Key position of query 0 for ALiBi distances: S - T, queries end the key sequence (as in
+    decoding, chunked prefill and FlashAttention's alibi_slopes), whatever the mask; so the
+    bias does not change when an adapter moves a causal mask into a flag."""
     return case.shape.kv_len - case.shape.query_len
 
 

@@ -82,7 +82,7 @@ CASE_KEYS = {
 }
 SCORE_KEYS = {  # issue 14
     "softcap": "cap > 0: logits -> cap * tanh(logits / cap), before bias and mask (Gemma 2)",
-    "alibi": "standard (the paper's slopes) or a list of H slopes: bias -slope * |t + off - s|",
+    "alibi": "standard (the paper's slopes) or a list of H slopes: bias -slope * |t + S - T - s|",
     "sink": "zero (off-by-one softmax) or a list of H sink logits added to the denominator",
 }
 DROPOUT_KEYS = {
