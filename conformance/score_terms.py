@@ -126,3 +126,23 @@ def without_alibi(case: Case) -> Case:
         return case
     scores = dataclasses.replace(case.scores, alibi=None, alibi_standard=False)
     return dataclasses.replace(case, scores=None if scores.is_empty() else scores)
+
+
+def describe_terms(case: Case, limit: int = 12) -> list[str]:
+    """`conformance show` lines: the terms, and head 0's ALiBi bias as numbers (last query)."""
+    terms = case.scores
+    nums = lambda xs: "[" + ", ".join(f"{x:.4g}" for x in xs) + "]"  # noqa: E731
+    lines = ["  scores      applied in order: softcap -> + ALiBi + bias -> mask -> softmax(+sink)"]
+    if terms.softcap is not None:
+        lines.append(f"  softcap     {terms.softcap:g} * tanh(logits / {terms.softcap:g})")
+    if terms.alibi is not None:
+        kind = "standard slopes" if terms.alibi_standard else "slopes"
+        lines.append(f"  alibi       {kind} per head {nums(terms.alibi)}")
+        s = case.shape
+        row = alibi_bias(np.asarray(terms.alibi[:1]), np.arange(s.query_len)[-1:],
+                         np.arange(s.kv_len)[:limit], alibi_offset(case))[0, 0] + 0.0  # fmt: skip
+        lines.append(f"              head 0, last query, keys 0..{len(row) - 1}: {nums(row)}")
+    if terms.sink is not None:
+        what = "zero (off-by-one softmax)" if terms.off_by_one else nums(terms.sink)
+        lines.append(f"  sink        per-head sink logit in the denominator: {what}")
+    return lines
