@@ -13,17 +13,18 @@ Variants (each its own adapter):
 
 - `torch.flex.eager`     flex_attention called directly: torch's unfused eager path, which
                          materialises the scores (torch warns that it is not the fused kernel)
-- `torch.flex.compiled`  torch.compile(flex_attention, dynamic=True): the generated fused
-                         kernel users run in production (Inductor, a C++ kernel on CPU)
+- `torch.flex.compiled`  torch.compile(flex_attention, dynamic=False, fullgraph=True): the
+                         generated fused kernel users run in production (Inductor, a C++
+                         kernel on CPU)
 - `torch.flex.eager.lse-sink`  attention sinks composed by the caller from flex's log-sum-exp
                          (return_aux=AuxRequest(lse=True)): out * sigmoid(lse - sink[h]).
                          FlexAttention has no sink term (a score_mod cannot reach the softmax
                          denominator), so the composition is named as one.
 
 Compile cost: score_mod and mask_mod are built from one code shape per feature combination;
-their parameters (cap, slopes, offset, mask and bias tensors) are captured tensors, and the
-compiled function is made once per worker with dynamic=True, so cases of other sizes reuse the
-compiled graph instead of recompiling (measured in docs/adapters/torch.md).
+their parameters (cap, slopes, offset, mask and bias tensors) are captured tensors, so a case
+that changes only parameters reuses the compiled graph; each new size compiles once
+(static shapes; measured in docs/adapters/torch.md, with why not dynamic=True).
 """
 
 from __future__ import annotations
@@ -55,9 +56,18 @@ _COMPILED: dict[str, Any] = {}  # one torch.compile(flex_attention) per worker p
 def _compiled_flex() -> Any:
     if "flex" not in _COMPILED:
         import torch
+        import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=True)
+        # Static shapes: with dynamic=True Inductor's CPU template emits C++ that does not
+        # compile for some masks (docs/adapters/torch.md), and which cases hit it depended on
+        # the order cases reached the worker (duck-sized T == S graphs were reused). Each shape
+        # compiles once; past dynamo's recompile limit it would silently run eagerly, so the
+        # limit is raised and hitting it is an error, never a quiet fallback.
+        dynamo_config.recompile_limit = 4096
+        dynamo_config.accumulated_recompile_limit = 1 << 16
+        dynamo_config.fail_on_recompile_limit_hit = True
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     return _COMPILED["flex"]
 
 
@@ -244,13 +254,13 @@ TorchFlexAdapter.declaration = _declaration(
 
 
 class TorchFlexCompiled(TorchFlexAdapter):
-    """torch.compile(flex_attention, dynamic=True): the fused kernel Inductor generates."""
+    """torch.compile(flex_attention): the fused kernel Inductor generates."""
 
     compiled = True
     declaration = _declaration(
         "torch.flex.compiled",
-        "torch.compile(flex_attention, dynamic=True): Inductor's fused FlexAttention kernel, "
-        "same mask_mod/score_mod as torch.flex.eager",
+        "torch.compile(flex_attention, dynamic=False, fullgraph=True): Inductor's fused "
+        "FlexAttention kernel, same mask_mod/score_mod as torch.flex.eager",
         dtypes=frozenset({"float32"}),
         unsupported_reasons={
             **FLEX_UNSUPPORTED,
