@@ -321,6 +321,7 @@ class AttentionConfig:
     nonpad: bool = False
     window: tuple[int, int] | None = None  # opset 25 (left_window_size, right_window_size)
     expanded: bool = False
+    softcap: float | None = None  # issue 14: the operator's softcap attribute
 
 
 def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
@@ -346,6 +347,8 @@ def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], di
         attrs["kv_num_heads"] = cfg.kv_heads
     if cfg.window is not None:
         attrs["left_window_size"], attrs["right_window_size"] = cfg.window
+    if cfg.softcap is not None:
+        attrs["softcap"] = float(cfg.softcap)
     return inputs, outputs, attrs
 
 
@@ -471,6 +474,7 @@ class OnnxAttentionBase(OrtAdapter):
             value_dim=s.value_dim,
             scale=case.scale,
             expanded=self.EXPANDED,
+            softcap=case.scores.softcap if case.scores else None,  # issue 14
         )
         return dataclasses.replace(cfg, **changes)
 
@@ -638,10 +642,17 @@ KERNEL_FEATURES = frozenset(
         "scale",
         "decode",
         "weights",
+        # issue 14: softcap is the operator's attribute (applied before attn_mask, as the
+        # spec says); ALiBi goes in the float attn_mask as a bias, as exporters of BLOOM do
+        "softcap",
+        "alibi",
+        "alibi-standard",
     }
 )
 
 UNSUPPORTED = {
+    "sink": "no sink logit in the operator (opsets 23-25)",
+    "sink-zero": "no off-by-one softmax in the operator (opsets 23-25)",
     "window": "no sliding window before opset 25 (left_window_size/right_window_size: see "
     "onnx.attention.opset25)",
     "weights-mean": "the operator returns per-head weights only (qk_matmul_output)",

@@ -61,6 +61,9 @@ class ContribConfig:
     weights: bool = False
     past: bool = False
     window: int = -1  # GQA local_window_size
+    softcap: float | None = None  # issue 14: GQA softcap attribute
+    smooth_softmax: bool = False  # GQA smooth_softmax=1: a zero sink logit per head
+    head_sink: bool = False  # GQA head_sink input [H]: a learned sink logit per head
 
 
 def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
@@ -78,6 +81,7 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
         "past_key": (et, ["B", g, "P", k]),
         "past_value": (et, ["B", g, "P", v]),
         "seqlens_k": (i32, ["B"]),
+        "head_sink": (et, [h]),
         "total_sequence_length": (i32, []),
         "output": (et, ["B", "T", h * v]),
         "present_key": (et, ["B", g, "L", k]),
@@ -96,8 +100,13 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
             attrs["unidirectional"] = 1
     else:
         node_in = ["query", "key", "value", *past, "seqlens_k", "total_sequence_length"]
-        node_in += ["", "", "", bias] if bias else []
+        # inputs 7-11: cos_cache, sin_cache, position_ids, attention_bias, head_sink
+        node_in += ["", "", "", bias, "head_sink" if cfg.head_sink else ""]
         attrs["kv_num_heads"] = g
+        if cfg.softcap is not None:
+            attrs["softcap"] = float(cfg.softcap)
+        if cfg.smooth_softmax:
+            attrs["smooth_softmax"] = 1
         attrs["causal"] = int(cfg.causal)
         if cfg.window >= 0:
             attrs["local_window_size"] = cfg.window
@@ -266,13 +275,6 @@ class OrtContribMHA(OrtContribBase):
 class OrtContribGQA(OrtContribBase):
     OP = "GroupQueryAttention"
 
-    def check(self, case: Case) -> None:
-        if case.shape.key_dim % 8:
-            raise Unsupported(
-                f"head_size {case.shape.key_dim}: GroupQueryAttention requires a multiple of 8 "
-                "(ORT: 'head_size must be a multiple of 8')"
-            )
-
     def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
         s = case.shape
         if s.query_len != s.kv_len:
@@ -302,7 +304,7 @@ class OrtContribGQA(OrtContribBase):
             rest = dataclasses.replace(rest, key_padding=None)
         feeds["seqlens_k"] = (lengths - 1).astype(np.int32)
         feeds["total_sequence_length"] = np.array(s.kv_len, dtype=np.int32)
-        bias = _attention_bias(case, rest, dtype)
+        bias = _attention_bias(case, rest, dtype)  # ALiBi, if any, arrives in here
         if bias is not None:
             feeds["attention_bias"] = bias
         cfg = self._config(
@@ -311,8 +313,20 @@ class OrtContribGQA(OrtContribBase):
             window=window,
             bias_heads=0 if bias is None else bias.shape[1],
             weights="weights" in case.compare,
+            **_score_attrs(case),
         )
+        if cfg.head_sink:
+            feeds["head_sink"] = np.asarray(case.scores.sink, dtype=dtype)
         return _Plan(cfg, feeds)
+
+    def check(self, case: Case) -> None:
+        if case.shape.key_dim % 8:
+            raise Unsupported(
+                f"head_size {case.shape.key_dim}: GroupQueryAttention requires a multiple of 8 "
+                "(ORT: 'head_size must be a multiple of 8')"
+            )
+        if case.decode is not None and case.scores is not None:
+            raise Unsupported("score terms are wired for full (non-decode) calls only here")
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
         # Prompt then token steps, as onnxruntime-genai drives it: past_key/value (empty for
@@ -334,6 +348,18 @@ class OrtContribGQA(OrtContribBase):
             past_k, past_v = result["present_key"], result["present_value"]
             outputs.append(result["output"])
         return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
+
+
+def _score_attrs(case: Case) -> dict[str, Any]:
+    """GQA's native score terms (issue 14): softcap, smooth_softmax (all sinks 0), head_sink."""
+    terms = case.scores
+    if terms is None:
+        return {}
+    return {
+        "softcap": terms.softcap,
+        "smooth_softmax": terms.off_by_one,
+        "head_sink": terms.sink is not None and not terms.off_by_one,
+    }
 
 
 def _chunks(case: Case) -> list[tuple[int, int]]:
@@ -377,6 +403,12 @@ GQA_FEATURES = frozenset(
         "scale",
         "decode",
         "weights",
+        # issue 14: softcap / smooth_softmax / head_sink natively; ALiBi in attention_bias
+        "softcap",
+        "sink",
+        "sink-zero",
+        "alibi",
+        "alibi-standard",
     }
 )
 

@@ -44,6 +44,7 @@ from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavio
 from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive
+from conformance.score_terms import alibi_for_case
 
 # --- helpers shared with torch_mha.py --------------------------------------------------------
 
@@ -194,6 +195,10 @@ SDPA_FEATURES = frozenset(
         "scale",
         "dropout-training",
         "gradients",
+        # issue 14: ALiBi arrives in the float attn_mask as a bias (build_mask), the way
+        # BLOOM/MPT ports call SDPA; SDPA has no softcap or sink argument
+        "alibi",
+        "alibi-standard",
     }
 )
 
@@ -205,6 +210,9 @@ SDPA_UNSUPPORTED = {
     "multi-axis": "SDPA attends over one sequence axis",
     "bias-kv": "add_bias_kv belongs to nn.MultiheadAttention, not to SDPA",
     "zero-attn": "add_zero_attn belongs to nn.MultiheadAttention, not to SDPA",
+    "softcap": "no softcap argument (torch.flex.* expresses it as a score_mod)",
+    "sink": "no sink logit argument",
+    "sink-zero": "no off-by-one softmax argument",
     "dropout": "SDPA has no inference mode: it always applies dropout_p, and callers pass "
     "dropout_p=0 at inference (nn modules pass `self.p if self.training else 0.0`)",
 }
@@ -239,7 +247,7 @@ def sdpa_arguments(case: Case, inputs: CaseInputs, device: str) -> dict[str, Any
         kwargs["scale"] = case.scale  # left out otherwise: torch's default 1/sqrt(K) is tested
     if case.dropout is not None and case.dropout.training:
         kwargs["dropout_p"] = case.dropout.rate  # seeded in run(), one draw per call
-    if only_causal(case.mask):
+    if only_causal(case.mask) and alibi_for_case(case) is None:  # ALiBi needs attn_mask
         if case.mask.causal == "top-left":
             kwargs["is_causal"] = True
         else:

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .score_terms import ScoreTerms
+
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 MODES = ("layer", "kernel")
 COMPARABLE = ("output", "weights", "weights_mean")
@@ -136,6 +138,7 @@ class Case:
     inputs: str | None = None
     dropout: Dropout | None = None
     tier: str = "small"
+    scores: ScoreTerms | None = None  # issue 14: softcap, ALiBi, sinks (conformance.score_terms)
 
     @property
     def data_key(self) -> str:
@@ -180,6 +183,12 @@ class Case:
         data["decode"] = Decode(**decode) if decode else None
         dropout = data.get("dropout")
         data["dropout"] = Dropout(**dropout) if dropout else None
+        scores = data.get("scores")  # issue 14
+        if scores:
+            for key in ("alibi", "sink"):
+                if scores.get(key) is not None:
+                    scores[key] = tuple(scores[key])
+        data["scores"] = ScoreTerms(**scores) if scores else None
         data["compare"] = tuple(data.get("compare", ("output",)))
         data["params"] = tuple(tuple(p) for p in data.get("params", ()))
         return Case(**data)
@@ -219,6 +228,12 @@ FEATURES: dict[str, str] = {
     "dropout": "a dropout rate is given, run in inference mode: must equal the no-dropout result",
     "dropout-training": "dropout in training mode, checked statistically over seeded runs",
     "gradients": "gradients for a seeded upstream gradient are compared (inputs and weights)",
+    # issue 14: score terms of modern attention (conformance.score_terms)
+    "softcap": "logit soft-capping cap * tanh(logits / cap) before masking (Gemma 2)",
+    "alibi": "ALiBi: per-head linear position bias -slope * distance (any slopes)",
+    "alibi-standard": "ALiBi with the paper's standard slopes (2^(-8 h / H))",
+    "sink": "a sink logit per head added to the softmax denominator (GPT-OSS sinks)",
+    "sink-zero": "every sink logit is 0: off-by-one softmax (ORT smooth_softmax)",
 }
 FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
 
@@ -282,6 +297,14 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("dropout-training" if case.dropout.training else "dropout")
     if case.gradients:
         tags.add("gradients")
+    terms = case.scores  # issue 14
+    if terms is not None:
+        if terms.softcap is not None:
+            tags.add("softcap")
+        if terms.alibi is not None:
+            tags.add("alibi-standard" if terms.alibi_standard else "alibi")
+        if terms.sink is not None:
+            tags.add("sink-zero" if terms.off_by_one else "sink")
     return frozenset(tags)
 
 

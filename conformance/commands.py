@@ -795,6 +795,10 @@ def describe_case(case: Case) -> str:
         lines.append(f"  expects     fully masked rows -> {case.mask.fully_masked_rows}")
     if case.description:
         lines.append(f"  why         {case.description}")
+    if case.scores is not None:  # issue 14
+        from .score_terms import describe_terms
+
+        lines.extend(describe_terms(case))
     attend, bias = build_mask(case)
     lines.append("  mask (batch 0, head 0; # attend, . masked, - additive -inf):")
     lines.extend("    " + line for line in picture(attend, bias).splitlines())

@@ -264,7 +264,11 @@ def _differential(ctx: Context, case: Case, data: st.DataObject) -> str:
 
 # Metamorphic properties compare forward outputs of two runs: gradients and (inference)
 # dropout would only add cost, so their cases leave them to the differential property.
-METAMORPHIC_FORBID = frozenset({"gradients", "dropout"})
+# Score terms (issue 14) break the invariances the metamorphic properties rely on (ALiBi: key
+# order; softcap: logit scaling; sinks: shift invariance), so the differential property covers them.
+METAMORPHIC_FORBID = frozenset(
+    {"gradients", "dropout", "softcap", "alibi", "alibi-standard", "sink", "sink-zero"}
+)
 
 
 def _meta_cases(decl: Declaration, **kwargs) -> st.SearchStrategy[Case]:  # noqa: ANN003
@@ -869,6 +873,15 @@ def case_spec(case: Case) -> dict:
         entry["dropout"] = {"rate": dropout.rate}
         if dropout.training:
             entry["dropout"].update(training=True, draws=dropout.draws)
+    terms = getattr(case, "scores", None)  # issue 14
+    if terms is not None:
+        entry["scores"] = {}
+        if terms.softcap is not None:
+            entry["scores"]["softcap"] = terms.softcap
+        if terms.alibi is not None:
+            entry["scores"]["alibi"] = "standard" if terms.alibi_standard else list(terms.alibi)
+        if terms.sink is not None:
+            entry["scores"]["sink"] = "zero" if terms.off_by_one else list(terms.sink)
     entry["seed"] = case.seed
     return entry
 

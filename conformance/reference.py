@@ -31,6 +31,7 @@ from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
 from .masks import build_mask, drawn_masks, row_blocks
+from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap, without_alibi
 
 ROW_BLOCK_ELEMENTS = 2**22  # logits of one block of query rows: 32 MiB of float64
 WEIGHTS_KEPT_ELEMENTS = 2**22  # [B, H, T, S] weights returned uncompared up to this size
@@ -48,11 +49,13 @@ def softmax_rows(
     visible: np.ndarray,
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
+    sink: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax over the last axis of `logits` restricted to `visible` keys.
 
     logits [..., S] finite; visible [..., S] bool (broadcastable). Rows with no visible key
-    follow `masked_rows`.
+    follow `masked_rows`. `sink` [H] (logits [B, H, T, S]): a sink logit per head in every
+    denominator; a row with no visible key then gives all its weight to the sink (zeros).
     """
     if masked_rows not in POLICIES:
         raise ValueError(f"masked_rows must be one of {POLICIES}, got {masked_rows!r}")
@@ -64,9 +67,13 @@ def softmax_rows(
     masked = np.where(visible, logits, -np.inf)
     peak = np.max(np.where(visible, logits, -np.inf), axis=-1, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
+    if sink is not None:  # issue 14: the sink joins the running maximum (no overflow)
+        peak = np.maximum(peak, np.asarray(sink, dtype=np.float64)[:, None, None])
     with np.errstate(invalid="ignore", over="ignore"):
         exps = rounding(np.exp(rounding(masked - peak)))
         total = rounding(exps.sum(axis=-1, keepdims=True))
+        if sink is not None:
+            total = rounding(total + rounding(sink_denominator_term(sink, peak)))
         probs = rounding(exps / total)  # empty rows: 0 / 0 = nan
     if masked_rows == "zeros":
         probs = np.where(empty, 0.0, probs)
@@ -85,9 +92,12 @@ def dot_product_attention(
     bias: np.ndarray | None = None,
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
+    terms: ScoreTerms | None = None,
+    alibi_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
-    probs [B,H,T,S])."""
+    probs [B,H,T,S]). `terms`: softcap, ALiBi (query t at key t + alibi_offset) and sinks, in
+    the order conformance.score_terms documents."""
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     if h % g:
@@ -96,11 +106,19 @@ def dot_product_attention(
     qg = q.reshape(b, g, r, t, kd)
     logits = rounding(np.einsum("bgrtk,bgsk->bgrts", qg, k).reshape(b, h, t, s))
     logits = rounding(logits * scale)
+    # --- issue 14: score terms, before the bias and the mask (conformance.score_terms) ---
+    terms = terms or ScoreTerms()
+    if terms.softcap is not None:
+        logits = rounding(softcap(logits, terms.softcap))
+    if terms.alibi is not None:
+        alibi = alibi_bias(np.asarray(terms.alibi), np.arange(t), np.arange(s), alibi_offset)
+        logits = rounding(logits + alibi[None])
+    # --- end issue 14 ---
     visible = np.ones((1, 1, 1, s), dtype=bool) if attend is None else attend
     if bias is not None:
         visible = visible & np.isfinite(bias)
         logits = rounding(logits + np.where(np.isfinite(bias), bias, 0.0))
-    probs = softmax_rows(logits, visible, masked_rows, rounding)
+    probs = softmax_rows(logits, visible, masked_rows, rounding, sink=terms.sink)
     pg = probs.reshape(b, g, r, t, s)
     out = rounding(np.einsum("bgrts,bgsv->bgrtv", pg, v).reshape(b, h, t, v.shape[-1]))
     return out, probs
@@ -161,12 +179,13 @@ def attend_rows(
     out = np.empty((b, h, t, v.shape[-1]))
     weights = np.empty((b, h, t, k.shape[2])) if keep_weights else None
     drawn = drawn_masks(case)
+    terms = without_alibi(case).scores  # ALiBi arrives inside `bias` (build_mask)
     for t0, t1 in row_blocks(case, ROW_BLOCK_ELEMENTS):
         attend, bias = build_mask(case, (t0, t1), drawn)
         attend, bias = _extra_mask(case.extra_keys, attend, bias)
         o, p = dot_product_attention(
             q[:, :, t0:t1], k, v, scale=case.effective_scale, attend=attend, bias=bias,
-            masked_rows=masked_rows, rounding=rounding,
+            masked_rows=masked_rows, rounding=rounding, terms=terms,
         )  # fmt: skip
         out[:, :, t0:t1] = o
         if weights is not None:

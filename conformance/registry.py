@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "numpy_einsum",
     "torch_mha",
     "torch_sdpa",
+    "torch_flex",  # issue 14
     "jax_dpa",
     "flax_nnx",
     "flax_linen",

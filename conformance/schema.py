@@ -30,6 +30,7 @@ from .spec import (
     FILE_KEYS,
     MASK_KEYS,
     MAX_INNER_AXES,
+    SCORE_KEYS,
     SHAPE_KEYS,
     SPEC_VERSION,
 )
@@ -155,6 +156,38 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                 },
                 DROPOUT_KEYS,
                 required=["rate"],
+            )
+        ),
+        "scores": _param(  # issue 14
+            _object(
+                {
+                    "softcap": _param({"type": "number", "exclusiveMinimum": 0}),
+                    "alibi": _param(
+                        {
+                            "anyOf": [
+                                {"const": "standard"},
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _param({"type": "number", "minimum": 0}),
+                                },
+                            ]
+                        }
+                    ),  # fmt: skip
+                    "sink": _param(
+                        {
+                            "anyOf": [
+                                {"const": "zero"},
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _param({"type": "number"}),
+                                },
+                            ]
+                        }
+                    ),  # fmt: skip
+                },
+                SCORE_KEYS,
             )
         ),
         "matrix": {

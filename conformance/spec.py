@@ -56,6 +56,7 @@ from .limits import (
     yaml_number_hint,
 )
 from .paths import display_path
+from .score_terms import ScoreTerms, standard_alibi_slopes
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
 SPEC_VERSION = 1
@@ -92,7 +93,13 @@ CASE_KEYS = {
     "expected": "{output: file.npz#member, ...}: stored expected outputs of a peer test suite",
     "dropout": "{rate, training, draws}: attention dropout, inference (default) or training mode",
     "tier": "size tier: small (default), default (kernel scale, in the default run) or large",
+    "scores": "{softcap, alibi, sink}: score terms of modern attention (conformance.score_terms)",
     "matrix": "parameters expanded into one case per combination",
+}
+SCORE_KEYS = {  # issue 14
+    "softcap": "cap > 0: logits -> cap * tanh(logits / cap), before bias and mask (Gemma 2)",
+    "alibi": "standard (the paper's slopes) or a list of H slopes: bias -slope * |t + S - T - s|",
+    "sink": "zero (off-by-one softmax) or a list of H sink logits added to the denominator",
 }
 DROPOUT_KEYS = {
     "rate": "dropout probability p, 0 < p < 1",
@@ -130,6 +137,7 @@ MASK_KEYS = {
 LAYER_DIMS = ("query_dim", "key_input_dim", "value_input_dim", "output_dim")
 DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
 DIRECT_PARAMS = set(CASE_KEYS) - {"matrix", "name", "description", "shape", "mask", "decode"}
+DIRECT_PARAMS -= {"scores"}
 DIRECT_PARAMS |= set(SHAPE_KEYS)
 
 _REF = re.compile(r"\$\{(\w+)\}|^\$(\w+)$")
@@ -629,6 +637,22 @@ def _resolve_case(
     if "dropout" in node:
         dropout = _resolve_dropout(ctx, node, decode is not None)
 
+    scores = None  # issue 14
+    if "scores" in node:
+        scores = _resolve_scores(ctx, node, shape)
+        if scores.alibi is not None and (flags.get("add_bias_kv") or flags.get("add_zero_attn")):
+            raise ctx.error(
+                "ALiBi distances are undefined for torch's appended key positions", node,
+                "scores", "drop add_bias_kv/add_zero_attn or the alibi key",
+            )  # fmt: skip
+        if shape.get("attention_axes"):
+            raise ctx.error("score terms are not supported with attention_axes", node, "scores")
+        if scores.alibi is not None and decode is not None:
+            raise ctx.error(
+                "ALiBi with incremental decoding is not expressible here yet", node, "scores",
+                "state the step as a kernel case: T new queries ending S keys (offset S - T)",
+            )  # fmt: skip
+
     tier = _choice(ctx, node.get("tier", "small"), node, "tier", TIERS)
     dense = sum(
         x is not None for x in (mask.random_density, mask.additive_density, mask.bias_scale)
@@ -682,6 +706,7 @@ def _resolve_case(
         params=tuple(shown),
         dropout=dropout,
         tier=tier,
+        scores=scores,
     )
     if dropout is not None and dropout.training:
         problem = None
@@ -696,6 +721,65 @@ def _resolve_case(
     if "inputs" in node or "expected" in node:
         case = _attach_stored(ctx, node, case)
     return case
+
+
+def _per_head(ctx: _Ctx, value: Any, parent: Any, key: str, heads: int) -> tuple[float, ...]:
+    """A list of H finite numbers, one per query head."""
+    if not isinstance(value, list) or len(value) != heads:
+        got = f"{len(value)} values" if isinstance(value, list) else _show(value)
+        raise ctx.error(
+            f"needs one value per query head (H = {heads}), got {got}", parent, key,
+            f"a list of {heads} numbers",
+        )  # fmt: skip
+    out = tuple(_number(ctx, v, parent, key) for v in value)
+    if not all(math.isfinite(v) for v in out):
+        raise ctx.error("values must be finite numbers", parent, key)
+    return out
+
+
+def _resolve_scores(ctx: _Ctx, node: LocatedDict, shape: dict) -> ScoreTerms:
+    """The `scores` key: softcap, ALiBi slopes and sink logits (issue 14)."""
+    snode = _mapping(ctx, node["scores"], node, "scores")
+    _check_keys(ctx, snode, SCORE_KEYS, "scores")
+    heads = shape["num_heads"]
+    kw: dict[str, Any] = {}
+    if snode.get("softcap") is not None:
+        cap = _number(ctx, snode["softcap"], snode, "softcap")
+        if not (math.isfinite(cap) and cap > 0):
+            raise ctx.error(
+                f"softcap must be a finite number > 0, got {_show(cap)}", snode, "softcap",
+                "Gemma 2 uses 50.0 for attention logits",
+            )  # fmt: skip
+        kw["softcap"] = cap
+    if snode.get("alibi") is not None:
+        value = snode["alibi"]
+        if value == "standard":
+            kw["alibi"], kw["alibi_standard"] = standard_alibi_slopes(heads), True
+        elif isinstance(value, list):
+            kw["alibi"] = _per_head(ctx, value, snode, "alibi", heads)
+            if any(v < 0 for v in kw["alibi"]):
+                raise ctx.error("ALiBi slopes must be >= 0 (the bias is -slope * distance)",
+                                snode, "alibi")  # fmt: skip
+        else:
+            raise ctx.error(
+                f"must be 'standard' or a list of {heads} slopes, got {_show(value)}", snode,
+                "alibi",
+            )  # fmt: skip
+    if snode.get("sink") is not None:
+        value = snode["sink"]
+        if value == "zero":
+            kw["sink"] = (0.0,) * heads
+        elif isinstance(value, list):
+            kw["sink"] = _per_head(ctx, value, snode, "sink", heads)
+        else:
+            raise ctx.error(
+                f"must be 'zero' or a list of {heads} sink logits, got {_show(value)}", snode,
+                "sink",
+            )  # fmt: skip
+    terms = ScoreTerms(**kw)
+    if terms.is_empty():
+        raise ctx.error("scores sets no term", node, "scores", f"keys: {', '.join(SCORE_KEYS)}")
+    return terms
 
 
 def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from . import case as _case_module
 from .adapter import Declaration
 from .case import DTYPES, FEATURES, Case, Decode, Mask, Shape
+from .score_terms import ScoreTerms, standard_alibi_slopes
 
 # Attention dropout is a newer part of the case model; generate it only where it exists.
 Dropout = getattr(_case_module, "Dropout", None)
@@ -453,6 +454,30 @@ def cases(
     ):
         rate = draw(st.sampled_from([0.5, 0.1]) | st.floats(0.01, 0.99))
         extra["dropout"] = Dropout(rate=rate)  # inference mode: must equal no dropout
+    # issue 14: score terms (softcap, ALiBi, sinks); ALiBi as the spec loader allows it
+    terms: dict = {}
+    if not multi:
+        h = shape.num_heads
+        if "softcap" in allowed and ("softcap" in require or _sometimes(draw, 5)):
+            terms["softcap"] = draw(st.sampled_from([50.0, 1.0]) | st.floats(0.1, 100.0))
+        alibi_ok = decode is None and not (bias_kv or zero_attn)
+        for tag, standard in (("alibi-standard", True), ("alibi", False)):
+            if alibi_ok and "alibi" not in terms and tag in allowed and (
+                tag in require or _sometimes(draw, 6)
+            ):
+                slopes = st.lists(st.floats(0.0, 4.0), min_size=h, max_size=h).map(tuple)
+                terms["alibi"] = standard_alibi_slopes(h) if standard else draw(slopes)
+                terms["alibi_standard"] = standard
+        for tag, zero in (("sink-zero", True), ("sink", False)):
+            if "sink" not in terms and tag in allowed and (tag in require or _sometimes(draw, 6)):
+                logits = st.lists(st.floats(-5.0, 5.0), min_size=h, max_size=h).map(tuple)
+                terms["sink"] = (0.0,) * h if zero else draw(logits)
+                if not zero and all(x == 0 for x in terms["sink"]):  # that would be sink-zero
+                    terms["sink"] = (0.5,) + terms["sink"][1:]
+        if terms.get("alibi_standard") is False and terms["alibi"] == standard_alibi_slopes(h):
+            terms["alibi"] = (terms["alibi"][0] + 0.5,) + terms["alibi"][1:]
+    if terms:
+        extra["scores"] = ScoreTerms(**terms)
     seed = draw(st.integers(0, 2**16))
 
     case = Case(

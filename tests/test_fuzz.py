@@ -41,6 +41,9 @@ ADAPTER_EXAMPLES = 3 if PROFILE.derandomize else 50
 # --- deliberately broken implementations (kernel mode, NumPy) -----------------------------
 
 KERNEL = frozenset(FEATURES) - {"layer", "gradients", "dropout", "dropout-training", "decode"}
+# These doubles build on the plain kernel below, which has no softcap or sink (ALiBi arrives
+# inside build_mask's bias, so they do express it).
+KERNEL -= {"softcap", "sink", "sink-zero"}
 
 
 def _decl(name: str) -> Declaration:
@@ -287,7 +290,7 @@ def test_cli_usage_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
 # Adapters whose frameworks compile or export a new program per shape (every fuzz example is a
 # new shape) or take many seconds to import: a minute or more per group on a loaded machine.
 # They run with -m slow (and in the long profile).
-SLOW_PREFIXES = ("jax.", "flax.", "keras.", "tf_keras.", "torch.onnx.", "torch.compile.")
+SLOW_PREFIXES = ("jax.", "flax.", "keras.", "tf_keras.", "torch.onnx.", "torch.compile.", "torch.flex.compiled")
 
 
 def _installed() -> list:
