@@ -290,7 +290,15 @@ def test_cli_usage_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
 # Adapters whose frameworks compile or export a new program per shape (every fuzz example is a
 # new shape) or take many seconds to import: a minute or more per group on a loaded machine.
 # They run with -m slow (and in the long profile).
-SLOW_PREFIXES = ("jax.", "flax.", "keras.", "tf_keras.", "torch.onnx.", "torch.compile.", "torch.flex.compiled")
+SLOW_PREFIXES = (
+    "jax.",
+    "flax.",
+    "keras.",
+    "tf_keras.",
+    "torch.onnx.",
+    "torch.compile.",
+    "torch.flex.compiled",
+)
 
 
 def _installed() -> list:
