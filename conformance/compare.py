@@ -37,10 +37,13 @@ def compare(
     expected: np.ndarray,
     tol: Tolerance,
     baseline_error: float | None = None,
+    logit_floor: float = 0.0,
 ) -> Comparison:
     """Element-wise comparison. Non-finite values must match exactly in place (and sign).
 
     NaN where the reference is finite is a failure, never a number to average away.
+    `logit_floor` (tolerance.logit_rounding_floor): the baseline rule uses
+    max(baseline_error, logit_floor), the error that storing the logits in the dtype implies.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -67,7 +70,7 @@ def compare(
     budget = None
     if tol.baseline_factor and baseline_error is not None:
         magnitude = float(np.abs(expected[finite]).max()) if finite.any() else 0.0
-        budget = tol.baseline_factor * baseline_error + tol.floor(magnitude)
+        budget = tol.baseline_factor * max(baseline_error, logit_floor) + tol.floor(magnitude)
     if not ok and not placement.any() and budget is not None and max_abs <= budget:
         ok = True
         message = f"within {tol.baseline_factor:g}x same-dtype baseline error"
@@ -75,6 +78,8 @@ def compare(
         message = _failure_message(
             actual, expected, tol, bad, placement, diff, rel, baseline_error, budget
         )
+        if budget is not None and logit_floor > baseline_error:
+            message += f" Logit-rounding floor {_num(logit_floor)} (above the baseline error)."
     return Comparison(
         name, ok, max_abs, max_rel, 0 if ok else mismatches, total,
         None if ok else _first(bad), message,

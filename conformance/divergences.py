@@ -33,6 +33,8 @@ EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16"
 
 # (case, policy, dtype or None for the float64 reference) -> every compared array
 References = Callable[[Case, str, "str | None"], dict]
+# dtype -> {output name: logit-rounding floor} (tolerance.logit_rounding_floor)
+Floors = Callable[[str], dict]
 
 
 def lowest_precision(dtypes: Sequence[str]) -> str:
@@ -85,6 +87,7 @@ def _compare(
     references: References,
     tol: Tolerance,
     names: Sequence[str],
+    floors: Floors | None = None,
 ) -> list[Comparison]:
     expected = references(case, composed.policy, None)
     results = []
@@ -99,7 +102,8 @@ def _compare(
             # no compute_dtype concerns this output), under the composed masked-row policy.
             base = references(case, composed.policy, dtype or case.dtype)
             b_err = baseline_error(base[name], expected[name])
-        results.append(compare(name, outputs[name], expected[name], use, b_err))
+        floor = floors(dtype or case.dtype).get(name, 0.0) if floors else 0.0
+        results.append(compare(name, outputs[name], expected[name], use, b_err, floor))
     return results
 
 
@@ -110,6 +114,7 @@ def verify(
     references: References,
     tol: Tolerance,
     names: Sequence[str],
+    floors: Floors | None = None,
 ) -> tuple[bool, str]:
     """(explained, how): whether the composed divergences explain `outputs`, and the words."""
     if any(d.unverifiable for d in divergences):
@@ -119,9 +124,9 @@ def verify(
     failures = []
     for policy in policies or [None]:
         composed = compose(divergences, case, names, policy)
-        comparisons = _compare(composed, case, outputs, references, tol, names)
+        comparisons = _compare(composed, case, outputs, references, tol, names, floors)
         if all(c.ok for c in comparisons):
-            unused = _not_shown(composed, case, outputs, references, tol, names)
+            unused = _not_shown(composed, case, outputs, references, tol, names, floors)
             how = "verified: " + composed.describe()
             if unused:
                 how += "; " + "; ".join(f"'{i}' did not show on this case" for i in unused)
@@ -137,6 +142,7 @@ def _not_shown(
     references: References,
     tol: Tolerance,
     names: Sequence[str],
+    floors: Floors | None = None,
 ) -> list[str]:
     """Ids of composed divergences the result is explained without (only when several)."""
     if len(composed.divergences) < 2:
@@ -151,7 +157,7 @@ def _not_shown(
             (d.masked_rows for d in rest if d.masked_rows), case.mask.fully_masked_rows
         )
         without = compose(rest, case, names, rest_policy)
-        if all(c.ok for c in _compare(without, case, outputs, references, tol, names)):
+        if all(c.ok for c in _compare(without, case, outputs, references, tol, names, floors)):
             unused.append(divergence.id)
     return unused
 

@@ -28,7 +28,7 @@ from .inputs import CaseInputs, make_inputs
 from .paths import code_path
 from .reference import attention, baseline
 from .sanitize import truncate
-from .tolerance import Tolerance, for_gradients, tolerance_for
+from .tolerance import Tolerance, for_gradients, logit_rounding_floor, tolerance_for
 
 VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")
 PREVIEW_LIMIT = 48  # largest T or S for which heatmap previews are stored in the record
@@ -188,12 +188,14 @@ def _compare_all(
     tol: Tolerance,
     base: dict | None,
     names: tuple[str, ...],
+    floors: dict[str, float] | None = None,
 ) -> list[Comparison]:
     results = []
     for name in names:
         b_err = baseline_error(base[name], expected[name]) if base is not None else None
+        floor = (floors or {}).get(name, 0.0)
         results.append(
-            compare(name, outputs[name], expected[name], _tolerance_of(name, tol), b_err)
+            compare(name, outputs[name], expected[name], _tolerance_of(name, tol), b_err, floor)
         )
     return results
 
@@ -297,7 +299,12 @@ def evaluate(
     with profile.phase("reference"):
         base = cache.reference(case, policy, same_dtype=True) if low else None
     with profile.phase("compare"):
-        comparisons = _compare_all(case, outputs, expected, tol, base, names)
+        inputs = cache.inputs(case)
+
+        def floors(dtype: str) -> dict[str, float]:
+            return logit_rounding_floor(case, inputs, dtype)
+
+        comparisons = _compare_all(case, outputs, expected, tol, base, names, floors(case.dtype))
     _fill_errors(record, comparisons, tol)
     if case.gradients and tol.baseline_factor is not None:
         record["tolerance"] += f"; gradients: {for_gradients(tol).baseline_factor:g}x baseline"
@@ -324,7 +331,7 @@ def evaluate(
     record["divergence"] = record_entries(divergences)[0]
     if len(divergences) > 1:
         record["divergences"] = record_entries(divergences)
-    verified, how = verify(divergences, case, outputs, cache.at, tol, names)
+    verified, how = verify(divergences, case, outputs, cache.at, tol, names, floors)
     ids = " + ".join(d.id for d in divergences)
     if verified:
         record["verdict"] = "diverges"

@@ -22,12 +22,29 @@ so its error grows the same way; 2x of it holds a correct kernel at every size a
 every tiled-kernel bug by orders of magnitude (docs/tolerance.md has the measurements and plot).
 float64 keeps the fixed rule only: nothing about float64 needs the slack, and the tight rule is
 what catches float64 computed in float32.
+
+Logit-rounding floor (the baseline rule's lower end, logit_rounding_floor below): the baseline is
+one draw of rounding error; at large logits a correct implementation that rounds its logits
+differently (scale folded into q and k, another summation order) errs up to ~6x that draw
+(torch's CPU math path, seen at scale 100). Any implementation that stores a logit l in the
+dtype perturbs it by up to u * |l| (u = eps / 2); softmax turns that into an output change of
+up to u * max|l| * max|v| (weights: u * max|l|). That first-order bound, with max|l| bounded by
+scale * max|q| * max|k| (Cauchy-Schwarz; flat memory), is what the baseline error is raised to
+when it is smaller. At ordinary logits (|l| ~ 10) it is far below atol and changes nothing; at
+|l| ~ 10^3 it is the honest size of float32's answer (docs/tolerance.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .case import Case
+    from .inputs import CaseInputs
 
 
 @dataclass(frozen=True)
@@ -86,3 +103,22 @@ def tolerance_for(dtype: str, override=None) -> Tolerance:  # noqa: ANN001 - Tol
         eps=base.eps,
         source=f"override: {override.reason}",
     )
+
+
+def logit_rounding_floor(case: Case, inputs: CaseInputs, dtype: str) -> dict[str, float]:
+    """Per compared output, the error that storing the logits in `dtype` alone implies (see the
+    module docstring); {} where it does not apply (float64, layer mode: the projected q and k
+    are not at hand, and no shipped layer case has large logits)."""
+    tol = tolerance_for(dtype)
+    if tol.baseline_factor is None or case.mode != "kernel":
+        return {}
+    a = inputs.arrays
+    u = tol.eps / 2
+
+    def peak_norm(x: np.ndarray) -> float:
+        return float(np.sqrt(np.max(np.sum(np.square(x, dtype=np.float64), axis=-1))))
+
+    peak = abs(case.effective_scale) * peak_norm(a["q"]) * peak_norm(a["k"])
+    v_peak = float(np.max(np.abs(a["v"]))) if a["v"].size else 0.0
+    floor = {"output": u * peak * v_peak, "weights": u * peak, "weights_mean": u * peak}
+    return {name: f for name, f in floor.items() if np.isfinite(f)}
