@@ -45,5 +45,23 @@ def code_path(path: str) -> str:
     for marker in ("/site-packages/", "/dist-packages/"):
         if marker in path:
             return marker.strip("/") + "/" + path.split(marker, 1)[1]
-    shown = display_path(path)
-    return shown
+    # The tool's own code (an editable install or a checkout): conformance/... or adapters/...
+    try:
+        absolute = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return path
+    for package in _own_packages():
+        if absolute.is_relative_to(package):
+            return (Path(package.name) / absolute.relative_to(package)).as_posix()
+    return display_path(path)
+
+
+def _own_packages() -> list[Path]:
+    """The folders of conformance and conformance.adapters (adapters/ in a checkout)."""
+    import importlib.util
+
+    folders = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("conformance.adapters")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p).resolve() for p in spec.submodule_search_locations]
+    return folders

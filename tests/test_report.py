@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import struct
@@ -188,7 +189,17 @@ def _payload(page: str) -> dict:
     blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     data = json.loads(blob.group(1))
     order = ["pass", "diverges", "unsupported", "fail", "error"]
-    rows = list(data["results"])
+    columns = []
+    for col in data["results"]:  # html._columns: plain, run lengths or deltas
+        if isinstance(col, dict) and "rle" in col:
+            runs = col["rle"]
+            col = [v for v, n in zip(runs[::2], runs[1::2], strict=True) for _ in range(n)]
+        elif isinstance(col, dict):
+            col = list(itertools.accumulate(col["delta"]))
+        columns.append(col)
+    rows = [list(row) for row in zip(*columns, strict=True)]
+    for case in data["cases"]:
+        case["spec"] = "\n".join(data["strings"][k] for k in case["spec"])
     for row in data["unsupported"]:
         at = 0
         for delta in row[-1]:
@@ -201,6 +212,9 @@ def _payload(page: str) -> dict:
     for row in rows:
         r = {k: v for k, v in zip(keys, row, strict=False) if v is not None}
         r["v"] = order[r["v"]]
+        if "t" in r:
+            atol, rtol, text = data["tolerances"][r.pop("t")]
+            r.update(at=atol, rt=rtol, tol=None if text is None else data["strings"][text])
         if "mu" in r:
             pieces = "; ".join(data["strings"][k] for k in r["mu"])
             r["m"] = f"{data['adapters'][r['a']]} cannot express: {pieces}"
