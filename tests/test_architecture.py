@@ -13,6 +13,7 @@ while case.py imports them).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +157,72 @@ def test_no_framework_imported_at_module_level() -> None:
             if top and target.split(".")[0] in FRAMEWORKS:
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert not offenders, "\n".join(offenders)
+
+
+# --- docs/architecture.md names what exists -------------------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+_PATH = re.compile(r"\b((?:conformance|adapters|specs|docs|tests)/[\w./*-]*)")
+_DOTTED = re.compile(r"\bconformance(?:\.\w+)+")
+
+
+def _defined(path: Path, name: str) -> bool:
+    """Whether `name` is a function, class or assignment at the top level of `path`."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                return True
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        elif isinstance(node, ast.ImportFrom):  # re-exports
+            if any((a.asname or a.name) == name for a in node.names):
+                return True
+    return False
+
+
+def _dotted_exists(dotted: str) -> bool:
+    """conformance.a.b[.name]: a module of the package (conformance.adapters is adapters/),
+    optionally followed by one name defined at its top level."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        rel = parts[1:cut]
+        if rel[:1] == ["adapters"]:
+            base = ROOT / "adapters" / Path(*rel[1:]) if rel[1:] else ROOT / "adapters"
+        else:
+            base = PACKAGE / Path(*rel) if rel else PACKAGE
+        for module in (base.with_suffix(".py"), base / "__init__.py"):
+            if module.is_file():
+                rest = parts[cut:]
+                return not rest or (len(rest) == 1 and _defined(module, rest[0]))
+    return False
+
+
+def test_architecture_doc_names_paths_that_exist() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    paths = {m.rstrip(".,:;)") for m in _PATH.findall(text)}
+    assert len(paths) > 30  # the page walks the pipeline through the files
+    missing = [
+        p for p in sorted(paths) if not (list(ROOT.glob(p)) if "*" in p else (ROOT / p).exists())
+    ]
+    assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def test_architecture_doc_names_modules_and_names_that_exist() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    names = set(_DOTTED.findall(text))
+    assert "conformance.masks.build_mask" in names
+    missing = [n for n in sorted(names) if not _dotted_exists(n)]
+    assert not missing, f"docs/architecture.md names modules or names that do not exist: {missing}"
+
+
+def test_architecture_doc_names_every_module() -> None:
+    """A new module of conformance/ gets a place on the map (or the map says where it fits)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in text and path.name != "__init__.py"
+    ]
+    assert not unnamed, f"modules docs/architecture.md does not place: {unnamed}"
