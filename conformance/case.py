@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .masks import any_fully_masked_row
 from .score_terms import ScoreTerms
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -315,8 +316,6 @@ def in_tier(case: Case, tier: str) -> bool:
 
 def has_fully_masked_rows(case: Case) -> bool:
     """Whether any query row ends up with every key masked (computed, not guessed)."""
-    from .masks import any_fully_masked_row  # local: masks imports case
-
     if case.extra_keys:  # torch's appended key positions are always visible
         return False
     return any_fully_masked_row(case)

@@ -9,11 +9,16 @@ The conversions live here once, so adapters never rewrite them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .case import Case
+from .inputs import STORED_MASKS, stored_group
 from .score_terms import alibi_for_case
 from .seeding import stream
+
+if TYPE_CHECKING:  # annotations only: case imports this module (Case.features)
+    from .case import Case
 
 
 def causal_offset(case: Case) -> int:
@@ -118,8 +123,6 @@ def row_blocks(case: Case, budget: int) -> list[tuple[int, int]]:
 def _stored_masks(case: Case) -> dict[str, np.ndarray]:
     if not case.inputs:
         return {}
-    from .inputs import STORED_MASKS, stored_group  # local: inputs is the heavier module
-
     return {k: v for k, v in stored_group(case.inputs).items() if k in STORED_MASKS}
 
 

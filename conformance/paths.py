@@ -18,8 +18,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
     """`path` relative to `cwd` (default: the working directory) or to the shipped specs."""
-    from .spec import shipped_specs_dir  # late: spec imports this module
-
     text = str(path)
     try:
         absolute = Path(text).resolve()
@@ -32,6 +30,17 @@ def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | Non
     if absolute.is_relative_to(shipped):
         return (Path("specs") / absolute.relative_to(shipped)).as_posix()
     return text
+
+
+def shipped_specs_dir() -> Path:
+    """The shipped specs: conformance/specs inside an installed wheel (pyproject maps the
+    top-level specs/ there), else specs/ of the source checkout this package runs from
+    (editable installs, `python -m` from a checkout). Independent of the working directory."""
+    here = Path(__file__).resolve().parent
+    installed = here / "specs"
+    if installed.is_dir():
+        return installed
+    return here.parent / "specs"
 
 
 def safe_file_name(name: str) -> str:

@@ -55,7 +55,7 @@ from .limits import (
     case_id_problem,
     yaml_number_hint,
 )
-from .paths import display_path
+from .paths import display_path, shipped_specs_dir  # noqa: F401 - re-exported
 from .score_terms import ScoreTerms, standard_alibi_slopes
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
@@ -1070,14 +1070,3 @@ def _source_line(source: str) -> int | None:
     """The line of a "file:line" source, or None."""
     tail = source.rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else None
-
-
-def shipped_specs_dir() -> Path:
-    """The shipped specs: conformance/specs inside an installed wheel (pyproject maps the
-    top-level specs/ there), else specs/ of the source checkout this package runs from
-    (editable installs, `python -m` from a checkout). Independent of the working directory."""
-    here = Path(__file__).resolve().parent
-    installed = here / "specs"
-    if installed.is_dir():
-        return installed
-    return here.parent / "specs"
