@@ -12,6 +12,7 @@ either form (conformance.report renders what load_results returns).
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -228,11 +229,16 @@ def _read_json(path: Path) -> Any:
     if not path.exists():
         raise ResultsFileError(f"{path}: no such results file")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".gz":  # a committed scoreboard: results.json.gz
+            text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ResultsFileError(
             f"{path}: not a results file (not UTF-8 text; is it compressed or binary?)"
         ) from None
+    except (EOFError, gzip.BadGzipFile) as error:
+        raise ResultsFileError(f"{path}: not a readable gzip file: {error}") from None
     except OSError as error:
         raise ResultsFileError(f"{path}: cannot read: {error.strerror or error}") from None
     if not text.strip():

@@ -658,3 +658,15 @@ def test_known_findings_explain_fails_but_keep_them_fails() -> None:
     root = Path(__file__).resolve().parent.parent
     text = render_markdown(load_results(root / "reports" / "results.json"))
     assert "Known finding **torchlib-bool-mask-dtype-min**" in text
+
+
+def test_a_gzipped_results_file_reads_like_the_plain_one(raw: dict, tmp_path: Path) -> None:
+    import gzip
+
+    plain, packed = tmp_path / "results.json", tmp_path / "results.json.gz"
+    plain.write_text(json.dumps(raw))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_results(packed) == load_results(plain)
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ResultsFileError, match="not a readable gzip file"):
+        load_results(tmp_path / "bad.json.gz")
