@@ -1,8 +1,8 @@
 """Print README's generated tables (the single sources of truth are the adapters' declarations
-and the committed scoreboard, reports/results.json).
+and the committed scoreboard, reports/results.json.gz).
 
 python scripts/adapter_table.py                 # the adapter table, from the declarations
-python scripts/adapter_table.py --behaviours    # the behaviour table, from reports/results.json
+python scripts/adapter_table.py --behaviours    # the behaviour table, from reports/results.json.gz
 python scripts/adapter_table.py --write         # rewrite README's generated behaviour block
 """
 
@@ -38,7 +38,7 @@ def adapter_table() -> str:
     return "\n".join(rows)
 
 
-def behaviour_block(results: Path = ROOT / "reports" / "results.json") -> str:
+def behaviour_block(results: Path = ROOT / "reports" / "results.json.gz") -> str:
     """README's behaviour table, generated from the committed scoreboard."""
     from conformance.report import load_results
     from conformance.report.behaviours import behaviours_markdown
