@@ -462,8 +462,11 @@ def cases(
             terms["softcap"] = draw(st.sampled_from([50.0, 1.0]) | st.floats(0.1, 100.0))
         alibi_ok = decode is None and not (bias_kv or zero_attn)
         for tag, standard in (("alibi-standard", True), ("alibi", False)):
-            if alibi_ok and "alibi" not in terms and tag in allowed and (
-                tag in require or _sometimes(draw, 6)
+            if (
+                alibi_ok
+                and "alibi" not in terms
+                and tag in allowed
+                and (tag in require or _sometimes(draw, 6))
             ):
                 slopes = st.lists(st.floats(0.0, 4.0), min_size=h, max_size=h).map(tuple)
                 terms["alibi"] = standard_alibi_slopes(h) if standard else draw(slopes)
