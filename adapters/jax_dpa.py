@@ -423,6 +423,18 @@ def _dpa_divergences(
     )
     if fill:  # issue 14: rows of finite fills are computed as written
         masked.append(FILL_AS_WRITTEN)
+        masked.append(
+            Divergence(
+                id="finite-fill-float64-overflows",
+                reason="the float32 softmax (see softmax-float32) casts a float64 fill of "
+                "finfo(float64).min to -inf, so a row whose every key carries it is NaN, not "
+                "the uniform average the fill gives in float64",
+                link=SOFTMAX_F32_LINK,
+                when=frozenset({"finite-fill", "fully-masked-rows"}),
+                dtypes=frozenset({"float64"}),
+                masked_rows="nan",
+            )
+        )
     mixed = Divergence(
         id="masked-rows-mixed-additive",
         reason=MASKED_MIXED,
