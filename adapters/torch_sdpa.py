@@ -233,6 +233,12 @@ SDPA_UNSUPPORTED = {
 # (math: torch._safe_softmax; the fused kernels were updated in the same change). Measured in
 # torch 2.13 on CPU for the math and flash-for-cpu backends, every dtype, bool and additive
 # masks.
+# issue 14: the math backend adds a float attn_mask to float32 logits for every half dtype
+SDPA_FILL_AS_WRITTEN = dataclasses.replace(
+    FILL_AS_WRITTEN,
+    link="https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/transformers/attention.cpp",
+)
+
 SDPA_MASKED_ROWS = Divergence(
     id="sdpa-masked-rows-zero",
     reason=(
@@ -294,7 +300,7 @@ class TorchSdpaAdapter(Adapter):
         features=SDPA_FEATURES,
         requires=REQUIRES,
         worker=WORKER,
-        divergences=(SDPA_MASKED_ROWS, FILL_AS_WRITTEN),
+        divergences=(SDPA_MASKED_ROWS, SDPA_FILL_AS_WRITTEN),
         unsupported_reasons=SDPA_UNSUPPORTED,
         # math backend: torch.dropout on the [B, H, T, S] weights after softmax; the fused
         # kernels drop the same weights with their own generator (Philox on CUDA).
