@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .adapter import (
+    FILL_AS_WRITTEN,
     Adapter,
     Declaration,
     Divergence,
@@ -60,7 +61,7 @@ from .layouts import (
     to_linear_out,
     to_packed_in_proj,
 )
-from .masks import build_mask, combined_additive, to_true_masked, visible
+from .masks import build_mask, combined_additive, fill_value, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
@@ -72,8 +73,10 @@ KV_HEADS = ("native", "repeat", "equal")
 BOOL_MASK_FEATURES = frozenset({
     "causal", "causal-top-left", "causal-bottom-right", "key-padding", "query-padding",
     "bool-mask", "per-head-mask", "additive-mask", "window", "fully-masked-rows",
+    "segments", "left-padding",  # issue 14: any mask, so packed rows and left padding too
 })  # fmt: skip
-ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias"}
+# issue 14: an additive mask can carry a finite fill (-1e9, -10000, finfo.min) as users write it
+ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias", "finite-fill"}
 GQA_FEATURES = frozenset({"grouped-query", "multi-query"})
 
 _FRAMEWORK_OF = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
@@ -101,7 +104,7 @@ def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | N
 
     attend, bias = build_mask(case)
     if form == "additive":
-        mask = combined_additive(attend, bias, STORAGE[case.dtype])
+        mask = combined_additive(attend, bias, STORAGE[case.dtype], fill=fill_value(case))
     else:
         if bias is not None and np.any(np.isfinite(bias) & (bias != 0)):
             raise Unsupported("a finite attention bias cannot travel as a boolean mask")
@@ -149,6 +152,13 @@ def _split_mask(case: Case, form: str, broadcast: bool) -> tuple[np.ndarray | No
 
 
 # --- declarations --------------------------------------------------------------------------
+
+
+def _with_fill(divergences: tuple, features: frozenset[str]) -> tuple:
+    """Issue 14: an adapter taking finite fills computes fully masked rows as written."""
+    if "finite-fill" in features and FILL_AS_WRITTEN.id not in {d.id for d in divergences}:
+        return (*divergences, FILL_AS_WRITTEN)
+    return divergences
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -537,7 +547,7 @@ def _build(
         requires=tuple(requires) if requires is not None else (() if kind == "numpy" else (kind,)),
         worker=worker or f"plugin:{name}",  # own process: a user's crash costs only its cases
         env=dict(env or {}),
-        divergences=tuple(divergences),
+        divergences=_with_fill(tuple(divergences), features),
         tolerances=tuple(tolerances),
         unsupported_reasons=dict(unsupported_reasons or {}),
         notes=_notes(convention.get("kv_heads", "native"), convention["returns_weights"], notes),

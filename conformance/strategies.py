@@ -42,6 +42,12 @@ Dropout = getattr(_case_module, "Dropout", None)
 NOT_GENERATED: dict[str, str] = {
     "dropout-training": "checked statistically over many seeded runs (conformance.dropout): "
     "far too slow per example; specs/dropout.yaml covers it",
+    # issue 14: covered by specs/finite_fill.yaml and specs/packed.yaml, and proven against
+    # independent formulations in tests/test_packed_fill.py
+    "finite-fill": "fully masked rows then follow the fill's arithmetic per dtype, which the "
+    "generator's policies do not model; specs/finite_fill.yaml covers it",
+    "segments": "segment lengths must sum to T = S per batch element; specs/packed.yaml covers it",
+    "left-padding": "a padding side, not a component; specs/packed.yaml covers it",
 }
 
 # Mask components the generator knows, and the feature tag each one needs.
