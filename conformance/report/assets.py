@@ -131,9 +131,10 @@ JS = r"""
   });
   D.byCase = D.cases.map(function () { return []; });
   // Unsupported results of one adapter, reason and device travel as one row and case indices.
-  D.unsupported.forEach(function (row) {
-    var shared = row.slice(0, -1), at = 0;
-    var cases = row[row.length - 1].map(function (d) { at += d; return at; });  // differences
+  var groupRows = decodeColumns(D.unsupported.rows);
+  D.unsupported.cases.forEach(function (deltas, g) {
+    var shared = groupRows[g].slice(), at = 0;
+    var cases = deltas.map(function (d) { at += d; return at; });  // differences
     while (shared.length < 3) shared.push(null);
     cases.forEach(function (c) {
       var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
@@ -503,6 +504,13 @@ JS = r"""
   renderTotals();
   renderMatrix();
   renderResults();
+  document.querySelectorAll(".tags[data-on]").forEach(function (box) {  // html.py: adapter cards
+    var on = {}, first = box.firstChild;
+    box.getAttribute("data-on").split(" ").forEach(function (i) { if (i) on[+i] = true; });
+    D.features.forEach(function (tag, i) {
+      box.insertBefore(el("span", {cls: on[i] ? "tag" : "tag off", text: tag}), first);
+    });
+  });
   document.body.setAttribute("data-ready", "1");
 })();
 """

@@ -330,8 +330,8 @@ def _payload(doc: dict) -> dict:
             "d": strings.add(record["device"]),
             "e": env_index.get(record.get("environment_id"), 0),
             "v": ORDER.index(record["verdict"]),
-            "x": _num(record.get("max_abs_error")),
-            "rx": _num(record.get("max_rel_error")),
+            "x": _num(record.get("max_abs_error"), 3),
+            "rx": _num(record.get("max_rel_error"), 3),
             "t": tolerances.add(_tolerance_key(record)),
             "mu": _cannot_express(record, strings),
             "s": _milliseconds(record.get("duration_s")),
@@ -382,7 +382,12 @@ def _payload(doc: dict) -> dict:
             [at, rt, None if text is None else strings.add(text)]
             for at, rt, text in tolerances.items
         ],
-        "unsupported": [_deltas(row) for row in unsupported.values()],
+        # Groups of unsupported results: their shared rows as columns, and per group its case
+        # indices as differences.
+        "unsupported": {
+            "rows": _columns([_deltas(row)[:-1] for row in unsupported.values()]),
+            "cases": [_deltas(row)[-1] for row in unsupported.values()],
+        },
         "divergences": divergences,
         "docs": [docs_page(name) for name in adapters],
         "features": feature_list,
@@ -505,17 +510,15 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
             )
         features = set(info.get("features") or [])
         if features:
-            tags = []
-            for tag in FEATURES:
-                if tag in ("float64", "float32", "float16", "bfloat16"):
-                    continue
-                cls = "tag" if tag in features else "tag off"
-                # The meaning of each tag is in the glossary once, not repeated per adapter.
-                tags.append(f'<span class="{cls}">{_e(tag)}</span>')
-            tags += [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
+            # The page draws every known tag, struck out where not in data-on (indices into the
+            # data's feature list): 58 cards x 45 tags of markup would be ~80 KB. The meaning of
+            # each tag is in the glossary once, not repeated per adapter.
+            known = [t for t in FEATURES if t not in ("float64", "float32", "float16", "bfloat16")]
+            on = " ".join(str(i) for i, tag in enumerate(known) if tag in features)
+            extra = [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
             parts.append(
                 '<div class="note">capabilities (struck out: cannot express)</div>'
-                f'<div class="tags">{"".join(tags)}</div>'
+                f'<div class="tags" data-on="{on}">{"".join(extra)}</div>'
             )
         divs = info.get("divergences") or []
         if divs:
