@@ -186,7 +186,9 @@ def test_kernel_scale_fuzz_finds_a_rescaling_bug() -> None:
         return evaluate(adapter, case, "cpu", cache)["verdict"] == "fail"
 
     strategy = cases(adapter.declaration, limits=KERNEL_SCALE_LIMITS)
-    found = find(strategy, fails, settings=FUZZ)
+    # 400 examples: how often a draw reaches a multi-block row depends on Hypothesis's version
+    # (6.170 prefers the short branch more than 6.155; 60 examples found nothing there).
+    found = find(strategy, fails, settings=settings(FUZZ, max_examples=400))
     assert found.shape.kv_len > BLOCK_K
     with pytest.raises(NoSuchExample):
         find(cases(adapter.declaration, limits=DEFAULT_LIMITS), fails, settings=FUZZ)
