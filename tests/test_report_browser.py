@@ -160,7 +160,9 @@ def test_scoreboard_answers_the_three_questions(tmp_path: Path) -> None:
                 for r in table.locator("tbody tr").all()
             }
             zeros = next(v for k, v in rows.items() if k.startswith("zeros"))
-            assert "torch.sdpa" in zeros and "onnx.attention.4d" in zeros
+            assert "torch.sdpa" in zeros
+            # ORT's fused kernel: zeros, plus one float16 finite-fill fail (docs/adapters/onnx.md)
+            assert any(k.startswith("zeros") and "onnx.attention.4d" in v for k, v in rows.items())
             nan = next(v for k, v in rows.items() if k.startswith("NaN"))
             assert "torch.mha.fast" in nan and "reference" in nan
             assert any(k.startswith("uniform") and "flax.linen" in v for k, v in rows.items())
