@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .case import CAUSAL_ALIGNMENTS, COMPARABLE, DTYPES, MASKED_ROW_POLICIES, MODES, TIERS
+from .rotary import ROPE_STYLES
 from .spec import (
     CASE_KEYS,
     DECODE_KEYS,
@@ -30,6 +31,7 @@ from .spec import (
     FILE_KEYS,
     MASK_KEYS,
     MAX_INNER_AXES,
+    ROPE_KEYS,
     SCORE_KEYS,
     SHAPE_KEYS,
     SPEC_VERSION,
@@ -188,6 +190,17 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                     ),  # fmt: skip
                 },
                 SCORE_KEYS,
+            )
+        ),
+        "rope": _param(  # issue 14: rotary position embeddings
+            _object(
+                {
+                    "style": _param({"enum": list(ROPE_STYLES)}),
+                    "theta": _param({"type": "number", "exclusiveMinimum": 0}),
+                    "rotary_dim": _param({"type": "integer", "minimum": 2, "multipleOf": 2}),
+                    "offset": _int(0),
+                },
+                ROPE_KEYS,
             )
         ),
         "matrix": {
