@@ -48,6 +48,7 @@ BUILTIN_MODULES = (
     "traps_keras",
     "traps_jax",
     "traps_onnx",
+    "traps_hf",  # issue 14: a rotary convention ported without its permutation
 )
 
 
