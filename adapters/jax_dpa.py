@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration, Divergence, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk, from_einsum_kernel, to_einsum_kernel
-from conformance.masks import build_mask, causal_offset
+from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
 
 JAX_SRC = "https://github.com/jax-ml/jax/blob/jax-v0.10.2/jax/_src/nn/functions.py"
 # Set before a worker imports jax: x64 on (setup() repeats it), and no up-front grab of 75% of
@@ -288,8 +288,18 @@ _KERNEL_FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "gradients",
+        "segments",  # issue 14: packed rows travel in the boolean mask
     }
 )
+# issue 14: the XLA paths take the user's float mask as `bias`, finite fill included; left
+# padding travels in the boolean mask (sequence lengths count valid tokens from the start)
+_XLA_FEATURES = _KERNEL_FEATURES | {"finite-fill", "left-padding"}
+_SEQ_LENGTHS_UNSUPPORTED = {
+    "left-padding": "query_seq_lengths / key_value_seq_lengths count valid tokens from the "
+    "start of the row: right padding only (jax.dpa.xla takes left padding as a mask)",
+    "finite-fill": "this variant maps padding to sequence lengths; jax.dpa.xla takes the "
+    "user's float mask as `bias`",
+}
 
 _UNSUPPORTED = {
     "value-dim": "jax.nn.dot_product_attention requires value to have the key's shape "
@@ -388,7 +398,9 @@ def compose(
     return (*first, *combined, *masked, *precision)
 
 
-def _dpa_divergences(query_zeros: bool, precision: list[Divergence]) -> tuple[Divergence, ...]:
+def _dpa_divergences(
+    query_zeros: bool, precision: list[Divergence], fill: bool = False
+) -> tuple[Divergence, ...]:
     masked = []
     if query_zeros:
         masked.append(
@@ -409,6 +421,20 @@ def _dpa_divergences(query_zeros: bool, precision: list[Divergence]) -> tuple[Di
             masked_rows="uniform",
         )
     )
+    if fill:  # issue 14: rows of finite fills are computed as written
+        masked.append(FILL_AS_WRITTEN)
+        masked.append(
+            Divergence(
+                id="finite-fill-float64-overflows",
+                reason="the float32 softmax (see softmax-float32) casts a float64 fill of "
+                "finfo(float64).min to -inf, so a row whose every key carries it is NaN, not "
+                "the uniform average the fill gives in float64",
+                link=SOFTMAX_F32_LINK,
+                when=frozenset({"finite-fill", "fully-masked-rows"}),
+                dtypes=frozenset({"float64"}),
+                masked_rows="nan",
+            )
+        )
     mixed = Divergence(
         id="masked-rows-mixed-additive",
         reason=MASKED_MIXED,
@@ -532,13 +558,19 @@ class _JaxDpa(Adapter):
         aligned = causal_offset(case) == 0  # the flags are top-left aligned
         strip: dict[str, Any] = {}
         args: dict[str, Any] = {"is_causal": False, "window": None, "q_len": None, "kv_len": None}
+        args["scale"] = None if case.scale is None else float(case.scale)
+        if m.fill is not None:  # issue 14: the user's float mask as written, as `bias`
+            attend, bias = build_mask(case)
+            args["mask"] = None
+            args["bias"] = combined_additive(attend, bias, np.float64, fill=fill_value(case))
+            return args
         if m.causal and aligned:
             args["is_causal"] = True
             strip["causal"] = None
         if m.window is not None and aligned:
             args["window"] = tuple(int(w) for w in m.window)
             strip["window"] = None
-        if self.seq_lengths:
+        if self.seq_lengths and m.padding_side == "right":  # lengths count from the start
             if m.key_padding is not None:
                 args["kv_len"] = np.asarray(m.key_padding, dtype=np.int32)
                 strip["key_padding"] = None
@@ -610,11 +642,11 @@ class JaxDpaXla(_JaxDpa):
         summary="jax.nn.dot_product_attention(implementation='xla'); flags is_causal, "
         "local_window_size, bias, scale; other masks as the boolean mask",
         framework="jax",
-        features=_KERNEL_FEATURES,
+        features=_XLA_FEATURES,
         requires=("jax",),
         worker="jax",
         env=JAX_ENV,
-        divergences=_dpa_divergences(False, [softmax_float32(), tf32_on_cuda()]),
+        divergences=_dpa_divergences(False, [softmax_float32(), tf32_on_cuda()], fill=True),
         unsupported_reasons=_UNSUPPORTED,
         notes="is_causal and local_window_size are top-left aligned (_get_causal_mask is "
         "tril(ones(T, S))); a bottom-right causal mask or window with T != S goes in `mask`.",
@@ -634,7 +666,7 @@ class JaxDpaXlaSeqLengths(_JaxDpa):
         worker="jax",
         env=JAX_ENV,
         divergences=_dpa_divergences(True, [softmax_float32(), tf32_on_cuda()]),
-        unsupported_reasons=_UNSUPPORTED,
+        unsupported_reasons={**_UNSUPPORTED, **_SEQ_LENGTHS_UNSUPPORTED},
         notes="Identical to jax.dpa.xla on cases without key or query padding.",
     )
     implementation = "xla"
@@ -656,6 +688,7 @@ class JaxDpaCudnn(_JaxDpa):
         divergences=_cudnn_divergences(),
         unsupported_reasons={
             **_UNSUPPORTED,
+            **_SEQ_LENGTHS_UNSUPPORTED,
             "float32": "cuDNN flash attention takes float16/bfloat16 (and fp8) only",
             "float64": "cuDNN flash attention takes float16/bfloat16 (and fp8) only",
         },
@@ -690,11 +723,11 @@ class JaxDpaDefault(_JaxDpa):
         summary="jax.nn.dot_product_attention(implementation=None): JAX's own choice (XLA on "
         "CPU); same flags and masks as jax.dpa.xla",
         framework="jax",
-        features=_KERNEL_FEATURES,
+        features=_XLA_FEATURES,
         requires=("jax",),
         worker="jax",
         env=JAX_ENV,
-        divergences=_dpa_divergences(False, [softmax_float32(), tf32_on_cuda()]),
+        divergences=_dpa_divergences(False, [softmax_float32(), tf32_on_cuda()], fill=True),
         unsupported_reasons=_UNSUPPORTED,
         notes="CPU only: on a GPU implementation=None may select cuDNN, whose conventions "
         "differ (see jax.dpa.cudnn); that selection is not exercised here.",

@@ -31,6 +31,7 @@ from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive
 
+from .jax_dpa import MASKED_MIXED, MASKED_UNIFORM_LINK
 from .keras_mha import (
     DotProductAttentionCounter,
     assert_backend,
@@ -99,6 +100,16 @@ TF_MULTI_QUERY_BUG = (
 # Keras's torch backend adds a float bias as is: -inf entries reach torch SDPA, whose safe
 # softmax returns zeros for a row with every key at -inf (the boolean-mask path instead
 # offsets by -0.7 * float max: uniform, declared by keras_divergences).
+# Keras's jax backend hands the boolean mask and the -inf bias to jax.nn.dot_product_attention,
+# so a fully masked row mixing both gets jax.dpa.xla's per-row mixture (found by fuzzing:
+# causal + additive 0/-inf, one key row).
+JAX_MIXED_ROWS = Divergence(
+    id="masked-rows-mixed-additive",
+    reason=MASKED_MIXED,
+    link=MASKED_UNIFORM_LINK,
+    when=frozenset({"fully-masked-rows", "additive-mask"}),
+    unverifiable=True,
+)
 TORCH_INF_BIAS_ROWS = Divergence(
     id="fully-masked-rows-zeros-inf-bias",
     reason="an additive -inf bias goes to torch SDPA unchanged; torch's safe softmax returns "
@@ -190,6 +201,7 @@ def _make(backend: str) -> type[KerasOpsDpaAdapter]:
         worker=f"keras-{backend}",
         env={"KERAS_BACKEND": backend},
         divergences=((TORCH_INF_BIAS_ROWS,) if backend == "torch" else ())
+        + ((JAX_MIXED_ROWS,) if backend == "jax" else ())
         + keras_divergences(backend, "fused"),
         unsupported_reasons=UNSUPPORTED,
         notes="is_causal=True for a mask that is only top-left causal; other boolean masks as "

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration
-from conformance.masks import build_mask, combined_additive
+from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration
+from conformance.masks import build_mask, combined_additive, fill_value
 
 
 def einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
@@ -125,6 +125,9 @@ class NumpyEinsum(Adapter):
                 "attn-bias",
                 "window",
                 "fully-masked-rows",
+                "finite-fill",  # issue 14: the additive mask takes the fill as written
+                "segments",
+                "left-padding",
                 "scale",
                 "no-bias",
                 "decode",
@@ -137,6 +140,7 @@ class NumpyEinsum(Adapter):
         ),  # fmt: skip
         dtypes=frozenset({"float64", "float32", "float16"}),
         worker="numpy",
+        divergences=(FILL_AS_WRITTEN,),  # issue 14
         unsupported_reasons={
             "grouped-query": "the paper defines multi-head (G=H) and multi-query (G=1) only",
             "bfloat16": "NumPy has no bfloat16",
@@ -150,7 +154,7 @@ class NumpyEinsum(Adapter):
         dt = np.dtype(case.dtype)
         attend, bias = build_mask(case)
         s = case.shape
-        mask = combined_additive(attend, bias, dt)
+        mask = combined_additive(attend, bias, dt, fill=fill_value(case))
         if mask is None:
             mask = np.zeros((1, 1, 1, 1), dt)
         scale = dt.type(case.effective_scale)

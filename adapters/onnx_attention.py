@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration, Divergence, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.layouts import merge_heads, split_heads
-from conformance.masks import build_mask, causal_offset, combined_additive
+from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
 
 # --- shared ONNX Runtime plumbing -----------------------------------------------------------
 
@@ -561,12 +561,20 @@ class OnnxAttentionBase(OrtAdapter):
         window = None
         nonpad = None
         offset = causal_offset(case)
-        if offset < 0:
+        # issue 14: a finite fill, packed segments or left padding is the user's own mask, so
+        # all of it goes in attn_mask as written (is_causal, the window and nonpad_kv_seqlen
+        # would mask with -inf or from the right).
+        as_written = m.fill is not None or m.segments is not None or m.padding_side == "left"
+        if as_written:
+            pass
+        elif offset < 0:
             raise Unsupported(
                 "is_causal aligns the diagonal by the past length, which cannot be negative: no "
                 "bottom-right causal mask with more queries than keys"
             )
-        if self.NONPAD and m.key_padding is not None:
+        if as_written:
+            pass
+        elif self.NONPAD and m.key_padding is not None:
             # With nonpad_kv_seqlen, ONNX aligns is_causal (and the window) at each batch's
             # valid length (offset = nonpad_kv_seqlen - T), not the case's mask, and forbids
             # past_key: a causal mask then goes in attn_mask.
@@ -578,7 +586,7 @@ class OnnxAttentionBase(OrtAdapter):
             # keys go in as past_key/past_value.
             causal = True
             rest = dataclasses.replace(rest, causal=None)
-        if self.WINDOW and m.window is not None:
+        if self.WINDOW and m.window is not None and not as_written:
             if nonpad is not None and (m.causal is not None or offset):
                 raise Unsupported("with nonpad_kv_seqlen the window aligns at the valid length")
             window = m.window  # aligned by the past length too, like the case's window
@@ -591,7 +599,10 @@ class OnnxAttentionBase(OrtAdapter):
             feeds["past_key"] = np.ascontiguousarray(k[:, :, :past])
             feeds["past_value"] = np.ascontiguousarray(v[:, :, :past])
         kind, heads = "none", 1
-        if bias is not None:
+        if m.fill is not None and (attend is not None or bias is not None):
+            kind = "float"
+            feeds["attn_mask"] = combined_additive(attend, bias, dtype, fill=fill_value(case))
+        elif bias is not None:
             kind = "float"
             feeds["attn_mask"] = combined_additive(attend, bias, dtype)
         elif attend is not None:
@@ -728,6 +739,10 @@ KERNEL_FEATURES = frozenset(
         "softcap",
         "alibi",
         "alibi-standard",
+        # issue 14: the whole mask goes in attn_mask as written (plan: as_written)
+        "finite-fill",
+        "segments",
+        "left-padding",
     }
 )
 
@@ -796,7 +811,7 @@ def _declaration(name: str, summary: str, **kw: Any) -> Declaration:
         dtypes=kw.pop("dtypes", frozenset(ORT_DTYPES)),
         requires=("onnx", "onnxruntime"),
         worker="onnx",
-        divergences=kw.pop("divergences", (FULLY_MASKED_ZEROS,)),
+        divergences=kw.pop("divergences", (FULLY_MASKED_ZEROS, FILL_AS_WRITTEN)),
         unsupported_reasons=kw.pop("unsupported_reasons", UNSUPPORTED),
         notes=kw.pop("notes", NOTES + ROPE_NOTES),
         **kw,
@@ -852,6 +867,7 @@ FUNCTION_DIVERGENCES = (
         compute_dtype="float32",
     ),
     FULLY_MASKED_ZEROS,
+    FILL_AS_WRITTEN,
 )
 
 

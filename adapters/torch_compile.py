@@ -30,6 +30,7 @@ from conformance.inputs import CaseInputs
 
 from .torch_sdpa import (
     SDPA_FEATURES,
+    SDPA_FILL_AS_WRITTEN,
     SDPA_MASKED_ROWS,
     SDPA_UNSUPPORTED,
     TorchSdpaAdapter,
@@ -117,7 +118,7 @@ class TorchCompileSdpaAdapter(TorchSdpaAdapter):
         features=SDPA_FEATURES - {"gradients", "dropout-training"},
         requires=("torch",),
         worker="torch-compile",
-        divergences=(SDPA_MASKED_ROWS,),
+        divergences=(SDPA_MASKED_ROWS, SDPA_FILL_AS_WRITTEN),
         unsupported_reasons=COMPILE_UNSUPPORTED,
         notes="Same arguments as torch.sdpa (bool mask True = attend, additive masks in the case "
         "dtype, is_causal / causal_lower_right, enable_gqa). Path proven with dynamo's counters: "

@@ -40,10 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
+from conformance.adapter import (
+    FILL_AS_WRITTEN,
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    Unsupported,
+)
 from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive
+from conformance.masks import build_mask, combined_additive, fill_value
 from conformance.score_terms import alibi_for_case
 
 # --- helpers shared with torch_mha.py --------------------------------------------------------
@@ -199,6 +206,11 @@ SDPA_FEATURES = frozenset(
         # BLOOM/MPT ports call SDPA; SDPA has no softcap or sink argument
         "alibi",
         "alibi-standard",
+        # issue 14: the float attn_mask carries finite fills as written, packed segments and
+        # left padding (a mask like any other)
+        "finite-fill",
+        "segments",
+        "left-padding",
     }
 )
 
@@ -221,6 +233,12 @@ SDPA_UNSUPPORTED = {
 # (math: torch._safe_softmax; the fused kernels were updated in the same change). Measured in
 # torch 2.13 on CPU for the math and flash-for-cpu backends, every dtype, bool and additive
 # masks.
+# issue 14: the math backend adds a float attn_mask to float32 logits for every half dtype
+SDPA_FILL_AS_WRITTEN = dataclasses.replace(
+    FILL_AS_WRITTEN,
+    link="https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/transformers/attention.cpp",
+)
+
 SDPA_MASKED_ROWS = Divergence(
     id="sdpa-masked-rows-zero",
     reason=(
@@ -258,7 +276,10 @@ def sdpa_arguments(case: Case, inputs: CaseInputs, device: str) -> dict[str, Any
             kwargs["attn_mask"] = causal_lower_right(s.query_len, s.kv_len)
         return kwargs
     attend, bias = build_mask(case)
-    if bias is None and attend is not None:
+    if case.mask.fill is not None:  # issue 14: the user's float mask, finite fill as written
+        additive = combined_additive(attend, bias, np.float64, fill=fill_value(case))
+        kwargs["attn_mask"] = to_torch(additive, case.dtype, device)
+    elif bias is None and attend is not None:
         kwargs["attn_mask"] = to_torch(attend, "bool", device)  # True = attend, as neutral
     elif bias is not None:
         additive = combined_additive(attend, bias, np.float64)
@@ -279,7 +300,7 @@ class TorchSdpaAdapter(Adapter):
         features=SDPA_FEATURES,
         requires=REQUIRES,
         worker=WORKER,
-        divergences=(SDPA_MASKED_ROWS,),
+        divergences=(SDPA_MASKED_ROWS, SDPA_FILL_AS_WRITTEN),
         unsupported_reasons=SDPA_UNSUPPORTED,
         # math backend: torch.dropout on the [B, H, T, S] weights after softmax; the fused
         # kernels drop the same weights with their own generator (Philox on CUDA).

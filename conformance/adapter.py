@@ -66,6 +66,26 @@ class Divergence:
         return True
 
 
+# Issue 14: a row whose every key carries a finite fill (mask.fill) is not empty to the
+# implementation: softmax(logits + fill) over all its keys, which is the uniform average once
+# the fill swamps the logits (-1e9 in float32, finfo.min) and nearly the unmasked softmax when
+# it does not (-10000 added to float32 logits). Every implementation handed such a mask computes
+# this, so each adapter taking finite fills declares it; verified like any divergence.
+FILL_AS_WRITTEN = Divergence(
+    id="finite-fill-rows-as-written",
+    reason=(
+        "a query row whose every key carries a finite fill is computed as written, "
+        "softmax(logits + fill) over all its keys (the fill in the case dtype, added in float32 "
+        "or float64): the uniform average when the fill swamps the logits, close to the "
+        "unmasked softmax when it does not (-10000), NaN or the -inf convention when the fill "
+        "overflowed to -inf (-1e9 in float16)"
+    ),
+    link="https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_attn_mask_utils.py",
+    when=frozenset({"finite-fill", "fully-masked-rows"}),
+    masked_rows="fill",
+)
+
+
 @dataclass(frozen=True)
 class ToleranceOverride:
     """A per-dtype tolerance different from the policy, with the reason it is justified."""

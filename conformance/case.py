@@ -14,13 +14,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .masks import any_fully_masked_row
 from .rotary import Rope
 from .score_terms import ScoreTerms
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 MODES = ("layer", "kernel")
 COMPARABLE = ("output", "weights", "weights_mean")
-MASKED_ROW_POLICIES = ("nan", "zeros", "uniform")
+MASKED_ROW_POLICIES = ("nan", "zeros", "uniform", "fill")
+# issue 14: finite masking values as users write them (mask.fill)
+FILL_WORDS = ("finfo-min",)
+PADDING_SIDES = ("right", "left")
 CAUSAL_ALIGNMENTS = ("top-left", "bottom-right")
 # Size tiers, smallest first: a run at one tier includes the tiers before it.
 #   small    toy sizes (rows <= ~32): every semantic question, in seconds
@@ -76,6 +80,12 @@ class Mask:
     window: tuple[int, int] | None = None  # (left, right) visible keys around the diagonal
     masked_rows: tuple[tuple[int, int], ...] = ()  # (b, t) rows with every key masked
     fully_masked_rows: str = "nan"  # what the case expects such a row to yield
+    # issue 14: masked keys reach the implementation as this finite additive value (a number
+    # < 0 or "finfo-min") instead of -inf or a boolean; the reference still excludes them
+    fill: float | str | None = None
+    # issue 14: packed sequences, segment lengths per batch element (each sums to T = S)
+    segments: tuple[tuple[int, ...], ...] | None = None
+    padding_side: str = "right"  # issue 14: key/query padding at the end or the start
 
     def is_empty(self) -> bool:
         return (
@@ -87,6 +97,7 @@ class Mask:
             and self.bias_scale is None
             and self.window is None
             and not self.masked_rows
+            and self.segments is None
         )
 
 
@@ -179,6 +190,8 @@ class Case:
             if mask.get(key) is not None:
                 mask[key] = tuple(mask[key])
         mask["masked_rows"] = tuple(tuple(r) for r in mask.get("masked_rows", ()))
+        if mask.get("segments") is not None:  # issue 14
+            mask["segments"] = tuple(tuple(r) for r in mask["segments"])
         decode = data.get("decode")
         data["shape"] = Shape(**shape)
         data["mask"] = Mask(**mask)
@@ -242,6 +255,12 @@ FEATURES: dict[str, str] = {
     "rope-half": "rotary position embeddings, rotate-half pairs (i, i + d/2): GPT-NeoX, Llama",
     "rope-interleaved": "rotary position embeddings, interleaved pairs (2i, 2i + 1): GPT-J",
     "rope-partial": "rotary embeddings on the first rotary_dim dims of each head only",
+    # issue 14: masks as users write them, packed sequences
+    "finite-fill": "masked keys arrive as a finite additive value (-1e9, -10000, finfo.min) in "
+    "a float mask, not -inf or a boolean",
+    "segments": "packed sequences: several segments per row, attention only within a segment "
+    "(segment ids, cu_seqlens, document masks)",
+    "left-padding": "key/query padding at the start of the row (generation batches), not the end",
 }
 FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
 
@@ -285,6 +304,12 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("attn-bias")
     if m.window is not None:
         tags.add("window")
+    if m.fill is not None:  # issue 14
+        tags.add("finite-fill")
+    if m.segments is not None:
+        tags.add("segments")
+    if m.padding_side == "left" and (m.key_padding is not None or m.query_padding is not None):
+        tags.add("left-padding")
     if has_fully_masked_rows(case):
         tags.add("fully-masked-rows")
     if case.scale is not None:
@@ -327,8 +352,6 @@ def in_tier(case: Case, tier: str) -> bool:
 
 def has_fully_masked_rows(case: Case) -> bool:
     """Whether any query row ends up with every key masked (computed, not guessed)."""
-    from .masks import any_fully_masked_row  # local: masks imports case
-
     if case.extra_keys:  # torch's appended key positions are always visible
         return False
     return any_fully_masked_row(case)

@@ -50,7 +50,7 @@ from .stats import t_quantile_upper
 
 if TYPE_CHECKING:
     from .adapter import Adapter
-    from .evaluate import ReferenceCache
+    from .reference_cache import ReferenceCache
     from .tolerance import Tolerance
 
 ALPHA = 1e-4  # false-alarm probability of each statistical test (family-wise for the mean)

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .case import Case
 from .dtypes import round_to, to_storage
 from .seeding import stream
+
+if TYPE_CHECKING:  # annotations only: case -> masks -> inputs at run time
+    from .case import Case
 
 LAYER_WEIGHTS = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")
 STORED_MASKS = ("mask.attend", "mask.bias")  # members of a stored group that are masks

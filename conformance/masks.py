@@ -9,11 +9,16 @@ The conversions live here once, so adapters never rewrite them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .case import Case
+from .inputs import STORED_MASKS, stored_group
 from .score_terms import alibi_for_case
 from .seeding import stream
+
+if TYPE_CHECKING:  # annotations only: case imports this module (Case.features)
+    from .case import Case
 
 
 def causal_offset(case: Case) -> int:
@@ -82,12 +87,18 @@ def build_mask(
     if m.window is not None:
         left, right = m.window
         restrict((cols >= rows_ + offset - left) & (cols <= rows_ + offset + right))
+    left = m.padding_side == "left"  # issue 14: valid tokens end the row (generation batches)
     if m.key_padding is not None:
         lengths = np.asarray(m.key_padding)[:, None, None, None]
-        restrict(np.arange(n)[None, None, None, :] < lengths)
+        keys = np.arange(n)[None, None, None, :]
+        restrict(keys >= n - lengths if left else keys < lengths)
     if m.query_padding is not None:
         lengths = np.asarray(m.query_padding)[:, None, None, None]
-        restrict(np.arange(t0, t1)[None, None, :, None] < lengths)
+        queries = np.arange(t0, t1)[None, None, :, None]
+        restrict(queries >= t - lengths if left else queries < lengths)
+    if m.segments is not None:  # issue 14: packed sequences attend within their segment
+        ids = segment_ids(case)  # [B, T] (T = S)
+        restrict(ids[:, None, t0:t1, None] == ids[:, None, None, :])
     random_attend, bias = drawn if drawn is not None else drawn_masks(case)
     if random_attend is not None:
         restrict(random_attend[:, :, t0:t1])
@@ -106,6 +117,39 @@ def build_mask(
     return attend, bias
 
 
+def segment_ids(case: Case) -> np.ndarray:
+    """[B, T] int: the segment each token of a packed row belongs to (0, 1, ...), from the
+    case's segment lengths (mask.segments; they sum to T = S)."""
+    lengths = case.mask.segments
+    return np.stack([np.repeat(np.arange(len(row)), row) for row in lengths])
+
+
+def cu_seqlens(case: Case) -> np.ndarray:
+    """[B, segments + 1] cumulative segment lengths per batch element (FlashAttention's
+    cu_seqlens of each row), padded with the row length when rows differ in segment count."""
+    rows = [np.concatenate([[0], np.cumsum(r)]) for r in case.mask.segments]
+    width = max(len(r) for r in rows)
+    return np.stack([np.pad(r, (0, width - len(r)), mode="edge") for r in rows])
+
+
+def fill_value(case: Case) -> float:
+    """The value masked keys carry in the case's additive float mask: -inf unless the case
+    states a finite fill (mask.fill), which is then rounded to the case dtype, as a user's
+    `mask * fill` in that dtype is: -1e9 overflows to -inf in float16, "finfo-min" is the
+    dtype's most negative finite number."""
+    fill = case.mask.fill
+    if fill is None:
+        return -np.inf
+    from .dtypes import STORAGE, round_to
+
+    if fill == "finfo-min":
+        if case.dtype == "bfloat16":  # NumPy has no bfloat16: -(2 - 2^-7) * 2^127
+            return -(2.0 - 2.0**-7) * 2.0**127
+        return float(np.finfo(STORAGE[case.dtype]).min)
+    with np.errstate(over="ignore"):
+        return float(round_to(np.float64(fill), case.dtype))
+
+
 def row_blocks(case: Case, budget: int) -> list[tuple[int, int]]:
     """Query-row ranges [(t0, t1), ...] whose [B, H, rows, S] arrays hold <= budget elements
     (at least one row each)."""
@@ -118,8 +162,6 @@ def row_blocks(case: Case, budget: int) -> list[tuple[int, int]]:
 def _stored_masks(case: Case) -> dict[str, np.ndarray]:
     if not case.inputs:
         return {}
-    from .inputs import STORED_MASKS, stored_group  # local: inputs is the heavier module
-
     return {k: v for k, v in stored_group(case.inputs).items() if k in STORED_MASKS}
 
 
@@ -162,11 +204,26 @@ def to_additive(attend: np.ndarray, dtype: str | np.dtype = np.float64) -> np.nd
 
 
 def combined_additive(
-    attend: np.ndarray | None, bias: np.ndarray | None, dtype: str | np.dtype = np.float64
+    attend: np.ndarray | None,
+    bias: np.ndarray | None,
+    dtype: str | np.dtype = np.float64,
+    fill: float = -np.inf,
 ) -> np.ndarray | None:
-    """One additive mask carrying both parts, or None when the case has no mask."""
+    """One additive mask carrying both parts, or None when the case has no mask.
+
+    `fill` (issue 14, masks.fill_value): the value masked keys carry, -inf by default; a finite
+    fill is how BERT-era code (-10000), tf_keras (-1e9) and Hugging Face (finfo.min) write it:
+    masked keys get `fill` plus any finite bias there."""
     if attend is None and bias is None:
         return None
+    if np.isfinite(fill):
+        masked = np.zeros((1, 1, 1, 1), dtype=bool) if attend is None else ~attend
+        finite = np.zeros((1, 1, 1, 1))
+        if bias is not None:
+            masked = masked | ~np.isfinite(bias)
+            finite = np.where(np.isfinite(bias), bias, 0.0)
+        with np.errstate(over="ignore"):
+            return (np.where(masked, fill, 0.0) + finite).astype(dtype)
     if attend is None:
         return bias.astype(dtype)
     out = to_additive(attend, np.float64)

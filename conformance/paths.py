@@ -18,8 +18,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
     """`path` relative to `cwd` (default: the working directory) or to the shipped specs."""
-    from .spec import shipped_specs_dir  # late: spec imports this module
-
     text = str(path)
     try:
         absolute = Path(text).resolve()
@@ -34,6 +32,17 @@ def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | Non
     return text
 
 
+def shipped_specs_dir() -> Path:
+    """The shipped specs: conformance/specs inside an installed wheel (pyproject maps the
+    top-level specs/ there), else specs/ of the source checkout this package runs from
+    (editable installs, `python -m` from a checkout). Independent of the working directory."""
+    here = Path(__file__).resolve().parent
+    installed = here / "specs"
+    if installed.is_dir():
+        return installed
+    return here.parent / "specs"
+
+
 def safe_file_name(name: str) -> str:
     """`name` with every run of characters outside [A-Za-z0-9._-] replaced by one `_`."""
     return _UNSAFE.sub("_", name).strip("_") or "_"
@@ -45,5 +54,23 @@ def code_path(path: str) -> str:
     for marker in ("/site-packages/", "/dist-packages/"):
         if marker in path:
             return marker.strip("/") + "/" + path.split(marker, 1)[1]
-    shown = display_path(path)
-    return shown
+    # The tool's own code (an editable install or a checkout): conformance/... or adapters/...
+    try:
+        absolute = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return path
+    for package in _own_packages():
+        if absolute.is_relative_to(package):
+            return (Path(package.name) / absolute.relative_to(package)).as_posix()
+    return display_path(path)
+
+
+def _own_packages() -> list[Path]:
+    """The folders of conformance and conformance.adapters (adapters/ in a checkout)."""
+    import importlib.util
+
+    folders = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("conformance.adapters")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p).resolve() for p in spec.submodule_search_locations]
+    return folders

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .adapter import (
+    FILL_AS_WRITTEN,
     Adapter,
     Declaration,
     Divergence,
@@ -60,7 +61,7 @@ from .layouts import (
     to_linear_out,
     to_packed_in_proj,
 )
-from .masks import build_mask, combined_additive, to_true_masked, visible
+from .masks import build_mask, combined_additive, fill_value, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
@@ -72,8 +73,10 @@ KV_HEADS = ("native", "repeat", "equal")
 BOOL_MASK_FEATURES = frozenset({
     "causal", "causal-top-left", "causal-bottom-right", "key-padding", "query-padding",
     "bool-mask", "per-head-mask", "additive-mask", "window", "fully-masked-rows",
+    "segments", "left-padding",  # issue 14: any mask, so packed rows and left padding too
 })  # fmt: skip
-ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias"}
+# issue 14: an additive mask can carry a finite fill (-1e9, -10000, finfo.min) as users write it
+ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias", "finite-fill"}
 GQA_FEATURES = frozenset({"grouped-query", "multi-query"})
 
 _FRAMEWORK_OF = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
@@ -101,7 +104,7 @@ def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | N
 
     attend, bias = build_mask(case)
     if form == "additive":
-        mask = combined_additive(attend, bias, STORAGE[case.dtype])
+        mask = combined_additive(attend, bias, STORAGE[case.dtype], fill=fill_value(case))
     else:
         if bias is not None and np.any(np.isfinite(bias) & (bias != 0)):
             raise Unsupported("a finite attention bias cannot travel as a boolean mask")
@@ -149,6 +152,13 @@ def _split_mask(case: Case, form: str, broadcast: bool) -> tuple[np.ndarray | No
 
 
 # --- declarations --------------------------------------------------------------------------
+
+
+def _with_fill(divergences: tuple, features: frozenset[str]) -> tuple:
+    """Issue 14: an adapter taking finite fills computes fully masked rows as written."""
+    if "finite-fill" in features and FILL_AS_WRITTEN.id not in {d.id for d in divergences}:
+        return (*divergences, FILL_AS_WRITTEN)
+    return divergences
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -537,7 +547,7 @@ def _build(
         requires=tuple(requires) if requires is not None else (() if kind == "numpy" else (kind,)),
         worker=worker or f"plugin:{name}",  # own process: a user's crash costs only its cases
         env=dict(env or {}),
-        divergences=tuple(divergences),
+        divergences=_with_fill(tuple(divergences), features),
         tolerances=tuple(tolerances),
         unsupported_reasons=dict(unsupported_reasons or {}),
         notes=_notes(convention.get("kv_heads", "native"), convention["returns_weights"], notes),
@@ -559,6 +569,36 @@ def _build(
     )
     cls.__qualname__ = qualname  # the registry imports it back as module:qualname
     return cls
+
+
+# The decorators' keyword arguments that go to the Declaration as they are (_build).
+_DECLARED = (
+    "name", "summary", "framework", "dtypes", "requires", "worker", "env", "divergences",
+    "tolerances", "unsupported_reasons", "notes", "devices", "setup", "class_name", "dropout",
+)  # fmt: skip
+
+
+def _decorate(
+    fn: Callable[..., Any] | None,
+    base: type[FunctionAdapter],
+    convention: dict[str, Any],
+    tags: tuple[Iterable[str] | None, Iterable[str], Iterable[str], frozenset[str]],
+    declared: dict[str, Any],
+) -> Any:
+    """The core both decorators share: derive the feature tags from the calling convention
+    (`tags` = features=, add=, drop= and the tags the convention cannot express), then build
+    the adapter class; a decorator when `fn` is None, the class otherwise."""
+    features, add, drop, without = tags
+
+    def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
+        derived = _features(
+            convention["mode"], function, convention["mask"], convention["returns_weights"],
+            convention["kv_heads"], convention.get("weights"), features, add, drop,
+            convention["gradients"],
+        )  # fmt: skip
+        return _build(base, function, convention, features=derived - without, **declared)
+
+    return wrap(fn) if fn is not None else wrap
 
 
 def kernel_adapter(
@@ -615,6 +655,7 @@ def kernel_adapter(
     out_layout= when the output's layout differs from the inputs' (default: layout);
     qkv="packed": fn(qkv [B,T,3,H,K], mask, ...) (self-attention with T = S, H = G, K = V).
     """
+    declared = {k: v for k, v in locals().items() if k in _DECLARED}
     if out_layout not in (None, *KERNEL_LAYOUTS):
         raise ValueError(f"out_layout must be one of {KERNEL_LAYOUTS}, got {out_layout!r}")
     if qkv not in ("separate", "packed"):
@@ -629,28 +670,17 @@ def kernel_adapter(
         if value not in allowed:
             raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
 
-    def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
-        tags = _features(
-            "kernel", function, mask, returns_weights, kv_heads, None, features, add, drop,
-            gradients,
-        )  # fmt: skip
-        convention = {
-            "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
-            "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask, "gradients": gradients,
-            "out_layout": out_layout, "qkv": qkv,
-        }  # fmt: skip
-        if qkv == "packed":  # one packed tensor: no separate key/value sequence or heads
-            tags = tags - GQA_FEATURES - {"kv-len", "value-dim"}
-        return _build(
-            KernelFunctionAdapter, function, convention, name=name, summary=summary,
-            framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
-            env=env, divergences=divergences, tolerances=tolerances,
-            unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
-            class_name=class_name, dropout=dropout,
-        )  # fmt: skip
-
-    return wrap(fn) if fn is not None else wrap
+    convention = {
+        "mode": "kernel", "mask": mask, "arrays": arrays, "layout": layout,
+        "kv_heads": kv_heads, "returns_weights": returns_weights,
+        "broadcast_mask": broadcast_mask, "gradients": gradients,
+        "out_layout": out_layout, "qkv": qkv,
+    }  # fmt: skip
+    # One packed tensor: no separate key/value sequence or heads.
+    without = GQA_FEATURES | {"kv-len", "value-dim"} if qkv == "packed" else frozenset()
+    return _decorate(
+        fn, KernelFunctionAdapter, convention, (features, add, drop, without), declared
+    )
 
 
 def layer_adapter(
@@ -700,6 +730,7 @@ def layer_adapter(
     Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
     them (accept `case` to see case.decode, case.add_bias_kv, ...).
     """
+    declared = {k: v for k, v in locals().items() if k in _DECLARED}
     if weights not in WEIGHT_LAYOUTS:
         raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {weights!r}")
     if mask not in MASK_FORMS:
@@ -712,25 +743,13 @@ def layer_adapter(
     if set(bias_on) - set(PROJECTIONS):
         raise ValueError(f"bias_on takes projections among {PROJECTIONS}, got {bias_on!r}")
 
-    def wrap(function: Callable[..., Any]) -> type[FunctionAdapter]:
-        tags = _features(
-            "layer", function, mask, returns_weights, kv_heads, weights, features, add, drop,
-            gradients,
-        )  # fmt: skip
-        convention = {
-            "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
-            "kv_heads": kv_heads, "returns_weights": returns_weights,
-            "broadcast_mask": broadcast_mask, "bias_on": bias_on, "gradients": gradients,
-        }  # fmt: skip
-        return _build(
-            LayerFunctionAdapter, function, convention, name=name, summary=summary,
-            framework=framework, features=tags, dtypes=dtypes, requires=requires, worker=worker,
-            env=env, divergences=divergences, tolerances=tolerances,
-            unsupported_reasons=unsupported_reasons, notes=notes, devices=devices, setup=setup,
-            class_name=class_name,
-        )  # fmt: skip
-
-    return wrap(fn) if fn is not None else wrap
+    convention = {
+        "mode": "layer", "mask": mask, "arrays": arrays, "weights": weights,
+        "kv_heads": kv_heads, "returns_weights": returns_weights,
+        "broadcast_mask": broadcast_mask, "bias_on": bias_on, "gradients": gradients,
+    }  # fmt: skip
+    tags = (features, add, drop, frozenset())
+    return _decorate(fn, LayerFunctionAdapter, convention, tags, declared)
 
 
 def describe_convention(cls: type[FunctionAdapter]) -> str:

@@ -6,8 +6,11 @@
 Query head h uses key/value head h // R (contiguous groups, like repeat_interleave).
 A row of the logits whose every key is masked has no agreed answer; `masked_rows` picks the
 policy: "nan" (softmax of all -inf, IEEE), "zeros", "uniform" (a large finite negative in
-place of -inf: every key equally), or "unmasked" (the finite-negative trick in high precision,
-where the row's own logits survive: softmax as if nothing were masked).
+place of -inf: every key equally), "unmasked" (the finite-negative trick in high precision,
+where the row's own logits survive: softmax as if nothing were masked), or "fill" (issue 14:
+the row as a case's finite fill writes it, each logit plus the fill in float32 arithmetic,
+float64 for float64 cases: uniform once the fill swamps the logits, nearly unmasked when it
+does not, NaN when the fill overflowed to -inf in the case dtype).
 
 `rounding` is applied after every operation. The oracle uses the identity (float64
 throughout); `baseline()` gives "a straightforward implementation in the same dtype" that the
@@ -30,7 +33,7 @@ import numpy as np
 from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
-from .masks import build_mask, drawn_masks, row_blocks
+from .masks import build_mask, drawn_masks, fill_value, row_blocks
 from .rotary import apply_rope
 from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap, without_alibi
 
@@ -51,12 +54,15 @@ def softmax_rows(
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
     sink: np.ndarray | None = None,
+    fill: float = -np.inf,
+    written: str = "float64",
 ) -> np.ndarray:
     """Softmax over the last axis of `logits` restricted to `visible` keys.
 
     logits [..., S] finite; visible [..., S] bool (broadcastable). Rows with no visible key
     follow `masked_rows`. `sink` [H] (logits [B, H, T, S]): a sink logit per head in every
     denominator; a row with no visible key then gives all its weight to the sink (zeros).
+    `fill`, `written`: the "fill" policy's fill value and the precision its sum is rounded to.
     """
     if masked_rows not in POLICIES:
         raise ValueError(f"masked_rows must be one of {POLICIES}, got {masked_rows!r}")
@@ -64,6 +70,13 @@ def softmax_rows(
     empty = ~visible.any(axis=-1, keepdims=True)  # [..., 1]
     # For "unmasked", an empty row keeps all its keys: softmax as if it had no mask.
     if masked_rows == "unmasked":
+        visible = visible | empty
+    elif masked_rows == "fill":  # issue 14: the row as written, every key carrying the fill
+        with np.errstate(over="ignore", invalid="ignore"):
+            as_written = logits + fill
+            if written != "float64":
+                as_written = as_written.astype(np.float32).astype(np.float64)
+        logits = np.where(empty, as_written, logits)
         visible = visible | empty
     masked = np.where(visible, logits, -np.inf)
     peak = np.max(np.where(visible, logits, -np.inf), axis=-1, keepdims=True)
@@ -95,6 +108,8 @@ def dot_product_attention(
     rounding: Rounding = _identity,
     terms: ScoreTerms | None = None,
     alibi_offset: int = 0,
+    fill: float = -np.inf,
+    written: str = "float64",
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
     probs [B,H,T,S]). `terms`: softcap, ALiBi (query t at key t + alibi_offset) and sinks, in
@@ -119,7 +134,9 @@ def dot_product_attention(
     if bias is not None:
         visible = visible & np.isfinite(bias)
         logits = rounding(logits + np.where(np.isfinite(bias), bias, 0.0))
-    probs = softmax_rows(logits, visible, masked_rows, rounding, sink=terms.sink)
+    probs = softmax_rows(
+        logits, visible, masked_rows, rounding, sink=terms.sink, fill=fill, written=written
+    )
     pg = probs.reshape(b, g, r, t, s)
     out = rounding(np.einsum("bgrts,bgsv->bgrtv", pg, v).reshape(b, h, t, v.shape[-1]))
     return out, probs
@@ -181,12 +198,16 @@ def attend_rows(
     weights = np.empty((b, h, t, k.shape[2])) if keep_weights else None
     drawn = drawn_masks(case)
     terms = without_alibi(case).scores  # ALiBi arrives inside `bias` (build_mask)
+    # issue 14: the "fill" policy's fill and the precision a kernel adds it in (float32 logits
+    # for every dtype but float64, as torch's kernels upcast half-precision logits)
+    fill = fill_value(case)
+    written = "float64" if case.dtype == "float64" else "float32"
     for t0, t1 in row_blocks(case, ROW_BLOCK_ELEMENTS):
         attend, bias = build_mask(case, (t0, t1), drawn)
         attend, bias = _extra_mask(case.extra_keys, attend, bias)
         o, p = dot_product_attention(
             q[:, :, t0:t1], k, v, scale=case.effective_scale, attend=attend, bias=bias,
-            masked_rows=masked_rows, rounding=rounding, terms=terms,
+            masked_rows=masked_rows, rounding=rounding, terms=terms, fill=fill, written=written,
         )  # fmt: skip
         out[:, :, t0:t1] = o
         if weights is not None:

@@ -22,7 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .case import CAUSAL_ALIGNMENTS, COMPARABLE, DTYPES, MASKED_ROW_POLICIES, MODES, TIERS
+from .case import (
+    CAUSAL_ALIGNMENTS,
+    COMPARABLE,
+    DTYPES,
+    FILL_WORDS,
+    MASKED_ROW_POLICIES,
+    MODES,
+    PADDING_SIDES,
+    TIERS,
+)
 from .rotary import ROPE_STYLES
 from .spec import (
     CASE_KEYS,
@@ -106,6 +115,11 @@ def _mask() -> dict[str, Any]:
         "window": _int_list(0, minItems=2, maxItems=2),
         "masked_rows": _param({"type": "array", "items": pair}),
         "fully_masked_rows": _param({"enum": list(MASKED_ROW_POLICIES)}),
+        "fill": _param(
+            {"anyOf": [{"type": "number", "exclusiveMaximum": 0}, {"enum": list(FILL_WORDS)}]}
+        ),  # fmt: skip
+        "segments": _param({"type": "array", "minItems": 1, "items": _int_list(1, minItems=1)}),
+        "padding_side": _param({"enum": list(PADDING_SIDES)}),
     }
     return _object(props, MASK_KEYS)
 

@@ -34,8 +34,10 @@ from .case import (
     CAUSAL_ALIGNMENTS,
     COMPARABLE,
     DTYPES,
+    FILL_WORDS,
     MASKED_ROW_POLICIES,
     MODES,
+    PADDING_SIDES,
     TIERS,
     Case,
     Decode,
@@ -55,7 +57,7 @@ from .limits import (
     case_id_problem,
     yaml_number_hint,
 )
-from .paths import display_path
+from .paths import display_path, shipped_specs_dir  # noqa: F401 - re-exported
 from .rotary import DEFAULT_THETA, ROPE_STYLES, Rope
 from .score_terms import ScoreTerms, standard_alibi_slopes
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
@@ -141,7 +143,14 @@ MASK_KEYS = {
     "per_head": "random/additive/bias masks differ per head",
     "window": "[left, right]: visible keys around the diagonal",
     "masked_rows": "[[b, t], ...]: query rows with every key masked",
-    "fully_masked_rows": "what a row with every key masked must yield: nan, zeros or uniform",
+    "fully_masked_rows": "what a row with every key masked must yield: nan, zeros, uniform or "
+    "fill (the row as the finite fill writes it)",
+    "fill": "masked keys reach the implementation as this finite additive value: a number < 0 "
+    "(-1.0e9, -10000) or finfo-min (the dtype's most negative number)",
+    "segments": "packed sequences: segment lengths per batch element, each summing to the row "
+    "length, e.g. [[3, 5, 2], [10]]; attention stays within a segment",
+    "padding_side": "right (default: valid tokens first) or left (valid tokens last, as "
+    "generation batches pad) for key_padding and query_padding",
 }
 LAYER_DIMS = ("query_dim", "key_input_dim", "value_input_dim", "output_dim")
 DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
@@ -493,7 +502,82 @@ def _resolve_mask(ctx: _Ctx, node: LocatedDict, shape: dict) -> Mask:
         kw["fully_masked_rows"] = _choice(
             ctx, node["fully_masked_rows"], node, "fully_masked_rows", MASKED_ROW_POLICIES
         )
+    _resolve_packing(ctx, node, shape, kw)  # issue 14
     return Mask(**kw)
+
+
+# Mask components that remove keys (a fill replaces their -inf).
+_MASKING = ("causal", "key_padding", "query_padding", "random_density", "additive_density",
+            "window", "masked_rows", "segments")  # fmt: skip
+
+
+def _resolve_packing(ctx: _Ctx, node: LocatedDict, shape: dict, kw: dict[str, Any]) -> None:
+    """Issue 14: `segments` (packed sequences), `padding_side` and `fill` (finite masking
+    values as users write them)."""
+    b, t, s = shape["batch"], shape["query_len"], shape["kv_len"]
+    if "segments" in node:
+        rows = node["segments"]
+        example = "e.g. segments: [[3, 5, 2], [10]] for batch 2, query_len 10"
+        if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
+            raise ctx.error(
+                "must be a list with one list of segment lengths per batch element", node,
+                "segments", example,
+            )  # fmt: skip
+        if t != s:
+            raise ctx.error(
+                f"packed segments cover the query and key rows alike: query_len ({t}) must "
+                f"equal kv_len ({s})", node, "segments",
+            )  # fmt: skip
+        if len(rows) != b:
+            raise ctx.error(
+                f"needs one list of segment lengths per batch element ({b}), got {len(rows)}",
+                node, "segments", example,
+            )  # fmt: skip
+        out = []
+        for i, row in enumerate(rows):
+            lengths = _int_list(ctx, row, node, "segments", minimum=1)
+            if sum(lengths) != t:
+                raise ctx.error(
+                    f"segment lengths of batch element {i} sum to {sum(lengths)}, not to the row "
+                    f"length {t} (query_len = kv_len)", node, "segments",
+                    "pad the row with a last segment, or use key_padding for padding",
+                )  # fmt: skip
+            out.append(lengths)
+        kw["segments"] = tuple(out)
+    if "padding_side" in node:
+        kw["padding_side"] = _choice(ctx, node["padding_side"], node, "padding_side", PADDING_SIDES)
+        if "key_padding" not in kw and "query_padding" not in kw:
+            raise ctx.error(
+                "padding_side says where key_padding/query_padding lengths sit; this mask has "
+                "neither", node, "padding_side", "add key_padding: [...] or drop padding_side",
+            )  # fmt: skip
+    if "fill" in node:
+        value = node["fill"]
+        if value in FILL_WORDS:
+            kw["fill"] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.error(
+                f"must be a negative number or finfo-min, got {_show(value)}", node, "fill",
+                yaml_number_hint(value) or "e.g. fill: -1.0e9, fill: -10000 or fill: finfo-min",
+            )  # fmt: skip
+        else:
+            fill = _number(ctx, value, node, "fill")
+            if fill >= 0:
+                raise ctx.error(
+                    f"a fill must be < 0 (it is added to the masked logits), got {_show(value)}",
+                    node, "fill", "e.g. -1.0e9 (tf_keras), -10000 (BERT) or finfo-min (HF)",
+                )  # fmt: skip
+            kw["fill"] = fill
+        if not any(kw.get(k) not in (None, ()) for k in _MASKING):
+            raise ctx.error(
+                "a fill replaces the -inf of masked keys, and this mask masks no key", node,
+                "fill", "add a mask component (causal, key_padding, random, ...)",
+            )  # fmt: skip
+    if kw.get("fully_masked_rows") == "fill" and "fill" not in kw:
+        raise ctx.error(
+            "fully_masked_rows: fill means the row as a finite fill writes it; this mask has "
+            "no fill", node, "fully_masked_rows", "add fill: -1.0e9 (or -10000, finfo-min)",
+        )  # fmt: skip
 
 
 def estimate_bytes(
@@ -631,6 +715,11 @@ def _resolve_case(
         if "weights" in compare or "weights_mean" in compare:
             raise ctx.error("multi-axis cases compare the output only", node, "compare")
     gradients = _bool(ctx, node.get("gradients", False), node, "gradients")
+    if gradients and mask.fill is not None:  # issue 14
+        raise ctx.error(
+            "gradients are not modelled for finite fills (mask.fill)", node, "gradients",
+            "compare the forward pass only, or drop the fill",
+        )  # fmt: skip
     if gradients and (decode or shape.get("attention_axes")):
         raise ctx.error(
             "gradients are defined for one full forward pass over one sequence axis, "
@@ -1146,14 +1235,3 @@ def _source_line(source: str) -> int | None:
     """The line of a "file:line" source, or None."""
     tail = source.rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else None
-
-
-def shipped_specs_dir() -> Path:
-    """The shipped specs: conformance/specs inside an installed wheel (pyproject maps the
-    top-level specs/ there), else specs/ of the source checkout this package runs from
-    (editable installs, `python -m` from a checkout). Independent of the working directory."""
-    here = Path(__file__).resolve().parent
-    installed = here / "specs"
-    if installed.is_dir():
-        return installed
-    return here.parent / "specs"

@@ -46,6 +46,12 @@ NOT_GENERATED: dict[str, str] = {
     "rope-half": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
     "rope-interleaved": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
     "rope-partial": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
+    # issue 14: covered by specs/finite_fill.yaml and specs/packed.yaml, and proven against
+    # independent formulations in tests/test_packed_fill.py
+    "finite-fill": "fully masked rows then follow the fill's arithmetic per dtype, which the "
+    "generator's policies do not model; specs/finite_fill.yaml covers it",
+    "segments": "segment lengths must sum to T = S per batch element; specs/packed.yaml covers it",
+    "left-padding": "a padding side, not a component; specs/packed.yaml covers it",
 }
 
 # Mask components the generator knows, and the feature tag each one needs.

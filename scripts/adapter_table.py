@@ -1,9 +1,9 @@
 """Print README's generated tables (the single sources of truth are the adapters' declarations
-and the committed scoreboard, reports/results.json).
+and the committed scoreboard, reports/results.json.gz).
 
 python scripts/adapter_table.py                 # the adapter table, from the declarations
-python scripts/adapter_table.py --behaviours    # the behaviour table, from reports/results.json
-python scripts/adapter_table.py --write         # rewrite README's generated behaviour block
+python scripts/adapter_table.py --behaviours    # the behaviour table, from reports/results.json.gz
+python scripts/adapter_table.py --write         # rewrite both tables in README
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def adapter_table() -> str:
     return "\n".join(rows)
 
 
-def behaviour_block(results: Path = ROOT / "reports" / "results.json") -> str:
+def behaviour_block(results: Path = ROOT / "reports" / "results.json.gz") -> str:
     """README's behaviour table, generated from the committed scoreboard."""
     from conformance.report import load_results
     from conformance.report.behaviours import behaviours_markdown
@@ -54,9 +54,20 @@ def readme_with_block(text: str, block: str) -> str:
     return head + block + tail
 
 
+def readme_with_adapter_table(text: str, table: str) -> str:
+    """README with its adapter table (the lines from the header row on) replaced by `table`."""
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(table.split("\n")[0]))
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:start] + table.split("\n") + lines[end:])
+
+
 if __name__ == "__main__":
     if "--write" in sys.argv:
-        README.write_text(readme_with_block(README.read_text(), behaviour_block()))
+        text = readme_with_block(README.read_text(), behaviour_block())
+        README.write_text(readme_with_adapter_table(text, adapter_table()))
     elif "--behaviours" in sys.argv:
         print(behaviour_block())
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from conformance.compare import compare
@@ -74,3 +76,14 @@ def test_code_paths_in_messages_are_relative() -> None:
     assert code_path("/opt/venv/lib/python3.11/site-packages/torch/nn/functional.py") == (
         "site-packages/torch/nn/functional.py"
     )
+
+
+def test_the_tools_own_code_is_named_from_its_package_from_any_folder(
+    tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    import conformance
+    from conformance.paths import code_path
+
+    monkeypatch.chdir(tmp_path)  # a user's empty folder, not the checkout
+    evaluate = str(Path(conformance.__file__).resolve().parent / "evaluate.py")
+    assert code_path(evaluate) == "conformance/evaluate.py"

@@ -116,9 +116,14 @@ def test_correct_kernel_passes_every_kernel_case_it_supports(small, default, cac
     verdicts = _verdicts(None, default + small, cache)
     bad = {k: v for k, v in verdicts.items() if v not in ("pass", "unsupported", "diverges")}
     assert not bad, bad
-    diverging = {k for k, v in verdicts.items() if v == "diverges"}
+    # A finite fill (mask.fill) reaches the kernel as written: its fully masked rows come out as
+    # the fill makes them, which may be the case's own policy (pass) or the declared
+    # finite-fill divergence; every other non-NaN policy must diverge.
+    filled = {c.id for c in default + small if c.mask.fill is not None}
+    diverging = {k for k, v in verdicts.items() if v == "diverges" and k not in filled}
     assert diverging == {c.id for c in default + small if c.mask.fully_masked_rows != "nan"
-                         and "fully-masked-rows" in c.features and not c.gradients}  # fmt: skip
+                         and "fully-masked-rows" in c.features and not c.gradients
+                         and c.id not in filled}  # fmt: skip
     assert list(verdicts.values()).count("pass") >= 150 + 100
 
 
@@ -181,7 +186,9 @@ def test_kernel_scale_fuzz_finds_a_rescaling_bug() -> None:
         return evaluate(adapter, case, "cpu", cache)["verdict"] == "fail"
 
     strategy = cases(adapter.declaration, limits=KERNEL_SCALE_LIMITS)
-    found = find(strategy, fails, settings=FUZZ)
+    # 400 examples: how often a draw reaches a multi-block row depends on Hypothesis's version
+    # (6.170 prefers the short branch more than 6.155; 60 examples found nothing there).
+    found = find(strategy, fails, settings=settings(FUZZ, max_examples=400))
     assert found.shape.kv_len > BLOCK_K
     with pytest.raises(NoSuchExample):
         find(cases(adapter.declaration, limits=DEFAULT_LIMITS), fails, settings=FUZZ)

@@ -25,3 +25,8 @@ def test_readme_behaviour_table_is_the_generated_one() -> None:
     # What the table must let a reader see at a glance, from the data itself.
     assert "| NaN |" in block and "| zeros |" in block and "uniform weights" in block
     assert "`torch.sdpa`" in block and "`torch.mha.fast`" in block
+
+
+def test_readme_adapter_table_is_the_generated_one() -> None:
+    table = _script().adapter_table()
+    assert table in (ROOT / "README.md").read_text(), "run: python scripts/adapter_table.py --write"

@@ -108,7 +108,8 @@ def brute_force(
                     logits.append(dot)
                     seen.append(ok)
                 if not any(seen):
-                    if policy == "nan":
+                    # "fill" without a finite fill (issue 14): every key carries -inf, NaN
+                    if policy in ("nan", "fill"):
                         weights[b, h, t] = math.nan
                         out[b, h, t] = math.nan
                         continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import struct
@@ -183,13 +184,31 @@ def test_junit_survives_control_characters(doc: dict) -> None:
 # --- HTML ------------------------------------------------------------------------------------
 
 
+def _rows(columns: list) -> list[list]:
+    """html._columns undone: each column plain, run lengths or deltas."""
+    full = []
+    for col in columns:
+        if isinstance(col, dict) and "rle" in col:
+            runs = col["rle"]
+            col = [v for v, n in zip(runs[::2], runs[1::2], strict=True) for _ in range(n)]
+        elif isinstance(col, dict):
+            col = list(itertools.accumulate(col["delta"]))
+        full.append(col)
+    return [list(row) for row in zip(*full, strict=True)]
+
+
 def _payload(page: str) -> dict:
     """The page's data block with its compact rows expanded as the page's script does."""
     blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     data = json.loads(blob.group(1))
     order = ["pass", "diverges", "unsupported", "fail", "error"]
-    rows = list(data["results"])
-    for row in data["unsupported"]:
+    rows = _rows(data["results"])
+    groups = [row + [cases] for row, cases in zip(
+        _rows(data["unsupported"]["rows"]), data["unsupported"]["cases"], strict=True
+    )]  # fmt: skip
+    for case in data["cases"]:
+        case["spec"] = "\n".join(data["strings"][k] for k in case["spec"])
+    for row in groups:
         at = 0
         for delta in row[-1]:
             at += delta
@@ -201,6 +220,9 @@ def _payload(page: str) -> dict:
     for row in rows:
         r = {k: v for k, v in zip(keys, row, strict=False) if v is not None}
         r["v"] = order[r["v"]]
+        if "t" in r:
+            atol, rtol, text = data["tolerances"][r.pop("t")]
+            r.update(at=atol, rt=rtol, tol=None if text is None else data["strings"][text])
         if "mu" in r:
             pieces = "; ".join(data["strings"][k] for k in r["mu"])
             r["m"] = f"{data['adapters'][r['a']]} cannot express: {pieces}"
@@ -598,10 +620,10 @@ def test_empty_run_still_reports(raw: dict, tmp_path: Path) -> None:
 
 
 def test_markdown_of_the_committed_scoreboard_fits_a_pr_comment() -> None:
-    """The full default CPU matrix (reports/results.json) as a PR comment: under 65,536 chars,
+    """The full default CPU matrix (reports/results.json.gz) as a PR comment: under 65,536 chars,
     not cut, every failure group folded in <details>."""
     root = Path(__file__).resolve().parent.parent
-    doc = load_results(root / "reports" / "results.json")
+    doc = load_results(root / "reports" / "results.json.gz")
     text = render_markdown(doc)
     assert len(text) < 65_536
     assert "cut to fit" not in text
@@ -609,12 +631,14 @@ def test_markdown_of_the_committed_scoreboard_fits_a_pr_comment() -> None:
 
 
 def test_html_of_the_committed_scoreboard_is_small() -> None:
-    """The full default CPU matrix (reports/results.json, ~25,000 results) as HTML: <= 1.5 MB,
-    unsupported results summarised as groups, every result still in the data."""
+    """The full default CPU matrix (reports/results.json.gz, 61,765 results) as HTML: unsupported
+    results summarised as groups, every result still in the data. Issue 17 set 1.5 MB for the
+    25,000 results of its day (that scoreboard now renders in 0.97 MB); the matrix has since
+    grown 2.5x and its page is 2.0 MB, held here under 2.5 MB."""
     root = Path(__file__).resolve().parent.parent
-    doc = load_results(root / "reports" / "results.json")
+    doc = load_results(root / "reports" / "results.json.gz")
     page = render(doc, "html")
-    assert len(page.encode()) <= 1_500_000
+    assert len(page.encode()) <= 2_500_000
     data = _payload(page)
     assert len(data["results"]) == len(doc["results"])
     assert sum(r["v"] == "unsupported" for r in data["results"]) == sum(
@@ -642,5 +666,17 @@ def test_known_findings_explain_fails_but_keep_them_fails() -> None:
         finding_for({**record, "verdict": "fail", "case": "scale/negative-kernel[float32]"}) is None
     )
     root = Path(__file__).resolve().parent.parent
-    text = render_markdown(load_results(root / "reports" / "results.json"))
+    text = render_markdown(load_results(root / "reports" / "results.json.gz"))
     assert "Known finding **torchlib-bool-mask-dtype-min**" in text
+
+
+def test_a_gzipped_results_file_reads_like_the_plain_one(raw: dict, tmp_path: Path) -> None:
+    import gzip
+
+    plain, packed = tmp_path / "results.json", tmp_path / "results.json.gz"
+    plain.write_text(json.dumps(raw))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_results(packed) == load_results(plain)
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ResultsFileError, match="not a readable gzip file"):
+        load_results(tmp_path / "bad.json.gz")

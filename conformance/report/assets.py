@@ -108,12 +108,33 @@ JS = r"""
   "use strict";
   var D = JSON.parse(document.getElementById("report-data").textContent);
   var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
-  // Results travel as positional rows (html.py ROW_KEYS); texts once in D.strings.
+  // Results travel as columns of positional rows (html.py ROW_KEYS, _columns); texts once in
+  // D.strings, (atol, rtol, tolerance) triples once in D.tolerances.
+  function decodeColumns(cols) {
+    var full = cols.map(function (col) {
+      if (Array.isArray(col)) return col;
+      var out = [], i, j, at = 0;
+      if (col.rle) {
+        for (i = 0; i < col.rle.length; i += 2) for (j = 0; j < col.rle[i + 1]; j++) out.push(col.rle[i]);
+      } else {
+        col.delta.forEach(function (d) { at += d; out.push(at); });
+      }
+      return out;
+    });
+    var n = full.length ? full[0].length : 0, rows = [];
+    for (var i = 0; i < n; i++) rows.push(full.map(function (col) { return col[i]; }));
+    return rows;
+  }
+  D.results = decodeColumns(D.results);
+  D.cases.forEach(function (c) {
+    c.spec = c.spec.map(function (k) { return D.strings[k]; }).join("\n");
+  });
   D.byCase = D.cases.map(function () { return []; });
   // Unsupported results of one adapter, reason and device travel as one row and case indices.
-  D.unsupported.forEach(function (row) {
-    var shared = row.slice(0, -1), at = 0;
-    var cases = row[row.length - 1].map(function (d) { at += d; return at; });  // differences
+  var groupRows = decodeColumns(D.unsupported.rows);
+  D.unsupported.cases.forEach(function (deltas, g) {
+    var shared = groupRows[g].slice(), at = 0;
+    var cases = deltas.map(function (d) { at += d; return at; });  // differences
     while (shared.length < 3) shared.push(null);
     cases.forEach(function (c) {
       var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
@@ -126,7 +147,11 @@ JS = r"""
     r.d = D.strings[r.d || 0]; r.e = r.e || 0;
     if (r.mu) r.m = D.adapters[r.a] + " cannot express: " + r.mu.map(function (k) { return D.strings[k]; }).join("; ");
     else r.m = r.m == null ? "" : D.strings[r.m];
-    r.tol = r.tol == null ? null : D.strings[r.tol];
+    if (r.t != null) {
+      var t = D.tolerances[r.t];
+      r.at = t[0]; r.rt = t[1]; r.tol = t[2] == null ? null : D.strings[t[2]];
+    } else r.tol = null;
+    if (r.s != null) r.s = r.s / 1000;
     if (!r.cmd && r.v !== "pass") r.cmd = reproCommand(r);
     D.byCase[r.c].push(i);
     return r;
@@ -479,6 +504,13 @@ JS = r"""
   renderTotals();
   renderMatrix();
   renderResults();
+  document.querySelectorAll(".tags[data-on]").forEach(function (box) {  // html.py: adapter cards
+    var on = {}, first = box.firstChild;
+    box.getAttribute("data-on").split(" ").forEach(function (i) { if (i) on[+i] = true; });
+    D.features.forEach(function (tag, i) {
+      box.insertBefore(el("span", {cls: on[i] ? "tag" : "tag off", text: tag}), first);
+    });
+  });
   document.body.setAttribute("data-ready", "1");
 })();
 """

@@ -65,7 +65,7 @@ class _Strings:
         self.items: list[str] = []
         self._index: dict[str, int] = {}
 
-    def add(self, text: str | None) -> int | None:
+    def add(self, text: object) -> int | None:
         if text is None:
             return None
         if text not in self._index:
@@ -186,12 +186,54 @@ def _record_pictures(record: dict, store: _Images) -> dict:
 # Results travel as positional rows (the page turns them back into objects), keys ordered so an
 # unsupported result's row ends early: 17,000 unsupported results of the default matrix would
 # otherwise be most of the page. `i` (the row's index) and `byCase` are rebuilt by the page.
-ROW_KEYS = ("c", "a", "v", "m", "mu", "d", "e", "s", "x", "rx", "at", "rt", "tol", "mm", "fm",
-            "dv", "cmd", "w", "wd", "oe", "kf")  # fmt: skip
+ROW_KEYS = ("c", "a", "v", "m", "mu", "d", "e", "s", "x", "rx", "t", "mm", "fm", "dv", "cmd",
+            "w", "wd", "oe", "kf")  # fmt: skip
 _CANNOT = " cannot express: "
 # An unsupported result with nothing but these keys joins its group (the "unsupported" rows:
 # the shared row with its case indices appended as a last element).
 _GROUPABLE = {"c", "a", "d", "e", "v", "m", "mu", "s", "cmd"}
+
+
+def _tolerance_key(record: dict) -> tuple | None:
+    key = (_num(record.get("atol")), _num(record.get("rtol")), record.get("tolerance"))
+    return None if key == (None, None, None) else key
+
+
+def _milliseconds(seconds: float | None) -> int | None:
+    """A duration as whole milliseconds (None for 0): what a reader compares, in few bytes."""
+    if seconds is None:
+        return None
+    ms = round(float(seconds) * 1000)
+    return ms or None
+
+
+def _columns(rows: list[list]) -> list:
+    """Rows as columns, each the shortest of: a plain list, run lengths {"rle": [value, count,
+    ...]} (a run of one adapter, verdict or tolerance) or {"delta": [...]} (sorted case
+    indices). The page (assets.JS decodeColumns) turns them back into rows."""
+    width = len(ROW_KEYS)
+    columns = [[row[j] if j < len(row) else None for row in rows] for j in range(width)]
+    return [_encode_column(column) for column in columns]
+
+
+def _encode_column(values: list) -> list | dict:
+    def size(x: object) -> int:
+        return len(json.dumps(x, separators=(",", ":"), default=str))
+
+    runs: list = []
+    for value in values:
+        if runs and runs[-2] == value:
+            runs[-1] += 1
+        else:
+            runs += [value, 1]
+    best: list | dict = values
+    if size({"rle": runs}) < size(best):
+        best = {"rle": runs}
+    if values and all(type(v) is int for v in values):
+        deltas = [b - a for a, b in zip([0, *values], values, strict=False)]
+        if size({"delta": deltas}) < size(best):
+            best = {"delta": deltas}
+    return best
 
 
 def _deltas(row: list) -> list:
@@ -230,6 +272,7 @@ def _payload(doc: dict) -> dict:
     case_index = {cid: i for i, cid in enumerate(case_ids)}
 
     strings = _Strings()
+    tolerances = _Strings()  # (atol, rtol, tolerance text) triples, used by index
     feature_list = [t for t in FEATURES if t not in ("float64", "float32", "float16", "bfloat16")]
     feature_set = set(feature_list)
     cases = []
@@ -237,7 +280,7 @@ def _payload(doc: dict) -> dict:
         case = doc["cases"].get(cid)
         if case is None:  # a record whose case the file does not describe
             cases.append({"id": cid, "f": fams.index(cid.split("/", 1)[0]) if "/" in cid else 0,
-                          "dt": "", "mode": "", "spec": "(not described in the results file)",
+                          "dt": "", "mode": "", "spec": [strings.add("(not described in the results file)")],
                           "cmp": ""})  # fmt: skip
             continue
         mask, note = _mask_picture(case, store)
@@ -251,7 +294,8 @@ def _payload(doc: dict) -> dict:
                 "f": fams.index(case.get("family") or cid.split("/", 1)[0]),
                 "dt": case.get("dtype", ""),
                 "mode": case.get("mode", ""),
-                "spec": spec_text(case),
+                # Lines as string indices: cases of one matrix share most of their lines.
+                "spec": [strings.add(line) for line in spec_text(case).split("\n")],
                 "cmp": ", ".join(case.get("compare") or []),
                 "src": str(case.get("source") or "").rsplit(":", 1)[0] or None,
                 "mask": mask,
@@ -286,13 +330,11 @@ def _payload(doc: dict) -> dict:
             "d": strings.add(record["device"]),
             "e": env_index.get(record.get("environment_id"), 0),
             "v": ORDER.index(record["verdict"]),
-            "x": _num(record.get("max_abs_error")),
-            "rx": _num(record.get("max_rel_error")),
-            "at": _num(record.get("atol")),
-            "rt": _num(record.get("rtol")),
-            "tol": strings.add(record.get("tolerance")),
+            "x": _num(record.get("max_abs_error"), 3),
+            "rx": _num(record.get("max_rel_error"), 3),
+            "t": tolerances.add(_tolerance_key(record)),
             "mu": _cannot_express(record, strings),
-            "s": _num(record.get("duration_s"), 2),  # timing: two digits say enough
+            "s": _milliseconds(record.get("duration_s")),
             "mm": record.get("mismatches") if record["verdict"] != "pass" else None,
             "fm": record.get("first_mismatch"),
         }
@@ -335,8 +377,17 @@ def _payload(doc: dict) -> dict:
         "envs": [{"id": env["id"], "label": environment_label(env)} for env in envs],
         "cases": cases,
         "resultKeys": list(ROW_KEYS),
-        "results": results,
-        "unsupported": [_deltas(row) for row in unsupported.values()],
+        "results": _columns(results),
+        "tolerances": [
+            [at, rt, None if text is None else strings.add(text)]
+            for at, rt, text in tolerances.items
+        ],
+        # Groups of unsupported results: their shared rows as columns, and per group its case
+        # indices as differences.
+        "unsupported": {
+            "rows": _columns([_deltas(row)[:-1] for row in unsupported.values()]),
+            "cases": [_deltas(row)[-1] for row in unsupported.values()],
+        },
         "divergences": divergences,
         "docs": [docs_page(name) for name in adapters],
         "features": feature_list,
@@ -459,17 +510,15 @@ def _adapter_cards(doc: dict, adapters: list[str]) -> str:
             )
         features = set(info.get("features") or [])
         if features:
-            tags = []
-            for tag in FEATURES:
-                if tag in ("float64", "float32", "float16", "bfloat16"):
-                    continue
-                cls = "tag" if tag in features else "tag off"
-                # The meaning of each tag is in the glossary once, not repeated per adapter.
-                tags.append(f'<span class="{cls}">{_e(tag)}</span>')
-            tags += [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
+            # The page draws every known tag, struck out where not in data-on (indices into the
+            # data's feature list): 58 cards x 45 tags of markup would be ~80 KB. The meaning of
+            # each tag is in the glossary once, not repeated per adapter.
+            known = [t for t in FEATURES if t not in ("float64", "float32", "float16", "bfloat16")]
+            on = " ".join(str(i) for i, tag in enumerate(known) if tag in features)
+            extra = [f'<span class="tag">{_e(t)}</span>' for t in sorted(features - set(FEATURES))]
             parts.append(
                 '<div class="note">capabilities (struck out: cannot express)</div>'
-                f'<div class="tags">{"".join(tags)}</div>'
+                f'<div class="tags" data-on="{on}">{"".join(extra)}</div>'
             )
         divs = info.get("divergences") or []
         if divs:

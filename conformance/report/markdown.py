@@ -61,7 +61,21 @@ def _html(text: str) -> str:
     return html.escape(strip_control(text, newlines=False), quote=False)
 
 
+# Detail levels, richest first: (results listed per failure group, characters of a message or
+# a divergence's reason, failures grouped per adapter instead of per cause). The first that fits
+# MAX_CHARS is used, so a large run loses detail, not whole sections.
+DETAIL_LEVELS = ((MAX_PER_GROUP, 200, False), (3, 140, False), (1, 90, False), (1, 90, True))
+
+
 def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
+    for per_group, chars, by_adapter in DETAIL_LEVELS:
+        text = _render(doc, title, per_group, chars, by_adapter)
+        if len(text) <= MAX_CHARS:
+            return text
+    return _cut(text)
+
+
+def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool) -> str:
     records = doc["results"]
     total = counts(records)
     lines = [f"## {title}", ""]
@@ -125,9 +139,12 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
     failing = sorted((r for r in records if r["verdict"] in BAD), key=sort_key)
     by_cause: dict[tuple[str, str], list[dict]] = {}
     for record in failing:
-        by_cause.setdefault(cause(record), []).append(record)
+        by_cause.setdefault(
+            (record["adapter"], record["verdict"]) if by_adapter else cause(record), []
+        ).append(record)
     if failing:
-        lines.append(f"### Failures ({len(failing)} results, {len(by_cause)} causes)")
+        groups_of = "adapters" if by_adapter else "causes"
+        lines.append(f"### Failures ({len(failing)} results, {len(by_cause)} {groups_of})")
         lines.append("")
         multi_env = len(doc["environments"]) > 1
         for n_group, ((adapter, _), group) in enumerate(by_cause.items()):
@@ -140,7 +157,7 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
             n = len(group)
             lines.append(
                 f"<details><summary>{MARK[first['verdict']]} {_html(adapter)} · {n} "
-                f"result{'s' * (n != 1)}: {_html(one_line(first.get('message'), 200))}"
+                f"result{'s' * (n != 1)}: {_html(one_line(first.get('message'), chars))}"
                 "</summary>"
             )
             lines.append("")
@@ -154,16 +171,16 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
                     f"{one_line(finding.get('explanation'), 400)}{link}.{docs}"
                 )
                 lines.append("")
-            for record in group[:MAX_PER_GROUP]:
+            for record in group[:per_group]:
                 where = f" ({record['device']})" if record["device"] != "cpu" else ""
                 if multi_env:
                     where = f" ({record['device']} @ {record.get('environment_id')})"
                 lines.append(f"- {_code(record['case'])}{where}")
-            if n > MAX_PER_GROUP:
-                lines.append(f"- … and {n - MAX_PER_GROUP} more")
+            if n > per_group:
+                lines.append(f"- … and {n - per_group} more")
             lines.append("")
             lines.append("```sh")
-            lines.extend(repro_command(doc, r) for r in group[:MAX_PER_GROUP])
+            lines.extend(repro_command(doc, r) for r in group[:per_group])
             lines.append("```")
             lines.append("")
             lines.append("</details>")
@@ -185,7 +202,7 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
             n = len(group)
             lines.append(
                 f"- 🔶 {_code(adapter)} **{div_id}** ({n} result{'s' * (n != 1)}): "
-                f"{for_markdown(one_line(div.get('reason'), 200))}{link}"
+                f"{for_markdown(one_line(div.get('reason'), chars))}{link}"
             )
         lines.append("")
     behaviours = behaviours_markdown(doc)
@@ -193,8 +210,12 @@ def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
         lines += ["<details><summary>Behaviours implementations disagree on (generated from the "
                   "results and declarations)</summary>", "", behaviours.strip(), "",
                   "</details>", ""]  # fmt: skip
-    text = "\n".join(lines)
-    if len(text) > MAX_CHARS:  # keep it postable: cut whole lines, say so
+    return "\n".join(lines)
+
+
+def _cut(text: str) -> str:
+    """Keep it postable: cut whole lines, close what is open, say so."""
+    if len(text) > MAX_CHARS:
         cut = text[:MAX_CHARS].rsplit("\n", 1)[0]
         if cut.count("```") % 2:  # do not leave a code block open
             cut += "\n```"
