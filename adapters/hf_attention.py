@@ -19,6 +19,17 @@ boolean mask (True = attend), or a float mask when the case has a bias, or no ma
 is_causal=True when the case's whole mask is top-left causal. `scaling` is the case's scale,
 else K**-0.5 as every transformers attention layer passes it.
 
+Rotary position embeddings (issue 14, conformance.rotary) are applied to the per-head query and
+key first, with transformers' own rotary code, as the model's attention layer does before it
+calls the attention function: rotate-half with GPT-NeoX's GPTNeoXRotaryEmbedding (cos/sin for
+the config's partial_rotary_factor) and its apply_rotary_pos_emb (the Llama function plus the
+partial-rotary split); interleaved pairs with GLM's GlmRotaryEmbedding and apply_rotary_pos_emb
+(cos/sin repeat_interleave'd, pairs (2i, 2i + 1), partial too). position_ids are the case's
+positions (conformance.rotary): the queries' for q, the keys' for k, as a cache holds keys that
+were rotated at their own positions. transformers builds the cos/sin tables in float32 (the
+inverse frequencies and position * inv_freq are float32 whatever the input dtype), so float64
+rotary cases are float32-accurate: a declared divergence.
+
 Path proof: the function is taken from transformers' registry / model module and checked to
 be the one named; eager must return its weights, sdpa must return none. torch imported lazily.
 """
@@ -73,6 +84,10 @@ FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
+        "rope-half",
+        "rope-interleaved",
+        "rope-partial",
     }
 )
 
@@ -138,6 +153,28 @@ SDPA_BIAS_MASKED_ROWS = Divergence(
     masked_rows="uniform",
 )
 
+ROPE_SOURCE = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neox/"
+    "modeling_gpt_neox.py"
+)
+ROPE_TABLES_REASON = (
+    "transformers computes the rotary cos/sin tables in float32 (inv_freq = 1 / base ** "
+    "(arange(0, dim, 2).float() / dim) and position_ids.float() * inv_freq, then casts cos/sin "
+    "to the input dtype), so float64 rotary cases carry float32-rounded rotations"
+)
+# One per rotary tag (a divergence applies when the case has every tag in `when`).
+ROPE_FLOAT32_TABLES = tuple(
+    Divergence(
+        id="hf-rope-float32-tables",
+        reason=ROPE_TABLES_REASON,
+        link=ROPE_SOURCE,
+        when=frozenset({tag}),
+        dtypes=frozenset({"float64"}),
+        compute_dtype="float32",
+    )
+    for tag in ("rope-half", "rope-interleaved")
+)
+
 _module_class: Any = None
 
 
@@ -156,6 +193,54 @@ def attention_module(groups: int) -> Any:
 
         _module_class = Caller
     return _module_class(groups)
+
+
+def rope_config_and_modules(style: str) -> tuple[Any, Any, Any]:
+    """(config class, rotary embedding class, modeling module) of the model family whose rotary
+    code the style is: GPT-NeoX for rotate-half, GLM for interleaved pairs."""
+    if style == "half":
+        from transformers import GPTNeoXConfig
+        from transformers.models.gpt_neox import modeling_gpt_neox as module
+
+        return GPTNeoXConfig, module.GPTNeoXRotaryEmbedding, module
+    from transformers import GlmConfig
+    from transformers.models.glm import modeling_glm as module
+
+    return GlmConfig, module.GlmRotaryEmbedding, module
+
+
+def hf_rotary(case: Case, q: Any, k: Any, style: str | None = None) -> tuple[Any, Any]:
+    """q [B, H, T, K], k [B, G, S, K] rotated by transformers' rotary code for `style` (the
+    case's unless given: the trap adapter passes the other one)."""
+    import torch
+
+    from conformance.rotary import key_positions, query_positions
+
+    rope = case.rope
+    s = case.shape
+    style = style or rope.style
+    config_class, embedding_class, module = rope_config_and_modules(style)
+    config = config_class(
+        hidden_size=s.num_heads * s.key_dim,
+        num_attention_heads=s.num_heads,
+        num_key_value_heads=s.num_kv_heads,
+        head_dim=s.key_dim,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": rope.theta,
+            "partial_rotary_factor": rope.dims(s.key_dim) / s.key_dim,
+        },
+    )
+    embedding = embedding_class(config).to(q.device)
+    rotated = []
+    for x, positions in ((q, query_positions(case)), (k, key_positions(case))):
+        ids = torch.as_tensor(positions, device=x.device)[None].expand(x.shape[0], -1)
+        cos, sin = embedding(x, ids)
+        if cos.shape[-1] != rope.dims(s.key_dim):
+            raise RuntimeError(f"transformers built {cos.shape[-1]} rotary dims, not "
+                               f"{rope.dims(s.key_dim)}")  # fmt: skip
+        rotated.append(module.apply_rotary_pos_emb(x, x, cos, sin)[0])
+    return rotated[0], rotated[1]
 
 
 def eager_mask(case: Case, dtype: str, device: str) -> Any:
@@ -184,7 +269,12 @@ class HfEagerAdapter(Adapter):
         features=FEATURES | {"weights"},
         requires=REQUIRES,
         worker="torch",
-        divergences=(EAGER_MASKED_ROWS_FLOAT64, EAGER_MASKED_ROWS, EAGER_FLOAT32_SOFTMAX),
+        divergences=(
+            EAGER_MASKED_ROWS_FLOAT64,
+            EAGER_MASKED_ROWS,
+            EAGER_FLOAT32_SOFTMAX,
+            *ROPE_FLOAT32_TABLES,
+        ),  # fmt: skip
         unsupported_reasons={k: v for k, v in UNSUPPORTED.items() if k != "weights"},
         notes="Masks as transformers' masking_utils builds them for eager (0 attended, "
         "finfo(dtype).min masked, bias added). scaling = case scale or K**-0.5.",
@@ -222,6 +312,9 @@ class HfEagerAdapter(Adapter):
         q = to_torch(inputs.native("q"), case.dtype, device)
         k = to_torch(inputs.native("k"), case.dtype, device)
         v = to_torch(inputs.native("v"), case.dtype, device)
+        if case.rope is not None:  # issue 14: the model layer rotates q and k first
+            with torch.no_grad():
+                q, k = self.rotary(case, q, k)
         mask, is_causal = self.arguments(case, device)
         scaling = case.scale if case.scale is not None else s.key_dim**-0.5
         extra = {} if is_causal is None else {"is_causal": is_causal}
@@ -236,6 +329,9 @@ class HfEagerAdapter(Adapter):
         if weights is not None and "weights" in case.features:
             result["weights"] = to_numpy(weights)
         return result
+
+    def rotary(self, case: Case, q: Any, k: Any) -> tuple[Any, Any]:
+        return hf_rotary(case, q, k)
 
     def check_weights(self, weights: Any) -> None:
         if weights is None:
@@ -253,7 +349,7 @@ class HfSdpaAdapter(HfEagerAdapter):
         features=FEATURES,
         requires=REQUIRES,
         worker="torch",
-        divergences=(SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS),
+        divergences=(SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS, *ROPE_FLOAT32_TABLES),
         unsupported_reasons=UNSUPPORTED,
         notes="Boolean mask (True = attend) as masking_utils' sdpa_mask builds it; a float mask "
         "when the case has a bias; a mask that is only top-left causal goes in as no mask and "

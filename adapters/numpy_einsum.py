@@ -4,7 +4,10 @@ Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need", secti
 MultiheadAttentionBatched, MultiqueryAttentionBatched and the incremental self-attention
 functions. Written independently of conformance.reference (which it must agree with) so the
 harness has a second implementation from day one. Extensions beyond the paper, each one line:
-projection biases, the logit scale (the paper omits it), and a combined additive mask.
+projection biases, the logit scale (the paper omits it), and a combined additive mask; and
+rotary position embeddings (issue 14) written as RoFormer's complex form, each pair of dims a
+complex number multiplied by e^(i * position * theta^(-2j/d)) (pairs (2j, 2j+1) interleaved,
+(j, j + d/2) rotate-half), applied to Q and K after the projections.
 The computation runs in the case dtype (NumPy has no bfloat16, so that dtype is unsupported);
 float16 contractions accumulate in float32 and round once, as tensor cores and torch's CPU
 kernels do: NumPy's own float16 einsum accumulates in float16 (measured: errors of ~100 ulp on
@@ -34,10 +37,35 @@ def softmax(x: np.ndarray) -> np.ndarray:
         return e / e.sum(axis=-1, keepdims=True)
 
 
-def multihead_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
+def rotary_complex(x, positions, style: str, theta: float, dims: int):  # noqa: ANN001, ANN201
+    """x [..., L, k]: the first `dims` dims as dims/2 complex numbers, each times
+    e^(i p theta^(-2j/dims)) (RoFormer eq. 13), in x's precision (complex64 for float16/32)."""
+    half = dims // 2
+    if style == "interleaved":
+        re, im = x[..., 0:dims:2], x[..., 1:dims:2]
+    else:
+        re, im = x[..., :half], x[..., half:dims]
+    ctype = np.complex128 if x.dtype == np.float64 else np.complex64
+    z = re.astype(ctype) + 1j * im.astype(ctype)
+    angles = np.outer(positions, theta ** (-2.0 * np.arange(half) / dims))
+    w = z * np.exp(1j * angles).astype(ctype)
+    out = x.copy()
+    if style == "interleaved":
+        out[..., 0:dims:2], out[..., 1:dims:2] = w.real, w.imag
+    else:
+        out[..., :half], out[..., half:dims] = w.real, w.imag
+    return out
+
+
+def no_rope(Q, K):  # noqa: ANN001, ANN201, N803
+    return Q, K
+
+
+def multihead_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale, rope=no_rope):  # noqa: ANN001, N803
     """X [b,n,d], M [b,m,d], mask [b,h,n,m] additive, P_q/P_k [h,d,k], P_v [h,d,v], P_o [h,d,v]."""
     Q = einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
     K = einsum("bmd,hdk->bhmk", M["k"], P_k) + b["k"][None, :, None, :]  # noqa: N806
+    Q, K = rope(Q, K)  # noqa: N806
     V = einsum("bmd,hdv->bhmv", M["v"], P_v) + b["v"][None, :, None, :]  # noqa: N806
     logits = einsum("bhnk,bhmk->bhnm", Q, K) * scale
     weights = softmax(logits + mask)
@@ -46,10 +74,11 @@ def multihead_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # no
     return Y, weights
 
 
-def multiquery_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale):  # noqa: ANN001, N803
+def multiquery_attention_batched(X, M, mask, P_q, P_k, P_v, P_o, b, scale, rope=no_rope):  # noqa: ANN001, N803
     """As above with one shared key/value head: P_k [d,k], P_v [d,v]."""
     Q = einsum("bnd,hdk->bhnk", X, P_q) + b["q"][None, :, None, :]  # noqa: N806
     K = einsum("bmd,dk->bmk", M["k"], P_k) + b["k"]  # noqa: N806
+    Q, K = rope(Q, K)  # noqa: N806
     V = einsum("bmd,dv->bmv", M["v"], P_v) + b["v"]  # noqa: N806
     logits = einsum("bhnk,bmk->bhnm", Q, K) * scale
     weights = softmax(logits + mask)
@@ -104,6 +133,9 @@ class NumpyEinsum(Adapter):
                 "decode",
                 "weights",
                 "weights-mean",
+                "rope-half",  # issue 14: RoFormer's complex form
+                "rope-interleaved",
+                "rope-partial",
             }
         ),  # fmt: skip
         dtypes=frozenset({"float64", "float32", "float16"}),
@@ -126,8 +158,10 @@ class NumpyEinsum(Adapter):
         if mask is None:
             mask = np.zeros((1, 1, 1, 1), dt)
         scale = dt.type(case.effective_scale)
+        rope = self._rope(case)
         if case.mode == "kernel":
             q, k, v = (inputs.native(n) for n in ("q", "k", "v"))
+            q, k = rope(q, k)
             if case.decode:
                 return {"output": self._kernel_incremental(q, k, v, scale)}
             out, weights = kernel_attention(q, k, v, mask, scale)
@@ -149,8 +183,25 @@ class NumpyEinsum(Adapter):
             return {
                 "output": self._layer_incremental(X, w["wq"], P_k, P_v, P_o, b, scale, multi_query)
             }
-        Y, weights = fn(X, M, mask, w["wq"], P_k, P_v, P_o, b, scale)  # noqa: N806
+        Y, weights = fn(X, M, mask, w["wq"], P_k, P_v, P_o, b, scale, rope)  # noqa: N806
         return {"output": Y, "weights": weights, "weights_mean": weights.mean(axis=1)}
+
+    @staticmethod
+    def _rope(case):  # noqa: ANN001, ANN205
+        """Q, K -> rotated (keys at offset + s, queries at offset + S - T + t)."""
+        r = case.rope
+        if r is None:
+            return no_rope
+        s = case.shape
+        k_pos = r.offset + np.arange(s.kv_len)
+        q_pos = r.offset + s.kv_len - s.query_len + np.arange(s.query_len)
+        dims = r.rotary_dim or s.key_dim
+
+        def apply(Q, K):  # noqa: ANN001, ANN202, N803
+            return (rotary_complex(Q, q_pos, r.style, r.theta, dims),
+                    rotary_complex(K, k_pos, r.style, r.theta, dims))  # fmt: skip
+
+        return apply
 
     @staticmethod
     def _kernel_incremental(q, k, v, scale):  # noqa: ANN001, ANN205

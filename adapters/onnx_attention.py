@@ -322,6 +322,8 @@ class AttentionConfig:
     window: tuple[int, int] | None = None  # opset 25 (left_window_size, right_window_size)
     expanded: bool = False
     softcap: float | None = None  # issue 14: the operator's softcap attribute
+    # issue 14: RotaryEmbedding (opset 23) on Q, K (and past_key) first: (interleaved, dim)
+    rope: tuple[int, int] | None = None
 
 
 def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
@@ -386,9 +388,75 @@ def attention_model(cfg: AttentionConfig):  # noqa: ANN201 - onnx.ModelProto
     graph_in = [info(n) for n in node_in if n]
     graph_out = [info(n) for n in node_out if n]
     node = helper.make_node("Attention", node_in, node_out, **attrs)
+    if cfg.rope is not None:  # issue 14
+        if cfg.expanded:
+            raise Unsupported("rotary embeddings run on the fused kernels only")
+        nodes, graph_in = _rotary_nodes(cfg, graph_in, shapes)
+        return make_model([*nodes, node], graph_in, graph_out, {"": cfg.opset})
     if not cfg.expanded:
         return make_model([node], graph_in, graph_out, {"": cfg.opset})
     return _expanded_model(cfg, node, graph_in, graph_out)
+
+
+ROTATED = {"Q": "T", "K": "S", "past_key": "P"}  # rotated inputs and their length axis
+
+
+def _rotary_nodes(cfg: AttentionConfig, graph_in: list, shapes: dict) -> tuple[list, list]:
+    """RotaryEmbedding nodes (opset 23) turning the graph inputs Q, K (and past_key) into the
+    rotated tensors the Attention node reads: each takes `<name>_raw`, the shared cos_cache /
+    sin_cache [max position + 1, rotary_dim / 2] and its own position_ids [B, length]."""
+    from onnx import helper
+
+    interleaved, dim = cfg.rope
+    et = onnx_elem_type(cfg.dtype)
+    new_in = []
+    nodes = []
+    for vi in graph_in:
+        if vi.name not in ROTATED:
+            new_in.append(vi)
+            continue
+        raw, ids = f"{vi.name}_raw", f"{vi.name}_position_ids"
+        new_in.append(helper.make_tensor_value_info(raw, et, shapes[vi.name]))
+        new_in.append(helper.make_tensor_value_info(
+            ids, onnx_elem_type("int64"), ["B", ROTATED[vi.name]]))  # fmt: skip
+        attrs: dict[str, Any] = {"interleaved": interleaved}
+        if dim:
+            attrs["rotary_embedding_dim"] = dim
+        if cfg.layout == "3d":
+            attrs["num_heads"] = cfg.heads if vi.name == "Q" else cfg.kv_heads
+        nodes.append(helper.make_node(
+            "RotaryEmbedding", [raw, "cos_cache", "sin_cache", ids], [vi.name], **attrs))  # fmt: skip
+    half = (dim or cfg.key_dim) // 2
+    for name in ("cos_cache", "sin_cache"):
+        new_in.append(helper.make_tensor_value_info(name, et, ["M", half]))
+    return nodes, new_in
+
+
+def rotary_feeds(case: Case, feeds: dict[str, np.ndarray], past: int, dtype) -> None:  # noqa: ANN001
+    """Rename Q, K, past_key to their `_raw` inputs and add the caches and position ids
+    (conformance.rotary: queries at offset + S - T + t, keys at offset + s). The caches are
+    computed in float64 and rounded to the dtype, as a model exporter stores them."""
+    from conformance.rotary import key_positions, query_positions, tables
+
+    rope, s = case.rope, case.shape
+    keys = key_positions(case)
+    ids = {"Q": query_positions(case), "K": keys[past:], "past_key": keys[:past]}
+    for name in ROTATED:
+        if name in feeds:
+            feeds[f"{name}_raw"] = feeds.pop(name)
+            feeds[f"{name}_position_ids"] = np.ascontiguousarray(
+                np.broadcast_to(ids[name].astype(np.int64), (s.batch, len(ids[name])))
+            )
+    cos, sin = tables(rope, s.key_dim, np.arange(int(keys[-1]) + 1))
+    feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
+
+
+def rope_config(case: Case) -> tuple[int, int] | None:
+    """AttentionConfig.rope for a case: (interleaved 0/1, rotary_embedding_dim or 0 = all)."""
+    if case.rope is None:
+        return None
+    dim = case.rope.dims(case.shape.key_dim) if case.rope.partial(case.shape.key_dim) else 0
+    return int(case.rope.style == "interleaved"), dim
 
 
 def _expanded_model(cfg: AttentionConfig, node, graph_in: list, graph_out: list):  # noqa: ANN001, ANN202
@@ -475,6 +543,7 @@ class OnnxAttentionBase(OrtAdapter):
             scale=case.scale,
             expanded=self.EXPANDED,
             softcap=case.scores.softcap if case.scores else None,  # issue 14
+            rope=rope_config(case),  # issue 14
         )
         return dataclasses.replace(cfg, **changes)
 
@@ -543,6 +612,8 @@ class OnnxAttentionBase(OrtAdapter):
             heads = feeds["attn_mask"].shape[1]
         if nonpad is not None:
             feeds["nonpad_kv_seqlen"] = nonpad
+        if case.rope is not None:  # issue 14: RotaryEmbedding nodes read these
+            rotary_feeds(case, feeds, past, dtype)
         cfg = self._base_config(
             case,
             mask=kind,
@@ -557,9 +628,15 @@ class OnnxAttentionBase(OrtAdapter):
 
     # -- running ------------------------------------------------------------------------------
 
-    def path_check(self, device: str) -> PathCheck:
+    def path_check(self, device: str, rope: bool = False) -> PathCheck:
         provider, _ = provider_for(device)
-        return require_fused("Attention", provider) if self.FUSED else _require_decomposed
+        if not self.FUSED:
+            return _require_decomposed
+        attention = require_fused("Attention", provider)
+        if not rope:
+            return attention
+        rotary = require_fused("RotaryEmbedding", provider)  # issue 14
+        return lambda ran: attention(ran) or rotary(ran)
 
     def _require_kernel(self, case: Case, device: str) -> None:
         if self.FUSED:
@@ -568,11 +645,15 @@ class OnnxAttentionBase(OrtAdapter):
                 "; a graph of this dtype runs the inlined ONNX function body instead "
                 "(onnx.attention.expanded covers that path)",
             )  # fmt: skip
+        if self.FUSED and case.rope is not None:  # issue 14
+            require_kernel(case, "RotaryEmbedding", "", device, 23, "T")
 
     def session(self, cfg: AttentionConfig, device: str) -> OrtSession:
         return self._sessions.get(
             (cfg, device),
-            lambda: open_session(attention_model(cfg), device, self.path_check(device)),
+            lambda: open_session(
+                attention_model(cfg), device, self.path_check(device, cfg.rope is not None)
+            ),
         )
 
     def _output(self, y: np.ndarray, heads: int) -> np.ndarray:
@@ -665,6 +746,21 @@ KERNEL_FEATURES = frozenset(
     }
 )
 
+# issue 14: RotaryEmbedding (opset 23: interleaved 0/1, rotary_embedding_dim) before Attention,
+# on the fused kernels (4d: 4-D inputs; 3d: 3-D inputs with num_heads; opset24).
+ROPE_FEATURES = frozenset({"rope-half", "rope-interleaved", "rope-partial"})
+ROPE_NOTES = (
+    " Rotary embeddings (issue 14): an ONNX RotaryEmbedding node (opset 23; interleaved=0 for "
+    "rotate-half, 1 for interleaved pairs; rotary_embedding_dim for partial rotary) turns Q, K "
+    "(and past_key) into the Attention node's inputs, with cos_cache/sin_cache computed in "
+    "float64 and stored in the dtype (as an exporter stores them) and position_ids per tensor "
+    "(queries at offset + S - T + t, keys at offset + s); ORT's RotaryEmbedding kernel must run."
+)
+ROPE_UNSUPPORTED = {
+    tag: "rotary embeddings run on the fused kernels only (onnx.attention.4d, 3d, opset24)"
+    for tag in ROPE_FEATURES
+}
+
 UNSUPPORTED = {
     "sink": "no sink logit in the operator (opsets 23-25)",
     "sink-zero": "no off-by-one softmax in the operator (opsets 23-25)",
@@ -706,7 +802,7 @@ NOTES = (
 
 
 def _declaration(name: str, summary: str, **kw: Any) -> Declaration:
-    features = kw.pop("features", KERNEL_FEATURES)
+    features = kw.pop("features", KERNEL_FEATURES | ROPE_FEATURES)
     return Declaration(
         name=name,
         summary=summary,
@@ -717,7 +813,7 @@ def _declaration(name: str, summary: str, **kw: Any) -> Declaration:
         worker="onnx",
         divergences=kw.pop("divergences", (FULLY_MASKED_ZEROS, FILL_AS_WRITTEN)),
         unsupported_reasons=kw.pop("unsupported_reasons", UNSUPPORTED),
-        notes=kw.pop("notes", NOTES),
+        notes=kw.pop("notes", NOTES + ROPE_NOTES),
         **kw,
     )
 
@@ -743,7 +839,9 @@ class OnnxAttentionOpset24(OnnxAttentionBase):
         "onnx.attention.opset24",
         "ONNX Attention (opset 24), 4-D inputs, key padding as nonpad_kv_seqlen, ORT's "
         "fused kernel",
-        notes=NOTES + " Key padding goes in nonpad_kv_seqlen (with it, ONNX aligns is_causal "
+        notes=NOTES
+        + ROPE_NOTES
+        + " Key padding goes in nonpad_kv_seqlen (with it, ONNX aligns is_causal "
         "at each batch's valid length, so a causal mask then goes in attn_mask).",
     )
     OPSET = 24
@@ -778,6 +876,8 @@ class OnnxAttentionExpanded(OnnxAttentionBase):
         "onnx.attention.expanded",
         "ONNX Attention (opset 23) as its function body from the installed onnx package "
         "(MatMul, Softmax, ...), inlined and run op by op in ORT",
+        features=KERNEL_FEATURES,
+        unsupported_reasons=UNSUPPORTED | ROPE_UNSUPPORTED,
         divergences=FUNCTION_DIVERGENCES,
     )
     FUSED = False
@@ -790,6 +890,7 @@ class OnnxAttentionOpset25(OnnxAttentionBase):
         "ONNX Attention (opset 25: sliding window as left/right_window_size), 4-D inputs; ORT "
         "has no opset-25 kernel and inlines the function body it was built with",
         features=KERNEL_FEATURES | {"window"},
+        unsupported_reasons=UNSUPPORTED | ROPE_UNSUPPORTED,
         divergences=FUNCTION_DIVERGENCES,
         notes=NOTES + " A window (left, right) is left_window_size/right_window_size: query i "
         "sees keys i - left .. i + right (aligned by the cache length, 0 here).",

@@ -12,6 +12,8 @@ onnxruntime.capi.onnxruntime_pybind11_state.get_all_operator_schema()):
   seqlens_k (int32, per-batch total length - 1) carries key padding, total_sequence_length the
   longest; `causal` (default 1) and local_window_size (left window, causal only);
   attention_bias as for MHA. Decoding feeds past_key/past_value back from present_*.
+  Rotary embeddings (issue 14) are GQA's own do_rotary=1 with cos_cache/sin_cache (float64
+  tables stored in the dtype) and rotary_interleaved 0/1; partial rotary from the caches' width.
 
 Each session checks on its first run that the contrib kernel itself ran (see onnx_attention).
 """
@@ -64,6 +66,7 @@ class ContribConfig:
     softcap: float | None = None  # issue 14: GQA softcap attribute
     smooth_softmax: bool = False  # GQA smooth_softmax=1: a zero sink logit per head
     head_sink: bool = False  # GQA head_sink input [H]: a learned sink logit per head
+    rotary: tuple[int, int] | None = None  # issue 14: GQA do_rotary (interleaved, rotary dim)
 
 
 def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
@@ -82,6 +85,8 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
         "past_value": (et, ["B", g, "P", v]),
         "seqlens_k": (i32, ["B"]),
         "head_sink": (et, [h]),
+        "cos_cache": (et, ["M", (cfg.rotary or (0, 0))[1] // 2]),
+        "sin_cache": (et, ["M", (cfg.rotary or (0, 0))[1] // 2]),
         "total_sequence_length": (i32, []),
         "output": (et, ["B", "T", h * v]),
         "present_key": (et, ["B", g, "L", k]),
@@ -101,7 +106,11 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
     else:
         node_in = ["query", "key", "value", *past, "seqlens_k", "total_sequence_length"]
         # inputs 7-11: cos_cache, sin_cache, position_ids, attention_bias, head_sink
-        node_in += ["", "", "", bias, "head_sink" if cfg.head_sink else ""]
+        rotary = ["cos_cache", "sin_cache"] if cfg.rotary else ["", ""]
+        node_in += [*rotary, "", bias, "head_sink" if cfg.head_sink else ""]
+        if cfg.rotary:  # issue 14: the kernel rotates Q and K itself
+            attrs["do_rotary"] = 1
+            attrs["rotary_interleaved"] = cfg.rotary[0]
         attrs["kv_num_heads"] = g
         if cfg.softcap is not None:
             attrs["softcap"] = float(cfg.softcap)
@@ -317,6 +326,19 @@ class OrtContribGQA(OrtContribBase):
         )
         if cfg.head_sink:
             feeds["head_sink"] = np.asarray(case.scores.sink, dtype=dtype)
+        if case.rope is not None:  # issue 14: do_rotary with the case's tables
+            from conformance.rotary import tables
+
+            rope = case.rope
+            if rope.offset:
+                raise Unsupported(
+                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
+                    "needs a past cache (not wired here)"
+                )
+            cos, sin = tables(rope, s.key_dim, np.arange(s.kv_len))
+            feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
+            interleaved = int(rope.style == "interleaved")
+            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
         return _Plan(cfg, feeds)
 
     def check(self, case: Case) -> None:
@@ -327,6 +349,18 @@ class OrtContribGQA(OrtContribBase):
             )
         if case.decode is not None and case.scores is not None:
             raise Unsupported("score terms are wired for full (non-decode) calls only here")
+        if case.rope is not None:  # issue 14: do_rotary's input validation (ORT 1.32)
+            if case.shape.key_dim % 16:
+                raise Unsupported(
+                    f"head_size {case.shape.key_dim}: do_rotary requires a multiple of 16 "
+                    "(ORT: 'head_size shall be a multiple of 16')"
+                )
+            if (case.rope.dims(case.shape.key_dim) // 2) % 8:
+                raise Unsupported(
+                    f"rotary_dim {case.rope.dims(case.shape.key_dim)}: do_rotary needs "
+                    "rotary_dim / 2 a multiple of 8 (ORT: 'cos_cache dimension 1 must be <= "
+                    "head_size / 2 and a multiple of 8')"
+                )
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
         # Prompt then token steps, as onnxruntime-genai drives it: past_key/value (empty for
@@ -409,6 +443,10 @@ GQA_FEATURES = frozenset(
         "sink-zero",
         "alibi",
         "alibi-standard",
+        # issue 14: do_rotary with cos_cache/sin_cache, rotary_interleaved 0/1
+        "rope-half",
+        "rope-interleaved",
+        "rope-partial",
     }
 )
 

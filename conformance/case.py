@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .masks import any_fully_masked_row
+from .rotary import Rope
 from .score_terms import ScoreTerms
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -150,6 +151,7 @@ class Case:
     dropout: Dropout | None = None
     tier: str = "small"
     scores: ScoreTerms | None = None  # issue 14: softcap, ALiBi, sinks (conformance.score_terms)
+    rope: Rope | None = None  # issue 14: rotary position embeddings (conformance.rotary)
 
     @property
     def data_key(self) -> str:
@@ -202,6 +204,8 @@ class Case:
                 if scores.get(key) is not None:
                     scores[key] = tuple(scores[key])
         data["scores"] = ScoreTerms(**scores) if scores else None
+        rope = data.get("rope")  # issue 14: rotary position embeddings
+        data["rope"] = Rope(**rope) if rope else None
         data["compare"] = tuple(data.get("compare", ("output",)))
         data["params"] = tuple(tuple(p) for p in data.get("params", ()))
         return Case(**data)
@@ -247,6 +251,10 @@ FEATURES: dict[str, str] = {
     "alibi-standard": "ALiBi with the paper's standard slopes (2^(-8 h / H))",
     "sink": "a sink logit per head added to the softmax denominator (GPT-OSS sinks)",
     "sink-zero": "every sink logit is 0: off-by-one softmax (ORT smooth_softmax)",
+    # issue 14: rotary position embeddings on q and k (conformance.rotary)
+    "rope-half": "rotary position embeddings, rotate-half pairs (i, i + d/2): GPT-NeoX, Llama",
+    "rope-interleaved": "rotary position embeddings, interleaved pairs (2i, 2i + 1): GPT-J",
+    "rope-partial": "rotary embeddings on the first rotary_dim dims of each head only",
     # issue 14: masks as users write them, packed sequences
     "finite-fill": "masked keys arrive as a finite additive value (-1e9, -10000, finfo.min) in "
     "a float mask, not -inf or a boolean",
@@ -330,6 +338,10 @@ def case_features(case: Case) -> frozenset[str]:
             tags.add("alibi-standard" if terms.alibi_standard else "alibi")
         if terms.sink is not None:
             tags.add("sink-zero" if terms.off_by_one else "sink")
+    if case.rope is not None:  # issue 14: rotary position embeddings
+        tags.add(f"rope-{case.rope.style}")
+        if case.rope.partial(s.key_dim):
+            tags.add("rope-partial")
     return frozenset(tags)
 
 

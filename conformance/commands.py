@@ -799,6 +799,10 @@ def describe_case(case: Case) -> str:
         from .score_terms import describe_terms
 
         lines.extend(describe_terms(case))
+    if case.rope is not None:  # issue 14: rotary position embeddings
+        from .rotary import describe_rope
+
+        lines.extend(describe_rope(case))
     attend, bias = build_mask(case)
     lines.append("  mask (batch 0, head 0; # attend, . masked, - additive -inf):")
     lines.extend("    " + line for line in picture(attend, bias).splitlines())

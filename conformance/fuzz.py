@@ -882,6 +882,11 @@ def case_spec(case: Case) -> dict:
             entry["scores"]["alibi"] = "standard" if terms.alibi_standard else list(terms.alibi)
         if terms.sink is not None:
             entry["scores"]["sink"] = "zero" if terms.off_by_one else list(terms.sink)
+    rope = getattr(case, "rope", None)  # issue 14: rotary position embeddings
+    if rope is not None:
+        entry["rope"] = {"style": rope.style, "theta": rope.theta, "offset": rope.offset}
+        if rope.rotary_dim is not None:
+            entry["rope"]["rotary_dim"] = rope.rotary_dim
     entry["seed"] = case.seed
     return entry
 

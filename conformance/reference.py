@@ -34,6 +34,7 @@ from .case import MASKED_ROW_POLICIES, Case
 from .dtypes import round_to
 from .inputs import CaseInputs
 from .masks import build_mask, drawn_masks, fill_value, row_blocks
+from .rotary import apply_rope
 from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap, without_alibi
 
 ROW_BLOCK_ELEMENTS = 2**22  # logits of one block of query rows: 32 MiB of float64
@@ -258,15 +259,18 @@ def attention(
     *,
     masked_rows: str | None = None,
     rounding: Rounding = _identity,
+    table_dtype: type = np.float64,
 ) -> dict[str, np.ndarray]:
     """Everything a case can compare: output, per-head weights, head-averaged weights (the
-    weights only when compared or small; see WEIGHTS_KEPT_ELEMENTS)."""
+    weights only when compared or small; see WEIGHTS_KEPT_ELEMENTS). `table_dtype`: where
+    rotary embeddings compute their cos/sin tables (conformance.rotary.apply_rope)."""
     policy = masked_rows or case.mask.fully_masked_rows
     keep = _keeps_weights(case)
     a, w = inputs.arrays, inputs.weights
     if case.mode == "kernel":
+        q, k = apply_rope(case, a["q"], a["k"], rounding, table_dtype)  # issue 14: RoPE
         out, probs = attend_rows(
-            case, a["q"], a["k"], a["v"], masked_rows=policy, rounding=rounding, keep_weights=keep
+            case, q, k, a["v"], masked_rows=policy, rounding=rounding, keep_weights=keep
         )
         return _with_weights({"output": out}, probs)
 
@@ -276,6 +280,7 @@ def attention(
     q = project_heads(query, w["wq"], w["bq"], rounding)  # [B, H, T, K]
     k = project_heads(key, w["wk"], w["bk"], rounding)  # [B, G, S, K]
     v = project_heads(value, w["wv"], w["bv"], rounding)  # [B, G, S, V]
+    q, k = apply_rope(case, q, k, rounding, table_dtype)  # issue 14: RoPE after projection
     k, v = _extra_keys(case, w, k, v)
     heads, probs = attend_rows(
         case, q, k, v, masked_rows=policy, rounding=rounding, keep_weights=keep
@@ -304,8 +309,13 @@ def baseline(case: Case, inputs: CaseInputs, masked_rows: str | None = None) -> 
             arrays={k: _float32(x) for k, x in inputs.arrays.items()},
             weights={k: _float32(x) for k, x in inputs.weights.items()},
         )
-        out = attention(case, native, masked_rows=masked_rows, rounding=_float32)
+        out = attention(
+            case, native, masked_rows=masked_rows, rounding=_float32, table_dtype=np.float32
+        )
         return {name: x.astype(np.float64) for name, x in out.items()}
+    # Rotary tables: float32 for half precision (implementations build them in float32).
+    table = np.float64 if case.dtype == "float64" else np.float32
     return attention(
-        case, inputs, masked_rows=masked_rows, rounding=lambda x: round_to(x, case.dtype)
-    )
+        case, inputs, masked_rows=masked_rows, rounding=lambda x: round_to(x, case.dtype),
+        table_dtype=table,
+    )  # fmt: skip

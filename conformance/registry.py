@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "torch_onnx",
     "torch_compile",
     "hf_attention",
+    "hf_layer",  # issue 14: the Llama layer with its rotary embedding
     "keras_ops_dpa",
     "openvino_sdpa",
     "openvino_onnx",
@@ -48,6 +49,7 @@ BUILTIN_MODULES = (
     "traps_keras",
     "traps_jax",
     "traps_onnx",
+    "traps_hf",  # issue 14: a rotary convention ported without its permutation
 )
 
 

@@ -32,6 +32,7 @@ from .case import (
     PADDING_SIDES,
     TIERS,
 )
+from .rotary import ROPE_STYLES
 from .spec import (
     CASE_KEYS,
     DECODE_KEYS,
@@ -39,6 +40,7 @@ from .spec import (
     FILE_KEYS,
     MASK_KEYS,
     MAX_INNER_AXES,
+    ROPE_KEYS,
     SCORE_KEYS,
     SHAPE_KEYS,
     SPEC_VERSION,
@@ -202,6 +204,17 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                     ),  # fmt: skip
                 },
                 SCORE_KEYS,
+            )
+        ),
+        "rope": _param(  # issue 14: rotary position embeddings
+            _object(
+                {
+                    "style": _param({"enum": list(ROPE_STYLES)}),
+                    "theta": _param({"type": "number", "exclusiveMinimum": 0}),
+                    "rotary_dim": _param({"type": "integer", "minimum": 2, "multipleOf": 2}),
+                    "offset": _int(0),
+                },
+                ROPE_KEYS,
             )
         ),
         "matrix": {

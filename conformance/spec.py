@@ -58,6 +58,7 @@ from .limits import (
     yaml_number_hint,
 )
 from .paths import display_path, shipped_specs_dir  # noqa: F401 - re-exported
+from .rotary import DEFAULT_THETA, ROPE_STYLES, Rope
 from .score_terms import ScoreTerms, standard_alibi_slopes
 from .yamlload import LocatedDict, LocatedList, load_yaml_file
 
@@ -96,12 +97,20 @@ CASE_KEYS = {
     "dropout": "{rate, training, draws}: attention dropout, inference (default) or training mode",
     "tier": "size tier: small (default), default (kernel scale, in the default run) or large",
     "scores": "{softcap, alibi, sink}: score terms of modern attention (conformance.score_terms)",
+    "rope": "{style, theta, rotary_dim, offset}: rotary position embeddings on q and k",
     "matrix": "parameters expanded into one case per combination",
 }
 SCORE_KEYS = {  # issue 14
     "softcap": "cap > 0: logits -> cap * tanh(logits / cap), before bias and mask (Gemma 2)",
     "alibi": "standard (the paper's slopes) or a list of H slopes: bias -slope * |t + S - T - s|",
     "sink": "zero (off-by-one softmax) or a list of H sink logits added to the denominator",
+}
+ROPE_KEYS = {  # issue 14: rotary position embeddings (conformance.rotary)
+    "style": "half (rotate-half pairs (i, i + d/2): GPT-NeoX, Llama) or interleaved (pairs "
+    "(2i, 2i + 1): GPT-J, RoFormer); default half",
+    "theta": "frequency base > 0: pair i turns at theta^(-2i/d) per position (default 10000)",
+    "rotary_dim": "d, even, <= key_dim: rotate the first d dims of each head (default all)",
+    "offset": "position of key 0 (default 0); query t sits at offset + S - T + t",
 }
 DROPOUT_KEYS = {
     "rate": "dropout probability p, 0 < p < 1",
@@ -146,7 +155,7 @@ MASK_KEYS = {
 LAYER_DIMS = ("query_dim", "key_input_dim", "value_input_dim", "output_dim")
 DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
 DIRECT_PARAMS = set(CASE_KEYS) - {"matrix", "name", "description", "shape", "mask", "decode"}
-DIRECT_PARAMS -= {"scores"}
+DIRECT_PARAMS -= {"scores", "rope"}
 DIRECT_PARAMS |= set(SHAPE_KEYS)
 
 _REF = re.compile(r"\$\{(\w+)\}|^\$(\w+)$")
@@ -742,6 +751,10 @@ def _resolve_case(
                 "state the step as a kernel case: T new queries ending S keys (offset S - T)",
             )  # fmt: skip
 
+    rope = None  # issue 14: rotary position embeddings
+    if "rope" in node:
+        rope = _resolve_rope(ctx, node, shape, flags, decode, gradients)
+
     tier = _choice(ctx, node.get("tier", "small"), node, "tier", TIERS)
     dense = sum(
         x is not None for x in (mask.random_density, mask.additive_density, mask.bias_scale)
@@ -796,6 +809,7 @@ def _resolve_case(
         dropout=dropout,
         tier=tier,
         scores=scores,
+        rope=rope,
     )
     if dropout is not None and dropout.training:
         problem = None
@@ -869,6 +883,68 @@ def _resolve_scores(ctx: _Ctx, node: LocatedDict, shape: dict) -> ScoreTerms:
     if terms.is_empty():
         raise ctx.error("scores sets no term", node, "scores", f"keys: {', '.join(SCORE_KEYS)}")
     return terms
+
+
+def _resolve_rope(
+    ctx: _Ctx,
+    node: LocatedDict,
+    shape: dict,
+    flags: dict,
+    decode,
+    gradients: bool,  # noqa: ANN001
+) -> Rope:
+    """The `rope` key: rotary position embeddings on q and k (issue 14, conformance.rotary)."""
+    rnode = _mapping(ctx, node["rope"], node, "rope")
+    _check_keys(ctx, rnode, ROPE_KEYS, "rope")
+    style = _choice(ctx, rnode.get("style", "half"), rnode, "style", ROPE_STYLES)
+    theta = _number(ctx, rnode.get("theta", DEFAULT_THETA), rnode, "theta")
+    if theta <= 0:
+        raise ctx.error(f"theta must be > 0, got {_show(theta)}", rnode, "theta",
+                        "the paper and most models use 10000.0")  # fmt: skip
+    key_dim = shape["key_dim"]
+    rotary_dim = None
+    if "rotary_dim" in rnode:
+        rotary_dim = _int(ctx, rnode["rotary_dim"], rnode, "rotary_dim", minimum=2)
+        if rotary_dim > key_dim:
+            raise ctx.error(
+                f"rotary_dim {rotary_dim} is larger than the head dim (key_dim = {key_dim})",
+                rnode, "rotary_dim", f"at most {key_dim}; omit it to rotate every dim",
+            )  # fmt: skip
+        if rotary_dim % 2:
+            raise ctx.error(f"rotary_dim must be even (dims rotate in pairs), got {rotary_dim}",
+                            rnode, "rotary_dim")  # fmt: skip
+        if rotary_dim == key_dim:
+            rotary_dim = None  # the whole head: not partial
+    elif key_dim % 2:
+        raise ctx.error(
+            f"rotary embeddings rotate pairs of dims; key_dim {key_dim} is odd", node, "rope",
+            "set an even rotary_dim (partial rotary) or an even key_dim",
+        )  # fmt: skip
+    offset = _int(ctx, rnode.get("offset", 0), rnode, "offset", minimum=0)
+    if offset + shape["kv_len"] - shape["query_len"] < 0:
+        raise ctx.error(
+            f"query 0 would sit at position {offset + shape['kv_len'] - shape['query_len']}: "
+            "queries end the key sequence (query t at offset + S - T + t)", rnode if "offset" in
+            rnode else node, "offset" if "offset" in rnode else "rope",
+            f"offset >= {shape['query_len'] - shape['kv_len']}",
+        )  # fmt: skip
+    problem = None
+    if shape.get("attention_axes"):
+        problem = "rotary embeddings are not supported with attention_axes"
+    elif flags.get("add_bias_kv") or flags.get("add_zero_attn"):
+        problem = "rotary positions are undefined for torch's appended key positions"
+    elif decode is not None:
+        problem = "rotary embeddings with incremental decoding are not expressible here yet"
+    elif gradients:
+        problem = "gradients of rotary cases are not computed yet"
+    elif "dropout" in node:
+        problem = "dropout with rotary embeddings is not supported"
+    if problem:
+        hint = None
+        if decode is not None:
+            hint = "state the step as a kernel case: T new queries ending S keys"
+        raise ctx.error(problem, node, "rope", hint)
+    return Rope(style=style, theta=theta, rotary_dim=rotary_dim, offset=offset)
 
 
 def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:

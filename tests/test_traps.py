@@ -50,9 +50,13 @@ EXPECTED = {
     ("keras.tensorflow.explicit.query-mask-argument", "causal-layer"): "pass",
     ("ort.contrib.mha.unidirectional", "causal-short-kernel"): "fail",
     ("ort.contrib.mha.unidirectional", "causal-kernel"): "pass",
+    ("hf.sdpa.rope-half-for-interleaved", "rope-interleaved-kernel"): "fail",
+    ("hf.sdpa.rope-half-for-interleaved", "rope-half-kernel"): "pass",
+    ("hf.sdpa.rope-half-for-interleaved", "causal-kernel"): "pass",
 }
 TRAPS = sorted({adapter for adapter, _ in EXPECTED})
-MODULES = {"torch": "torch", "jax": "jax", "keras": "tensorflow", "ort": "onnxruntime"}
+MODULES = {"torch": "torch", "jax": "jax", "keras": "tensorflow", "ort": "onnxruntime",
+           "hf": "transformers"}  # fmt: skip
 
 
 def trap_entries() -> list:

@@ -1,0 +1,138 @@
+"""`hf.llama.attention`: transformers' LlamaAttention layer with its rotary embedding, layer mode.
+
+What runs: `transformers.models.llama.modeling_llama.LlamaAttention` built from a LlamaConfig
+(hidden_size Dq, H heads, G key/value heads, head_dim K, attention_bias = the case's
+projection biases, rope_theta), its q/k/v/o projections loaded with the case's canonical
+weights (conformance.layouts.to_linear), called as LlamaDecoderLayer calls it:
+`attn(hidden_states, position_embeddings=(cos, sin), attention_mask=mask)` with (cos, sin) from
+LlamaRotaryEmbedding(config)(x, position_ids) (position_ids = offset + t). Inside, the layer
+projects, applies apply_rotary_pos_emb (rotate-half) to q and k, and calls the attention
+function of config._attn_implementation ("sdpa").
+
+Only rotary cases (rope-half, whole head: Llama has no partial rotary nor interleaved pairs);
+other cases belong to hf.sdpa. Masks: as hf.sdpa builds them; the layer's `is_causal` is set
+to whether the case's whole mask is top-left causal (sdpa_attention_forward reads it when no
+mask is given). torch imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conformance import layouts
+from conformance.adapter import Declaration, Divergence, Unsupported
+from conformance.case import Case
+from conformance.inputs import CaseInputs
+
+from .hf_attention import ROPE_TABLES_REASON, HfSdpaAdapter
+from .torch_sdpa import to_numpy, to_torch
+
+LLAMA_SOURCE = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/"
+    "modeling_llama.py"
+)
+
+FEATURES = frozenset(
+    {
+        "layer",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "key-padding",
+        "no-bias",
+        "rope-half",
+    }
+)
+
+UNSUPPORTED = {
+    "kernel": "this is the whole layer (hf.eager / hf.sdpa are the kernels)",
+    "cross-attention": "LlamaAttention is self-attention: one hidden_states input",
+    "kv-input-dims": "one hidden size for every projection",
+    "value-dim": "one head_dim for keys and values",
+    "output-dim": "o_proj maps back to hidden_size",
+    "kv-len": "self-attention: key/value length equals the query length",
+    "scale": "the layer's scaling is head_dim ** -0.5",
+    "rope-interleaved": "Llama's apply_rotary_pos_emb is rotate-half (pairs (i, i + d/2))",
+    "rope-partial": "Llama rotates the whole head (GPT-NeoX/GLM layers split it)",
+    "decode": "the cache (DynamicCache) is not wired here",
+    "weights": "the sdpa path returns no weights",
+    "weights-mean": "the sdpa path returns no weights",
+    "gradients": "not covered: this adapter runs the forward only",
+}
+
+LLAMA_ROPE_FLOAT32 = Divergence(
+    id="hf-rope-float32-tables",
+    reason=ROPE_TABLES_REASON,
+    link=LLAMA_SOURCE,
+    when=frozenset({"rope-half"}),
+    dtypes=frozenset({"float64"}),
+    compute_dtype="float32",
+)
+
+
+class HfLlamaAttention(HfSdpaAdapter):
+    declaration = Declaration(
+        name="hf.llama.attention",
+        summary="transformers LlamaAttention layer (q/k/v/o projections, LlamaRotaryEmbedding + "
+        "apply_rotary_pos_emb, sdpa attention), layer mode, rotary cases",
+        framework="transformers",
+        features=FEATURES,
+        dtypes=frozenset({"float32", "float64"}),
+        requires=("torch", "transformers"),
+        worker="torch",
+        divergences=(LLAMA_ROPE_FLOAT32,),
+        unsupported_reasons=UNSUPPORTED,
+        notes="Canonical weights loaded into q_proj/k_proj/v_proj/o_proj (attention_bias = the "
+        "case's biases); position_embeddings from LlamaRotaryEmbedding with position_ids "
+        "offset + t; config._attn_implementation = 'sdpa'; masks as hf.sdpa builds them.",
+    )
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        import torch
+        from transformers import LlamaConfig
+        from transformers.models.llama import modeling_llama
+
+        if case.rope is None:
+            raise Unsupported("the Llama layer always rotates: cases without rope are hf.sdpa's")
+        s = case.shape
+        config = LlamaConfig(
+            hidden_size=s.query_dim,
+            num_attention_heads=s.num_heads,
+            num_key_value_heads=s.num_kv_heads,
+            head_dim=s.key_dim,
+            attention_bias=case.use_bias,
+            rope_parameters={"rope_type": "default", "rope_theta": case.rope.theta},
+        )
+        config._attn_implementation = "sdpa"
+        dtype = getattr(torch, case.dtype)
+        layer = modeling_llama.LlamaAttention(config, layer_idx=0).to(device=device, dtype=dtype)
+        layer.eval()
+        w = {name: inputs.native(name) for name in inputs.weights}
+        with torch.no_grad():
+            for name in "qkv":
+                weight, bias = layouts.to_linear(w[f"w{name}"], w.get(f"b{name}"))
+                proj = getattr(layer, f"{name}_proj")
+                proj.weight.copy_(to_torch(weight, case.dtype, device))
+                if case.use_bias:
+                    proj.bias.copy_(to_torch(bias, case.dtype, device))
+            layer.o_proj.weight.copy_(to_torch(layouts.to_linear_out(w["wo"]), case.dtype, device))
+            if case.use_bias:
+                layer.o_proj.bias.copy_(to_torch(w["bo"], case.dtype, device))
+            x = to_torch(inputs.native("query"), case.dtype, device)
+            rotary = modeling_llama.LlamaRotaryEmbedding(config).to(device)
+            ids = torch.arange(s.query_len, device=device)[None] + case.rope.offset
+            cos, sin = rotary(x, ids.expand(s.batch, -1))
+            mask, is_causal = self.arguments(case, device)
+            layer.is_causal = bool(is_causal)
+            out, weights = layer(x, position_embeddings=(cos, sin), attention_mask=mask)
+        if weights is not None:
+            raise RuntimeError("LlamaAttention returned weights: not the sdpa path")
+        return {"output": to_numpy(out)}
+
+    def rotary(self, case: Case, q: Any, k: Any) -> tuple[Any, Any]:  # pragma: no cover
+        raise AssertionError("the layer rotates by itself")
+
+
+ADAPTERS = [HfLlamaAttention]

@@ -1,0 +1,68 @@
+"""Rotary position embeddings through real libraries: every built-in adapter that declares the
+rope tags, run on specs/rope.yaml (small and default tiers) in one `conformance run`, with the
+verdict tally each must give (CPU; about 10 s). The errors where the trap bites are O(1), and
+the passing adapters' errors are ~1e-7 against 1e-5 (float32), so the tallies do not depend on
+the machine. Adapters whose framework is missing are skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+SPEC = Path(__file__).resolve().parent.parent / "specs" / "rope.yaml"
+
+# adapter -> (verdict tally, module it needs). Float64 through transformers diverges as declared
+# (float32 rotary tables); ORT has no float64 RotaryEmbedding kernel (unsupported).
+EXPECTED = {
+    "hf.eager": ({"pass": 12, "diverges": 9, "unsupported": 10}, "transformers"),
+    "hf.sdpa": ({"pass": 12, "diverges": 9, "unsupported": 10}, "transformers"),
+    "hf.llama.attention": ({"pass": 2, "diverges": 2, "unsupported": 27}, "transformers"),
+    "hf.sdpa.rope-half-for-interleaved": (
+        {"pass": 7, "diverges": 5, "fail": 9, "unsupported": 10}, "transformers"),
+    "onnx.attention.4d": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    "onnx.attention.3d": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    "onnx.attention.opset24": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    "ort.contrib.gqa": ({"pass": 6, "unsupported": 25}, "onnxruntime"),
+    "numpy.einsum": ({"pass": 6, "unsupported": 25}, "numpy"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("rope")
+    args = [arg for name in EXPECTED for arg in ("--adapter", name)]
+    proc = run_cli("run", str(SPEC), *args, "--jobs", "2", "--no-cache", "--quiet",
+                   "--out", str(out), "--no-report", timeout=600)  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())["results"]
+
+
+@pytest.mark.parametrize("adapter", sorted(EXPECTED))
+def test_rope_verdicts(results: list[dict], adapter: str) -> None:
+    tally, module = EXPECTED[adapter]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    got: dict[str, int] = {}
+    for record in results:
+        if record["adapter"] == adapter:
+            got[record["verdict"]] = got.get(record["verdict"], 0) + 1
+    assert got == tally
+
+
+def test_only_the_trap_fails_and_only_on_interleaved_cases(results: list[dict]) -> None:
+    bad = [(r["adapter"], r["case"]) for r in results if r["verdict"] in ("fail", "error")]
+    assert bad, "the trap must fail"
+    for adapter, case in bad:
+        assert adapter == "hf.sdpa.rope-half-for-interleaved", (adapter, case)
+        assert "interleaved" in case, case
+
+
+def test_float64_divergence_is_the_rotary_tables(results: list[dict]) -> None:
+    for record in results:
+        if record["adapter"] == "hf.sdpa" and record["verdict"] == "diverges":
+            assert record["divergence"]["id"] == "hf-rope-float32-tables"
+            assert 1e-9 < record["max_abs_error"] < 1e-5
