@@ -324,6 +324,7 @@ class AttentionConfig:
     softcap: float | None = None  # issue 14: the operator's softcap attribute
     # issue 14: RotaryEmbedding (opset 23) on Q, K (and past_key) first: (interleaved, dim)
     rope: tuple[int, int] | None = None
+    rope_contrib: bool = False  # com.microsoft RotaryEmbedding instead of the standard op
 
 
 def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
@@ -391,7 +392,8 @@ def attention_model(cfg: AttentionConfig):  # noqa: ANN201 - onnx.ModelProto
     if cfg.rope is not None:  # issue 14
         nodes, graph_in = _rotary_nodes(cfg, graph_in, shapes)
         if not cfg.expanded:
-            return make_model([*nodes, node], graph_in, graph_out, {"": cfg.opset})
+            opsets = {"": cfg.opset} | ({"com.microsoft": 1} if cfg.rope_contrib else {})
+            return make_model([*nodes, node], graph_in, graph_out, opsets)
         rotated = {vi.name[: -len("_raw")]: vi.type for vi in graph_in if vi.name.endswith("_raw")}
         return _expanded_model(cfg, [*nodes, node], graph_in, graph_out, rotated)
     if not cfg.expanded:
@@ -423,8 +425,13 @@ def _rotary_nodes(cfg: AttentionConfig, graph_in: list, shapes: dict) -> tuple[l
         attrs: dict[str, Any] = {"interleaved": interleaved}
         if dim:
             attrs["rotary_embedding_dim"] = dim
-        if cfg.layout == "3d":
+        if cfg.layout == "3d" or (cfg.rope_contrib and dim):  # contrib: num_heads with the dim
             attrs["num_heads"] = cfg.heads if vi.name == "Q" else cfg.kv_heads
+        if cfg.rope_contrib:  # com.microsoft's input order: input, position_ids, cos, sin
+            nodes.append(helper.make_node(
+                "RotaryEmbedding", [raw, ids, "cos_cache", "sin_cache"], [vi.name],
+                domain="com.microsoft", **attrs))  # fmt: skip
+            continue
         nodes.append(helper.make_node(
             "RotaryEmbedding", [raw, "cos_cache", "sin_cache", ids], [vi.name], **attrs))  # fmt: skip
     half = (dim or cfg.key_dim) // 2
@@ -528,6 +535,7 @@ class OnnxAttentionBase(OrtAdapter):
     EXPANDED = False  # the graph holds the installed onnx's function body, not the node
     NONPAD = False  # key padding as opset 24's nonpad_kv_seqlen
     WINDOW = False  # sliding window as opset 25's left/right_window_size
+    CONTRIB_ROPE = False  # rope as com.microsoft RotaryEmbedding (issue 14)
     DTYPES: tuple[str, ...] = ORT_DTYPES
     DTYPE_REASON = "NumPy has no bfloat16 to feed ONNX Runtime"
 
@@ -552,6 +560,7 @@ class OnnxAttentionBase(OrtAdapter):
             expanded=self.EXPANDED,
             softcap=case.scores.softcap if case.scores else None,  # issue 14
             rope=rope_config(case),  # issue 14
+            rope_contrib=self.CONTRIB_ROPE,
         )
         return dataclasses.replace(cfg, **changes)
 
@@ -654,7 +663,10 @@ class OnnxAttentionBase(OrtAdapter):
                 "(onnx.attention.expanded covers that path)",
             )  # fmt: skip
         if self.FUSED and case.rope is not None:  # issue 14
-            require_kernel(case, "RotaryEmbedding", "", device, 23, "T")
+            if self.CONTRIB_ROPE:
+                require_kernel(case, "RotaryEmbedding", "com.microsoft", device, 1, "T")
+            else:
+                require_kernel(case, "RotaryEmbedding", "", device, 23, "T")
         if not self.EXPANDED and case.rope is not None and case.dtype == "float64":
             raise Unsupported(
                 "RotaryEmbedding's type constraint T is float, float16, bfloat16 (opset 23): a "
@@ -917,10 +929,32 @@ class OnnxAttentionOpset25(OnnxAttentionBase):
     FUSED = False
 
 
+class OrtContribRotaryAttention(OnnxAttention4D):
+    """Rope cases only: ORT's com.microsoft RotaryEmbedding contrib op (what ORT's transformer
+    optimizer and onnxruntime-genai exports use) in front of the standard Attention op."""
+
+    declaration = _declaration(
+        "ort.contrib.rotary-embedding",
+        "com.microsoft RotaryEmbedding (ORT contrib op) on Q, K and past_key, then ONNX "
+        "Attention (opset 23), 4-D inputs, ORT's fused kernels; rotary cases only",
+        notes="com.microsoft RotaryEmbedding(input, position_ids, cos_cache, sin_cache) with "
+        "interleaved 0/1 and, for partial rotary, rotary_embedding_dim with num_heads; caches "
+        "computed in float64 and stored in the dtype; position_ids per tensor (queries at offset "
+        "+ S - T + t, keys at offset + s). Cases without rope are onnx.attention.4d's. " + NOTES,
+    )
+    CONTRIB_ROPE = True
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        if case.rope is None:
+            raise Unsupported("rotary cases only: the rest is onnx.attention.4d's")
+        return super().run(case, inputs, device)
+
+
 ADAPTERS = [
     OnnxAttention4D,
     OnnxAttention3D,
     OnnxAttentionOpset24,
     OnnxAttentionExpanded,
     OnnxAttentionOpset25,
+    OrtContribRotaryAttention,  # issue 14
 ]

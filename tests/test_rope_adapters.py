@@ -31,6 +31,7 @@ EXPECTED = {
     # shows where 1/sqrt(K) is inexact (K = 8)
     "onnx.attention.expanded": ({"pass": 18, "diverges": 3, "unsupported": 10}, "onnxruntime"),
     "onnx.attention.opset25": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    "ort.contrib.rotary-embedding": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
     "ort.contrib.gqa": ({"pass": 6, "unsupported": 25}, "onnxruntime"),
     "numpy.einsum": ({"pass": 6, "unsupported": 25}, "numpy"),
 }  # fmt: skip
