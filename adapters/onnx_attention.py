@@ -324,6 +324,7 @@ class AttentionConfig:
     softcap: float | None = None  # issue 14: the operator's softcap attribute
     # issue 14: RotaryEmbedding (opset 23) on Q, K (and past_key) first: (interleaved, dim)
     rope: tuple[int, int] | None = None
+    rope_contrib: bool = False  # com.microsoft RotaryEmbedding instead of the standard op
 
 
 def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
@@ -389,13 +390,15 @@ def attention_model(cfg: AttentionConfig):  # noqa: ANN201 - onnx.ModelProto
     graph_out = [info(n) for n in node_out if n]
     node = helper.make_node("Attention", node_in, node_out, **attrs)
     if cfg.rope is not None:  # issue 14
-        if cfg.expanded:
-            raise Unsupported("rotary embeddings run on the fused kernels only")
         nodes, graph_in = _rotary_nodes(cfg, graph_in, shapes)
-        return make_model([*nodes, node], graph_in, graph_out, {"": cfg.opset})
+        if not cfg.expanded:
+            opsets = {"": cfg.opset} | ({"com.microsoft": 1} if cfg.rope_contrib else {})
+            return make_model([*nodes, node], graph_in, graph_out, opsets)
+        rotated = {vi.name[: -len("_raw")]: vi.type for vi in graph_in if vi.name.endswith("_raw")}
+        return _expanded_model(cfg, [*nodes, node], graph_in, graph_out, rotated)
     if not cfg.expanded:
         return make_model([node], graph_in, graph_out, {"": cfg.opset})
-    return _expanded_model(cfg, node, graph_in, graph_out)
+    return _expanded_model(cfg, [node], graph_in, graph_out)
 
 
 ROTATED = {"Q": "T", "K": "S", "past_key": "P"}  # rotated inputs and their length axis
@@ -422,8 +425,13 @@ def _rotary_nodes(cfg: AttentionConfig, graph_in: list, shapes: dict) -> tuple[l
         attrs: dict[str, Any] = {"interleaved": interleaved}
         if dim:
             attrs["rotary_embedding_dim"] = dim
-        if cfg.layout == "3d":
+        if cfg.layout == "3d" or (cfg.rope_contrib and dim):  # contrib: num_heads with the dim
             attrs["num_heads"] = cfg.heads if vi.name == "Q" else cfg.kv_heads
+        if cfg.rope_contrib:  # com.microsoft's input order: input, position_ids, cos, sin
+            nodes.append(helper.make_node(
+                "RotaryEmbedding", [raw, ids, "cos_cache", "sin_cache"], [vi.name],
+                domain="com.microsoft", **attrs))  # fmt: skip
+            continue
         nodes.append(helper.make_node(
             "RotaryEmbedding", [raw, "cos_cache", "sin_cache", ids], [vi.name], **attrs))  # fmt: skip
     half = (dim or cfg.key_dim) // 2
@@ -459,31 +467,38 @@ def rope_config(case: Case) -> tuple[int, int] | None:
     return int(case.rope.style == "interleaved"), dim
 
 
-def _expanded_model(cfg: AttentionConfig, node, graph_in: list, graph_out: list):  # noqa: ANN001, ANN202
-    """The graph with Attention replaced by its function body from the installed onnx package.
+def _expanded_model(cfg: AttentionConfig, nodes: list, graph_in: list, graph_out: list,  # noqa: ANN202
+                    inner_types: dict | None = None):  # fmt: skip
+    """The graph with each node (Attention, and RotaryEmbedding for rope cases) replaced by its
+    function body from the installed onnx package.
 
-    The schema builds the body for the node's attributes and input types (a context-dependent
-    function); it goes in as a model-local function and onnx.inliner inlines it.
+    The schema builds each body for the node's attributes and input types (a context-dependent
+    function); it goes in as a model-local function and onnx.inliner inlines it. `inner_types`:
+    the types of tensors made inside the graph (the rotated Q and K).
     """
     import onnx
     from onnx import defs, helper, inliner
 
-    schema = defs.get_schema("Attention", cfg.opset)
-    by_name = {vi.name: vi.type for vi in graph_in}
-    types = [by_name[n] if n else onnx.TypeProto() for n in node.input]
-    body = onnx.FunctionProto()
-    body.ParseFromString(
-        schema.get_context_dependent_function(
-            node.SerializeToString(), [t.SerializeToString() for t in types]
+    by_name = {vi.name: vi.type for vi in graph_in} | (inner_types or {})
+    calls, bodies = [], []
+    for node in nodes:
+        schema = defs.get_schema(node.op_type, cfg.opset)
+        types = [by_name[n] if n else onnx.TypeProto() for n in node.input]
+        body = onnx.FunctionProto()
+        body.ParseFromString(
+            schema.get_context_dependent_function(
+                node.SerializeToString(), [t.SerializeToString() for t in types]
+            )
         )
-    )
-    body.name, body.domain = "Attention", "conformance.expanded"
-    call = helper.make_node(
-        "Attention", list(node.input), list(node.output), domain="conformance.expanded"
-    )
+        # One function per node: the body depends on the node's attributes and input types.
+        name = node.op_type if len(nodes) == 1 else f"{node.op_type}_{len(bodies)}"
+        body.name, body.domain = name, "conformance.expanded"
+        bodies.append(body)
+        calls.append(helper.make_node(
+            name, list(node.input), list(node.output), domain="conformance.expanded"))  # fmt: skip
     opsets = {"": cfg.opset, "conformance.expanded": 1}
-    model = make_model([call], graph_in, graph_out, opsets)
-    model.functions.append(body)
+    model = make_model(calls, graph_in, graph_out, opsets)
+    model.functions.extend(bodies)
     return inliner.inline_local_functions(model)
 
 
@@ -520,6 +535,7 @@ class OnnxAttentionBase(OrtAdapter):
     EXPANDED = False  # the graph holds the installed onnx's function body, not the node
     NONPAD = False  # key padding as opset 24's nonpad_kv_seqlen
     WINDOW = False  # sliding window as opset 25's left/right_window_size
+    CONTRIB_ROPE = False  # rope as com.microsoft RotaryEmbedding (issue 14)
     DTYPES: tuple[str, ...] = ORT_DTYPES
     DTYPE_REASON = "NumPy has no bfloat16 to feed ONNX Runtime"
 
@@ -544,6 +560,7 @@ class OnnxAttentionBase(OrtAdapter):
             expanded=self.EXPANDED,
             softcap=case.scores.softcap if case.scores else None,  # issue 14
             rope=rope_config(case),  # issue 14
+            rope_contrib=self.CONTRIB_ROPE,
         )
         return dataclasses.replace(cfg, **changes)
 
@@ -631,7 +648,7 @@ class OnnxAttentionBase(OrtAdapter):
     def path_check(self, device: str, rope: bool = False) -> PathCheck:
         provider, _ = provider_for(device)
         if not self.FUSED:
-            return _require_decomposed
+            return _require_all_decomposed if rope and self.EXPANDED else _require_decomposed
         attention = require_fused("Attention", provider)
         if not rope:
             return attention
@@ -646,7 +663,15 @@ class OnnxAttentionBase(OrtAdapter):
                 "(onnx.attention.expanded covers that path)",
             )  # fmt: skip
         if self.FUSED and case.rope is not None:  # issue 14
-            require_kernel(case, "RotaryEmbedding", "", device, 23, "T")
+            if self.CONTRIB_ROPE:
+                require_kernel(case, "RotaryEmbedding", "com.microsoft", device, 1, "T")
+            else:
+                require_kernel(case, "RotaryEmbedding", "", device, 23, "T")
+        if not self.EXPANDED and case.rope is not None and case.dtype == "float64":
+            raise Unsupported(
+                "RotaryEmbedding's type constraint T is float, float16, bfloat16 (opset 23): a "
+                "float64 graph is invalid (onnx.attention.expanded runs its function body)"
+            )
 
     def session(self, cfg: AttentionConfig, device: str) -> OrtSession:
         return self._sessions.get(
@@ -712,6 +737,13 @@ def _require_decomposed(ran: list[tuple[str, str]]) -> str | None:
     return None
 
 
+def _require_all_decomposed(ran: list[tuple[str, str]]) -> str | None:
+    """The expanded variant with rope: RotaryEmbedding's body is inlined too (issue 14)."""
+    if any(op == "RotaryEmbedding" for op, _ in ran):
+        return "a fused RotaryEmbedding kernel ran, but this variant is the function bodies"
+    return _require_decomposed(ran)
+
+
 # --- declarations ---------------------------------------------------------------------------
 
 KERNEL_FEATURES = frozenset(
@@ -746,20 +778,20 @@ KERNEL_FEATURES = frozenset(
     }
 )
 
-# issue 14: RotaryEmbedding (opset 23: interleaved 0/1, rotary_embedding_dim) before Attention,
-# on the fused kernels (4d: 4-D inputs; 3d: 3-D inputs with num_heads; opset24).
+# issue 14: RotaryEmbedding (opset 23: interleaved 0/1, rotary_embedding_dim) before Attention
+# (4d: 4-D inputs; 3d: 3-D inputs with num_heads; expanded/opset25: its function body too).
 ROPE_FEATURES = frozenset({"rope-half", "rope-interleaved", "rope-partial"})
 ROPE_NOTES = (
     " Rotary embeddings (issue 14): an ONNX RotaryEmbedding node (opset 23; interleaved=0 for "
     "rotate-half, 1 for interleaved pairs; rotary_embedding_dim for partial rotary) turns Q, K "
     "(and past_key) into the Attention node's inputs, with cos_cache/sin_cache computed in "
     "float64 and stored in the dtype (as an exporter stores them) and position_ids per tensor "
-    "(queries at offset + S - T + t, keys at offset + s); ORT's RotaryEmbedding kernel must run."
+    "(queries at offset + S - T + t, keys at offset + s). The operator allows float, float16 "
+    "and bfloat16 only: float64 rope cases are unsupported except on onnx.attention.expanded, "
+    "which inlines RotaryEmbedding's function body as well as Attention's (and proves no fused "
+    "kernel of either ran); opset25 runs ORT's RotaryEmbedding kernel before the inlined "
+    "Attention body."
 )
-ROPE_UNSUPPORTED = {
-    tag: "rotary embeddings run on the fused kernels only (onnx.attention.4d, 3d, opset24)"
-    for tag in ROPE_FEATURES
-}
 
 UNSUPPORTED = {
     "sink": "no sink logit in the operator (opsets 23-25)",
@@ -876,8 +908,6 @@ class OnnxAttentionExpanded(OnnxAttentionBase):
         "onnx.attention.expanded",
         "ONNX Attention (opset 23) as its function body from the installed onnx package "
         "(MatMul, Softmax, ...), inlined and run op by op in ORT",
-        features=KERNEL_FEATURES,
-        unsupported_reasons=UNSUPPORTED | ROPE_UNSUPPORTED,
         divergences=FUNCTION_DIVERGENCES,
     )
     FUSED = False
@@ -889,8 +919,7 @@ class OnnxAttentionOpset25(OnnxAttentionBase):
         "onnx.attention.opset25",
         "ONNX Attention (opset 25: sliding window as left/right_window_size), 4-D inputs; ORT "
         "has no opset-25 kernel and inlines the function body it was built with",
-        features=KERNEL_FEATURES | {"window"},
-        unsupported_reasons=UNSUPPORTED | ROPE_UNSUPPORTED,
+        features=KERNEL_FEATURES | ROPE_FEATURES | {"window"},
         divergences=FUNCTION_DIVERGENCES,
         notes=NOTES + " A window (left, right) is left_window_size/right_window_size: query i "
         "sees keys i - left .. i + right (aligned by the cache length, 0 here).",
@@ -900,10 +929,32 @@ class OnnxAttentionOpset25(OnnxAttentionBase):
     FUSED = False
 
 
+class OrtContribRotaryAttention(OnnxAttention4D):
+    """Rope cases only: ORT's com.microsoft RotaryEmbedding contrib op (what ORT's transformer
+    optimizer and onnxruntime-genai exports use) in front of the standard Attention op."""
+
+    declaration = _declaration(
+        "ort.contrib.rotary-embedding",
+        "com.microsoft RotaryEmbedding (ORT contrib op) on Q, K and past_key, then ONNX "
+        "Attention (opset 23), 4-D inputs, ORT's fused kernels; rotary cases only",
+        notes="com.microsoft RotaryEmbedding(input, position_ids, cos_cache, sin_cache) with "
+        "interleaved 0/1 and, for partial rotary, rotary_embedding_dim with num_heads; caches "
+        "computed in float64 and stored in the dtype; position_ids per tensor (queries at offset "
+        "+ S - T + t, keys at offset + s). Cases without rope are onnx.attention.4d's. " + NOTES,
+    )
+    CONTRIB_ROPE = True
+
+    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        if case.rope is None:
+            raise Unsupported("rotary cases only: the rest is onnx.attention.4d's")
+        return super().run(case, inputs, device)
+
+
 ADAPTERS = [
     OnnxAttention4D,
     OnnxAttention3D,
     OnnxAttentionOpset24,
     OnnxAttentionExpanded,
     OnnxAttentionOpset25,
+    OrtContribRotaryAttention,  # issue 14
 ]

@@ -16,7 +16,8 @@ from conftest import run_cli
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "rope.yaml"
 
 # adapter -> (verdict tally, module it needs). Float64 through transformers diverges as declared
-# (float32 rotary tables); ORT has no float64 RotaryEmbedding kernel (unsupported).
+# (float32 rotary tables); RotaryEmbedding allows no float64 (unsupported but on the expanded
+# variant, which inlines its function body).
 EXPECTED = {
     "hf.eager": ({"pass": 12, "diverges": 9, "unsupported": 10}, "transformers"),
     "hf.sdpa": ({"pass": 12, "diverges": 9, "unsupported": 10}, "transformers"),
@@ -26,6 +27,11 @@ EXPECTED = {
     "onnx.attention.4d": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
     "onnx.attention.3d": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
     "onnx.attention.opset24": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    # the function bodies: float64 runs (inlined RotaryEmbedding), the float32 scale divergence
+    # shows where 1/sqrt(K) is inexact (K = 8)
+    "onnx.attention.expanded": ({"pass": 18, "diverges": 3, "unsupported": 10}, "onnxruntime"),
+    "onnx.attention.opset25": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
+    "ort.contrib.rotary-embedding": ({"pass": 12, "unsupported": 19}, "onnxruntime"),
     "ort.contrib.gqa": ({"pass": 6, "unsupported": 25}, "onnxruntime"),
     "numpy.einsum": ({"pass": 6, "unsupported": 25}, "numpy"),
 }  # fmt: skip
