@@ -310,7 +310,7 @@ class KernelFunctionAdapter(FunctionAdapter):
         if _accepts(fn, "grad_output"):
             options["grad_output"] = d_out  # None outside gradient cases
         if case.gradients and conv.get("gradients") == "autodiff":
-            from .autodiff import vjp
+            from .adapters.autodiff import vjp
 
             result, grads = vjp(
                 conv["arrays"],
@@ -468,7 +468,7 @@ class LayerFunctionAdapter(FunctionAdapter):
     def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
         """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
         come back in the canonical layout (conformance.backward names)."""
-        from .autodiff import vjp
+        from .adapters.autodiff import vjp
         from .layouts import from_linear, from_linear_out
 
         conv, fn, s = self.convention, type(self).function, case.shape
@@ -644,7 +644,7 @@ def kernel_adapter(
     "equal" (grouped/multi-query cases are unsupported).
 
     Gradient cases: gradients="autodiff" (arrays torch/jax/tensorflow) differentiates fn's
-    output for the case's upstream gradient with the framework (conformance.autodiff); or fn
+    output for the case's upstream gradient with the framework (conformance.adapters.autodiff); or fn
     accepts `grad_output` (dY, the output's layout; None outside gradient cases) and returns a
     dict with "output", "grad_q", "grad_k", "grad_v" (the inputs' layouts).
     Dropout cases: fn accepts `dropout_p`, `training` and `seed` (one seed per training draw);
