@@ -17,6 +17,7 @@ from . import __version__, maxfail, suggest
 from .case import DTYPES, FEATURES, TIERS, Case, in_tier
 from .errors import UsageError
 from .evaluate import record_key
+from .paths import portable_case_dict
 from .progress import Progress
 from .registry import AdapterEntry, all_entries, resolve
 from .results import (
@@ -202,7 +203,7 @@ def write_results(
         "command": command,
         "environment": environment(frameworks, devices),
         "adapters": {e.name: _adapter_block(e, adapter_info.get(e.name, {})) for e in entries},
-        "cases": {c.id: c.to_dict() for c in cases},
+        "cases": {c.id: portable_case_dict(c.to_dict()) for c in cases},
         "results": sorted(dedupe(records), key=lambda r: (r["adapter"], r["device"], r["case"])),
     }
     path = out_dir / "results.json"

@@ -43,6 +43,37 @@ def shipped_specs_dir() -> Path:
     return here.parent / "specs"
 
 
+def stored_ref_path(ref: str) -> str:
+    """A stored-array reference "file.npz#member" in the form results keep: the file through
+    `display_path`, so the shipped peer-suite data reads `specs/data/...` on every machine."""
+    file, sep, member = ref.partition("#")
+    return f"{display_path(file)}{sep}{member}"
+
+
+def resolve_stored_file(file: str) -> str:
+    """The file a stored reference names: as given when it exists (absolute, or relative to
+    the working directory), else a `specs/...` name read from the shipped specs (a results
+    file written on another machine or in another folder)."""
+    if os.path.exists(file) or Path(file).is_absolute():
+        return file
+    parts = Path(file).parts
+    if parts and parts[0] == "specs":
+        shipped = shipped_specs_dir().joinpath(*parts[1:])
+        if shipped.exists():
+            return str(shipped)
+    return file
+
+
+def portable_case_dict(case_dict: dict) -> dict:
+    """A case as results store it: stored-array references without this machine's paths."""
+    out = dict(case_dict)
+    if out.get("inputs"):
+        out["inputs"] = stored_ref_path(out["inputs"])
+    if out.get("expected"):
+        out["expected"] = {k: stored_ref_path(v) for k, v in out["expected"].items()}
+    return out
+
+
 def safe_file_name(name: str) -> str:
     """`name` with every run of characters outside [A-Za-z0-9._-] replaced by one `_`."""
     return _UNSAFE.sub("_", name).strip("_") or "_"

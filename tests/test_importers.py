@@ -282,3 +282,28 @@ def test_imported_cases_run_on_kernel_adapters(onnx_cases: list, adapter_name: s
     verdicts = {c.id: evaluate(adapter, c, "cpu", cache)["verdict"] for c in picked}
     assert set(verdicts.values()) <= {"pass", "unsupported"}, verdicts
     assert sum(v == "pass" for v in verdicts.values()) >= 8, verdicts
+
+
+def test_results_store_stored_arrays_without_machine_paths(
+    onnx_cases: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results name the shipped data `specs/data/...`, not this machine's checkout, and
+    inputs built from such a record in another folder are the same arrays."""
+    from conformance.case import Case
+    from conformance.paths import portable_case_dict
+
+    case = next(c for c in onnx_cases if c.expected)
+    record = portable_case_dict(case.to_dict())
+    assert record["inputs"].startswith("specs/data/onnx_attention.npz#"), record["inputs"]
+    assert all(v.startswith("specs/data/") for v in record["expected"].values())
+    assert str(SPECS) not in repr(record)
+    monkeypatch.chdir(tmp_path)
+    again = make_inputs(Case.from_dict(record))
+    original = make_inputs(case)
+    assert again.arrays.keys() == original.arrays.keys()
+    for name, value in original.arrays.items():
+        np.testing.assert_array_equal(again.arrays[name], value)
+    np.testing.assert_array_equal(
+        stored_array(next(iter(record["expected"].values()))),
+        stored_array(next(iter(case.expected.values()))),
+    )
