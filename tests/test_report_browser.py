@@ -135,7 +135,7 @@ def test_scoreboard_answers_the_three_questions(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     page_path = tmp_path / "results.html"
     page_path.write_text(render(load_results(root / "reports" / "results.json.gz"), "html"))
-    assert page_path.stat().st_size <= 2_500_000  # see test_report.py
+    assert page_path.stat().st_size <= 1_500_000  # see test_report.py
     shots = Path(os.environ.get("REPORT_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []

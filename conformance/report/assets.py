@@ -106,411 +106,427 @@ footer { padding: 16px 32px 30px; color: var(--muted); font-size: 12.5px; border
 JS = r"""
 (function () {
   "use strict";
-  var D = JSON.parse(document.getElementById("report-data").textContent);
-  var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
-  // Results travel as columns of positional rows (html.py ROW_KEYS, _columns); texts once in
-  // D.strings, (atol, rtol, tolerance) triples once in D.tolerances.
-  function decodeColumns(cols) {
-    var full = cols.map(function (col) {
-      if (Array.isArray(col)) return col;
-      var out = [], i, j, at = 0;
-      if (col.rle) {
-        for (i = 0; i < col.rle.length; i += 2) for (j = 0; j < col.rle[i + 1]; j++) out.push(col.rle[i]);
-      } else {
-        col.delta.forEach(function (d) { at += d; out.push(at); });
-      }
-      return out;
-    });
-    var n = full.length ? full[0].length : 0, rows = [];
-    for (var i = 0; i < n; i++) rows.push(full.map(function (col) { return col[i]; }));
-    return rows;
+  // html.py embeds a large report's data gzip-compressed and base64-encoded (a default run's
+  // data is about 1.7 MB as JSON, a tenth of that compressed); a small one as plain JSON.
+  var block = document.getElementById("report-data");
+  if (block.getAttribute("data-encoding") !== "gzip+base64") {
+    start(JSON.parse(block.textContent));
+  } else if (typeof DecompressionStream === "undefined") {
+    document.getElementById("results-count").textContent = "This browser cannot decompress " +
+      "the report's data (DecompressionStream); the matrix above is complete, and the results " +
+      "file next to this page holds every result.";
+  } else {
+    var bin = atob(block.textContent.trim()), bytes = new Uint8Array(bin.length);
+    for (var b = 0; b < bin.length; b++) bytes[b] = bin.charCodeAt(b);
+    new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip")))
+      .text().then(function (text) { start(JSON.parse(text)); });
   }
-  D.results = decodeColumns(D.results);
-  D.cases.forEach(function (c) {
-    c.spec = c.spec.map(function (k) { return D.strings[k]; }).join("\n");
-  });
-  D.byCase = D.cases.map(function () { return []; });
-  // Unsupported results of one adapter, reason and device travel as one row and case indices.
-  var groupRows = decodeColumns(D.unsupported.rows);
-  D.unsupported.cases.forEach(function (deltas, g) {
-    var shared = groupRows[g].slice(), at = 0;
-    var cases = deltas.map(function (d) { at += d; return at; });  // differences
-    while (shared.length < 3) shared.push(null);
-    cases.forEach(function (c) {
-      var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
-    });
-  });
-  D.results = D.results.map(function (row, i) {
-    var r = {i: i};
-    D.resultKeys.forEach(function (k, j) { if (j < row.length && row[j] != null) r[k] = row[j]; });
-    r.v = ORDER[r.v];
-    r.d = D.strings[r.d || 0]; r.e = r.e || 0;
-    if (r.mu) r.m = D.adapters[r.a] + " cannot express: " + r.mu.map(function (k) { return D.strings[k]; }).join("; ");
-    else r.m = r.m == null ? "" : D.strings[r.m];
-    if (r.t != null) {
-      var t = D.tolerances[r.t];
-      r.at = t[0]; r.rt = t[1]; r.tol = t[2] == null ? null : D.strings[t[2]];
-    } else r.tol = null;
-    if (r.s != null) r.s = r.s / 1000;
-    if (!r.cmd && r.v !== "pass") r.cmd = reproCommand(r);
-    D.byCase[r.c].push(i);
-    return r;
-  });
-  function shellQuote(s) {  // as Python's shlex.quote
-    return /^[\w@%+=:,.\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\"'\"'") + "'";
-  }
-  function reproCommand(r) {  // as conformance.report.results.repro_command
-    var c = D.cases[r.c], parts = ["conformance", "run"];
-    if (c.src) parts.push(c.src);
-    parts.push("--adapter", D.adapters[r.a], "--case", c.id);
-    if (r.d !== "cpu") parts.push("--device", r.d);
-    return parts.map(shellQuote).join(" ");
-  }
-  var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
-  var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
-  var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "", feature: "", by: "",
-               verdicts: {pass: true, diverges: true, unsupported: true, fail: true, error: true},
-               limit: 200};
-
-  function el(tag, attrs) {
-    var node = document.createElement(tag);
-    if (attrs) {
-      for (var k in attrs) {
-        if (!Object.prototype.hasOwnProperty.call(attrs, k) || attrs[k] == null) continue;
-        if (k === "text") node.textContent = attrs[k];
-        else if (k === "cls") node.className = attrs[k];
-        else node.setAttribute(k, attrs[k]);
-      }
-    }
-    for (var i = 2; i < arguments.length; i++) {
-      var c = arguments[i];
-      if (c == null) continue;
-      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
-    }
-    return node;
-  }
-  function fmt(x) {
-    if (x === null || x === undefined) return "–";
-    if (x === 0) return "0";
-    var a = Math.abs(x);
-    return (a >= 1e-3 && a < 1e4) ? String(Number(x.toPrecision(3))) : x.toExponential(2);
-  }
-  function caseOf(r) { return D.cases[r.c]; }
-  function matchesMatrix(r) {
-    var c = caseOf(r);
-    return (!state.device || r.d === state.device) && (!state.dtype || c.dt === state.dtype) &&
-           (!state.env || String(r.e) === state.env);
-  }
-  function matchesList(r) {
-    if (!matchesMatrix(r) || !state.verdicts[r.v]) return false;
-    if (state.adapter !== "" && String(r.a) !== state.adapter) return false;
-    if (state.family !== "" && String(caseOf(r).f) !== state.family) return false;
-    if (state.feature && (caseOf(r).ft || []).indexOf(Number(state.feature)) < 0) return false;
-    if (state.text) {
-      var hay = (D.adapters[r.a] + " " + caseOf(r).id + " " + r.d + " " + (r.m || "")).toLowerCase();
-      if (hay.indexOf(state.text) < 0) return false;
-    }
-    return true;
-  }
-  function countsOf(list) {
-    var n = {pass: 0, diverges: 0, unsupported: 0, fail: 0, error: 0, total: 0};
-    list.forEach(function (r) { n[r.v] += 1; n.total += 1; });
-    return n;
-  }
-  function worst(n) {
-    for (var i = 0; i < SEVERITY.length; i++) if (n[SEVERITY[i]]) return SEVERITY[i];
-    return null;
-  }
-  function bar(n) {
-    var b = el("div", {cls: "bar", role: "img",
-      "aria-label": ORDER.filter(function (v) { return n[v]; }).map(function (v) { return n[v] + " " + v; }).join(", ")});
-    ORDER.forEach(function (v) {
-      if (n[v]) b.appendChild(el("span", {cls: "v-" + v, style: "width:" + (100 * n[v] / n.total) + "%",
-                                          title: n[v] + " " + v}));
-    });
-    return b;
-  }
-  function countLine(n) {
-    var d = el("div", {cls: "counts"});
-    SEVERITY.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });  // worst first
-    return d;
-  }
-
-  function renderTotals() {
-    var n = countsOf(D.results.filter(matchesMatrix));
-    var box = document.getElementById("totals");
-    box.textContent = "";
-    box.appendChild(el("span", {cls: "chip", text: n.total + " results"}));
-    ORDER.forEach(function (v) {
-      if (n[v]) box.appendChild(el("span", {cls: "chip v-" + v, text: n[v] + " " + v}));
-    });
-  }
-
-  function renderMatrix() {
-    // Columns are families, or features (a result counts under every feature of its case).
-    var byFeature = state.by === "feature";
-    var columns = byFeature ? D.features : D.families;
-    var cells = {};
-    D.results.forEach(function (r) {
-      if (!matchesMatrix(r)) return;
-      var keys = byFeature ? (caseOf(r).ft || []) : [caseOf(r).f];
-      keys.forEach(function (k) { var key = r.a + "|" + k; (cells[key] = cells[key] || []).push(r); });
-    });
-    var used = columns.map(function (_, ci) {
-      return D.adapters.some(function (_, ai) { return cells[ai + "|" + ci]; });
-    });
-    var table = el("table", {cls: "matrix", id: "matrix-table"});
-    var head = el("tr", null, el("th", {text: byFeature ? "adapter \\ feature" : "adapter \\ family"}));
-    columns.forEach(function (f, ci) { if (used[ci]) head.appendChild(el("th", {scope: "col", text: f})); });
-    table.appendChild(el("thead", null, head));
-    var body = el("tbody");
-    D.adapters.forEach(function (name, ai) {
-      var tr = el("tr", null, el("th", {cls: "adapter", scope: "row"}, el("a", {href: "#adapter-" + ai, text: name})));
-      if (!D.ran[ai]) {
-        tr.appendChild(el("td", {cls: "cell empty", colspan: String(D.families.length),
-                                 text: "no results (no device for it on the machines of this run)"}));
-        body.appendChild(tr);
-        return;
-      }
-      columns.forEach(function (f, fi) {
-        if (!used[fi]) return;
-        var list = cells[ai + "|" + fi] || [];
-        if (!list.length) { tr.appendChild(el("td", {cls: "cell empty", text: "·"})); return; }
-        var n = countsOf(list);
-        var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name,
-                           "data-family": byFeature ? null : f, "data-feature": byFeature ? f : null,
-                           title: name + " × " + f + ": click to list these results"}, bar(n), countLine(n));
-        td.addEventListener("click", function () {
-          state.adapter = String(ai); state.limit = 200;
-          if (byFeature) { state.feature = String(fi); state.family = ""; }
-          else { state.family = String(fi); state.feature = ""; }
-          document.getElementById("f-adapter").value = state.adapter;
-          document.getElementById("f-family").value = state.family;
-          renderResults();
-          document.getElementById("results").scrollIntoView();
-        });
-        tr.appendChild(td);
+  function start(D) {
+    var ORDER = ["pass", "diverges", "unsupported", "fail", "error"];
+    // Results travel as columns of positional rows (html.py ROW_KEYS, _columns); texts once in
+    // D.strings, (atol, rtol, tolerance) triples once in D.tolerances.
+    function decodeColumns(cols) {
+      var full = cols.map(function (col) {
+        if (Array.isArray(col)) return col;
+        var out = [], i, j, at = 0;
+        if (col.rle) {
+          for (i = 0; i < col.rle.length; i += 2) for (j = 0; j < col.rle[i + 1]; j++) out.push(col.rle[i]);
+        } else {
+          col.delta.forEach(function (d) { at += d; out.push(at); });
+        }
+        return out;
       });
-      body.appendChild(tr);
+      var n = full.length ? full[0].length : 0, rows = [];
+      for (var i = 0; i < n; i++) rows.push(full.map(function (col) { return col[i]; }));
+      return rows;
+    }
+    D.results = decodeColumns(D.results);
+    D.cases.forEach(function (c) {
+      c.spec = c.spec.map(function (k) { return D.strings[k]; }).join("\n");
     });
-    table.appendChild(body);
-    var holder = document.getElementById("matrix-holder");
-    holder.textContent = "";
-    holder.appendChild(table);
-  }
+    D.byCase = D.cases.map(function () { return []; });
+    // Unsupported results of one adapter, reason and device travel as one row and case indices.
+    var groupRows = decodeColumns(D.unsupported.rows);
+    D.unsupported.cases.forEach(function (deltas, g) {
+      var shared = groupRows[g].slice(), at = 0;
+      var cases = deltas.map(function (d) { at += d; return at; });  // differences
+      while (shared.length < 3) shared.push(null);
+      cases.forEach(function (c) {
+        var one = shared.slice(); one[0] = c; one[2] = ORDER.indexOf("unsupported"); D.results.push(one);
+      });
+    });
+    D.results = D.results.map(function (row, i) {
+      var r = {i: i};
+      D.resultKeys.forEach(function (k, j) { if (j < row.length && row[j] != null) r[k] = row[j]; });
+      r.v = ORDER[r.v];
+      r.d = D.strings[r.d || 0]; r.e = r.e || 0;
+      if (r.mu) r.m = D.adapters[r.a] + " cannot express: " + r.mu.map(function (k) { return D.strings[k]; }).join("; ");
+      else r.m = r.m == null ? "" : D.strings[r.m];
+      if (r.t != null) {
+        var t = D.tolerances[r.t];
+        r.at = t[0]; r.rt = t[1]; r.tol = t[2] == null ? null : D.strings[t[2]];
+      } else r.tol = null;
+      if (r.s != null) r.s = r.s / 1000;
+      if (!r.cmd && r.v !== "pass") r.cmd = reproCommand(r);
+      D.byCase[r.c].push(i);
+      return r;
+    });
+    function shellQuote(s) {  // as Python's shlex.quote
+      return /^[\w@%+=:,.\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\"'\"'") + "'";
+    }
+    function reproCommand(r) {  // as conformance.report.results.repro_command
+      var c = D.cases[r.c], parts = ["conformance", "run"];
+      if (c.src) parts.push(c.src);
+      parts.push("--adapter", D.adapters[r.a], "--case", c.id);
+      if (r.d !== "cpu") parts.push("--device", r.d);
+      return parts.map(shellQuote).join(" ");
+    }
+    var SEVERITY = ["error", "fail", "diverges", "unsupported", "pass"];
+    var LABEL = {pass: "pass", diverges: "diverges", unsupported: "unsupported", fail: "fail", error: "error"};
+    var state = {device: "", dtype: "", env: "", adapter: "", family: "", text: "", feature: "", by: "",
+                 verdicts: {pass: true, diverges: true, unsupported: true, fail: true, error: true},
+                 limit: 200};
 
-  function where(r) {  // device, and machine when several machines ran the same device
-    if (D.envs.length > 1) return " [" + r.d + " @ " + D.envs[r.e].id + "]";
-    return r.d !== "cpu" ? " [" + r.d + "]" : "";
-  }
-  function chip(v, text) { return el("span", {cls: "chip v-" + v, text: text || v}); }
-
-  function renderResults() {
-    var list = D.results.filter(matchesList);
-    var tbody = document.getElementById("results-body");
-    tbody.textContent = "";
-    list.slice(0, state.limit).forEach(function (r) {
+    function el(tag, attrs) {
+      var node = document.createElement(tag);
+      if (attrs) {
+        for (var k in attrs) {
+          if (!Object.prototype.hasOwnProperty.call(attrs, k) || attrs[k] == null) continue;
+          if (k === "text") node.textContent = attrs[k];
+          else if (k === "cls") node.className = attrs[k];
+          else node.setAttribute(k, attrs[k]);
+        }
+      }
+      for (var i = 2; i < arguments.length; i++) {
+        var c = arguments[i];
+        if (c == null) continue;
+        node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+      }
+      return node;
+    }
+    function fmt(x) {
+      if (x === null || x === undefined) return "–";
+      if (x === 0) return "0";
+      var a = Math.abs(x);
+      return (a >= 1e-3 && a < 1e4) ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+    }
+    function caseOf(r) { return D.cases[r.c]; }
+    function matchesMatrix(r) {
       var c = caseOf(r);
-      var tr = el("tr", {cls: "row", "data-verdict": r.v, "data-index": r.i, tabindex: "0"},
-        el("td", null, chip(r.v)),
-        el("td", null, el("code", {text: D.adapters[r.a]})),
-        el("td", null, el("code", {text: c.id})),
-        el("td", {text: r.d + (D.envs.length > 1 ? " @ " + D.envs[r.e].id : "")}),
-        el("td", {text: c.dt}),
-        el("td", {cls: "num", text: fmt(r.x)}),
-        el("td", {cls: "num", text: r.at == null ? "–" : fmt(r.at) + " / " + fmt(r.rt)}),
-        el("td", {cls: "msg", title: r.m || "", text: r.m || ""}));
-      tr.addEventListener("click", function () { toggle(tr, r); });
-      tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") toggle(tr, r); });
-      tbody.appendChild(tr);
-    });
-    var shown = Math.min(list.length, state.limit);
-    document.getElementById("results-count").textContent =
-      "showing " + shown + " of " + list.length + " results (worst first)";
-    var more = document.getElementById("more");
-    more.hidden = list.length <= state.limit;
-  }
-
-  function toggle(tr, r) {
-    var next = tr.nextSibling;
-    if (next && next.classList && next.classList.contains("detail")) {
-      next.parentNode.removeChild(next); tr.classList.remove("open"); return;
+      return (!state.device || r.d === state.device) && (!state.dtype || c.dt === state.dtype) &&
+             (!state.env || String(r.e) === state.env);
     }
-    tr.classList.add("open");
-    var td = el("td", {colspan: "8"}, detail(r));
-    tr.parentNode.insertBefore(el("tr", {cls: "detail"}, td), tr.nextSibling);
-  }
-
-  function cellFor(w, h, width) { return Math.max(2, Math.min(24, Math.floor((width || 200) / Math.max(w, h)))); }
-  function pic(index, caption, cell) {
-    if (index == null) return null;
-    var img = D.images[index];
-    var w = img[1], h = img[2];
-    if (!cell || w * cell > 460) cell = cellFor(w, h, w > 2 * h ? 460 : 200);
-    return el("figure", null,
-      el("img", {src: img[0], width: String(w * cell), height: String(h * cell), alt: caption}),
-      el("figcaption", {text: caption}));
-  }
-
-  function kv(pairs) {
-    var dl = el("dl", {cls: "kv"});
-    pairs.forEach(function (p) {
-      if (p[1] === null || p[1] === undefined || p[1] === "") return;
-      dl.appendChild(el("dt", {text: p[0]}));
-      dl.appendChild(el("dd", null, typeof p[1] === "string" ? document.createTextNode(p[1]) : p[1]));
-    });
-    return dl;
-  }
-
-  function detail(r) {
-    var c = caseOf(r);
-    var left = el("div");
-    left.appendChild(el("h3", null, chip(r.v), " ", el("code", {text: D.adapters[r.a]}), " on ",
-                        el("code", {text: c.id})));
-    if (r.m) left.appendChild(el("pre", {cls: "message", text: r.m}));
-    var div = r.dv == null ? null : D.divergences[r.dv];
-    var link = null;
-    if (div && div.link) {  // only web links: a results file may come from anywhere
-      link = /^https?:\/\//i.test(div.link)
-        ? el("a", {href: div.link, target: "_blank", rel: "noopener noreferrer", text: div.link})
-        : div.link;
+    function matchesList(r) {
+      if (!matchesMatrix(r) || !state.verdicts[r.v]) return false;
+      if (state.adapter !== "" && String(r.a) !== state.adapter) return false;
+      if (state.family !== "" && String(caseOf(r).f) !== state.family) return false;
+      if (state.feature && (caseOf(r).ft || []).indexOf(Number(state.feature)) < 0) return false;
+      if (state.text) {
+        var hay = (D.adapters[r.a] + " " + caseOf(r).id + " " + r.d + " " + (r.m || "")).toLowerCase();
+        if (hay.indexOf(state.text) < 0) return false;
+      }
+      return true;
     }
-    left.appendChild(kv([
-      ["device", r.d], ["machine", D.envs[r.e].label],
-      ["max abs error", fmt(r.x)], ["max rel error", fmt(r.rx)],
-      ["tolerance", r.tol || (r.at == null ? null : "rtol=" + fmt(r.rt) + ", atol=" + fmt(r.at))],
-      ["mismatches", r.mm == null ? null : String(r.mm)],
-      ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
-      ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
-      ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
-      ["upstream", link],
-      ["known finding", r.kf == null ? null : D.findings[r.kf].id + ": " + D.findings[r.kf].explanation],
-      ["finding upstream", r.kf == null || !/^https?:\/\//i.test(D.findings[r.kf].link || "") ? null
-        : el("a", {href: D.findings[r.kf].link, target: "_blank", rel: "noopener noreferrer", text: D.findings[r.kf].link})],
-      ["explained in", r.kf != null && D.findings[r.kf].docs ? D.findings[r.kf].docs + " (in the project's docs)"
-        : (D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null)]
-    ]));
-    if (r.cmd) {
-      var pre = el("pre", {cls: "repro", text: r.cmd});
-      var btn = el("button", {type: "button", text: "copy"});
-      btn.addEventListener("click", function () {
-        if (navigator.clipboard) navigator.clipboard.writeText(r.cmd).then(function () { btn.textContent = "copied"; },
-                                                                           function () { btn.textContent = "select it"; });
+    function countsOf(list) {
+      var n = {pass: 0, diverges: 0, unsupported: 0, fail: 0, error: 0, total: 0};
+      list.forEach(function (r) { n[r.v] += 1; n.total += 1; });
+      return n;
+    }
+    function worst(n) {
+      for (var i = 0; i < SEVERITY.length; i++) if (n[SEVERITY[i]]) return SEVERITY[i];
+      return null;
+    }
+    function bar(n) {
+      var b = el("div", {cls: "bar", role: "img",
+        "aria-label": ORDER.filter(function (v) { return n[v]; }).map(function (v) { return n[v] + " " + v; }).join(", ")});
+      ORDER.forEach(function (v) {
+        if (n[v]) b.appendChild(el("span", {cls: "v-" + v, style: "width:" + (100 * n[v] / n.total) + "%",
+                                            title: n[v] + " " + v}));
       });
-      left.appendChild(el("div", {cls: "note", text: "reproduce:"}));
-      left.appendChild(el("div", {cls: "cmd"}, pre, btn));
+      return b;
     }
-    var others = el("div", {cls: "others"});
-    D.byCase[r.c].forEach(function (j) {
-      var o = D.results[j];
-      if (o === r) return;
-      others.appendChild(el("span", {cls: "chip v-" + o.v, title: o.m || o.v,
-                                     text: D.adapters[o.a] + where(o)}));
+    function countLine(n) {
+      var d = el("div", {cls: "counts"});
+      SEVERITY.forEach(function (v) { if (n[v]) d.appendChild(el("span", {cls: "v-" + v, text: n[v] + " " + LABEL[v]})); });  // worst first
+      return d;
+    }
+
+    function renderTotals() {
+      var n = countsOf(D.results.filter(matchesMatrix));
+      var box = document.getElementById("totals");
+      box.textContent = "";
+      box.appendChild(el("span", {cls: "chip", text: n.total + " results"}));
+      ORDER.forEach(function (v) {
+        if (n[v]) box.appendChild(el("span", {cls: "chip v-" + v, text: n[v] + " " + v}));
+      });
+    }
+
+    function renderMatrix() {
+      // Columns are families, or features (a result counts under every feature of its case).
+      var byFeature = state.by === "feature";
+      var columns = byFeature ? D.features : D.families;
+      var cells = {};
+      D.results.forEach(function (r) {
+        if (!matchesMatrix(r)) return;
+        var keys = byFeature ? (caseOf(r).ft || []) : [caseOf(r).f];
+        keys.forEach(function (k) { var key = r.a + "|" + k; (cells[key] = cells[key] || []).push(r); });
+      });
+      var used = columns.map(function (_, ci) {
+        return D.adapters.some(function (_, ai) { return cells[ai + "|" + ci]; });
+      });
+      var table = el("table", {cls: "matrix", id: "matrix-table"});
+      var head = el("tr", null, el("th", {text: byFeature ? "adapter \\ feature" : "adapter \\ family"}));
+      columns.forEach(function (f, ci) { if (used[ci]) head.appendChild(el("th", {scope: "col", text: f})); });
+      table.appendChild(el("thead", null, head));
+      var body = el("tbody");
+      D.adapters.forEach(function (name, ai) {
+        var tr = el("tr", null, el("th", {cls: "adapter", scope: "row"}, el("a", {href: "#adapter-" + ai, text: name})));
+        if (!D.ran[ai]) {
+          tr.appendChild(el("td", {cls: "cell empty", colspan: String(D.families.length),
+                                   text: "no results (no device for it on the machines of this run)"}));
+          body.appendChild(tr);
+          return;
+        }
+        columns.forEach(function (f, fi) {
+          if (!used[fi]) return;
+          var list = cells[ai + "|" + fi] || [];
+          if (!list.length) { tr.appendChild(el("td", {cls: "cell empty", text: "·"})); return; }
+          var n = countsOf(list);
+          var td = el("td", {cls: "cell w-" + worst(n), "data-adapter": name,
+                             "data-family": byFeature ? null : f, "data-feature": byFeature ? f : null,
+                             title: name + " × " + f + ": click to list these results"}, bar(n), countLine(n));
+          td.addEventListener("click", function () {
+            state.adapter = String(ai); state.limit = 200;
+            if (byFeature) { state.feature = String(fi); state.family = ""; }
+            else { state.family = String(fi); state.feature = ""; }
+            document.getElementById("f-adapter").value = state.adapter;
+            document.getElementById("f-family").value = state.family;
+            renderResults();
+            document.getElementById("results").scrollIntoView();
+          });
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      });
+      table.appendChild(body);
+      var holder = document.getElementById("matrix-holder");
+      holder.textContent = "";
+      holder.appendChild(table);
+    }
+
+    function where(r) {  // device, and machine when several machines ran the same device
+      if (D.envs.length > 1) return " [" + r.d + " @ " + D.envs[r.e].id + "]";
+      return r.d !== "cpu" ? " [" + r.d + "]" : "";
+    }
+    function chip(v, text) { return el("span", {cls: "chip v-" + v, text: text || v}); }
+
+    function renderResults() {
+      var list = D.results.filter(matchesList);
+      var tbody = document.getElementById("results-body");
+      tbody.textContent = "";
+      list.slice(0, state.limit).forEach(function (r) {
+        var c = caseOf(r);
+        var tr = el("tr", {cls: "row", "data-verdict": r.v, "data-index": r.i, tabindex: "0"},
+          el("td", null, chip(r.v)),
+          el("td", null, el("code", {text: D.adapters[r.a]})),
+          el("td", null, el("code", {text: c.id})),
+          el("td", {text: r.d + (D.envs.length > 1 ? " @ " + D.envs[r.e].id : "")}),
+          el("td", {text: c.dt}),
+          el("td", {cls: "num", text: fmt(r.x)}),
+          el("td", {cls: "num", text: r.at == null ? "–" : fmt(r.at) + " / " + fmt(r.rt)}),
+          el("td", {cls: "msg", title: r.m || "", text: r.m || ""}));
+        tr.addEventListener("click", function () { toggle(tr, r); });
+        tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") toggle(tr, r); });
+        tbody.appendChild(tr);
+      });
+      var shown = Math.min(list.length, state.limit);
+      document.getElementById("results-count").textContent =
+        "showing " + shown + " of " + list.length + " results (worst first)";
+      var more = document.getElementById("more");
+      more.hidden = list.length <= state.limit;
+    }
+
+    function toggle(tr, r) {
+      var next = tr.nextSibling;
+      if (next && next.classList && next.classList.contains("detail")) {
+        next.parentNode.removeChild(next); tr.classList.remove("open"); return;
+      }
+      tr.classList.add("open");
+      var td = el("td", {colspan: "8"}, detail(r));
+      tr.parentNode.insertBefore(el("tr", {cls: "detail"}, td), tr.nextSibling);
+    }
+
+    function cellFor(w, h, width) { return Math.max(2, Math.min(24, Math.floor((width || 200) / Math.max(w, h)))); }
+    function pic(index, caption, cell) {
+      if (index == null) return null;
+      var img = D.images[index];
+      var w = img[1], h = img[2];
+      if (!cell || w * cell > 460) cell = cellFor(w, h, w > 2 * h ? 460 : 200);
+      return el("figure", null,
+        el("img", {src: img[0], width: String(w * cell), height: String(h * cell), alt: caption}),
+        el("figcaption", {text: caption}));
+    }
+
+    function kv(pairs) {
+      var dl = el("dl", {cls: "kv"});
+      pairs.forEach(function (p) {
+        if (p[1] === null || p[1] === undefined || p[1] === "") return;
+        dl.appendChild(el("dt", {text: p[0]}));
+        dl.appendChild(el("dd", null, typeof p[1] === "string" ? document.createTextNode(p[1]) : p[1]));
+      });
+      return dl;
+    }
+
+    function detail(r) {
+      var c = caseOf(r);
+      var left = el("div");
+      left.appendChild(el("h3", null, chip(r.v), " ", el("code", {text: D.adapters[r.a]}), " on ",
+                          el("code", {text: c.id})));
+      if (r.m) left.appendChild(el("pre", {cls: "message", text: r.m}));
+      var div = r.dv == null ? null : D.divergences[r.dv];
+      var link = null;
+      if (div && div.link) {  // only web links: a results file may come from anywhere
+        link = /^https?:\/\//i.test(div.link)
+          ? el("a", {href: div.link, target: "_blank", rel: "noopener noreferrer", text: div.link})
+          : div.link;
+      }
+      left.appendChild(kv([
+        ["device", r.d], ["machine", D.envs[r.e].label],
+        ["max abs error", fmt(r.x)], ["max rel error", fmt(r.rx)],
+        ["tolerance", r.tol || (r.at == null ? null : "rtol=" + fmt(r.rt) + ", atol=" + fmt(r.at))],
+        ["mismatches", r.mm == null ? null : String(r.mm)],
+        ["first mismatch", r.fm ? r.fm.output + "[" + r.fm.index.join(", ") + "]" : null],
+        ["compared", c.cmp], ["duration", r.s == null ? null : fmt(r.s) + " s"],
+        ["divergence", div ? div.id + (r.m && r.m.indexOf(div.id + ":") === 0 ? "" : ": " + div.reason) : null],
+        ["upstream", link],
+        ["known finding", r.kf == null ? null : D.findings[r.kf].id + ": " + D.findings[r.kf].explanation],
+        ["finding upstream", r.kf == null || !/^https?:\/\//i.test(D.findings[r.kf].link || "") ? null
+          : el("a", {href: D.findings[r.kf].link, target: "_blank", rel: "noopener noreferrer", text: D.findings[r.kf].link})],
+        ["explained in", r.kf != null && D.findings[r.kf].docs ? D.findings[r.kf].docs + " (in the project's docs)"
+          : (D.docs && D.docs[r.a] ? D.docs[r.a] + " (in the project's docs)" : null)]
+      ]));
+      if (r.cmd) {
+        var pre = el("pre", {cls: "repro", text: r.cmd});
+        var btn = el("button", {type: "button", text: "copy"});
+        btn.addEventListener("click", function () {
+          if (navigator.clipboard) navigator.clipboard.writeText(r.cmd).then(function () { btn.textContent = "copied"; },
+                                                                             function () { btn.textContent = "select it"; });
+        });
+        left.appendChild(el("div", {cls: "note", text: "reproduce:"}));
+        left.appendChild(el("div", {cls: "cmd"}, pre, btn));
+      }
+      var others = el("div", {cls: "others"});
+      D.byCase[r.c].forEach(function (j) {
+        var o = D.results[j];
+        if (o === r) return;
+        others.appendChild(el("span", {cls: "chip v-" + o.v, title: o.m || o.v,
+                                       text: D.adapters[o.a] + where(o)}));
+      });
+      if (others.childNodes.length) {
+        left.appendChild(el("div", {cls: "note", text: "other results on this case:"}));
+        left.appendChild(others);
+      }
+
+      var right = el("div");
+      var pics = el("div", {cls: "pics"});
+      var base = c.ref != null ? D.images[c.ref] : (r.w != null ? D.images[r.w] : null);
+      var cell = base ? cellFor(base[1], base[2]) : null;  // one scale for every T x S picture
+      var row1 = el("div", {cls: "pics weights"}), row2 = el("div", {cls: "pics"});
+      [pic(c.ref, "reference weights (batch 0, head 0)", cell),
+       pic(r.w, "implementation weights (batch 0, head 0)", cell),
+       pic(r.wd, "|weights − reference|", cell)
+      ].forEach(function (f) { if (f) row1.appendChild(f); });
+      [pic(c.mask, c.maskNote == null ? "mask" : D.strings[c.maskNote], cell),
+       pic(r.oe, "|output − reference| (batch 0" + (c.mode === "kernel" ? ", head 0)" : ")"), null)
+      ].forEach(function (f) { if (f) row2.appendChild(f); });
+      if (row1.childNodes.length) pics.appendChild(row1);
+      if (row2.childNodes.length) pics.appendChild(row2);
+      if (pics.childNodes.length) {
+        right.appendChild(el("div", {cls: "heatmaps"}, pics));
+        right.appendChild(el("div", {cls: "note",
+          text: "weights: viridis 0 → 1, grey = NaN; differences: blue-grey within atol, warm above it, magenta = NaN in only one of the two"}));
+      } else {
+        right.appendChild(el("p", {cls: "note", text: r.v === "pass" || r.v === "unsupported" || r.v === "error"
+          ? "no pictures for this result (nothing was compared, or the case is too large to preview)"
+          : "no previews stored for this case (too large)"}));
+      }
+      right.appendChild(el("div", {cls: "note", text: "resolved case:"}));
+      right.appendChild(el("pre", {cls: "spec", text: c.spec}));
+      return el("div", {cls: "detail-grid"}, left, right);
+    }
+
+    function bind(id, key) {
+      var node = document.getElementById(id);
+      if (!node) return;
+      node.addEventListener("change", function () {
+        state[key] = node.value; state.limit = 200;
+        if (key === "device" || key === "dtype" || key === "env" || key === "by") { renderMatrix(); renderTotals(); }
+        renderResults();
+      });
+    }
+    bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env"); bind("f-by", "by");
+    bind("f-adapter", "adapter"); bind("f-family", "family");
+    document.getElementById("f-text").addEventListener("input", function (ev) {
+      state.text = ev.target.value.trim().toLowerCase(); state.limit = 200; renderResults();
     });
-    if (others.childNodes.length) {
-      left.appendChild(el("div", {cls: "note", text: "other results on this case:"}));
-      left.appendChild(others);
-    }
-
-    var right = el("div");
-    var pics = el("div", {cls: "pics"});
-    var base = c.ref != null ? D.images[c.ref] : (r.w != null ? D.images[r.w] : null);
-    var cell = base ? cellFor(base[1], base[2]) : null;  // one scale for every T x S picture
-    var row1 = el("div", {cls: "pics weights"}), row2 = el("div", {cls: "pics"});
-    [pic(c.ref, "reference weights (batch 0, head 0)", cell),
-     pic(r.w, "implementation weights (batch 0, head 0)", cell),
-     pic(r.wd, "|weights − reference|", cell)
-    ].forEach(function (f) { if (f) row1.appendChild(f); });
-    [pic(c.mask, c.maskNote == null ? "mask" : D.strings[c.maskNote], cell),
-     pic(r.oe, "|output − reference| (batch 0" + (c.mode === "kernel" ? ", head 0)" : ")"), null)
-    ].forEach(function (f) { if (f) row2.appendChild(f); });
-    if (row1.childNodes.length) pics.appendChild(row1);
-    if (row2.childNodes.length) pics.appendChild(row2);
-    if (pics.childNodes.length) {
-      right.appendChild(el("div", {cls: "heatmaps"}, pics));
-      right.appendChild(el("div", {cls: "note",
-        text: "weights: viridis 0 → 1, grey = NaN; differences: blue-grey within atol, warm above it, magenta = NaN in only one of the two"}));
-    } else {
-      right.appendChild(el("p", {cls: "note", text: r.v === "pass" || r.v === "unsupported" || r.v === "error"
-        ? "no pictures for this result (nothing was compared, or the case is too large to preview)"
-        : "no previews stored for this case (too large)"}));
-    }
-    right.appendChild(el("div", {cls: "note", text: "resolved case:"}));
-    right.appendChild(el("pre", {cls: "spec", text: c.spec}));
-    return el("div", {cls: "detail-grid"}, left, right);
-  }
-
-  function bind(id, key) {
-    var node = document.getElementById(id);
-    if (!node) return;
-    node.addEventListener("change", function () {
-      state[key] = node.value; state.limit = 200;
-      if (key === "device" || key === "dtype" || key === "env" || key === "by") { renderMatrix(); renderTotals(); }
+    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
+      box.addEventListener("change", function () { state.verdicts[box.value] = box.checked; state.limit = 200; renderResults(); });
+    });
+    document.getElementById("more").addEventListener("click", function () { state.limit += 500; renderResults(); });
+    document.getElementById("reset").addEventListener("click", function () {
+      state.adapter = ""; state.family = ""; state.text = ""; state.limit = 200;
+      ["f-adapter", "f-family", "f-text"].forEach(function (id) { document.getElementById(id).value = ""; });
       renderResults();
     });
-  }
-  bind("f-device", "device"); bind("f-dtype", "dtype"); bind("f-env", "env"); bind("f-by", "by");
-  bind("f-adapter", "adapter"); bind("f-family", "family");
-  document.getElementById("f-text").addEventListener("input", function (ev) {
-    state.text = ev.target.value.trim().toLowerCase(); state.limit = 200; renderResults();
-  });
-  Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
-    box.addEventListener("change", function () { state.verdicts[box.value] = box.checked; state.limit = 200; renderResults(); });
-  });
-  document.getElementById("more").addEventListener("click", function () { state.limit += 500; renderResults(); });
-  document.getElementById("reset").addEventListener("click", function () {
-    state.adapter = ""; state.family = ""; state.text = ""; state.limit = 200;
-    ["f-adapter", "f-family", "f-text"].forEach(function (id) { document.getElementById(id).value = ""; });
+    // Filters live in the URL (#f=...), so a view can be linked; "clear" resets every filter.
+    var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family", by: "f-by"};
+    function saveUrl() {
+      var q = new URLSearchParams();
+      Object.keys(KEYS).forEach(function (k) { if (state[k]) q.set(k, state[k]); });
+      if (state.text) q.set("q", state.text);
+      if (state.feature) q.set("feature", state.feature);
+      var off = ORDER.filter(function (v) { return !state.verdicts[v]; });
+      if (off.length) q.set("hide", off.join(","));
+      var text = q.toString();
+      if (text || location.hash.indexOf("#f=") === 0)
+        history.replaceState(null, "", text ? "#f=" + encodeURIComponent(text) : location.pathname + location.search);
+    }
+    function loadUrl() {
+      if (location.hash.indexOf("#f=") !== 0) return;
+      var q = new URLSearchParams(decodeURIComponent(location.hash.slice(3)));
+      Object.keys(KEYS).forEach(function (k) {
+        var node = document.getElementById(KEYS[k]);
+        if (q.has(k) && node) { state[k] = q.get(k); node.value = state[k]; }
+      });
+      if (q.has("feature")) state.feature = q.get("feature");
+      if (q.has("q")) { state.text = q.get("q"); document.getElementById("f-text").value = state.text; }
+      (q.get("hide") || "").split(",").forEach(function (v) { if (v in state.verdicts) state.verdicts[v] = false; });
+      Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
+        box.checked = state.verdicts[box.value];
+      });
+    }
+    var drawResults = renderResults;
+    renderResults = function () { drawResults(); saveUrl(); };
+    document.getElementById("reset").addEventListener("click", function () {
+      state.device = ""; state.dtype = ""; state.env = ""; state.feature = ""; state.by = "";
+      var by = document.getElementById("f-by"); if (by) by.value = "";
+      ORDER.forEach(function (v) { state.verdicts[v] = true; });
+      Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) { box.checked = true; });
+      ["f-device", "f-dtype", "f-env"].forEach(function (id) { var n = document.getElementById(id); if (n) n.value = ""; });
+      renderMatrix(); renderTotals(); renderResults();
+    });
+    loadUrl();
+    renderTotals();
+    renderMatrix();
     renderResults();
-  });
-  // Filters live in the URL (#f=...), so a view can be linked; "clear" resets every filter.
-  var KEYS = {device: "f-device", dtype: "f-dtype", env: "f-env", adapter: "f-adapter", family: "f-family", by: "f-by"};
-  function saveUrl() {
-    var q = new URLSearchParams();
-    Object.keys(KEYS).forEach(function (k) { if (state[k]) q.set(k, state[k]); });
-    if (state.text) q.set("q", state.text);
-    if (state.feature) q.set("feature", state.feature);
-    var off = ORDER.filter(function (v) { return !state.verdicts[v]; });
-    if (off.length) q.set("hide", off.join(","));
-    var text = q.toString();
-    if (text || location.hash.indexOf("#f=") === 0)
-      history.replaceState(null, "", text ? "#f=" + encodeURIComponent(text) : location.pathname + location.search);
+    document.querySelectorAll(".tags[data-on]").forEach(function (box) {  // html.py: adapter cards
+      var on = {}, first = box.firstChild;
+      box.getAttribute("data-on").split(" ").forEach(function (i) { if (i) on[+i] = true; });
+      D.features.forEach(function (tag, i) {
+        box.insertBefore(el("span", {cls: on[i] ? "tag" : "tag off", text: tag}), first);
+      });
+    });
+    document.body.setAttribute("data-ready", "1");
   }
-  function loadUrl() {
-    if (location.hash.indexOf("#f=") !== 0) return;
-    var q = new URLSearchParams(decodeURIComponent(location.hash.slice(3)));
-    Object.keys(KEYS).forEach(function (k) {
-      var node = document.getElementById(KEYS[k]);
-      if (q.has(k) && node) { state[k] = q.get(k); node.value = state[k]; }
-    });
-    if (q.has("feature")) state.feature = q.get("feature");
-    if (q.has("q")) { state.text = q.get("q"); document.getElementById("f-text").value = state.text; }
-    (q.get("hide") || "").split(",").forEach(function (v) { if (v in state.verdicts) state.verdicts[v] = false; });
-    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) {
-      box.checked = state.verdicts[box.value];
-    });
-  }
-  var drawResults = renderResults;
-  renderResults = function () { drawResults(); saveUrl(); };
-  document.getElementById("reset").addEventListener("click", function () {
-    state.device = ""; state.dtype = ""; state.env = ""; state.feature = ""; state.by = "";
-    var by = document.getElementById("f-by"); if (by) by.value = "";
-    ORDER.forEach(function (v) { state.verdicts[v] = true; });
-    Array.prototype.forEach.call(document.querySelectorAll("input.f-verdict"), function (box) { box.checked = true; });
-    ["f-device", "f-dtype", "f-env"].forEach(function (id) { var n = document.getElementById(id); if (n) n.value = ""; });
-    renderMatrix(); renderTotals(); renderResults();
-  });
-  loadUrl();
-  renderTotals();
-  renderMatrix();
-  renderResults();
-  document.querySelectorAll(".tags[data-on]").forEach(function (box) {  // html.py: adapter cards
-    var on = {}, first = box.firstChild;
-    box.getAttribute("data-on").split(" ").forEach(function (i) { if (i) on[+i] = true; });
-    D.features.forEach(function (tag, i) {
-      box.insertBefore(el("span", {cls: on[i] ? "tag" : "tag off", text: tag}), first);
-    });
-  });
-  document.body.setAttribute("data-ready", "1");
 })();
 """
