@@ -371,6 +371,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             setup_timeout_s=args.setup_timeout,
             log_dir=out_dir / "logs",
             done=done,
+            reference_dir=out_dir / ".references",
         ),
         on_record,
         on_progress=lambda total: progress.set_total(total),

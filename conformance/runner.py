@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 from .case import Case
 from .evaluate import base_record, record_key
 from .paths import display_path, safe_file_name
+from .reference_cache import STORE_ENV
 from .registry import AdapterEntry
 from .worker import Task, WorkerSpec, worker_main
 
@@ -74,6 +76,9 @@ class RunOptions:
     setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
     log_dir: Path | None = None
     done: set[str] = field(default_factory=set)  # record keys already computed (resume)
+    # A folder the workers share float64 references through (conformance.reference_cache),
+    # emptied when the run starts and removed when it ends; None: each worker computes its own.
+    reference_dir: Path | None = None
 
 
 def _kill_group(pgid: int | None) -> None:
@@ -133,6 +138,8 @@ class Runner:
             env: dict[str, str] = {}
             for entry in group:
                 env.update(entry.declaration.env)
+            if self.options.reference_dir is not None:
+                env[STORE_ENV] = str(self.options.reference_dir)
             n = shards[key]
             size = -(-len(ordered) // n)
             for i in range(n):
@@ -150,7 +157,11 @@ class Runner:
                     env=tuple(sorted(env.items())),
                     log_path=log,
                 )
-                units.append(Unit(spec=spec, entries=group, cases=part))
+                # Each unit starts at its own point of the (shape-sorted) list, so units running
+                # side by side reach a case at different times: the later one reads the case's
+                # reference from the run's store instead of computing it too.
+                turn = round(len(part) * ((len(units) * 0.618034) % 1))
+                units.append(Unit(spec=spec, entries=group, cases=part[turn:] + part[:turn]))
         # Longest first: compile-bound workers (measured: minutes on a first run, against
         # seconds for eager ones; docs/performance.md), then by supported (case, adapter) pairs.
         compiles = {
@@ -298,6 +309,17 @@ class Runner:
     # --- main loop -------------------------------------------------------------------------
 
     def run(self) -> None:
+        store = self.options.reference_dir
+        if store is not None:  # a folder left by a killed run may hold another code's results
+            shutil.rmtree(store, ignore_errors=True)
+            store.mkdir(parents=True, exist_ok=True)
+        try:
+            self._run_units()
+        finally:
+            if store is not None:
+                shutil.rmtree(store, ignore_errors=True)
+
+    def _run_units(self) -> None:
         units = self._plan()
         self._units = units
         pending = list(units)

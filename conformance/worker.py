@@ -63,7 +63,8 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
     _redirect_output(spec.log_path)
 
     from . import profile
-    from .evaluate import ReferenceCache, evaluate
+    from .evaluate import evaluate
+    from .reference_cache import ReferenceCache, run_store
     from .registry import load_target
 
     adapters = {}
@@ -85,7 +86,8 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
     conn.send(("hello", hello))
     profile.take()  # what setup() compiled is in setup_s already
 
-    cache = ReferenceCache()
+    # References are shared with the run's other workers through a folder (RunOptions).
+    cache = ReferenceCache(store=run_store())
     while True:
         try:
             message = conn.recv()
