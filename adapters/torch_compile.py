@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from conformance import profile
 from conformance.adapter import Declaration
 from conformance.cache import cache_dir
 from conformance.case import Case
@@ -48,10 +49,8 @@ COMPILE_UNSUPPORTED = {
 
 
 def compile_setup() -> None:
-    """Point inductor's caches at conformance's cache folder (before torch is imported)."""
-    folder = cache_dir("torch-inductor")
-    if folder is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    """Point inductor's caches at conformance's cache folder, import torch, raise the limits."""
+    inductor_cache_setup()
     torch_setup()
     import torch._dynamo.config as dynamo_config
 
@@ -68,7 +67,7 @@ def compile_versions() -> dict[str, str]:
     return versions
 
 
-def check_compiled(before: dict[str, int]) -> None:
+def check_compiled(before: dict[str, float]) -> None:
     """Raise unless the last call ran compiled code without a graph break.
 
     `before` is compile_counters() taken before the call: a new compilation shows up as
@@ -81,13 +80,48 @@ def check_compiled(before: dict[str, int]) -> None:
         raise RuntimeError("torch.compile compiled no graph: the call ran eagerly")
 
 
-def compile_counters() -> dict[str, int]:
-    from torch._dynamo.utils import counters
+def compile_counters() -> dict[str, float]:
+    """Dynamo's and Inductor's process-wide tallies (torch._dynamo.utils.counters).
+
+    unique_graphs: graphs dynamo captured and handed to a backend (a first compile or a
+    recompile); graph_breaks; fxgraph_cache_hit: Inductor graphs loaded from the on-disk FX
+    graph cache instead of generated and built with g++; compile_s: seconds dynamo spent in
+    its compile entry point (tracing, AOTAutograd, Inductor or the cache load) so far.
+    """
+    from torch._dynamo.utils import compilation_time_metrics, counters
 
     return {
         "unique_graphs": int(counters["stats"]["unique_graphs"]),
         "graph_breaks": int(sum(counters["graph_break"].values())),
+        "fxgraph_cache_hit": int(counters["inductor"]["fxgraph_cache_hit"]),
+        "compile_s": float(sum(compilation_time_metrics.get("_compile.compile_inner", ()))),
     }
+
+
+def report_compiles(before: dict[str, float]) -> None:
+    """Tell conformance.profile what the last call compiled (`conformance run --profile`).
+
+    One graph is one program; a graph whose Inductor code came from the FX graph cache is also
+    a cache hit (dynamo still traces it: its tracing is not cached across processes).
+    """
+    after = compile_counters()
+    graphs = after["unique_graphs"] - before["unique_graphs"]
+    if graphs:
+        profile.add("compile", after["compile_s"] - before["compile_s"], int(graphs))
+    hits = after["fxgraph_cache_hit"] - before["fxgraph_cache_hit"]
+    if hits:
+        profile.add("cache_hits", 0.0, int(hits))
+
+
+def inductor_cache_setup() -> None:
+    """Point Inductor's on-disk caches at conformance's cache folder (honours --no-cache).
+
+    Inductor reads TORCHINDUCTOR_CACHE_DIR when it first needs the folder, so this works after
+    torch is imported too. With caching off the variable is left alone (torch's default).
+    """
+    folder = cache_dir("torch-inductor")
+    if folder is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
 
 
 _compiled_sdpa = None
@@ -142,6 +176,7 @@ class TorchCompileSdpaAdapter(TorchSdpaAdapter):
         with torch.no_grad():
             out = compiled_sdpa()(**kwargs)
         check_compiled(before)
+        report_compiles(before)
         return {"output": to_numpy(out)}
 
 

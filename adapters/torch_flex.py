@@ -40,6 +40,7 @@ from conformance.inputs import CaseInputs
 from conformance.masks import build_mask
 from conformance.score_terms import alibi_offset, without_alibi
 
+from .torch_compile import check_compiled, compile_counters, inductor_cache_setup, report_compiles
 from .torch_sdpa import (
     REQUIRES,
     WORKER,
@@ -59,11 +60,15 @@ def _compiled_flex() -> Any:
         import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import flex_attention
 
-        # Static shapes: with dynamic=True Inductor's CPU template emits C++ that does not
-        # compile for some masks (docs/adapters/torch.md), and which cases hit it depended on
-        # the order cases reached the worker (duck-sized T == S graphs were reused). Each shape
-        # compiles once; past dynamo's recompile limit it would silently run eagerly, so the
-        # limit is raised and hitting it is an error, never a quiet fallback.
+        # Static shapes: with symbolic sizes Inductor's CPU FlexAttention template emits C++
+        # that g++ rejects ('cur_kvSplitSize5' was not declared): it puts the block sizes back
+        # into the generated code by text replacement of their size-argument names, so "ks4"
+        # also rewrites "ks45" once a kernel has that many size arguments (bias + mask cases;
+        # docs/adapters/torch.md). dynamic=True and torch's default (dynamic=None, dimensions
+        # made symbolic on the first recompile, even with the batch kept static) both hit it:
+        # 16 of 264 default-tier cases errored. Each shape compiles once; past dynamo's
+        # recompile limit it would silently run eagerly, so the limit is raised and hitting it
+        # is an error, never a quiet fallback.
         dynamo_config.recompile_limit = 4096
         dynamo_config.accumulated_recompile_limit = 1 << 16
         dynamo_config.fail_on_recompile_limit_hit = True
@@ -137,6 +142,8 @@ class TorchFlexAdapter(Adapter):
     lse_sink = False
 
     def setup(self) -> None:
+        if self.compiled:
+            inductor_cache_setup()  # Inductor's FX graph cache in conformance's cache folder
         torch_setup()
 
     def devices(self) -> list[str]:
@@ -164,10 +171,16 @@ class TorchFlexAdapter(Adapter):
                 raise Unsupported("FlexAttention has no sink term")
             kwargs["return_aux"] = AuxRequest(lse=True)
         call = _compiled_flex() if self.compiled else flex_attention
+        before = compile_counters()
         with torch.no_grad(), warnings.catch_warnings():
             # The eager path warns that it is unfused; that is what this variant tests.
             warnings.filterwarnings("ignore", message="flex_attention called without")
             result = call(q, k, v, **kwargs)
+        if self.compiled:
+            check_compiled(before)
+        # Eager flex_attention traces score_mod/mask_mod with dynamo too (backend "eager"):
+        # those graphs are its compile cost, reported the same way.
+        report_compiles(before)
         if sink is None:
             return {"output": to_numpy(result)}
         out, aux = result
