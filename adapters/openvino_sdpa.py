@@ -23,11 +23,13 @@ openvino is imported lazily in setup().
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any, ClassVar
 
 import numpy as np
 
+from conformance import profile
 from conformance.adapter import Adapter, Declaration, Divergence
 from conformance.case import Case
 from conformance.inputs import CaseInputs
@@ -127,7 +129,10 @@ class OpenvinoSdpaAdapter(Adapter):
             self._compiled.move_to_end(key)
             return self._compiled[key]
         config = {} if self.hint is None else {"INFERENCE_PRECISION_HINT": self.hint}
+        started = time.perf_counter()
         compiled = self.core.compile_model(self._model(case, mask_kind, causal), "CPU", config)
+        # One program per static signature: counted like JAX's XLA programs (conformance.profile)
+        profile.add("compile", time.perf_counter() - started)
         self._check_path(compiled)
         self._compiled[key] = compiled
         if len(self._compiled) > self.cache_size:

@@ -78,3 +78,27 @@ def test_onnx_attention_through_openvino_frontend() -> None:
     zero = dataclasses.replace(make_case("onnx-scale0", "float32", 2, Mask()), scale=0.0)
     record = evaluate(adapter, zero, "cpu", CACHE)
     assert record["verdict"] == "fail", record.get("message")
+
+
+def test_onnx_models_are_shared_by_configuration_but_not_with_one_key() -> None:
+    """Counts, not verdicts: cases differing only in lengths share one compiled (dynamic)
+    model; a case with a single key gets its own (OpenVINO 2026.4.1 gives wrong results from
+    a dynamic model that has run with one key and later runs with >= 16: docs/adapters/
+    openvino.md), so no case's result depends on which cases ran before it."""
+    pytest.importorskip("onnx")
+    import dataclasses
+
+    from conformance.adapters.openvino_onnx import OpenvinoOnnxAttention
+
+    adapter = OpenvinoOnnxAttention()
+    adapter.setup()
+    base = make_case("onnx-share", "float32", 4, Mask())
+    for t, s in ((5, 6), (7, 6), (3, 9)):
+        case = dataclasses.replace(
+            base, shape=dataclasses.replace(base.shape, query_len=t, kv_len=s)
+        )
+        evaluate(adapter, case, "cpu", CACHE)
+    assert len(adapter._sessions._items) == 1
+    one = dataclasses.replace(base, shape=dataclasses.replace(base.shape, kv_len=1))
+    evaluate(adapter, one, "cpu", CACHE)
+    assert len(adapter._sessions._items) == 2
