@@ -709,7 +709,9 @@ class OnnxAttentionBase(OrtAdapter):
         past_k = np.zeros((b, g, 0, k.shape[3]), dtype)
         past_v = np.zeros((b, g, 0, v.shape[3]), dtype)
         prefix, total = case.decode.prefix, case.shape.query_len
-        chunks = ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+        step = case.decode.chunk  # issue 14: chunk > 1 is chunked prefill
+        steps = [(t, t + step) for t in range(prefix, total, step)]
+        chunks = ([(0, prefix)] if prefix else []) + steps
         session = self.session(cfg, device)
         outputs = []
         for start, stop in chunks:
@@ -765,6 +767,7 @@ KERNEL_FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14: past_key/value with is_causal offset by the past length
         "weights",
         # issue 14: softcap is the operator's attribute (applied before attn_mask, as the
         # spec says); ALiBi goes in the float attn_mask as a bias, as exporters of BLOOM do

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case
+from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs, make_inputs
+from conformance.kv_cache import sequence_lengths
 from conformance.layouts import merge_heads, split_heads
 from conformance.masks import build_mask, causal_offset, combined_additive
 
@@ -286,6 +287,8 @@ class OrtContribGQA(OrtContribBase):
 
     def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
         s = case.shape
+        if case.cache is not None:  # issue 14: a step against a cache, seqlens_k per sequence
+            return self._cache_plan(case, inputs)
         if s.query_len != s.kv_len:
             raise Unsupported("GroupQueryAttention takes new key/value of the query's length")
         feeds = self._qkv(case, inputs)
@@ -341,6 +344,33 @@ class OrtContribGQA(OrtContribBase):
             cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
         return _Plan(cfg, feeds)
 
+    def _cache_plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        """One step of T new tokens per sequence after a past of lengths[b] - T tokens, as
+        onnxruntime-genai drives a batch of different lengths: past_key/value hold each
+        sequence's past (the rest of the buffer unused), key/value its T new tokens,
+        seqlens_k = lengths - 1, total_sequence_length = S. GQA is causal: its new tokens
+        attend bottom-right, at each sequence's own end."""
+        s, m = case.shape, case.mask
+        t = s.query_len
+        if m != Mask(causal=m.causal) or (t > 1 and m.causal != "bottom-right"):
+            raise Unsupported("GroupQueryAttention's only mask here is its causal past")
+        if case.scores is not None or case.rope is not None:
+            raise Unsupported("score terms and rotary are wired for full calls only here")
+        if t > 1 and s.batch > 1:
+            raise Unsupported(
+                "ORT: 'batch_size must be 1 when sequence_length > 1 and past context is given'"
+            )
+        qkv = self._qkv(case, inputs)
+        lengths = sequence_lengths(case)
+        feeds = {"query": qkv["query"]}
+        for name, src in (("key", "k"), ("value", "v")):
+            feeds[name] = np.stack([qkv[name][b, n - t : n] for b, n in enumerate(lengths)])
+            past = inputs.native(src)[:, :, : s.kv_len - t]
+            feeds[f"past_{name}"] = np.ascontiguousarray(past.astype(qkv[name].dtype))
+        feeds["seqlens_k"] = (lengths - 1).astype(np.int32)
+        feeds["total_sequence_length"] = np.array(s.kv_len, dtype=np.int32)
+        return _Plan(self._config(case, causal=True, past=True), feeds)
+
     def check(self, case: Case) -> None:
         if case.shape.key_dim % 8:
             raise Unsupported(
@@ -349,6 +379,10 @@ class OrtContribGQA(OrtContribBase):
             )
         if case.decode is not None and case.scores is not None:
             raise Unsupported("score terms are wired for full (non-decode) calls only here")
+        if case.decode is not None and case.decode.chunk > 1 and case.shape.batch > 1:
+            raise Unsupported(  # issue 14: chunked prefill, ORT 1.32's input validation
+                "ORT: 'batch_size must be 1 when sequence_length > 1 and past context is given'"
+            )
         if case.rope is not None:  # issue 14: do_rotary's input validation (ORT 1.32)
             if case.shape.key_dim % 16:
                 raise Unsupported(
@@ -397,9 +431,11 @@ def _score_attrs(case: Case) -> dict[str, Any]:
 
 
 def _chunks(case: Case) -> list[tuple[int, int]]:
-    """Token ranges of a decode case: the prefix at once, then one token per step."""
-    prefix, total = case.decode.prefix, case.shape.query_len
-    return ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+    """Token ranges of a decode case: the prefix at once, then `chunk` tokens per step
+    (chunked prefill when chunk > 1, issue 14)."""
+    prefix, total, chunk = case.decode.prefix, case.shape.query_len, case.decode.chunk
+    steps = [(t, t + chunk) for t in range(prefix, total, chunk)]
+    return ([(0, prefix)] if prefix else []) + steps
 
 
 MHA_FEATURES = frozenset(
@@ -418,6 +454,7 @@ MHA_FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14
     }
 )
 GQA_FEATURES = frozenset(
@@ -436,6 +473,11 @@ GQA_FEATURES = frozenset(
         "window",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14 (batch 1: ORT refuses chunks after a past otherwise)
+        # issue 14: one step against a cache, seqlens_k per sequence (kv-len: only with cache:)
+        "cache-lengths",
+        "kv-len",
+        "causal-bottom-right",
         "weights",
         # issue 14: softcap / smooth_softmax / head_sink natively; ALiBi in attention_bias
         "softcap",

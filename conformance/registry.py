@@ -29,6 +29,7 @@ BUILTIN_MODULES = (
     "torch_mha",
     "torch_sdpa",
     "torch_flex",  # issue 14
+    "torch_paged",  # issue 14: paged key/value caches
     "jax_dpa",
     "flax_nnx",
     "flax_linen",

@@ -992,6 +992,8 @@ def _check_cache(
         problem = "cache: is one step against a cache; decode: runs the steps itself"
     elif shape.get("attention_axes"):
         problem = "a cache has one sequence axis; attention_axes contradicts it"
+    elif node.get("gradients") is True or "dropout" in node:
+        problem = "a cache step is inference: no gradients or dropout"
     if problem:
         raise ctx.error(problem, node, "cache", "use mode: kernel, without decode/attention_axes")
     b, t, s = shape["batch"], shape["query_len"], shape["kv_len"]
