@@ -128,6 +128,7 @@ class NumpyEinsum(Adapter):
                 "finite-fill",  # issue 14: the additive mask takes the fill as written
                 "segments",
                 "left-padding",
+                "cache-lengths",  # issue 14: per-sequence lengths in the additive mask
                 "scale",
                 "no-bias",
                 "decode",
@@ -147,6 +148,8 @@ class NumpyEinsum(Adapter):
             "multi-axis": "the paper's functions attend over one sequence axis",
             "bias-kv": "a torch-only extension",
             "zero-attn": "a torch-only extension",
+            # issue 14: the paper's incremental functions take one token per step
+            "decode-chunked": "the paper's incremental functions decode one token per step",
         },
     )
 
