@@ -137,9 +137,10 @@ def describe_cache(case: Case) -> list[str]:
     cache = case.cache
     lines = []
     if cache.lengths is not None:
+        t = case.shape.query_len
+        queries = "query ends" if t == 1 else f"{t} queries end"
         lines.append(
-            f"  cache       lengths {list(cache.lengths)} (each sequence's {case.shape.query_len} "
-            "queries end its own cache)"
+            f"  cache       lengths {list(cache.lengths)} (each sequence's {queries} its cache)"
         )
     if cache.paged:
         lines.append(
