@@ -44,6 +44,7 @@ BUILTIN_MODULES = (
     "hf_layer",  # issue 14: the Llama layer with its rotary embedding
     "keras_ops_dpa",
     "openvino_sdpa",
+    "openvino_paged",  # issue 14: PagedAttentionExtension
     "openvino_onnx",
     # Trap adapters: the real calls, made the way users get them wrong (docs/adapters/traps.md).
     "traps_torch",

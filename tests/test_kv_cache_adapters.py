@@ -23,20 +23,22 @@ from conformance.spec import load_spec
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "kv_cache.yaml"
 
-# adapter -> (verdict tally over the 13 small-tier cases, module it needs)
+# adapter -> (verdict tally over the 14 small-tier cases, module it needs)
 EXPECTED = {
     # every paged case: the case's pages and block table through PagedAttention
-    "torch.flex.paged.eager": ({"pass": 5, "unsupported": 8}, "torch"),
+    "torch.flex.paged.eager": ({"pass": 6, "unsupported": 8}, "torch"),
+    # pages of 32 only (the CPU plugin's block size), float32, causal steps
+    "openvino.paged-attention.f32": ({"pass": 1, "unsupported": 13}, "openvino"),
     # mixed cache lengths as a mask: both dtypes (float64 softmax in float32 diverges, declared)
-    "torch.flex.eager": ({"pass": 3, "unsupported": 10}, "torch"),
-    "hf.sdpa": ({"pass": 3, "unsupported": 10}, "transformers"),
-    "numpy.einsum": ({"pass": 2, "unsupported": 11}, "numpy"),  # no 1 < G < H
-    "jax.dpa.xla.seq-lengths": ({"pass": 2, "diverges": 1, "unsupported": 10}, "jax"),
+    "torch.flex.eager": ({"pass": 3, "unsupported": 11}, "torch"),
+    "hf.sdpa": ({"pass": 3, "unsupported": 11}, "transformers"),
+    "numpy.einsum": ({"pass": 2, "unsupported": 12}, "numpy"),  # no 1 < G < H
+    "jax.dpa.xla.seq-lengths": ({"pass": 2, "diverges": 1, "unsupported": 11}, "jax"),
     # seqlens_k for the decode step; chunked steps after a past only at batch 1 (ORT's rule)
-    "ort.contrib.gqa": ({"pass": 2, "unsupported": 11}, "onnxruntime"),
+    "ort.contrib.gqa": ({"pass": 2, "unsupported": 12}, "onnxruntime"),
     # chunked decode steps with past_key/past_value
-    "onnx.attention.4d": ({"pass": 2, "unsupported": 11}, "onnxruntime"),
-    "ort.contrib.mha": ({"pass": 1, "unsupported": 12}, "onnxruntime"),
+    "onnx.attention.4d": ({"pass": 2, "unsupported": 12}, "onnxruntime"),
+    "ort.contrib.mha": ({"pass": 1, "unsupported": 13}, "onnxruntime"),
 }
 
 
@@ -106,3 +108,28 @@ def test_paged_adapter_reads_the_page_table() -> None:
     swapped = tuple(reversed(case.cache.block_table))  # each sequence gets the other's pages
     wrong = dataclasses.replace(case, cache=dataclasses.replace(case.cache, block_table=swapped))
     assert np.abs(run(wrong) - ref).max() > 0.1
+
+
+def test_openvino_paged_attention_reads_block_indices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control for OpenVINO: the pool laid out for one block table, the op told
+    another (the two sequences' rows swapped), gives another output."""
+    pytest.importorskip("openvino")
+    import dataclasses
+
+    from conformance.adapters import openvino_paged
+
+    from conformance.inputs import make_inputs
+    from conformance.reference import attention
+
+    (case,) = [c for c in load_spec(SPEC) if c.id == "kv_cache/paged-32-chunk-causal"]
+    inputs = make_inputs(case)
+    adapter = openvino_paged.OpenvinoPagedAttention()
+    adapter.setup()
+    ref = attention(case, inputs)["output"]
+    np.testing.assert_allclose(adapter.run(case, inputs, "cpu")["output"], ref, atol=1e-5)
+    pools = openvino_paged.paged_layout(case, inputs.native("k"), inputs.native("v"))
+    monkeypatch.setattr(openvino_paged, "paged_layout", lambda *_: tuple(p.copy() for p in pools))
+    rows = case.cache.block_table
+    swapped = (rows[1] + rows[0][len(rows[1]) :], rows[0][: len(rows[1])])
+    wrong = dataclasses.replace(case, cache=dataclasses.replace(case.cache, block_table=swapped))
+    assert np.abs(adapter.run(wrong, inputs, "cpu")["output"] - ref).max() > 0.1
