@@ -68,6 +68,7 @@ class ContribConfig:
     smooth_softmax: bool = False  # GQA smooth_softmax=1: a zero sink logit per head
     head_sink: bool = False  # GQA head_sink input [H]: a learned sink logit per head
     rotary: tuple[int, int] | None = None  # issue 14: GQA do_rotary (interleaved, rotary dim)
+    memory: bool = False  # issue 14: MHA key/value as cached cross-attention K/V (B, N, S, H)
 
 
 def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
@@ -94,6 +95,8 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
         "present_value": (et, ["B", g, "L", v]),
         "weights": (et, ["B", h, "T", "L"]),
     }
+    if cfg.memory:  # the BNSH form ORT takes for a cross-attention cache
+        infos["key"], infos["value"] = (et, ["B", g, "S", k]), (et, ["B", g, "S", v])
     bias = "attention_bias" if cfg.bias_heads else ""
     past = ["past_key", "past_value"] if cfg.past else ["", ""]
     attrs: dict[str, Any] = {"num_heads": h}
@@ -198,7 +201,9 @@ class OrtContribBase(OrtAdapter):
         """Write the ONNX model this case runs (and its inputs, .npz) into `directory`."""
         stem = f"{self.declaration.name}-{case.id}"
         if case.decode is not None:
-            cfg = self._config(case, causal=True, past=True)
+            memory = case.decode.memory  # issue 14: steps over an encoder memory
+            cfg = self._config(case, memory=True) if memory else self._config(
+                case, causal=True, past=True)  # fmt: skip
             return write_model(contrib_model(cfg), directory, stem)
         plan = self.plan(case, make_inputs(case))
         return write_model(contrib_model(plan.cfg), directory, stem, plan.feeds)
@@ -257,13 +262,15 @@ class OrtContribMHA(OrtContribBase):
 
     def check(self, case: Case) -> None:
         s = case.shape
-        if case.decode is not None and s.value_dim != s.key_dim:
+        if case.decode is not None and not case.decode.memory and s.value_dim != s.key_dim:
             raise Unsupported(
                 "with past_key/past_value MultiHeadAttention needs value head size == key head "
                 "size (ORT: 'past_value dimension 3 should be same as head_size')"
             )
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        if case.decode.memory:
+            return self._memory_steps(case, inputs, device)
         # One graph for prefill and steps: unidirectional, past_key/value (empty at first).
         cfg = self._config(case, causal=True, past=True)
         session = self.session(cfg, device)
@@ -280,6 +287,20 @@ class OrtContribMHA(OrtContribBase):
             past_k, past_v = result["present_key"], result["present_value"]
             outputs.append(result["output"])
         return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
+
+    def _memory_steps(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        """Issue 14: decoder steps over an encoder memory, as ORT's encoder-decoder exports run
+        cross-attention with a cache: query (B, T, H*hd) per step, key/value the memory's
+        projected K/V in the 4-D (B, N, S, hd) form, the same arrays every step."""
+        session = self.session(self._config(case, memory=True), device)
+        qkv = self._qkv(case, inputs)
+        dtype = qkv["query"].dtype
+        k, v = (np.ascontiguousarray(inputs.native(n).astype(dtype)) for n in ("k", "v"))
+        outputs = [
+            session.run({"query": qkv["query"][:, start:stop], "key": k, "value": v})["output"]
+            for start, stop in _chunks(case)
+        ]
+        return split_heads(np.concatenate(outputs, axis=1), case.shape.num_heads)
 
 
 class OrtContribGQA(OrtContribBase):
@@ -455,6 +476,7 @@ MHA_FEATURES = frozenset(
         "scale",
         "decode",
         "decode-chunked",  # issue 14
+        "decode-memory",  # issue 14: key/value as the cached (B, N, S, hd) cross K/V
     }
 )
 GQA_FEATURES = frozenset(

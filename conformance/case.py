@@ -105,11 +105,13 @@ class Mask:
 @dataclass(frozen=True)
 class Decode:
     """Incremental decoding: run `prefix` tokens at once, then `steps` steps of `chunk` tokens
-    each (chunk > 1: chunked prefill, issue 14)."""
+    each (chunk > 1: chunked prefill, issue 14). `memory` (issue 14): the keys are an encoder
+    memory cached once (cross-attention): every step attends to all of it, not causally."""
 
     prefix: int
     steps: int
     chunk: int = 1
+    memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,8 @@ FEATURES: dict[str, str] = {
     # issue 14: decoding beyond a prefix and single steps (conformance.kv_cache)
     "decode-chunked": "incremental decoding with several new tokens per step (chunked prefill): "
     "each chunk attends to the cache and causally within itself",
+    "decode-memory": "decoding steps whose keys are a cached encoder memory (cross-attention): "
+    "every step attends to all of it, not causally",
     "cache-lengths": "sequences of different cache lengths in one batch; each sequence's queries "
     "end its own cache (ORT GQA seqlens_k, JAX key_value_seq_lengths)",
     "paged-kv": "keys/values in pages of a pool addressed through a block table, pages "
@@ -341,6 +345,8 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("decode")
         if case.decode.chunk > 1:  # issue 14
             tags.add("decode-chunked")
+        if case.decode.memory:
+            tags.add("decode-memory")
     if case.cache is not None:  # issue 14
         if case.cache.lengths is not None:
             tags.add("cache-lengths")

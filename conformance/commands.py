@@ -790,6 +790,8 @@ def describe_case(case: Case) -> str:
         d = case.decode  # issue 14: chunk > 1 is chunked prefill
         each = "single-token steps" if d.chunk == 1 else f"steps of {d.chunk} tokens"
         lines.append(f"  decode      prefix {d.prefix}, then {d.steps} {each}")
+        if d.memory:
+            lines.append(f"              over a cached encoder memory of {case.shape.kv_len} keys")
     lines.append(f"  compares    {', '.join(case.compare)}")
     lines.append(f"  features    {', '.join(sorted(case.features))}")
     if "fully-masked-rows" in case.features:

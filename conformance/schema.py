@@ -142,7 +142,10 @@ def _case_properties() -> dict[str, dict[str, Any]]:
         "add_bias_kv": boolean,
         "add_zero_attn": boolean,
         "decode": _param(
-            _object({"prefix": _int(0), "steps": _int(1), "chunk": _int(1)}, DECODE_KEYS),
+            _object(
+                {"prefix": _int(0), "steps": _int(1), "chunk": _int(1), "memory": boolean},
+                DECODE_KEYS,
+            ),
         ),
         "compare": _param(
             {

@@ -161,6 +161,8 @@ DECODE_KEYS = {
     "prefix": "tokens processed at once first",
     "steps": "steps after the prefix",
     "chunk": "new tokens per step (default 1; more is chunked prefill)",
+    "memory": "true: the keys are an encoder memory of kv_len positions, cached once; every "
+    "step attends to all of it (cross-attention), not causally (kernel mode)",
 }
 CACHE_KEYS = {  # issue 14: conformance.kv_cache
     "lengths": "cache length per sequence (query_len <= length <= kv_len); each sequence's "
@@ -663,20 +665,37 @@ def _resolve_case(
         prefix = _int(ctx, dnode.get("prefix", 1), dnode, "prefix", minimum=0)
         steps = _int(ctx, dnode.get("steps", 1), dnode, "steps", minimum=1)
         chunk = _int(ctx, dnode.get("chunk", 1), dnode, "chunk", minimum=1)  # issue 14
-        decode = Decode(prefix=prefix, steps=steps, chunk=chunk)
+        memory = _bool(ctx, dnode.get("memory", False), dnode, "memory")  # issue 14
+        decode = Decode(prefix=prefix, steps=steps, chunk=chunk, memory=memory)
         total = prefix + steps * chunk
-        if shape["query_len"] != total or shape["kv_len"] != total:
-            told = f"{prefix} + {steps}" + (f" x {chunk}" if chunk > 1 else "")
-            raise ctx.error(
-                f"decoding {told} tokens needs query_len = kv_len = {total}",
-                node, "decode",
-            )  # fmt: skip
-        if not mask.is_empty() and (mask.causal != "top-left" or mask != Mask(causal="top-left")):
-            raise ctx.error(
-                "incremental decoding is causal self-attention; other masks contradict it",
-                node, "mask", "drop the mask: decode implies causal",
-            )  # fmt: skip
-        mask = Mask(causal="top-left")
+        told = f"{prefix} + {steps}" + (f" x {chunk}" if chunk > 1 else "")
+        if memory:  # cross-attention over a cached encoder memory of kv_len keys
+            if mode != "kernel":
+                raise ctx.error(
+                    "decoding over an encoder memory is a kernel-mode case here (the memory's "
+                    "keys and values are the cache)", dnode, "memory", "use mode: kernel",
+                )  # fmt: skip
+            if shape["query_len"] != total:
+                raise ctx.error(f"decoding {told} tokens needs query_len = {total}", node,
+                                "decode")  # fmt: skip
+            if not mask.is_empty():
+                raise ctx.error(
+                    "steps over an encoder memory attend to every memory key; a mask "
+                    "contradicts it", node, "mask", "drop the mask",
+                )  # fmt: skip
+        else:
+            if shape["query_len"] != total or shape["kv_len"] != total:
+                raise ctx.error(
+                    f"decoding {told} tokens needs query_len = kv_len = {total}",
+                    node, "decode",
+                )  # fmt: skip
+            causal_only = mask == Mask(causal="top-left")
+            if not mask.is_empty() and not causal_only:
+                raise ctx.error(
+                    "incremental decoding is causal self-attention; other masks contradict it",
+                    node, "mask", "drop the mask: decode implies causal",
+                )  # fmt: skip
+            mask = Mask(causal="top-left")
     layer_dims_differ = (
         shape["key_input_dim"] != shape["query_dim"]
         or shape["value_input_dim"] != shape["query_dim"]

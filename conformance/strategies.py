@@ -56,6 +56,8 @@ NOT_GENERATED: dict[str, str] = {
     # tests/test_kv_cache.py proves the reference against independent formulations
     "decode-chunked": "chunked decode steps are not generated yet (a fuzz counterexample's "
     "spec would need decode.chunk); specs/kv_cache.yaml covers them",
+    "decode-memory": "decoding over an encoder memory is not generated yet; specs/kv_cache.yaml "
+    "covers it",
     "cache-lengths": "cache: cases are not generated yet; specs/kv_cache.yaml covers them",
     "paged-kv": "cache: cases are not generated yet; specs/kv_cache.yaml covers them",
 }

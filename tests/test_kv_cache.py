@@ -215,3 +215,16 @@ def test_in_order_and_default_pool(tmp_path: Path) -> None:
     assert case.cache.block_table == ((0, 1, 2), (3, 4))
     assert case.cache.num_pages == 5
     assert case.features >= {"paged-kv", "cache-lengths"}
+
+
+def test_memory_decode_expects_every_step_to_see_the_whole_memory(cases: dict[str, Case]) -> None:
+    case = cases["kv_cache/memory-steps[float64]"]
+    assert case.decode.memory and case.mask.is_empty() and "decode-memory" in case.features
+    a = make_inputs(case).arrays
+    out = attention(case, make_inputs(case))["output"]
+    for t in range(case.shape.query_len):  # one decoder step at a time, all 10 memory keys
+        step, _ = dot_product_attention(
+            a["q"][:, :, t : t + 1], a["k"], a["v"], scale=case.effective_scale
+        )
+        np.testing.assert_allclose(out[:, :, t : t + 1], step, rtol=1e-12, atol=1e-12)
+    assert "over a cached encoder memory of 10 keys" in describe_case(case)
