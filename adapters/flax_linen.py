@@ -85,6 +85,7 @@ _FEATURES = frozenset(
 
 _UNSUPPORTED = {
     "kernel": "a layer: it always projects its inputs",
+    "decode-chunked": "the decode cache takes one token per call (linen raises on longer inputs)",
     "value-dim": "one head dim for query, key and value (qkv_features // num_heads)",
     "grouped-query": "no num_kv_heads: dot_product_attention asserts equal q/k/v head counts",
     "multi-query": "no num_kv_heads: dot_product_attention asserts equal q/k/v head counts",

@@ -103,6 +103,7 @@ _FEATURES = frozenset(
 
 _UNSUPPORTED = {
     "kernel": "a layer: it always projects its inputs",
+    "decode-chunked": "the decode cache takes exactly one token per call (nnx raises otherwise)",
     "value-dim": "one head dim for query, key and value (qkv_features // num_heads)",
     "scale": "no scale argument: the logits are always scaled by 1/sqrt(head dim)",
     "additive-mask": "the layer takes a boolean mask only (no bias argument)",

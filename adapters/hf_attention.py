@@ -84,6 +84,7 @@ FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        "cache-lengths",  # issue 14: per-sequence lengths as a padding mask, as HF batches do
         # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
         "rope-half",
         "rope-interleaved",

@@ -289,6 +289,8 @@ _KERNEL_FEATURES = frozenset(
         "scale",
         "gradients",
         "segments",  # issue 14: packed rows travel in the boolean mask
+        # issue 14: per-sequence cache lengths; seq-lengths variants pass key_value_seq_lengths
+        "cache-lengths",
     }
 )
 # issue 14: the XLA paths take the user's float mask as `bias`, finite fill included; left
@@ -570,6 +572,14 @@ class _JaxDpa(Adapter):
         if m.window is not None and aligned:
             args["window"] = tuple(int(w) for w in m.window)
             strip["window"] = None
+        lengths = case.cache.lengths if case.cache is not None else None
+        if self.seq_lengths and lengths is not None:  # issue 14: the cache lengths, natively
+            args["kv_len"] = np.asarray(lengths, dtype=np.int32)
+            if m.is_empty():  # a step with no other mask: the lengths are the whole mask
+                args["mask"], args["bias"] = None, None
+                return args
+            # A causal band ends at each sequence's own length, which no flag can say: it
+            # stays in the boolean mask (the lengths there too), key_value_seq_lengths as well.
         if self.seq_lengths and m.padding_side == "right":  # lengths count from the start
             if m.key_padding is not None:
                 args["kv_len"] = np.asarray(m.key_padding, dtype=np.int32)

@@ -128,6 +128,8 @@ class NumpyEinsum(Adapter):
                 "finite-fill",  # issue 14: the additive mask takes the fill as written
                 "segments",
                 "left-padding",
+                "cache-lengths",  # issue 14: per-sequence lengths in the additive mask
+                "decode-memory",  # issue 14: steps over a memory (chunks of any size)
                 "scale",
                 "no-bias",
                 "decode",
@@ -147,6 +149,8 @@ class NumpyEinsum(Adapter):
             "multi-axis": "the paper's functions attend over one sequence axis",
             "bias-kv": "a torch-only extension",
             "zero-attn": "a torch-only extension",
+            # issue 14: the paper's incremental functions take one token per step
+            "decode-chunked": "the paper's incremental functions decode one token per step",
         },
     )
 
@@ -162,6 +166,8 @@ class NumpyEinsum(Adapter):
         if case.mode == "kernel":
             q, k, v = (inputs.native(n) for n in ("q", "k", "v"))
             q, k = rope(q, k)
+            if case.decode and case.decode.memory:  # issue 14: steps over an encoder memory
+                return {"output": self._memory_incremental(case, q, k, v, scale)}
             if case.decode:
                 return {"output": self._kernel_incremental(q, k, v, scale)}
             out, weights = kernel_attention(q, k, v, mask, scale)
@@ -210,6 +216,20 @@ class NumpyEinsum(Adapter):
         for i in range(q.shape[2]):
             cache_k, cache_v = k[:, :, : i + 1], v[:, :, : i + 1]
             out, _ = kernel_attention(q[:, :, i : i + 1], cache_k, cache_v, 0.0, scale)
+            outs.append(out)
+        return np.concatenate(outs, axis=2)
+
+    @staticmethod
+    def _memory_incremental(case, q, k, v, scale):  # noqa: ANN001, ANN205
+        """Decoder steps against an encoder memory computed once: each step's queries attend
+        to every memory position (cross-attention, nothing appended, not causal)."""
+        d = case.decode
+        bounds = ([(0, d.prefix)] if d.prefix else []) + [
+            (t, t + d.chunk) for t in range(d.prefix, q.shape[2], d.chunk)
+        ]
+        outs = []
+        for start, stop in bounds:
+            out, _ = kernel_attention(q[:, :, start:stop], k, v, 0.0, scale)
             outs.append(out)
         return np.concatenate(outs, axis=2)
 

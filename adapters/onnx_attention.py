@@ -698,7 +698,10 @@ class OnnxAttentionBase(OrtAdapter):
     def _decode_config(self, case: Case) -> AttentionConfig:
         require_dtype(case, self.DTYPES, self.DTYPE_REASON)  # raises for a dtype it cannot feed
         # One graph for prefill and steps, as decoders ship it: is_causal with past_key/value,
-        # the cache fed back from present_key/value.
+        # the cache fed back from present_key/value. Issue 14: steps over an encoder memory
+        # (cross-attention) feed the cached memory K/V each step, no past, not causal.
+        if case.decode.memory:
+            return self._base_config(case)
         return self._base_config(case, causal=True, past=True)
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
@@ -709,10 +712,16 @@ class OnnxAttentionBase(OrtAdapter):
         past_k = np.zeros((b, g, 0, k.shape[3]), dtype)
         past_v = np.zeros((b, g, 0, v.shape[3]), dtype)
         prefix, total = case.decode.prefix, case.shape.query_len
-        chunks = ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+        step = case.decode.chunk  # issue 14: chunk > 1 is chunked prefill
+        steps = [(t, t + step) for t in range(prefix, total, step)]
+        chunks = ([(0, prefix)] if prefix else []) + steps
         session = self.session(cfg, device)
         outputs = []
         for start, stop in chunks:
+            if case.decode.memory:  # the whole memory every step, nothing appended
+                result = session.run(self._qkv(q[:, :, start:stop], k, v))
+                outputs.append(self._output(result["Y"], case.shape.num_heads))
+                continue
             feeds = self._qkv(q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop])
             feeds.update(past_key=past_k, past_value=past_v)
             result = session.run(feeds)
@@ -765,6 +774,8 @@ KERNEL_FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14: past_key/value with is_causal offset by the past length
+        "decode-memory",  # issue 14: the cached memory K/V fed to every step
         "weights",
         # issue 14: softcap is the operator's attribute (applied before attn_mask, as the
         # spec says); ALiBi goes in the float attn_mask as a bias, as exporters of BLOOM do

@@ -89,7 +89,7 @@ class OpenvinoOnnxAttention(OnnxAttention4D):
         summary="ONNX Attention (opset 23, 4-D) read by OpenVINO's ONNX frontend, CPU plugin, "
         "INFERENCE_PRECISION_HINT=f32",
         framework="openvino",
-        features=_base.features - {"decode"},
+        features=_base.features - {"decode", "decode-chunked"},
         requires=("openvino", "onnx"),
         worker="openvino",
         divergences=(ROWS_F64, ROWS, F64_AS_F32),

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case
+from conformance.case import Case, Mask
 from conformance.inputs import CaseInputs, make_inputs
+from conformance.kv_cache import sequence_lengths
 from conformance.layouts import merge_heads, split_heads
 from conformance.masks import build_mask, causal_offset, combined_additive
 
@@ -67,6 +68,7 @@ class ContribConfig:
     smooth_softmax: bool = False  # GQA smooth_softmax=1: a zero sink logit per head
     head_sink: bool = False  # GQA head_sink input [H]: a learned sink logit per head
     rotary: tuple[int, int] | None = None  # issue 14: GQA do_rotary (interleaved, rotary dim)
+    memory: bool = False  # issue 14: MHA key/value as cached cross-attention K/V (B, N, S, H)
 
 
 def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
@@ -93,6 +95,8 @@ def contrib_model(cfg: ContribConfig):  # noqa: ANN201 - onnx.ModelProto
         "present_value": (et, ["B", g, "L", v]),
         "weights": (et, ["B", h, "T", "L"]),
     }
+    if cfg.memory:  # the BNSH form ORT takes for a cross-attention cache
+        infos["key"], infos["value"] = (et, ["B", g, "S", k]), (et, ["B", g, "S", v])
     bias = "attention_bias" if cfg.bias_heads else ""
     past = ["past_key", "past_value"] if cfg.past else ["", ""]
     attrs: dict[str, Any] = {"num_heads": h}
@@ -197,7 +201,9 @@ class OrtContribBase(OrtAdapter):
         """Write the ONNX model this case runs (and its inputs, .npz) into `directory`."""
         stem = f"{self.declaration.name}-{case.id}"
         if case.decode is not None:
-            cfg = self._config(case, causal=True, past=True)
+            memory = case.decode.memory  # issue 14: steps over an encoder memory
+            cfg = self._config(case, memory=True) if memory else self._config(
+                case, causal=True, past=True)  # fmt: skip
             return write_model(contrib_model(cfg), directory, stem)
         plan = self.plan(case, make_inputs(case))
         return write_model(contrib_model(plan.cfg), directory, stem, plan.feeds)
@@ -256,13 +262,15 @@ class OrtContribMHA(OrtContribBase):
 
     def check(self, case: Case) -> None:
         s = case.shape
-        if case.decode is not None and s.value_dim != s.key_dim:
+        if case.decode is not None and not case.decode.memory and s.value_dim != s.key_dim:
             raise Unsupported(
                 "with past_key/past_value MultiHeadAttention needs value head size == key head "
                 "size (ORT: 'past_value dimension 3 should be same as head_size')"
             )
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        if case.decode.memory:
+            return self._memory_steps(case, inputs, device)
         # One graph for prefill and steps: unidirectional, past_key/value (empty at first).
         cfg = self._config(case, causal=True, past=True)
         session = self.session(cfg, device)
@@ -280,12 +288,28 @@ class OrtContribMHA(OrtContribBase):
             outputs.append(result["output"])
         return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
 
+    def _memory_steps(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
+        """Issue 14: decoder steps over an encoder memory, as ORT's encoder-decoder exports run
+        cross-attention with a cache: query (B, T, H*hd) per step, key/value the memory's
+        projected K/V in the 4-D (B, N, S, hd) form, the same arrays every step."""
+        session = self.session(self._config(case, memory=True), device)
+        qkv = self._qkv(case, inputs)
+        dtype = qkv["query"].dtype
+        k, v = (np.ascontiguousarray(inputs.native(n).astype(dtype)) for n in ("k", "v"))
+        outputs = [
+            session.run({"query": qkv["query"][:, start:stop], "key": k, "value": v})["output"]
+            for start, stop in _chunks(case)
+        ]
+        return split_heads(np.concatenate(outputs, axis=1), case.shape.num_heads)
+
 
 class OrtContribGQA(OrtContribBase):
     OP = "GroupQueryAttention"
 
     def plan(self, case: Case, inputs: CaseInputs) -> _Plan:
         s = case.shape
+        if case.cache is not None:  # issue 14: a step against a cache, seqlens_k per sequence
+            return self._cache_plan(case, inputs)
         if s.query_len != s.kv_len:
             raise Unsupported("GroupQueryAttention takes new key/value of the query's length")
         feeds = self._qkv(case, inputs)
@@ -341,6 +365,33 @@ class OrtContribGQA(OrtContribBase):
             cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
         return _Plan(cfg, feeds)
 
+    def _cache_plan(self, case: Case, inputs: CaseInputs) -> _Plan:
+        """One step of T new tokens per sequence after a past of lengths[b] - T tokens, as
+        onnxruntime-genai drives a batch of different lengths: past_key/value hold each
+        sequence's past (the rest of the buffer unused), key/value its T new tokens,
+        seqlens_k = lengths - 1, total_sequence_length = S. GQA is causal: its new tokens
+        attend bottom-right, at each sequence's own end."""
+        s, m = case.shape, case.mask
+        t = s.query_len
+        if m != Mask(causal=m.causal) or (t > 1 and m.causal != "bottom-right"):
+            raise Unsupported("GroupQueryAttention's only mask here is its causal past")
+        if case.scores is not None or case.rope is not None:
+            raise Unsupported("score terms and rotary are wired for full calls only here")
+        if t > 1 and s.batch > 1:
+            raise Unsupported(
+                "ORT: 'batch_size must be 1 when sequence_length > 1 and past context is given'"
+            )
+        qkv = self._qkv(case, inputs)
+        lengths = sequence_lengths(case)
+        feeds = {"query": qkv["query"]}
+        for name, src in (("key", "k"), ("value", "v")):
+            feeds[name] = np.stack([qkv[name][b, n - t : n] for b, n in enumerate(lengths)])
+            past = inputs.native(src)[:, :, : s.kv_len - t]
+            feeds[f"past_{name}"] = np.ascontiguousarray(past.astype(qkv[name].dtype))
+        feeds["seqlens_k"] = (lengths - 1).astype(np.int32)
+        feeds["total_sequence_length"] = np.array(s.kv_len, dtype=np.int32)
+        return _Plan(self._config(case, causal=True, past=True), feeds)
+
     def check(self, case: Case) -> None:
         if case.shape.key_dim % 8:
             raise Unsupported(
@@ -349,6 +400,10 @@ class OrtContribGQA(OrtContribBase):
             )
         if case.decode is not None and case.scores is not None:
             raise Unsupported("score terms are wired for full (non-decode) calls only here")
+        if case.decode is not None and case.decode.chunk > 1 and case.shape.batch > 1:
+            raise Unsupported(  # issue 14: chunked prefill, ORT 1.32's input validation
+                "ORT: 'batch_size must be 1 when sequence_length > 1 and past context is given'"
+            )
         if case.rope is not None:  # issue 14: do_rotary's input validation (ORT 1.32)
             if case.shape.key_dim % 16:
                 raise Unsupported(
@@ -397,9 +452,11 @@ def _score_attrs(case: Case) -> dict[str, Any]:
 
 
 def _chunks(case: Case) -> list[tuple[int, int]]:
-    """Token ranges of a decode case: the prefix at once, then one token per step."""
-    prefix, total = case.decode.prefix, case.shape.query_len
-    return ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
+    """Token ranges of a decode case: the prefix at once, then `chunk` tokens per step
+    (chunked prefill when chunk > 1, issue 14)."""
+    prefix, total, chunk = case.decode.prefix, case.shape.query_len, case.decode.chunk
+    steps = [(t, t + chunk) for t in range(prefix, total, chunk)]
+    return ([(0, prefix)] if prefix else []) + steps
 
 
 MHA_FEATURES = frozenset(
@@ -418,6 +475,8 @@ MHA_FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14
+        "decode-memory",  # issue 14: key/value as the cached (B, N, S, hd) cross K/V
     }
 )
 GQA_FEATURES = frozenset(
@@ -436,6 +495,11 @@ GQA_FEATURES = frozenset(
         "window",
         "scale",
         "decode",
+        "decode-chunked",  # issue 14 (batch 1: ORT refuses chunks after a past otherwise)
+        # issue 14: one step against a cache, seqlens_k per sequence (kv-len: only with cache:)
+        "cache-lengths",
+        "kv-len",
+        "causal-bottom-right",
         "weights",
         # issue 14: softcap / smooth_softmax / head_sink natively; ALiBi in attention_bias
         "softcap",

@@ -211,6 +211,7 @@ FLEX_FEATURES = frozenset(
         "softcap",
         "alibi",
         "alibi-standard",
+        "cache-lengths",  # issue 14: per-sequence lengths and causal ends in the mask_mod
     }
 )
 

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .kv_cache import Cache
 from .masks import any_fully_masked_row
 from .rotary import Rope
 from .score_terms import ScoreTerms
@@ -103,10 +104,14 @@ class Mask:
 
 @dataclass(frozen=True)
 class Decode:
-    """Incremental decoding: run `prefix` tokens at once, then `steps` single-token steps."""
+    """Incremental decoding: run `prefix` tokens at once, then `steps` steps of `chunk` tokens
+    each (chunk > 1: chunked prefill, issue 14). `memory` (issue 14): the keys are an encoder
+    memory cached once (cross-attention): every step attends to all of it, not causally."""
 
     prefix: int
     steps: int
+    chunk: int = 1
+    memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class Case:
     tier: str = "small"
     scores: ScoreTerms | None = None  # issue 14: softcap, ALiBi, sinks (conformance.score_terms)
     rope: Rope | None = None  # issue 14: rotary position embeddings (conformance.rotary)
+    cache: Cache | None = None  # issue 14: cache lengths, paged layout (conformance.kv_cache)
 
     @property
     def data_key(self) -> str:
@@ -206,6 +212,14 @@ class Case:
         data["scores"] = ScoreTerms(**scores) if scores else None
         rope = data.get("rope")  # issue 14: rotary position embeddings
         data["rope"] = Rope(**rope) if rope else None
+        cache = data.get("cache")  # issue 14: key/value cache lengths and pages
+        if cache:
+            cache = dict(cache)
+            if cache.get("lengths") is not None:
+                cache["lengths"] = tuple(cache["lengths"])
+            if cache.get("block_table") is not None:
+                cache["block_table"] = tuple(tuple(r) for r in cache["block_table"])
+        data["cache"] = Cache(**cache) if cache else None
         data["compare"] = tuple(data.get("compare", ("output",)))
         data["params"] = tuple(tuple(p) for p in data.get("params", ()))
         return Case(**data)
@@ -261,6 +275,15 @@ FEATURES: dict[str, str] = {
     "segments": "packed sequences: several segments per row, attention only within a segment "
     "(segment ids, cu_seqlens, document masks)",
     "left-padding": "key/query padding at the start of the row (generation batches), not the end",
+    # issue 14: decoding beyond a prefix and single steps (conformance.kv_cache)
+    "decode-chunked": "incremental decoding with several new tokens per step (chunked prefill): "
+    "each chunk attends to the cache and causally within itself",
+    "decode-memory": "decoding steps whose keys are a cached encoder memory (cross-attention): "
+    "every step attends to all of it, not causally",
+    "cache-lengths": "sequences of different cache lengths in one batch; each sequence's queries "
+    "end its own cache (ORT GQA seqlens_k, JAX key_value_seq_lengths)",
+    "paged-kv": "keys/values in pages of a pool addressed through a block table, pages "
+    "non-contiguous (vLLM, FlashAttention block_table)",
 }
 FEATURES.update({dtype: f"{dtype} inputs, weights and outputs" for dtype in DTYPES})
 
@@ -320,6 +343,15 @@ def case_features(case: Case) -> frozenset[str]:
         tags.add("zero-attn")
     if case.decode is not None:
         tags.add("decode")
+        if case.decode.chunk > 1:  # issue 14
+            tags.add("decode-chunked")
+        if case.decode.memory:
+            tags.add("decode-memory")
+    if case.cache is not None:  # issue 14
+        if case.cache.lengths is not None:
+            tags.add("cache-lengths")
+        if case.cache.paged:
+            tags.add("paged-kv")
     if s.attention_axes:
         tags.add("multi-axis")
     if "weights" in case.compare:

@@ -788,9 +788,11 @@ def describe_case(case: Case) -> str:
             + (", add_zero_attn" if case.add_zero_attn else "")
         )
     if case.decode:
-        lines.append(
-            f"  decode      prefix {case.decode.prefix}, then {case.decode.steps} single-token steps"
-        )
+        d = case.decode  # issue 14: chunk > 1 is chunked prefill
+        each = "single-token steps" if d.chunk == 1 else f"steps of {d.chunk} tokens"
+        lines.append(f"  decode      prefix {d.prefix}, then {d.steps} {each}")
+        if d.memory:
+            lines.append(f"              over a cached encoder memory of {case.shape.kv_len} keys")
     lines.append(f"  compares    {', '.join(case.compare)}")
     lines.append(f"  features    {', '.join(sorted(case.features))}")
     if "fully-masked-rows" in case.features:
@@ -805,6 +807,10 @@ def describe_case(case: Case) -> str:
         from .rotary import describe_rope
 
         lines.extend(describe_rope(case))
+    if case.cache is not None:  # issue 14: cache lengths, pages
+        from .kv_cache import describe_cache
+
+        lines.extend(describe_cache(case))
     attend, bias = build_mask(case)
     lines.append("  mask (batch 0, head 0; # attend, . masked, - additive -inf):")
     lines.extend("    " + line for line in picture(attend, bias).splitlines())

@@ -82,6 +82,12 @@ def build_mask(
         attend = full.copy() if attend is None else attend & full
 
     offset = causal_offset(case)
+    if case.cache is not None and case.cache.lengths is not None:  # issue 14: mixed lengths
+        # Sequence b holds held[b] keys and its queries end them: the band's offset is per
+        # sequence (the loader requires bottom-right alignment), later keys are unused.
+        held = np.asarray(case.cache.lengths)[:, None, None, None]
+        offset = held - t
+        restrict(np.arange(n)[None, None, None, :] < held)
     if m.causal:
         restrict(cols <= rows_ + offset)
     if m.window is not None:

@@ -29,6 +29,7 @@ BUILTIN_MODULES = (
     "torch_mha",
     "torch_sdpa",
     "torch_flex",  # issue 14
+    "torch_paged",  # issue 14: paged key/value caches
     "jax_dpa",
     "flax_nnx",
     "flax_linen",
@@ -43,6 +44,7 @@ BUILTIN_MODULES = (
     "hf_layer",  # issue 14: the Llama layer with its rotary embedding
     "keras_ops_dpa",
     "openvino_sdpa",
+    "openvino_paged",  # issue 14: PagedAttentionExtension
     "openvino_onnx",
     # Trap adapters: the real calls, made the way users get them wrong (docs/adapters/traps.md).
     "traps_torch",

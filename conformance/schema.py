@@ -32,8 +32,10 @@ from .case import (
     PADDING_SIDES,
     TIERS,
 )
+from .kv_cache import PAGE_ORDERS
 from .rotary import ROPE_STYLES
 from .spec import (
+    CACHE_KEYS,
     CASE_KEYS,
     DECODE_KEYS,
     DROPOUT_KEYS,
@@ -140,7 +142,10 @@ def _case_properties() -> dict[str, dict[str, Any]]:
         "add_bias_kv": boolean,
         "add_zero_attn": boolean,
         "decode": _param(
-            _object({"prefix": _int(0), "steps": _int(1)}, DECODE_KEYS),
+            _object(
+                {"prefix": _int(0), "steps": _int(1), "chunk": _int(1), "memory": boolean},
+                DECODE_KEYS,
+            ),
         ),
         "compare": _param(
             {
@@ -215,6 +220,24 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                     "offset": _int(0),
                 },
                 ROPE_KEYS,
+            )
+        ),
+        "cache": _param(  # issue 14: conformance.kv_cache
+            _object(
+                {
+                    "lengths": _int_list(1, minItems=1),
+                    "page_size": _int(1),
+                    "pages": _param(
+                        {
+                            "anyOf": [
+                                {"enum": list(PAGE_ORDERS)},
+                                {"type": "array", "items": _int_list(0, minItems=1)},
+                            ]
+                        }
+                    ),  # fmt: skip
+                    "num_pages": _int(1),
+                },
+                CACHE_KEYS,
             )
         ),
         "matrix": {

@@ -23,6 +23,7 @@ case or shape key (dtype, mode, scale, batch, num_heads, ...) applies directly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -46,6 +47,7 @@ from .case import (
     Shape,
 )
 from .errors import SpecError, did_you_mean
+from .kv_cache import MAX_PAGE_SIZE, PAGE_ORDERS, Cache, pages_needed, seeded_block_table
 from .limits import (
     CASE_ID_HINT,
     MAX_BIAS_SCALE,
@@ -88,7 +90,7 @@ CASE_KEYS = {
     "bias": "projection biases on (default) or off",
     "add_bias_kv": "torch add_bias_kv: learned key/value position appended",
     "add_zero_attn": "torch add_zero_attn: zero key/value position appended",
-    "decode": "incremental decoding: {prefix, steps}",
+    "decode": "incremental decoding: {prefix, steps, chunk}",
     "compare": "what to compare: output, weights, weights_mean",
     "gradients": "also compare gradients for a seeded upstream gradient (default false)",
     "seed": "seed for inputs and weights (default 0)",
@@ -98,6 +100,8 @@ CASE_KEYS = {
     "tier": "size tier: small (default), default (kernel scale, in the default run) or large",
     "scores": "{softcap, alibi, sink}: score terms of modern attention (conformance.score_terms)",
     "rope": "{style, theta, rotary_dim, offset}: rotary position embeddings on q and k",
+    "cache": "{lengths, page_size, pages, num_pages}: the keys as a decoder's cache: per-sequence "
+    "lengths, a paged layout (conformance.kv_cache)",
     "matrix": "parameters expanded into one case per combination",
 }
 SCORE_KEYS = {  # issue 14
@@ -153,9 +157,23 @@ MASK_KEYS = {
     "generation batches pad) for key_padding and query_padding",
 }
 LAYER_DIMS = ("query_dim", "key_input_dim", "value_input_dim", "output_dim")
-DECODE_KEYS = {"prefix": "tokens processed at once first", "steps": "single-token steps after"}
+DECODE_KEYS = {
+    "prefix": "tokens processed at once first",
+    "steps": "steps after the prefix",
+    "chunk": "new tokens per step (default 1; more is chunked prefill)",
+    "memory": "true: the keys are an encoder memory of kv_len positions, cached once; every "
+    "step attends to all of it (cross-attention), not causally (kernel mode)",
+}
+CACHE_KEYS = {  # issue 14: conformance.kv_cache
+    "lengths": "cache length per sequence (query_len <= length <= kv_len); each sequence's "
+    "queries are its last query_len tokens",
+    "page_size": "positions per page (16, 64, 256 ...): the cache is stored in pages",
+    "pages": "shuffled (default: a seeded permutation of the pool), in-order, or an explicit "
+    "block table: one list of page numbers per sequence",
+    "num_pages": "pages in the pool (default: the pages the sequences need)",
+}
 DIRECT_PARAMS = set(CASE_KEYS) - {"matrix", "name", "description", "shape", "mask", "decode"}
-DIRECT_PARAMS -= {"scores", "rope"}
+DIRECT_PARAMS -= {"scores", "rope", "cache"}
 DIRECT_PARAMS |= set(SHAPE_KEYS)
 
 _REF = re.compile(r"\$\{(\w+)\}|^\$(\w+)$")
@@ -646,19 +664,38 @@ def _resolve_case(
         _check_keys(ctx, dnode, DECODE_KEYS, "decode")
         prefix = _int(ctx, dnode.get("prefix", 1), dnode, "prefix", minimum=0)
         steps = _int(ctx, dnode.get("steps", 1), dnode, "steps", minimum=1)
-        decode = Decode(prefix=prefix, steps=steps)
-        total = prefix + steps
-        if shape["query_len"] != total or shape["kv_len"] != total:
-            raise ctx.error(
-                f"decoding {prefix} + {steps} tokens needs query_len = kv_len = {total}",
-                node, "decode",
-            )  # fmt: skip
-        if not mask.is_empty() and (mask.causal != "top-left" or mask != Mask(causal="top-left")):
-            raise ctx.error(
-                "incremental decoding is causal self-attention; other masks contradict it",
-                node, "mask", "drop the mask: decode implies causal",
-            )  # fmt: skip
-        mask = Mask(causal="top-left")
+        chunk = _int(ctx, dnode.get("chunk", 1), dnode, "chunk", minimum=1)  # issue 14
+        memory = _bool(ctx, dnode.get("memory", False), dnode, "memory")  # issue 14
+        decode = Decode(prefix=prefix, steps=steps, chunk=chunk, memory=memory)
+        total = prefix + steps * chunk
+        told = f"{prefix} + {steps}" + (f" x {chunk}" if chunk > 1 else "")
+        if memory:  # cross-attention over a cached encoder memory of kv_len keys
+            if mode != "kernel":
+                raise ctx.error(
+                    "decoding over an encoder memory is a kernel-mode case here (the memory's "
+                    "keys and values are the cache)", dnode, "memory", "use mode: kernel",
+                )  # fmt: skip
+            if shape["query_len"] != total:
+                raise ctx.error(f"decoding {told} tokens needs query_len = {total}", node,
+                                "decode")  # fmt: skip
+            if not mask.is_empty():
+                raise ctx.error(
+                    "steps over an encoder memory attend to every memory key; a mask "
+                    "contradicts it", node, "mask", "drop the mask",
+                )  # fmt: skip
+        else:
+            if shape["query_len"] != total or shape["kv_len"] != total:
+                raise ctx.error(
+                    f"decoding {told} tokens needs query_len = kv_len = {total}",
+                    node, "decode",
+                )  # fmt: skip
+            causal_only = mask == Mask(causal="top-left")
+            if not mask.is_empty() and not causal_only:
+                raise ctx.error(
+                    "incremental decoding is causal self-attention; other masks contradict it",
+                    node, "mask", "drop the mask: decode implies causal",
+                )  # fmt: skip
+            mask = Mask(causal="top-left")
     layer_dims_differ = (
         shape["key_input_dim"] != shape["query_dim"]
         or shape["value_input_dim"] != shape["query_dim"]
@@ -755,6 +792,9 @@ def _resolve_case(
     if "rope" in node:
         rope = _resolve_rope(ctx, node, shape, flags, decode, gradients)
 
+    if "cache" in node:  # issue 14: checked here, resolved once the case's seed key exists
+        _check_cache(ctx, node, shape, mode, mask, decode, scores, rope)
+
     tier = _choice(ctx, node.get("tier", "small"), node, "tier", TIERS)
     dense = sum(
         x is not None for x in (mask.random_density, mask.additive_density, mask.bias_scale)
@@ -823,6 +863,8 @@ def _resolve_case(
             raise ctx.error(problem, node, "dropout")
     if "inputs" in node or "expected" in node:
         case = _attach_stored(ctx, node, case)
+    if "cache" in node:
+        case = dataclasses.replace(case, cache=_resolve_cache(ctx, node, case))
     return case
 
 
@@ -945,6 +987,136 @@ def _resolve_rope(
             hint = "state the step as a kernel case: T new queries ending S keys"
         raise ctx.error(problem, node, "rope", hint)
     return Rope(style=style, theta=theta, rotary_dim=rotary_dim, offset=offset)
+
+
+def _check_cache(
+    ctx: _Ctx,
+    node: LocatedDict,
+    shape: dict,
+    mode: str,
+    mask: Mask,
+    decode: Decode | None,
+    scores: ScoreTerms | None,
+    rope: Rope | None,
+) -> None:
+    """The `cache` key (issue 14, conformance.kv_cache): everything but the block table."""
+    cnode = _mapping(ctx, node["cache"], node, "cache")
+    _check_keys(ctx, cnode, CACHE_KEYS, "cache")
+    if not cnode:
+        raise ctx.error("cache sets nothing", node, "cache", f"keys: {', '.join(CACHE_KEYS)}")
+    problem = None
+    if mode != "kernel":
+        problem = "a cache is a kernel-mode case (the keys and values are the cache)"
+    elif decode is not None:
+        problem = "cache: is one step against a cache; decode: runs the steps itself"
+    elif shape.get("attention_axes"):
+        problem = "a cache has one sequence axis; attention_axes contradicts it"
+    elif node.get("gradients") is True or "dropout" in node:
+        problem = "a cache step is inference: no gradients or dropout"
+    if problem:
+        raise ctx.error(problem, node, "cache", "use mode: kernel, without decode/attention_axes")
+    b, t, s = shape["batch"], shape["query_len"], shape["kv_len"]
+    if "lengths" in cnode:
+        lengths = _int_list(ctx, cnode["lengths"], cnode, "lengths", minimum=1)
+        if len(lengths) != b:
+            raise ctx.error(f"needs one length per sequence (batch {b}), got {len(lengths)}",
+                            cnode, "lengths")  # fmt: skip
+        if not all(t <= n <= s for n in lengths):
+            raise ctx.error(
+                f"each length must be within [query_len, kv_len] = [{t}, {s}], got "
+                f"{list(lengths)}", cnode, "lengths",
+                "the queries are each sequence's last query_len tokens, in a cache of kv_len",
+            )  # fmt: skip
+        clash = None
+        if mask.causal == "top-left" and t != s:
+            clash = "causal: top-left (each sequence's queries end its cache: bottom-right)"
+        elif mask.key_padding is not None or mask.query_padding is not None:
+            clash = "key_padding/query_padding (the lengths already say which keys are held)"
+        elif mask.segments is not None:
+            clash = "segments"
+        elif (scores is not None and scores.alibi is not None) or rope is not None:
+            clash = "ALiBi or rope (their positions assume one alignment for the batch)"
+        if clash:
+            raise ctx.error(f"cache lengths cannot be combined with {clash}", cnode, "lengths")
+    if "page_size" in cnode:
+        page = _int(ctx, cnode["page_size"], cnode, "page_size", minimum=1)
+        if page > min(s, MAX_PAGE_SIZE):
+            raise ctx.error(
+                f"page_size {page} is larger than the cache (kv_len {s}): one page would hold "
+                "it all and nothing would be paged", cnode, "page_size",
+                f"at most {min(s, MAX_PAGE_SIZE)}",
+            )  # fmt: skip
+    else:
+        for key in ("pages", "num_pages"):
+            if key in cnode:
+                raise ctx.error(f"{key} describes pages; this cache has no page_size", cnode, key,
+                                "add page_size: 16 (or 64, 256)")  # fmt: skip
+
+
+def _resolve_cache(ctx: _Ctx, node: LocatedDict, case: Case) -> Cache:
+    """The block table of a paged cache: seeded (pages: shuffled / in-order) or the spec's own,
+    every entry a page of the pool, no page used twice."""
+    cnode = node["cache"]
+    b, s = case.shape.batch, case.shape.kv_len
+    lengths = tuple(cnode["lengths"]) if "lengths" in cnode else None
+    if "page_size" not in cnode:
+        return Cache(lengths=lengths)
+    page = cnode["page_size"]
+    held = lengths or (s,) * b
+    needed = [pages_needed(n, page) for n in held]
+    order = cnode.get("pages", "shuffled")
+    explicit = isinstance(order, list)
+    if not explicit:
+        order = _choice(ctx, order, cnode, "pages", PAGE_ORDERS)
+    default_pages = sum(needed)
+    if explicit:
+        flat = [p for row in order if isinstance(row, list) for p in row]
+        ints = all(isinstance(p, int) and not isinstance(p, bool) for p in flat)
+        default_pages = max(max(flat) + 1 if flat and ints else 0, sum(needed))
+    num_pages = _int(ctx, cnode.get("num_pages", default_pages), cnode, "num_pages")
+    if num_pages < sum(needed):
+        raise ctx.error(
+            f"the sequences need {sum(needed)} pages of {page} ({list(needed)}), the pool has "
+            f"{num_pages}", cnode, "num_pages", f"num_pages >= {sum(needed)}",
+        )  # fmt: skip
+    if num_pages * page > 4 * b * s + 4 * page:  # the pool is part of the case's memory
+        raise ctx.error(
+            f"a pool of {num_pages} pages of {page} is over 4x the cache it holds",
+            cnode, "num_pages", f"at most {(4 * b * s) // page + 4}",
+        )  # fmt: skip
+    if not explicit:
+        table = seeded_block_table(case.data_key, held, page, num_pages, order)
+        return Cache(lengths, page, num_pages, table, order)
+    example = (
+        f"e.g. pages: {[list(range(sum(needed[:i]), sum(needed[: i + 1]))) for i in range(b)]}"
+    )
+    if len(order) != b or not all(isinstance(row, list) for row in order):
+        raise ctx.error(
+            f"an explicit block table has one list of page numbers per sequence (batch {b})",
+            cnode, "pages", example,
+        )  # fmt: skip
+    seen: dict[int, int] = {}
+    for i, row in enumerate(order):
+        pages = _int_list(ctx, row, cnode, "pages")
+        if len(pages) != needed[i]:
+            raise ctx.error(
+                f"sequence {i} holds {held[i]} positions: {needed[i]} pages of {page}, the "
+                f"table gives it {len(pages)}", cnode, "pages", example,
+            )  # fmt: skip
+        for p in pages:
+            if p >= num_pages:
+                raise ctx.error(
+                    f"page {p} of sequence {i} points outside the cache (pages 0..{num_pages - 1})",
+                    cnode, "pages", "raise num_pages, or use a page of the pool",
+                )  # fmt: skip
+            if p in seen:
+                raise ctx.error(
+                    f"page {p} is used twice (sequences {seen[p]} and {i}): each page holds one "
+                    "sequence's positions", cnode, "pages",
+                )  # fmt: skip
+            seen[p] = i
+    table = tuple(tuple(row) for row in order)
+    return Cache(lengths, page, num_pages, table, "explicit")
 
 
 def _resolve_dropout(ctx: _Ctx, node: LocatedDict, decode: bool) -> Dropout:

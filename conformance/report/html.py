@@ -125,6 +125,8 @@ def spec_text(case: dict) -> str:
         lines.append("layer: " + " ".join(flags))
     if case.get("decode"):
         lines.append(f"decode: {case['decode']}")
+    if case.get("cache"):  # issue 14: cache lengths, page size and block table
+        lines.append("cache: " + " ".join(f"{k}={v}" for k, v in case["cache"].items() if v))
     lines.append(f"compare: {', '.join(case.get('compare') or [])}   seed: {case.get('seed')}")
     if case.get("params"):
         lines.append("params: " + ", ".join(f"{k}={v}" for k, v in case["params"]))
