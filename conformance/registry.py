@@ -41,6 +41,7 @@ BUILTIN_MODULES = (
     "torch_compile",
     "hf_attention",
     "hf_layer",  # issue 14: the Llama layer with its rotary embedding
+    "hf_cache",  # issue 15: the Llama layer decoding through its cache classes
     "keras_ops_dpa",
     "openvino_sdpa",
     "openvino_onnx",
