@@ -45,6 +45,7 @@ BUILTIN_MODULES = (
     "keras_ops_dpa",
     "openvino_sdpa",
     "openvino_onnx",
+    "openvino_torch_onnx",  # issue 15: an exported MultiheadAttention graph
     # Trap adapters: the real calls, made the way users get them wrong (docs/adapters/traps.md).
     "traps_torch",
     "traps_keras",
