@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "ort_contrib",
     "torch_onnx",
     "torch_compile",
+    "torch_compile_mha",  # issue 15: torch.compile of nn.MultiheadAttention
     "hf_attention",
     "hf_layer",  # issue 14: the Llama layer with its rotary embedding
     "hf_cache",  # issue 15: the Llama layer decoding through its cache classes
