@@ -11,8 +11,8 @@ for each single-token step,
     out, _ = layer(x_chunk, position_embeddings=(cos, sin), attention_mask=mask, cache=cache)
 
 where `cache` is `DynamicCache(config=config)` (keys/values concatenated per call) or
-`StaticCache(config=config, max_cache_len=T)` (preallocated, written in place; the mask covers
-the unwritten slots). Inside, the layer calls `cache.update(k, v, layer_idx)` and attends over
+`StaticCache(config=config, max_cache_len=T)` (preallocated, written in place; for a step the
+mask hides the unwritten slots, for the prefix sdpa's top-left is_causal over the T slots does). Inside, the layer calls `cache.update(k, v, layer_idx)` and attends over
 what the cache returns. The step outputs are concatenated along the sequence axis.
 
 Rotary: decode cases carry no `rope:` (the spec language forbids rope with decode), and Llama's
