@@ -56,7 +56,7 @@ UNSUPPORTED = {
     "scale": "the layer's scaling is head_dim ** -0.5",
     "rope-interleaved": "Llama's apply_rotary_pos_emb is rotate-half (pairs (i, i + d/2))",
     "rope-partial": "Llama rotates the whole head (GPT-NeoX/GLM layers split it)",
-    "decode": "the cache (DynamicCache) is not wired here",
+    "decode": "decoding through the cache is hf.llama.attention.dynamic-cache / static-cache",
     "weights": "the sdpa path returns no weights",
     "weights-mean": "the sdpa path returns no weights",
     "gradients": "not covered: this adapter runs the forward only",

@@ -40,12 +40,15 @@ BUILTIN_MODULES = (
     "ort_contrib",
     "torch_onnx",
     "torch_compile",
+    "torch_compile_mha",  # issue 15: torch.compile of nn.MultiheadAttention
     "hf_attention",
     "hf_layer",  # issue 14: the Llama layer with its rotary embedding
+    "hf_cache",  # issue 15: the Llama layer decoding through its cache classes
     "keras_ops_dpa",
     "openvino_sdpa",
     "openvino_paged",  # issue 14: PagedAttentionExtension
     "openvino_onnx",
+    "openvino_torch_onnx",  # issue 15: an exported MultiheadAttention graph
     # Trap adapters: the real calls, made the way users get them wrong (docs/adapters/traps.md).
     "traps_torch",
     "traps_keras",
