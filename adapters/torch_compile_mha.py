@@ -169,6 +169,10 @@ class TorchCompileMhaAdapter(TorchMhaAdapter):
         divergences=(COMPILED_MASKED_ROWS,),
         unsupported_reasons=COMPILE_MHA_UNSUPPORTED,
         compiles=True,
+        # Measured (docs/performance.md): 242 compilations on the shipped specs, 13 min with an
+        # empty inductor cache and 2 min warm on 2 cores; dynamo keys each graph on the module's
+        # embed_dim and num_heads. Alone it would exceed the whole default run's budget.
+        opt_in="one inductor compilation per layer configuration: minutes; name it to run it",
         notes="The module torch.mha.* builds (batch_first=True, eval, no grad), called through "
         "one compiled function per need_weights value; the fast path is off under dynamo "
         "(_is_make_fx_tracing), so every case runs F.multi_head_attention_forward. Path proven "

@@ -144,6 +144,10 @@ class Declaration:
     # Builds one program per signature on first use (an XLA compilation, an ONNX export): on a
     # fresh machine such workers take the longest, so the runner starts them first.
     compiles: bool = False
+    # Why a plain `conformance run` (and a prefix like `--adapter torch`) leaves this adapter
+    # out: it runs only when named exactly (`--adapter NAME`). For adapters whose cost alone
+    # would exceed the default run's budget (docs/performance.md); "" means it always runs.
+    opt_in: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted((self.features | self.dtypes) - set(FEATURES))

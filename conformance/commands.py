@@ -739,7 +739,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             ok, why = entry.declaration.installed()
             d = entry.declaration
             status = f"{d.framework} {_framework_version(d.framework)}" if ok else f"missing: {why}"
-            print(f"{entry.name.ljust(width)}{status:28s} {d.summary}")
+            summary = f"{d.summary} [opt-in: {d.opt_in}]" if d.opt_in else d.summary
+            print(f"{entry.name.ljust(width)}{status:28s} {summary}")
         return 0
     if args.what == "features":
         for tag, text in FEATURES.items():

@@ -140,11 +140,12 @@ def all_entries() -> list[AdapterEntry]:
 
 
 def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
-    """Adapters named by --adapter values (exact names, prefixes like 'torch', or module:Class)."""
+    """Adapters named by --adapter values (exact names, prefixes like 'torch', or module:Class).
+    Opt-in adapters (Declaration.opt_in) are chosen only by their exact name."""
     entries = all_entries()
     if not selectors:
         _refuse_duplicate_names(entries)
-        return entries
+        return [e for e in entries if not e.declaration.opt_in]
     chosen: list[AdapterEntry] = []
     for selector in selectors:
         from . import external
@@ -165,7 +166,7 @@ def resolve(selectors: list[str] | None) -> list[AdapterEntry]:
         # An exact name selects that adapter only (torch.sdpa is not torch.sdpa.flash); a
         # prefix selects the family when no adapter has exactly that name.
         matched = [e for e in entries if e.name == selector] or [
-            e for e in entries if e.name.startswith(selector + ".")
+            e for e in entries if e.name.startswith(selector + ".") and not e.declaration.opt_in
         ]
         if not matched:
             hint = did_you_mean(selector, [e.name for e in entries])

@@ -33,6 +33,8 @@ def adapter_table() -> str:
         divs = ", ".join(sorted({v.id for v in d.divergences})) or "-"
         extra = [t for t in ("gradients", "decode", "grouped-query", "weights", "dropout")
                  if t in d.features]  # fmt: skip
+        if d.opt_in:  # left out of a plain run: runs when named (conformance/adapter.py)
+            extra.append("**opt-in**: `--adapter` " + e.name)
         summary = d.summary.replace("|", "\\|")
         rows.append(f"| {name} | {summary} | {modes} | {divs} | {', '.join(extra)} |")
     return "\n".join(rows)

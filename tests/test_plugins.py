@@ -346,3 +346,28 @@ def test_feature_table_points_at_the_culprit() -> None:
     assert table.splitlines()[-1].strip().startswith("look first at: causal-bottom-right")
     several = feature_table(records + [{**records[0], "adapter": "other"}])
     assert "mine:" in several and "other:" in several
+
+
+def test_opt_in_adapters_run_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Declaration.opt_in: left out of a plain run and of prefix selections, chosen by name,
+    and `conformance list adapters` says why."""
+    from conformance import registry
+    from conformance.adapter import Declaration
+
+    plain = Declaration(
+        name="fam.fast", summary="s", framework="numpy", features=frozenset(), dtypes=frozenset()
+    )
+    costly = dataclasses.replace(plain, name="fam.slow", opt_in="compiles for minutes")
+    entries = [registry.AdapterEntry(d.name, f"m:{d.name}", d, "builtin") for d in (plain, costly)]
+    monkeypatch.setattr(registry, "all_entries", lambda: entries)
+    assert [e.name for e in registry.resolve(None)] == ["fam.fast"]
+    assert [e.name for e in registry.resolve(["fam"])] == ["fam.fast"]
+    assert [e.name for e in registry.resolve(["fam.slow"])] == ["fam.slow"]
+
+
+def test_the_shipped_opt_in_adapters_say_why() -> None:
+    from conformance.registry import builtin_entries
+
+    opt_in = {e.name: e.declaration.opt_in for e in builtin_entries() if e.declaration.opt_in}
+    assert set(opt_in) == {"torch.compile.mha", "torch.compile.mha.weights"}
+    assert all(len(why) > 20 for why in opt_in.values())
