@@ -64,7 +64,10 @@ def _html(text: str) -> str:
 # Detail levels, richest first: (results listed per failure group, characters of a message or
 # a divergence's reason, failures grouped per adapter instead of per cause). The first that fits
 # MAX_CHARS is used, so a large run loses detail, not whole sections.
-DETAIL_LEVELS = ((MAX_PER_GROUP, 200, False), (3, 140, False), (1, 90, False), (1, 90, True))
+DETAIL_LEVELS = (
+    (MAX_PER_GROUP, 200, False), (3, 140, False), (1, 90, False), (1, 90, True), (1, 60, True),
+    (1, 40, True),
+)  # fmt: skip
 
 
 def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
