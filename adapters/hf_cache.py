@@ -134,6 +134,17 @@ class HfLlamaDynamicCache(HfLlamaAttention):
         if case.decode is None:
             raise Unsupported("decode cases only: the other layer cases are hf.llama.attention's")
         s = case.shape
+        # LlamaConfig's own validation (huggingface_hub strict dataclasses) refuses these
+        # before any attention runs; they are configurations no Llama checkpoint can have.
+        if s.query_dim % s.num_heads:
+            raise Unsupported(
+                f"LlamaConfig refuses hidden_size {s.query_dim} not a multiple of "
+                f"num_attention_heads {s.num_heads}"
+            )
+        if s.key_dim % 2:
+            raise Unsupported(
+                f"LlamaConfig's rope validation refuses an odd head_dim ({s.key_dim})"
+            )
         config = LlamaConfig(
             hidden_size=s.query_dim,
             num_attention_heads=s.num_heads,

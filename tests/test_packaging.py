@@ -187,3 +187,18 @@ def test_every_core_subcommand_runs_and_fuzz_names_its_extra(
     assert fuzz.returncode == 2
     assert "attention-conformance[fuzz]" in fuzz.stderr
     assert "Traceback" not in fuzz.stderr
+
+
+def test_wheel_carries_the_known_findings(installed: Path) -> None:
+    """Reports explain known fails from adapters/findings/*.json: a wheel install has them."""
+    probe = subprocess.run(
+        [str(installed / "python"), "-c",
+         "from conformance.report.findings import FINDINGS_DIR as d, known_findings as k; "
+         "print(d); print(len(k()))"],
+        capture_output=True, text=True, check=True, cwd="/",
+    )  # fmt: skip
+    where, count = probe.stdout.splitlines()
+    assert "site-packages" in where and where.endswith("conformance/adapters/findings")
+    from conformance.report.findings import known_findings
+
+    assert int(count) == len(known_findings()) >= 1  # the same findings as the checkout

@@ -13,7 +13,20 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-FINDINGS_DIR = Path(__file__).resolve().parent.parent.parent / "adapters" / "findings"
+
+def _findings_dir() -> Path:
+    """adapters/findings in a checkout; conformance/adapters/findings in an installed wheel
+    (pyproject ships them as package data of conformance.adapters)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("conformance.adapters")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "findings").is_dir():
+            return Path(folder) / "findings"
+    return Path(__file__).resolve().parent.parent.parent / "adapters" / "findings"
+
+
+FINDINGS_DIR = _findings_dir()
 
 
 @lru_cache(maxsize=1)
