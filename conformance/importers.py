@@ -28,7 +28,7 @@ How ONNX semantics map onto the case model (from op_attention.py of the installe
 - qk_matmul_output_mode 3 (the softmax) is compared as `weights`; modes 0-2 expose
   pre-softmax scores, which the case model does not compare: those cases compare the output
   only and say so. softmax_precision changes precision, not semantics: ignored.
-- softcap has no counterpart in the case model: not imported.
+- softcap: the case model's `scores.softcap` (conformance/score_terms.py, issue 14).
 
 Keras: the cases of keras/src/layers/attention/multi_head_attention_test.py are ported by
 hand in PORTED_KERAS below (each names its Keras test); `conformance import keras` checks the
@@ -139,9 +139,6 @@ def convert_onnx(test: Any) -> Imported | Skipped:
     outs = {slot: results[n] for slot, n in zip(out_slots, node.output, strict=False) if n}
 
     softcap = float(attrs.get("softcap", 0.0))
-    if softcap > 0:
-        return Skipped(name, f"softcap={softcap:g}: capping the logits with tanh is not in the "
-                             "case model")  # fmt: skip
     try:
         dtype = _dtype_name(by_slot["Q"])
     except ValueError as error:
@@ -272,6 +269,8 @@ def convert_onnx(test: Any) -> Imported | Skipped:
         entry["shape"]["value_dim"] = vd
     if "scale" in attrs:
         entry["scale"] = float(np.float32(attrs["scale"]))  # the op reads a float32 attribute
+    if softcap > 0:  # issue 14: the case model's scores.softcap (conformance/score_terms.py)
+        entry["scores"] = {"softcap": softcap}
     imported = Imported(name, entry, arrays, left_out)
     if _has_empty_rows(attend, bias, mask, b, t, s):
         # The case keeps the library's expectation (NaN) so every adapter's declared
