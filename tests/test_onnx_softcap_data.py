@@ -1,7 +1,6 @@
-"""The ONNX Attention backend tests `conformance import onnx` still leaves out (issue 14 item
-10): all of them need `softcap`, and ONNX's expected outputs for them agree with an
-independent float64 formulation, so a softcap case model can import them with the
-reference checked against them.
+"""The ONNX Attention backend tests with `softcap` (issue 14 item 10): imported as
+`scores.softcap` cases, and ONNX's expected outputs for them agree with an independent float64
+formulation (besides the reference's own agreement, tests/test_importers.py).
 
 The formulation: logits = scale * Q K^T; capped = c * tanh(logits / c); + the mask (boolean
 attn_mask, is_causal, left window; -inf entries stay -inf); softmax; @ V. The cap comes
@@ -91,12 +90,14 @@ def _attention(test, node, cap: str) -> tuple[np.ndarray, np.ndarray]:  # noqa: 
     return weights @ v, y
 
 
-def test_every_left_out_onnx_test_needs_softcap() -> None:
-    """Only softcap keeps a backend test out (3-D forms, caches, windows, modes: imported)."""
-    skipped = [r for r in map(convert_onnx, onnx_testcases()) if isinstance(r, Skipped)]
-    assert all("softcap" in r.reason for r in skipped), [r.reason for r in skipped]
-    left_out = {r.test for r in skipped}
-    assert left_out <= {t.name for t, _ in _softcap_tests()}
+def test_every_softcap_test_is_imported_with_its_cap(softcap_tests: list) -> None:
+    """No backend test is left out any more; each softcap test carries its cap."""
+    converted = list(map(convert_onnx, onnx_testcases()))
+    assert not [r for r in converted if isinstance(r, Skipped)]
+    caps = {r.test: r.entry.get("scores", {}).get("softcap") for r in converted}
+    for test, node in softcap_tests:
+        assert caps[test.name] == float(_attributes(node)["softcap"]), test.name
+    assert sum(cap is not None for cap in caps.values()) == len(softcap_tests) == 11
 
 
 def test_onnx_softcap_outputs_match_cap_before_mask(softcap_tests: list) -> None:
