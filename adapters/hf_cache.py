@@ -27,16 +27,16 @@ weights (the sdpa path). torch imported lazily.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from conformance import layouts
 from conformance.adapter import Declaration, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 
-from .hf_layer import LLAMA_SOURCE, HfLlamaAttention
+from .hf_layer import LLAMA_SOURCE, HfLlamaAttention, load_weights
 from .torch_sdpa import to_numpy, to_torch
 
 CACHE_SOURCE = (
@@ -65,23 +65,6 @@ UNSUPPORTED = {
     "dropout-training": "inference: attention_dropout is 0 outside training",
     "rope-half": "rotary cases without a cache are hf.llama.attention's",
 }
-
-
-def load_weights(layer: Any, case: Case, inputs: CaseInputs, device: str) -> None:
-    """The case's canonical weights into q/k/v/o_proj (as hf.llama.attention loads them)."""
-    import torch
-
-    w = {name: inputs.native(name) for name in inputs.weights}
-    with torch.no_grad():
-        for name in "qkv":
-            weight, bias = layouts.to_linear(w[f"w{name}"], w.get(f"b{name}"))
-            proj = getattr(layer, f"{name}_proj")
-            proj.weight.copy_(to_torch(weight, case.dtype, device))
-            if case.use_bias:
-                proj.bias.copy_(to_torch(bias, case.dtype, device))
-        layer.o_proj.weight.copy_(to_torch(layouts.to_linear_out(w["wo"]), case.dtype, device))
-        if case.use_bias:
-            layer.o_proj.bias.copy_(to_torch(w["bo"], case.dtype, device))
 
 
 class HfLlamaDynamicCache(HfLlamaAttention):
@@ -196,16 +179,11 @@ class HfLlamaDynamicCache(HfLlamaAttention):
 class HfLlamaStaticCache(HfLlamaDynamicCache):
     cache_kind = "static"
 
-    declaration = Declaration(
+    declaration = dataclasses.replace(
+        HfLlamaDynamicCache.declaration,
         name="hf.llama.attention.static-cache",
         summary="transformers LlamaAttention decoding through StaticCache (max_cache_len = T, "
         "written in place; create_causal_mask masks the unwritten slots), sdpa attention",
-        framework="transformers",
-        features=FEATURES,
-        dtypes=frozenset({"float32", "float64", "float16", "bfloat16"}),
-        requires=("torch", "transformers"),
-        worker="torch",
-        unsupported_reasons=UNSUPPORTED,
         notes="As hf.llama.attention.dynamic-cache with StaticCache(config, max_cache_len=T): "
         "every call attends over all T slots with a mask from create_causal_mask that hides the "
         "slots not yet written. Path: cache.get_seq_length() == T, StaticLayer keys of length T.",

@@ -72,6 +72,23 @@ LLAMA_ROPE_FLOAT32 = Divergence(
 )
 
 
+def load_weights(layer: Any, case: Case, inputs: CaseInputs, device: str) -> None:
+    """The case's canonical weights into q/k/v/o_proj (shared by the cache adapters)."""
+    import torch
+
+    w = {name: inputs.native(name) for name in inputs.weights}
+    with torch.no_grad():
+        for name in "qkv":
+            weight, bias = layouts.to_linear(w[f"w{name}"], w.get(f"b{name}"))
+            proj = getattr(layer, f"{name}_proj")
+            proj.weight.copy_(to_torch(weight, case.dtype, device))
+            if case.use_bias:
+                proj.bias.copy_(to_torch(bias, case.dtype, device))
+        layer.o_proj.weight.copy_(to_torch(layouts.to_linear_out(w["wo"]), case.dtype, device))
+        if case.use_bias:
+            layer.o_proj.bias.copy_(to_torch(w["bo"], case.dtype, device))
+
+
 class HfLlamaAttention(HfSdpaAdapter):
     declaration = Declaration(
         name="hf.llama.attention",
@@ -109,17 +126,8 @@ class HfLlamaAttention(HfSdpaAdapter):
         dtype = getattr(torch, case.dtype)
         layer = modeling_llama.LlamaAttention(config, layer_idx=0).to(device=device, dtype=dtype)
         layer.eval()
-        w = {name: inputs.native(name) for name in inputs.weights}
+        load_weights(layer, case, inputs, device)
         with torch.no_grad():
-            for name in "qkv":
-                weight, bias = layouts.to_linear(w[f"w{name}"], w.get(f"b{name}"))
-                proj = getattr(layer, f"{name}_proj")
-                proj.weight.copy_(to_torch(weight, case.dtype, device))
-                if case.use_bias:
-                    proj.bias.copy_(to_torch(bias, case.dtype, device))
-            layer.o_proj.weight.copy_(to_torch(layouts.to_linear_out(w["wo"]), case.dtype, device))
-            if case.use_bias:
-                layer.o_proj.bias.copy_(to_torch(w["bo"], case.dtype, device))
             x = to_torch(inputs.native("query"), case.dtype, device)
             rotary = modeling_llama.LlamaRotaryEmbedding(config).to(device)
             ids = torch.arange(s.query_len, device=device)[None] + case.rope.offset

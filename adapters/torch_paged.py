@@ -29,21 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Unsupported
+from conformance.adapter import Declaration, Unsupported
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 from conformance.kv_cache import padded_block_table, paged_layout, sequence_lengths
 from conformance.masks import build_mask
 
-from .torch_flex import _compiled_flex
+from .torch_flex import TorchFlexAdapter, _compiled_flex
 from .torch_sdpa import (
     REQUIRES,
     WORKER,
     to_numpy,
     to_torch,
-    torch_devices,
-    torch_setup,
-    torch_versions,
 )
 
 
@@ -95,19 +92,10 @@ def logical_block_mask(case: Case, device: str) -> Any:
     )
 
 
-class TorchPagedFlex(Adapter):
+class TorchPagedFlex(TorchFlexAdapter):
     """PagedAttention + flex_attention, eager."""
 
-    compiled = False
-
-    def setup(self) -> None:
-        torch_setup()
-
-    def devices(self) -> list[str]:
-        return torch_devices()
-
-    def versions(self) -> dict[str, str]:
-        return torch_versions()
+    # setup (Inductor's cache folder when compiled), devices and versions: flex's own
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         import torch
