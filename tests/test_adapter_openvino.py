@@ -113,6 +113,7 @@ def test_one_key_case_does_not_poison_the_next() -> None:
     abs error 22 on the second case)."""
     pytest.importorskip("onnx")
     from conformance.adapters.openvino_onnx import OpenvinoOnnxAttention
+
     from conformance.spec import load_specs, shipped_specs_dir
 
     cases = {c.id: c for c in load_specs([shipped_specs_dir() / "basic.yaml"])}
