@@ -36,78 +36,47 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior
+from conformance.adapter import Declaration, Divergence, DropoutBehavior
 from conformance.case import Case
+from conformance.feature_sets import DROPOUT
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask
 
+from .flax_common import (
+    LAYER_FEATURES,
+    FlaxAdapter,
+    decode_token_by_token,
+    layer_call,
+    layer_outputs,
+    layer_refusals,
+)
 from .jax_dpa import (
     JAX_ENV,
     compose,
-    flax_param_grads,
     flax_params,
     jax_device,
-    jax_device_names,
     jax_dtype,
-    jax_versions,
-    setup_jax,
     tf32_on_cuda,
     to_jax,
-    to_numpy,
 )
 
 LINEN_SRC = "https://github.com/google/flax/blob/v0.12.8/flax/linen/attention.py"
 
-_FEATURES = frozenset(
-    {
-        "layer",
-        "cross-attention",
-        "kv-input-dims",
-        "output-dim",
-        "kv-len",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "window",
-        "fully-masked-rows",
-        "no-bias",
-        "decode",
-        "weights",
-        "gradients",
-        "dropout",
-        "dropout-training",
-    }
-)
-
 _UNSUPPORTED = {
-    "kernel": "a layer: it always projects its inputs",
-    "decode-chunked": "the decode cache takes one token per call (linen raises on longer inputs)",
-    "value-dim": "one head dim for query, key and value (qkv_features // num_heads)",
+    **layer_refusals("linen"),
     "grouped-query": "no num_kv_heads: dot_product_attention asserts equal q/k/v head counts",
     "multi-query": "no num_kv_heads: dot_product_attention asserts equal q/k/v head counts",
-    "scale": "no scale argument: the query is always divided by sqrt(head dim)",
-    "additive-mask": "the layer takes a boolean mask only (no bias argument)",
-    "attn-bias": "the layer takes a boolean mask only (no bias argument)",
-    "bias-kv": "torch-only feature",
-    "zero-attn": "torch-only feature",
-    "multi-axis": "leading axes are batch axes; attention runs over the one axis before "
-    "the features",
-    "weights-mean": "linen sows per-head weights only; a head average is not one of its outputs",
 }
 
 
-class FlaxLinen(Adapter):
+class FlaxLinen(FlaxAdapter):
     declaration = Declaration(
         compiles=True,  # one XLA program per signature
         name="flax.linen",
         summary="flax.linen.MultiHeadDotProductAttention: einsum + softmax in flax, every mask "
         "(causal included) as the boolean mask, decode cache, weights via sow_weights",
         framework="flax",
-        features=_FEATURES,
+        features=LAYER_FEATURES | {"weights"} | DROPOUT,
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
@@ -135,18 +104,10 @@ class FlaxLinen(Adapter):
         ),
     )
 
+    flax_module = "flax.linen"
+
     def __init__(self) -> None:
         self._built: dict[tuple, tuple[Any, Any, Any, Any]] = {}
-
-    def setup(self) -> None:
-        setup_jax()
-        import flax.linen  # noqa: F401 - import cost paid once, here
-
-    def devices(self) -> list[str]:
-        return jax_device_names()
-
-    def versions(self) -> dict[str, str]:
-        return jax_versions()
 
     def _build(self, case: Case) -> tuple[Any, Any, Any, Any]:
         """(model, jitted forward, jitted decode step, abstract decode cache) for this weight
@@ -224,42 +185,22 @@ class FlaxLinen(Adapter):
         import jax
 
         dev = jax_device(device)
-        dt = case.dtype
         _, fwd, step, cache_shapes = self._build(case)
         params = flax_params(case, inputs, dev)
-        query = inputs.native("query")
 
         if case.decode is not None:
             cache = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), dev),
                                  cache_shapes)  # fmt: skip
-            outs = []
-            for t in range(case.shape.query_len):  # one token per call: linen's cache demands it
-                x = to_jax(query[:, t : t + 1], dt, dev)  # sliced on the host: no eager op
-                y, cache = step(params, cache, x)
-                outs.append(to_numpy(y))
-            return {"output": np.concatenate(outs, axis=1)}
+            return decode_token_by_token(
+                case, inputs, dev, cache, lambda cache, x: step(params, cache, x)
+            )
 
-        xq = to_jax(query, dt, dev)
-        xk = None if case.self_attention else to_jax(inputs.native("key"), dt, dev)
-        xv = None if case.self_attention else to_jax(inputs.native("value"), dt, dev)
+        call = layer_call(case, inputs, dev)
         attend, _ = build_mask(case)  # additive parts are declared unsupported
         mask = None if attend is None else to_jax(attend, "bool", dev)
-        training = case.dropout is not None and case.dropout.training
-        seed = np.int64(case.dropout.seed if training else 0)
-        d_out = to_jax(inputs.native("grad_output"), dt, dev) if case.gradients else None
-        sow = "weights" in case.compare
-        (y, weights), grads = fwd(params, xq, xk, xv, mask, seed, d_out, sow=sow,
-                                  training=training)  # fmt: skip
-        out = {"output": to_numpy(y)}
-        if weights is not None:
-            out["weights"] = to_numpy(weights)
-        if grads is not None:
-            g_params, g_query, g_key, g_value = grads
-            out["grad_query"] = to_numpy(g_query)
-            if not case.self_attention:
-                out["grad_key"], out["grad_value"] = to_numpy(g_key), to_numpy(g_value)
-            out.update(flax_param_grads(g_params))
-        return out
+        (y, weights), grads = fwd(params, call.query, call.key, call.value, mask, call.seed,
+                                  call.grad_output, sow=call.sow, training=call.training)  # fmt: skip
+        return layer_outputs(case, y, weights, grads)
 
 
 ADAPTERS = [FlaxLinen]

@@ -49,11 +49,20 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
+from conformance.adapter import Declaration, Divergence, DropoutBehavior, Unsupported
 from conformance.case import Case
+from conformance.feature_sets import DROPOUT, GROUPED_HEADS
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, causal_offset
 
+from .flax_common import (
+    LAYER_FEATURES,
+    FlaxAdapter,
+    decode_token_by_token,
+    layer_call,
+    layer_outputs,
+    layer_refusals,
+)
 from .jax_dpa import (
     JAX_ENV,
     MASKED_UNIFORM,
@@ -61,59 +70,20 @@ from .jax_dpa import (
     SOFTMAX_F32,
     compose,
     cpu_f16_refusal,
-    flax_param_grads,
     flax_params,
     jax_device,
-    jax_device_names,
     jax_dtype,
-    jax_versions,
-    setup_jax,
     softmax_float32,
     strip_mask,
     tf32_on_cuda,
     to_jax,
-    to_numpy,
 )
 
 FLAX_SRC = "https://github.com/google/flax/blob/v0.12.8/flax/nnx/nn/attention.py"
 
-_FEATURES = frozenset(
-    {
-        "layer",
-        "cross-attention",
-        "kv-input-dims",
-        "output-dim",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "window",
-        "fully-masked-rows",
-        "no-bias",
-        "decode",
-        "gradients",
-    }
-)
-
 _UNSUPPORTED = {
-    "kernel": "a layer: it always projects its inputs",
-    "decode-chunked": "the decode cache takes exactly one token per call (nnx raises otherwise)",
-    "value-dim": "one head dim for query, key and value (qkv_features // num_heads)",
-    "scale": "no scale argument: the logits are always scaled by 1/sqrt(head dim)",
-    "additive-mask": "the layer takes a boolean mask only (no bias argument)",
-    "attn-bias": "the layer takes a boolean mask only (no bias argument)",
-    "bias-kv": "torch-only feature",
-    "zero-attn": "torch-only feature",
-    "multi-axis": "leading axes are batch axes; attention runs over the one axis before "
-    "the features",
+    **layer_refusals("nnx"),
     "weights": "only the explicit path (sow_weights=True) exposes the weights",
-    "weights-mean": "flax sows per-head weights only; a head average is not one of its outputs",
 }
 
 _EXPLICIT_UNIFORM = (
@@ -290,19 +260,10 @@ def dropout_rate(case: Case) -> float:
     return float(case.dropout.rate) if case.dropout is not None else 0.0
 
 
-class _FlaxNnx(Adapter):
+class _FlaxNnx(FlaxAdapter):
+    flax_module = "flax.nnx"
     fused = True  # the path this variant is named after (checked on every trace)
     sow_weights = False  # what it passes to the layer to get there
-
-    def setup(self) -> None:
-        setup_jax()
-        import flax.nnx  # noqa: F401 - import cost paid once, here
-
-    def devices(self) -> list[str]:
-        return jax_device_names()
-
-    def versions(self) -> dict[str, str]:
-        return jax_versions()
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         try:
@@ -321,48 +282,29 @@ class _FlaxNnx(Adapter):
                 "in_kv_features for both"
             )
         dev = jax_device(device)
-        dt = case.dtype
         built = _build(case, dropout_rate(case))
         pure = flax_params(case, inputs, dev)
         path = {"fused": self.fused, "sow": self.sow_weights}
-        query = inputs.native("query")
 
         if case.decode is not None:
             # A fresh cache holds zeros and index 0, exactly what init_cache makes.
             state = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), dev),
                                  built.cache)  # fmt: skip
-            outs = []
-            for t in range(s.query_len):  # one token per call: nnx's cache demands it
-                x = to_jax(query[:, t : t + 1], dt, dev)  # sliced on the host: no eager op
-                y, state = built.step(pure, state, x, **path)
-                outs.append(to_numpy(y))
-            return {"output": np.concatenate(outs, axis=1)}
+            return decode_token_by_token(
+                case, inputs, dev, state, lambda state, x: built.step(pure, state, x, **path)
+            )
 
-        xq = to_jax(query, dt, dev)
-        # Self-attention: the layer's own self-attention call (key and value None), so one
-        # array is query, key and value, as users write it.
-        xk = None if case.self_attention else to_jax(inputs.native("key"), dt, dev)
-        xv = None if case.self_attention else to_jax(inputs.native("value"), dt, dev)
+        call = layer_call(case, inputs, dev)
         is_causal = bool(case.mask.causal) and causal_offset(case) == 0
         attend, bias = build_mask(strip_mask(case, causal=None) if is_causal else case)
         if bias is not None:  # declared unsupported; never reached through evaluate()
             raise Unsupported("additive masks: the layer takes a boolean mask only")
         mask = None if attend is None else to_jax(attend, "bool", dev)
-        training = case.dropout is not None and case.dropout.training
-        seed = np.int64(case.dropout.seed if training else 0)  # what nnx.Rngs(dropout=seed) keys
-        d_out = to_jax(inputs.native("grad_output"), dt, dev) if case.gradients else None
-        (y, weights), grads = built.fwd(pure, xq, xk, xv, mask, seed, d_out,
-                                        is_causal=is_causal, training=training, **path)  # fmt: skip
-        out = {"output": to_numpy(y)}
-        if weights is not None:
-            out["weights"] = to_numpy(weights)
-        if grads is not None:
-            g_params, g_query, g_key, g_value = grads
-            out["grad_query"] = to_numpy(g_query)
-            if not case.self_attention:
-                out["grad_key"], out["grad_value"] = to_numpy(g_key), to_numpy(g_value)
-            out.update(flax_param_grads(g_params))
-        return out
+        # the dropout seed is what nnx.Rngs(dropout=seed) keys
+        (y, weights), grads = built.fwd(pure, call.query, call.key, call.value, mask, call.seed,
+                                        call.grad_output, is_causal=is_causal,
+                                        training=call.training, **path)  # fmt: skip
+        return layer_outputs(case, y, weights, grads)
 
 
 class FlaxNnxFused(_FlaxNnx):
@@ -372,7 +314,7 @@ class FlaxNnxFused(_FlaxNnx):
         summary="flax.nnx.MultiHeadAttention, default path: jax.nn.dot_product_attention "
         "inside (no dropout, no sown weights); is_causal flag, boolean mask, decode cache",
         framework="flax",
-        features=_FEATURES,
+        features=LAYER_FEATURES | GROUPED_HEADS,
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,
@@ -410,7 +352,7 @@ class FlaxNnxExplicit(_FlaxNnx):
         "(the path dropout takes), per-head weights sown and compared; attention dropout "
         "(broadcast_dropout=True, the default)",
         framework="flax",
-        features=_FEATURES | {"weights", "dropout", "dropout-training"},
+        features=LAYER_FEATURES | GROUPED_HEADS | {"weights"} | DROPOUT,
         requires=("flax", "jax"),
         worker="jax",
         env=JAX_ENV,

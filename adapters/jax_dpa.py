@@ -38,6 +38,7 @@ import numpy as np
 
 from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration, Divergence, Unsupported
 from conformance.case import Case
+from conformance.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, GROUPED_HEADS
 from conformance.inputs import CaseInputs
 from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk, from_einsum_kernel, to_einsum_kernel
 from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
@@ -269,25 +270,12 @@ def strip_mask(case: Case, **fields: Any) -> Case:
 
 # --- jax.nn.dot_product_attention --------------------------------------------------------------
 
-_KERNEL_FEATURES = frozenset(
-    {
-        "kernel",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-        "gradients",
+_KERNEL_FEATURES = (
+    GROUPED_HEADS
+    | {"kernel", "kv-len", "scale", "gradients"}
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    | {
         "segments",  # issue 14: packed rows travel in the boolean mask
         # issue 14: per-sequence cache lengths; seq-lengths variants pass key_value_seq_lengths
         "cache-lengths",

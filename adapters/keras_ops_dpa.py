@@ -28,6 +28,7 @@ import numpy as np
 
 from conformance.adapter import Adapter, Declaration, Divergence
 from conformance.case import Case
+from conformance.feature_sets import ADDITIVE_MASKS, DTYPE_TAGS, EVERY_BOOLEAN_MASK, GROUPED_HEADS
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive
 
@@ -44,29 +45,8 @@ from .torch_sdpa import only_causal
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
-FEATURES = frozenset(
-    {
-        "kernel",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-        "float64",
-        "float32",
-        "float16",
-        "bfloat16",
-    }
+FEATURES = (
+    GROUPED_HEADS | {"kernel", "kv-len", "scale"} | EVERY_BOOLEAN_MASK | ADDITIVE_MASKS | DTYPE_TAGS
 )
 
 UNSUPPORTED = {

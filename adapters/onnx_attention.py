@@ -40,6 +40,15 @@ import numpy as np
 
 from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration, Divergence, Unsupported
 from conformance.case import Case
+from conformance.feature_sets import (
+    ADDITIVE_MASKS,
+    ALIBI,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    MASKS_AS_WRITTEN,
+    ROPE,
+)
 from conformance.inputs import CaseInputs
 from conformance.layouts import merge_heads, split_heads
 from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
@@ -755,43 +764,27 @@ def _require_all_decomposed(ran: list[tuple[str, str]]) -> str | None:
 
 # --- declarations ---------------------------------------------------------------------------
 
-KERNEL_FEATURES = frozenset(
-    {
-        "kernel",
-        "kv-len",
-        "value-dim",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "fully-masked-rows",
-        "scale",
-        "decode",
+KERNEL_FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | (EVERY_BOOLEAN_MASK - {"window"})
+    | ADDITIVE_MASKS
+    | {"scale", "decode", "weights"}
+    | {
         "decode-chunked",  # issue 14: past_key/value with is_causal offset by the past length
         "decode-memory",  # issue 14: the cached memory K/V fed to every step
-        "weights",
-        # issue 14: softcap is the operator's attribute (applied before attn_mask, as the
-        # spec says); ALiBi goes in the float attn_mask as a bias, as exporters of BLOOM do
-        "softcap",
-        "alibi",
-        "alibi-standard",
-        # issue 14: the whole mask goes in attn_mask as written (plan: as_written)
-        "finite-fill",
-        "segments",
-        "left-padding",
     }
+    # issue 14: softcap is the operator's attribute (applied before attn_mask, as the spec
+    # says); ALiBi goes in the float attn_mask as a bias, as exporters of BLOOM do
+    | {"softcap"}
+    | ALIBI
+    # issue 14: the whole mask goes in attn_mask as written (plan: as_written)
+    | MASKS_AS_WRITTEN
 )
 
 # issue 14: RotaryEmbedding (opset 23: interleaved 0/1, rotary_embedding_dim) before Attention
 # (4d: 4-D inputs; 3d: 3-D inputs with num_heads; expanded/opset25: its function body too).
-ROPE_FEATURES = frozenset({"rope-half", "rope-interleaved", "rope-partial"})
+ROPE_FEATURES = ROPE
 ROPE_NOTES = (
     " Rotary embeddings (issue 14): an ONNX RotaryEmbedding node (opset 23; interleaved=0 for "
     "rotate-half, 1 for interleaved pairs; rotary_embedding_dim for partial rotary) turns Q, K "

@@ -49,6 +49,14 @@ from conformance.adapter import (
     Unsupported,
 )
 from conformance.case import Case, Mask
+from conformance.feature_sets import (
+    ADDITIVE_MASKS,
+    ALIBI,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    MASKS_AS_WRITTEN,
+)
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive, fill_value
 from conformance.score_terms import alibi_for_case
@@ -181,37 +189,18 @@ FUSED_OPS = {
 }
 ALL_FUSED = frozenset(op for ops in FUSED_OPS.values() for op in ops)
 
-SDPA_FEATURES = frozenset(
-    {
-        "kernel",
-        "value-dim",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-        "dropout-training",
-        "gradients",
-        # issue 14: ALiBi arrives in the float attn_mask as a bias (build_mask), the way
-        # BLOOM/MPT ports call SDPA; SDPA has no softcap or sink argument
-        "alibi",
-        "alibi-standard",
-        # issue 14: the float attn_mask carries finite fills as written, packed segments and
-        # left padding (a mask like any other)
-        "finite-fill",
-        "segments",
-        "left-padding",
-    }
+SDPA_FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    | {"scale", "dropout-training", "gradients"}
+    # issue 14: ALiBi arrives in the float attn_mask as a bias (build_mask), the way
+    # BLOOM/MPT ports call SDPA; SDPA has no softcap or sink argument
+    | ALIBI
+    # issue 14: the float attn_mask carries finite fills as written, packed segments and
+    # left padding (a mask like any other)
+    | MASKS_AS_WRITTEN
 )
 
 SDPA_UNSUPPORTED = {

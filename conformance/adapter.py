@@ -150,6 +150,10 @@ class Declaration:
     opt_in: str = ""
 
     def __post_init__(self) -> None:
+        # Frozen whatever was passed (a set built with `|` from a plain set, a list): the
+        # declaration is shared by every worker and must not change after it is made.
+        object.__setattr__(self, "features", frozenset(self.features))
+        object.__setattr__(self, "dtypes", frozenset(self.dtypes))
         unknown = sorted((self.features | self.dtypes) - set(FEATURES))
         if unknown:
             raise ValueError(f"{self.name}: unknown feature tags {unknown}")
