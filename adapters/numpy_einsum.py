@@ -19,6 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration
+from conformance.feature_sets import (
+    ADDITIVE_MASKS,
+    EVERY_BOOLEAN_MASK,
+    KERNEL_SHAPES,
+    LAYER_INPUTS,
+    MASKS_AS_WRITTEN,
+    ROPE,
+)
 from conformance.masks import build_mask, combined_additive, fill_value
 
 
@@ -104,42 +112,19 @@ class NumpyEinsum(Adapter):
         summary="the multi-query paper's batched/incremental einsum functions in NumPy, "
         "computed in the case dtype (float16 accumulated in float32)",
         framework="numpy",
-        features=frozenset(
-            {
-                "layer",
-                "kernel",
-                "cross-attention",
-                "kv-input-dims",
-                "value-dim",
-                "output-dim",
-                "kv-len",
-                "multi-query",
-                "causal",
-                "causal-top-left",
-                "causal-bottom-right",
-                "key-padding",
-                "query-padding",
-                "bool-mask",
-                "per-head-mask",
-                "additive-mask",
-                "attn-bias",
-                "window",
-                "fully-masked-rows",
-                "finite-fill",  # issue 14: the additive mask takes the fill as written
-                "segments",
-                "left-padding",
+        features=(
+            LAYER_INPUTS
+            | KERNEL_SHAPES
+            | {"output-dim", "multi-query", "scale", "no-bias", "decode", "weights", "weights-mean"}
+            | EVERY_BOOLEAN_MASK
+            | ADDITIVE_MASKS
+            | MASKS_AS_WRITTEN  # issue 14: the additive mask takes the fill as written
+            | {
                 "cache-lengths",  # issue 14: per-sequence lengths in the additive mask
                 "decode-memory",  # issue 14: steps over a memory (chunks of any size)
-                "scale",
-                "no-bias",
-                "decode",
-                "weights",
-                "weights-mean",
-                "rope-half",  # issue 14: RoFormer's complex form
-                "rope-interleaved",
-                "rope-partial",
             }
-        ),  # fmt: skip
+            | ROPE  # issue 14: RoFormer's complex form
+        ),
         dtypes=frozenset({"float64", "float32", "float16"}),
         worker="numpy",
         divergences=(FILL_AS_WRITTEN,),  # issue 14

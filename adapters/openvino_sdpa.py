@@ -32,6 +32,7 @@ import numpy as np
 from conformance import profile
 from conformance.adapter import Adapter, Declaration, Divergence
 from conformance.case import Case
+from conformance.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, KERNEL_SHAPES
 from conformance.inputs import CaseInputs
 from conformance.masks import build_mask, combined_additive
 
@@ -46,26 +47,7 @@ OV_HINT_DOC = (
     "precision-control.html"
 )
 
-FEATURES = frozenset(
-    {
-        "kernel",
-        "value-dim",
-        "kv-len",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-    }
-)
+FEATURES = KERNEL_SHAPES | {"multi-query", "scale"} | EVERY_BOOLEAN_MASK | ADDITIVE_MASKS
 
 UNSUPPORTED = {
     "layer": "the SDPA op is the kernel only",

@@ -39,6 +39,13 @@ import numpy as np
 from conformance import profile
 from conformance.adapter import Declaration, Divergence, Unsupported
 from conformance.case import Case, Mask
+from conformance.feature_sets import (
+    ADDITIVE_MASKS,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    LAYER_INPUTS,
+)
 from conformance.inputs import CaseInputs, make_inputs
 from conformance.layouts import to_linear, to_linear_out, to_packed_in_proj
 from conformance.masks import build_mask, causal_offset, combined_additive, to_true_masked
@@ -481,49 +488,18 @@ class TorchOnnxMha(TorchOnnxBase):
 
 # --- declarations ---------------------------------------------------------------------------
 
-SDPA_FEATURES = frozenset(
-    {
-        "kernel",
-        "kv-len",
-        "value-dim",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-    }
+SDPA_FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | (EVERY_BOOLEAN_MASK - {"causal-bottom-right"})  # see SDPA_UNSUPPORTED
+    | ADDITIVE_MASKS
+    | {"scale"}
 )
-MHA_FEATURES = frozenset(
-    {
-        "layer",
-        "cross-attention",
-        "kv-input-dims",
-        "kv-len",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "no-bias",
-        "bias-kv",
-        "zero-attn",
-        "weights",
-        "weights-mean",
-    }
+MHA_FEATURES = (
+    LAYER_INPUTS
+    | {"kv-len", "no-bias", "bias-kv", "zero-attn", "weights", "weights-mean"}
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
 )
 SDPA_UNSUPPORTED = {
     "causal-bottom-right": "is_causal is top-left (torch's causal_lower_right bias is not "
