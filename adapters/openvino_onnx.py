@@ -20,8 +20,9 @@ from conformance.adapter import Divergence
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 
-from .onnx_attention import AttentionConfig, OnnxAttention4D, SessionCache, attention_model
+from .onnx_attention import AttentionConfig, OnnxAttention4D, attention_model
 from .openvino_sdpa import OV_HINT_DOC
+from .ort_runtime import SessionCache
 
 F64_AS_F32 = Divergence(
     id="openvino-float64-as-float32",

@@ -30,8 +30,8 @@ from conformance.adapter import Declaration, Divergence
 from conformance.case import Case
 from conformance.inputs import CaseInputs
 
-from .onnx_attention import SessionCache
 from .openvino_sdpa import DEFAULT_BF16, F64_AS_F32, OV_HINT_DOC
+from .ort_runtime import SessionCache
 from .torch_onnx import MHA_FEATURES, MHA_UNSUPPORTED, Exporter, TorchOnnxMha, _graph_ops
 
 REQUIRES = ("openvino", "torch", "onnxscript", "onnx")

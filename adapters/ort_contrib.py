@@ -34,7 +34,7 @@ from conformance.kv_cache import sequence_lengths
 from conformance.layouts import merge_heads, split_heads
 from conformance.masks import build_mask, causal_offset, combined_additive
 
-from .onnx_attention import (
+from .ort_runtime import (
     OrtAdapter,
     OrtSession,
     make_model,

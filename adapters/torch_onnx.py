@@ -50,7 +50,7 @@ from conformance.inputs import CaseInputs, make_inputs
 from conformance.layouts import to_linear, to_linear_out, to_packed_in_proj
 from conformance.masks import build_mask, causal_offset, combined_additive, to_true_masked
 
-from .onnx_attention import (
+from .ort_runtime import (
     NUMPY_DTYPES,
     OrtAdapter,
     OrtSession,

@@ -264,7 +264,7 @@ def test_bool_mask_polarity_is_true_attend(onnx_adapters, cases) -> None:  # noq
 def test_qk_matmul_output_modes(cases) -> None:  # noqa: ANN001
     """Mode 3 is the softmax (the weights); mode 0 is the scaled logits before any mask."""
     import onnxruntime as ort
-    from conformance.adapters.onnx_attention import make_model, onnx_elem_type
+    from conformance.adapters.ort_runtime import make_model, onnx_elem_type
     from onnx import helper
 
     case = cases["basic[float32]"]
@@ -295,12 +295,8 @@ def test_qk_matmul_output_modes(cases) -> None:  # noqa: ANN001
 def test_path_check_catches_the_inlined_function_body() -> None:
     """A float64 Attention node has no ORT CPU kernel: ORT inlines the function body, and the
     profiler-based check must notice."""
-    from conformance.adapters.onnx_attention import (
-        AttentionConfig,
-        OrtSession,
-        attention_model,
-        require_fused,
-    )  # noqa: E501
+    from conformance.adapters.onnx_attention import AttentionConfig, attention_model
+    from conformance.adapters.ort_runtime import OrtSession, require_fused
 
     cfg = AttentionConfig(
         opset=23, layout="4d", dtype="float64", heads=2, kv_heads=2, key_dim=4, value_dim=4
@@ -368,8 +364,8 @@ def test_contrib_mha_causal_with_fewer_queries_than_keys(onnx_adapters, cases, r
     """Top-left causal with T < S goes through attention_bias: unidirectional is neither."""
     import dataclasses
 
-    from conformance.adapters.onnx_attention import OrtSession
     from conformance.adapters.ort_contrib import ContribConfig, contrib_model
+    from conformance.adapters.ort_runtime import OrtSession
 
     mha = onnx_adapters["ort.contrib.mha"]
     case = dataclasses.replace(cases["causal-top-left"], compare=("output",), id="onnx/ctl@o")
