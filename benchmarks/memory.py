@@ -65,6 +65,26 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return int(fields.get("Pss", 0)), int(fields.get("Rss", 0))
 
 
+FRAMEWORK_LIBRARIES = {  # a shared library a worker maps -> the framework it imported
+    "jaxlib": "jax",
+    "libtorch": "torch",
+    "onnxruntime": "onnxruntime",
+    "libtensorflow": "tensorflow",
+    "openvino": "openvino",
+}
+
+
+def describe(pid: int) -> str:
+    """Which frameworks a process has loaded (spawned workers all share one command line, so
+    the libraries they map are what tells them apart)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return "?"
+    loaded = sorted({name for lib, name in FRAMEWORK_LIBRARIES.items() if lib in maps})
+    return "worker: " + ", ".join(loaded) if loaded else "runner or NumPy-only worker"
+
+
 def copied_specs(folder: Path, copies: int) -> Path:
     """Every shipped spec file `copies` times, each copy with its own family name."""
     source = shipped_specs_dir()
@@ -103,11 +123,16 @@ def main() -> int:
         start = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         peak_pss = peak_rss = peak_processes = 0
+        per_process: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS, what it runs)
         while process.poll() is None:
-            sizes = [memory_kib(pid) for pid in tree(process.pid)]
+            pids = tree(process.pid)
+            sizes = [memory_kib(pid) for pid in pids]
             peak_pss = max(peak_pss, sum(p for p, _ in sizes))
             peak_rss = max(peak_rss, max((r for _, r in sizes), default=0))
             peak_processes = max(peak_processes, len(sizes))
+            for pid, (_, rss) in zip(pids, sizes, strict=True):
+                if rss > per_process.get(pid, (0, ""))[0]:
+                    per_process[pid] = (rss, describe(pid))  # libraries load as it runs
             time.sleep(args.interval)
         wall = time.monotonic() - start
     print(
@@ -116,6 +141,8 @@ def main() -> int:
         f"largest single process RSS {peak_rss / 2**20:.2f} GiB, "
         f"up to {peak_processes} processes"
     )
+    for pid, (rss, what) in sorted(per_process.items(), key=lambda item: -item[1][0])[:6]:
+        print(f"  pid {pid}: peak RSS {rss / 2**20:.2f} GiB  {what}")
     return 0 if process.returncode in (0, 1) else process.returncode
 
 

@@ -76,8 +76,11 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
             adapter = load_target(target)()
             adapter.setup()
             info["setup_s"] = time.perf_counter() - started
-            info["devices"] = list(adapter.devices())
-            info["versions"] = dict(adapter.versions())
+            # Plain strings only: torch.__version__ is a str subclass defined in torch, and
+            # unpickling it would import torch into the runner (2 s and 250 MB, measured);
+            # an object that cannot be pickled at all would kill the worker.
+            info["devices"] = [str(device) for device in adapter.devices()]
+            info["versions"] = {str(k): str(v) for k, v in adapter.versions().items()}
             adapters[name] = adapter
         except Exception as error:  # noqa: BLE001 - reported as the adapter's error
             info["error"] = f"setup failed: {type(error).__name__}: {error}"
