@@ -49,10 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, causal_offset
+from conformance.adapter_api.adapter import (
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    Unsupported,
+)
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, causal_offset
 
 from .jax_dpa import (
     JAX_ENV,

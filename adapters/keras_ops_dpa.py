@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive
 
 from .jax_dpa import MASKED_MIXED, MASKED_UNIFORM_LINK
 from .keras_mha import (

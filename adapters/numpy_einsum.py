@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration
-from conformance.masks import build_mask, combined_additive, fill_value
+from conformance.adapter_api.adapter import FILL_AS_WRITTEN, Adapter, Declaration
+from conformance.cases.masks import build_mask, combined_additive, fill_value
 
 
 def einsum(spec: str, *operands: np.ndarray) -> np.ndarray:

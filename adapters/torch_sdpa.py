@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import (
+from conformance.adapter_api.adapter import (
     FILL_AS_WRITTEN,
     Adapter,
     Declaration,
@@ -48,10 +48,10 @@ from conformance.adapter import (
     DropoutBehavior,
     Unsupported,
 )
-from conformance.case import Case, Mask
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive, fill_value
-from conformance.score_terms import alibi_for_case
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive, fill_value
+from conformance.cases.score_terms import alibi_for_case
 
 # --- helpers shared with torch_mha.py --------------------------------------------------------
 

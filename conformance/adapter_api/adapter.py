@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .case import DTYPES, FEATURES, Case
-from .inputs import CaseInputs
+from ..cases.case import DTYPES, FEATURES, Case
+from ..cases.inputs import CaseInputs
 
 
 class Unsupported(Exception):

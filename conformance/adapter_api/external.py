@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs
+from ..errors import UsageError, did_you_mean
 from .adapter import Adapter, Declaration, Divergence, ToleranceOverride, Unsupported
-from .case import Case
-from .errors import UsageError, did_you_mean
-from .inputs import CaseInputs
 
 PROTOCOL = "attention-conformance/1"
 PREFIX = "external:"
@@ -175,7 +175,7 @@ def _read_file(path: Path) -> dict:
             return tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise UsageError(f"{path}: {error}") from None
-    from .yamlload import load_yaml_file
+    from ..spec.yamlload import load_yaml_file
 
     data = load_yaml_file(path)
     return json.loads(json.dumps(data))  # LocatedDict -> plain data

@@ -40,6 +40,19 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs
+from ..cases.layouts import (
+    bhtk_to_bthk,
+    bthk_to_bhtk,
+    repeat_kv_heads,
+    to_einsum_kernel,
+    to_linear,
+    to_linear_out,
+    to_packed_in_proj,
+)
+from ..cases.masks import build_mask, combined_additive, fill_value, to_true_masked, visible
 from .adapter import (
     FILL_AS_WRITTEN,
     Adapter,
@@ -49,19 +62,6 @@ from .adapter import (
     ToleranceOverride,
     Unsupported,
 )
-from .adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
-from .case import Case
-from .inputs import CaseInputs
-from .layouts import (
-    bhtk_to_bthk,
-    bthk_to_bhtk,
-    repeat_kv_heads,
-    to_einsum_kernel,
-    to_linear,
-    to_linear_out,
-    to_packed_in_proj,
-)
-from .masks import build_mask, combined_additive, fill_value, to_true_masked, visible
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 KERNEL_LAYOUTS = ("BHTK", "BTHK")
@@ -100,7 +100,7 @@ def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | N
         raise ValueError(f"mask must be one of {MASK_FORMS}, got {form!r}")
     if case.mask.is_empty() or form == "none":
         return None
-    from .dtypes import STORAGE
+    from ..cases.dtypes import STORAGE
 
     attend, bias = build_mask(case)
     if form == "additive":
@@ -123,7 +123,7 @@ def bias_for(case: Case, *, broadcast: bool = True) -> np.ndarray | None:
     hold 0: the boolean mask removes them), or None when the case has no finite bias. With a
     boolean mask this is the pair "bool mask + separate bias" (e.g. SDPA-like kernels taking
     attn_mask and a relative-position bias apart)."""
-    from .dtypes import STORAGE
+    from ..cases.dtypes import STORAGE
 
     _, bias = build_mask(case)
     if bias is None or not np.any(np.isfinite(bias) & (bias != 0)):
@@ -310,7 +310,7 @@ class KernelFunctionAdapter(FunctionAdapter):
         if _accepts(fn, "grad_output"):
             options["grad_output"] = d_out  # None outside gradient cases
         if case.gradients and conv.get("gradients") == "autodiff":
-            from .adapters.autodiff import vjp
+            from ..adapters.autodiff import vjp
 
             result, grads = vjp(
                 conv["arrays"],
@@ -468,8 +468,8 @@ class LayerFunctionAdapter(FunctionAdapter):
     def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
         """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
         come back in the canonical layout (conformance.backward names)."""
-        from .adapters.autodiff import vjp
-        from .layouts import from_linear, from_linear_out
+        from ..adapters.autodiff import vjp
+        from ..cases.layouts import from_linear, from_linear_out
 
         conv, fn, s = self.convention, type(self).function, case.shape
         if conv["weights"] not in ("canonical", "linear"):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
 
+from ..errors import UsageError, did_you_mean
+from ..sanitize import strip_control
 from .adapter import Adapter, Declaration
-from .errors import UsageError, did_you_mean
-from .sanitize import strip_control
 
 ENTRY_POINT_GROUP = "attention_conformance.adapters"
 

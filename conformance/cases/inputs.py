@@ -36,7 +36,7 @@ STORED_MASKS = ("mask.attend", "mask.bias")  # members of a stored group that ar
 def split_ref(ref: str) -> tuple[str, str]:
     """Split "file.npz#member" into (file, member); a `specs/...` file (as results store it)
     is found in the shipped specs when the working directory has no such file."""
-    from .paths import resolve_stored_file
+    from ..paths import resolve_stored_file
 
     path, _, member = ref.partition("#")
     return resolve_stored_file(path), member

@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .case import Case, Decode, Mask, Shape
-from .errors import UsageError
+from ..cases.case import Case, Decode, Mask, Shape
+from ..errors import UsageError
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -63,8 +63,8 @@ def kv_cache_bytes(case: Case) -> int:
 def _bench_worker(conn, entries: list[tuple[str, str]], env: dict, cases, repeat: int) -> None:  # noqa: ANN001
     os.environ.update(env)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .inputs import make_inputs
-    from .registry import load_target
+    from ..adapter_api.registry import load_target
+    from ..cases.inputs import make_inputs
 
     rows = []
     for name, target in entries:

@@ -13,14 +13,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import __version__, maxfail, suggest
-from .case import DTYPES, FEATURES, TIERS, Case, in_tier
-from .errors import UsageError
-from .evaluate import record_key
-from .paths import portable_case_dict
-from .progress import Progress
-from .registry import AdapterEntry, all_entries, resolve
-from .results import (
+from .. import __version__
+from ..adapter_api.registry import AdapterEntry, all_entries, resolve
+from ..cases.case import DTYPES, FEATURES, TIERS, Case, in_tier
+from ..errors import UsageError
+from ..paths import portable_case_dict
+from ..running import maxfail
+from ..running.progress import Progress
+from ..running.results import (
     SCHEMA_VERSION,
     ResultStream,
     RunLock,
@@ -29,9 +29,17 @@ from .results import (
     repair_stream,
     write_json_atomic,
 )
-from .runner import DEFAULT_SETUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, Runner, RunOptions, default_jobs
-from .spec import SPEC_VERSION, load_specs, shipped_specs_dir
-from .summary import summary_lines
+from ..running.runner import (
+    DEFAULT_SETUP_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    Runner,
+    RunOptions,
+    default_jobs,
+)
+from ..running.summary import summary_lines
+from ..spec import SPEC_VERSION, load_specs, shipped_specs_dir
+from ..verdicts.evaluate import record_key
+from . import suggest
 
 DEFAULT_OUT = Path("reports/latest")
 DEFAULT_TIER = "default"  # what `conformance run` checks unless told otherwise
@@ -188,7 +196,7 @@ def write_results(
     adapter_info: dict,
     command: str,
 ) -> Path:
-    from .environment import environment
+    from ..running.environment import environment
 
     frameworks: dict[str, str] = {}
     devices: list[str] = []
@@ -407,7 +415,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     bad = any(r["verdict"] in ("fail", "error") for r in dedupe(records))
     empty = _report_empty(dedupe(records), entries, runner.adapter_info, args)
     if args.write_expected:
-        from .expected import write
+        from ..running.expected import write
 
         count = write(args.write_expected, dedupe(records), command)
         print(f"expected results: {args.write_expected} ({count} known fail/error entries)")
@@ -418,7 +426,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_profile(records: list[dict], adapter_info: dict) -> None:
     """--profile: where each adapter's time went (conformance.profile), this run's records."""
-    from .profile import summarize, table
+    from ..running.profile import summarize, table
 
     fresh = [r for r in records if "total_s" in r]
     print("\nprofile (seconds summed over each adapter's executed cases; see conformance.profile):")
@@ -437,7 +445,7 @@ def _report_empty(
     or when the whole run executed nothing; adapters picked by a prefix or by default (a
     GPU-only adapter on a CPU machine) are reported but do not change the exit code alone.
     """
-    from .executed import EXECUTED_VERDICTS, EXIT_NOTHING_EXECUTED, empty_adapters
+    from ..running.executed import EXECUTED_VERDICTS, EXIT_NOTHING_EXECUTED, empty_adapters
 
     empty = empty_adapters([e.name for e in entries], adapter_info, args.device, records)
     if not empty:
@@ -472,7 +480,7 @@ def _load_expected(args: argparse.Namespace, cases: list[Case], entries: list[Ad
     """The --expected entries, checked against the selection before anything runs."""
     if not args.expected:
         return None
-    from .expected import check_patterns, load
+    from ..running.expected import check_patterns, load
 
     known = load(args.expected)
     check_patterns(known, [c.id for c in cases], [e.name for e in entries])
@@ -481,7 +489,7 @@ def _load_expected(args: argparse.Namespace, cases: list[Case], entries: list[Ad
 
 def _report_expected(expected: list, records: list[dict], path: str) -> bool:
     """Print every change against the expected file; True when there is one (exit 1)."""
-    from .expected import compare
+    from ..running.expected import compare
 
     changes = compare(expected, records)
     known = sum(1 for r in records if r["verdict"] in ("fail", "error")) - sum(
@@ -515,7 +523,7 @@ def _write_reports(path: Path, out_dir: Path, args: argparse.Namespace) -> list[
     if args.no_report:
         return []
     try:
-        from .report import write_all
+        from ..report import write_all
     except ImportError:
         return []
     return list(write_all(path, out_dir))
@@ -536,8 +544,8 @@ def _user_adapter_help(
     users = [e for e in entries if e.source != "builtin"]
     if not users:
         return
-    from .feature_table import feature_table
-    from .reproducer import ReproducerError, write_reproducer_isolated
+    from ..report.reproducer import ReproducerError, write_reproducer_isolated
+    from ..running.feature_table import feature_table
 
     by_id = {c.id: c for c in cases}
     for entry in users:
@@ -754,7 +762,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def describe_case(case: Case) -> str:
-    from .masks import build_mask, picture
+    from ..cases.masks import build_mask, picture
 
     s = case.shape
     lines = [
@@ -801,15 +809,15 @@ def describe_case(case: Case) -> str:
     if case.description:
         lines.append(f"  why         {case.description}")
     if case.scores is not None:  # issue 14
-        from .score_terms import describe_terms
+        from ..cases.score_terms import describe_terms
 
         lines.extend(describe_terms(case))
     if case.rope is not None:  # issue 14: rotary position embeddings
-        from .rotary import describe_rope
+        from ..cases.rotary import describe_rope
 
         lines.extend(describe_rope(case))
     if case.cache is not None:  # issue 14: cache lengths, pages
-        from .kv_cache import describe_cache
+        from ..cases.kv_cache import describe_cache
 
         lines.extend(describe_cache(case))
     attend, bias = build_mask(case)

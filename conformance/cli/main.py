@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import ConformanceError, UsageError
+from ..errors import ConformanceError, UsageError
 
 EPILOG = """\
 examples:
@@ -22,11 +22,11 @@ exit codes: 0 no fail/error results, 1 some fail or error, 2 bad usage or bad sp
 
 # Subcommands that live in their own modules register themselves: module.register(subparsers).
 SUBCOMMAND_MODULES = (
-    "conformance.commands",
+    "conformance.cli.commands",
     "conformance.report.cli",
     "conformance.fuzz",
-    "conformance.bench",
-    "conformance.importers",
+    "conformance.cli.bench",
+    "conformance.peers.importers",
 )
 
 # Optional dependencies a subcommand module may need -> the extra that installs them. The core
@@ -95,7 +95,7 @@ def unknown_command(parser: argparse.ArgumentParser, raw: list[str]) -> str | No
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"attention-conformance {__version__}"
 

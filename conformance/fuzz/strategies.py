@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 
-from . import case as _case_module
-from .adapter import Declaration
-from .case import DTYPES, FEATURES, Case, Decode, Mask, Shape
-from .score_terms import ScoreTerms, standard_alibi_slopes
+from ..adapter_api.adapter import Declaration
+from ..cases import case as _case_module
+from ..cases.case import DTYPES, FEATURES, Case, Decode, Mask, Shape
+from ..cases.score_terms import ScoreTerms, standard_alibi_slopes
 
 # Attention dropout is a newer part of the case model; generate it only where it exists.
 Dropout = getattr(_case_module, "Dropout", None)

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .case import Case
-from .dtypes import round_to
-from .inputs import CaseInputs
-from .masks import build_mask
+from ..cases.case import Case
+from ..cases.dtypes import round_to
+from ..cases.inputs import CaseInputs
+from ..cases.masks import build_mask
 from .reference import (
     Rounding,
     _append_extra_keys,

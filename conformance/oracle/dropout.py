@@ -42,16 +42,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .adapter import DropoutBehavior, Unsupported
-from .case import Case
-from .inputs import CaseInputs
+from ..adapter_api.adapter import DropoutBehavior, Unsupported
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs
 from .reference import attention, project_heads
 from .stats import t_quantile_upper
 
 if TYPE_CHECKING:
-    from .adapter import Adapter
+    from ..adapter_api.adapter import Adapter
+    from ..verdicts.tolerance import Tolerance
     from .reference_cache import ReferenceCache
-    from .tolerance import Tolerance
 
 ALPHA = 1e-4  # false-alarm probability of each statistical test (family-wise for the mean)
 MIN_WEIGHT = 1e-3  # weights below this are too small to tell kept from dropped reliably
@@ -356,7 +356,7 @@ def evaluate_training(
     adapter: Adapter, case: Case, device: str, cache: ReferenceCache, record: dict
 ) -> dict:
     """Run a training-mode dropout case `draws` times and fill `record` with the verdict."""
-    from .tolerance import tolerance_for
+    from ..verdicts.tolerance import tolerance_for
 
     decl = adapter.declaration
     behavior = behavior_of(adapter)
@@ -409,7 +409,7 @@ def evaluate_training(
     # As evaluate does (conformance.divergences): check the draws again against what the
     # applicable divergences, composed, say happens instead (masked-row policy; the lowest
     # compute dtype's tolerance and structure precision); only a match "diverges".
-    from .divergences import compose, record_entries
+    from ..verdicts.divergences import compose, record_entries
 
     record["divergence"] = record_entries(divergences)[0]
     if len(divergences) > 1:

@@ -30,12 +30,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .case import MASKED_ROW_POLICIES, Case
-from .dtypes import round_to
-from .inputs import CaseInputs
-from .masks import build_mask, drawn_masks, fill_value, row_blocks
-from .rotary import apply_rope
-from .score_terms import ScoreTerms, alibi_bias, sink_denominator_term, softcap, without_alibi
+from ..cases.case import MASKED_ROW_POLICIES, Case
+from ..cases.dtypes import round_to
+from ..cases.inputs import CaseInputs
+from ..cases.masks import build_mask, drawn_masks, fill_value, row_blocks
+from ..cases.rotary import apply_rope
+from ..cases.score_terms import (
+    ScoreTerms,
+    alibi_bias,
+    sink_denominator_term,
+    softcap,
+    without_alibi,
+)
 
 ROW_BLOCK_ELEMENTS = 2**22  # logits of one block of query rows: 32 MiB of float64
 WEIGHTS_KEPT_ELEMENTS = 2**22  # [B, H, T, S] weights returned uncompared up to this size

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cases.case import Case
+from ..cases.dtypes import round_to
+from ..cases.inputs import CaseInputs, make_inputs
+from ..verdicts.divergences import rounded_inputs
 from .backward import baseline_gradients, gradients
-from .case import Case
-from .divergences import rounded_inputs
-from .dtypes import round_to
-from .inputs import CaseInputs, make_inputs
 from .reference import attention, baseline
 
 STORE_ENV = "CONFORMANCE_REFERENCE_STORE"  # the runner names the run's folder to its workers

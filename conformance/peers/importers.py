@@ -28,7 +28,7 @@ How ONNX semantics map onto the case model (from op_attention.py of the installe
 - qk_matmul_output_mode 3 (the softmax) is compared as `weights`; modes 0-2 expose
   pre-softmax scores, which the case model does not compare: those cases compare the output
   only and say so. softmax_precision changes precision, not semantics: ignored.
-- softcap: the case model's `scores.softcap` (conformance/score_terms.py, issue 14).
+- softcap: the case model's `scores.softcap` (conformance/cases/score_terms.py, issue 14).
 
 Keras: the cases of keras/src/layers/attention/multi_head_attention_test.py are ported by
 hand in PORTED_KERAS below (each names its Keras test); `conformance import keras` checks the
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .spec import shipped_specs_dir
+from ..errors import UsageError
+from ..spec import shipped_specs_dir
 
 SCHEMA_LINE = "# yaml-language-server: $schema=../conformance/schema/spec.schema.json"
 ONNX_SPEC = "onnx_imported.yaml"
@@ -269,7 +269,7 @@ def convert_onnx(test: Any) -> Imported | Skipped:
         entry["shape"]["value_dim"] = vd
     if "scale" in attrs:
         entry["scale"] = float(np.float32(attrs["scale"]))  # the op reads a float32 attribute
-    if softcap > 0:  # issue 14: the case model's scores.softcap (conformance/score_terms.py)
+    if softcap > 0:  # issue 14: the case model's scores.softcap (conformance/cases/score_terms.py)
         entry["scores"] = {"softcap": softcap}
     imported = Imported(name, entry, arrays, left_out)
     if _has_empty_rows(attend, bias, mask, b, t, s):
@@ -413,10 +413,10 @@ def agreement(
     fixed absolute tolerance (Keras's hand-written expectations carry 2-4 digits).
     `masked_rows` is the peer's policy for fully masked rows (ONNX: zeros).
     """
-    from .compare import baseline_error, compare
-    from .inputs import make_inputs, stored_array
-    from .reference import attention, baseline
-    from .tolerance import Tolerance, tolerance_for
+    from ..cases.inputs import make_inputs, stored_array
+    from ..oracle.reference import attention, baseline
+    from ..verdicts.compare import baseline_error, compare
+    from ..verdicts.tolerance import Tolerance, tolerance_for
 
     inputs = make_inputs(case)
     policy = masked_rows or case.mask.fully_masked_rows
@@ -565,7 +565,7 @@ KERAS_NOT_PORTED = {
 
 def _keras_correctness_arrays() -> dict[str, np.ndarray]:
     """test_correctness's inputs and expectations, in the canonical layout (see the test)."""
-    from .dtypes import round_to
+    from ..cases.dtypes import round_to
 
     key_dim = heads = 8
     eye = np.identity(key_dim)
@@ -679,7 +679,7 @@ def _keras_command(args: argparse.Namespace) -> int:
 
 
 def _report_agreement(spec: Path, atol: float | None = None, masked_rows: str | None = None) -> int:
-    from .spec import load_spec
+    from ..spec import load_spec
 
     disagree = []
     checked = 0

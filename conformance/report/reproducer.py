@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .case import Case
-from .compare import baseline_error
-from .inputs import CaseInputs, make_inputs
-from .layouts import to_einsum_kernel, to_linear, to_linear_out, to_packed_in_proj
-from .masks import build_mask, picture
-from .plugin import mask_for
-from .reference import attention, baseline
-from .sanitize import for_docstring
-from .tolerance import tolerance_for
+from ..adapter_api.plugin import mask_for
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs, make_inputs
+from ..cases.layouts import to_einsum_kernel, to_linear, to_linear_out, to_packed_in_proj
+from ..cases.masks import build_mask, picture
+from ..oracle.reference import attention, baseline
+from ..sanitize import for_docstring
+from ..verdicts.compare import baseline_error
+from ..verdicts.tolerance import tolerance_for
 
 SCRIPT = '''#!/usr/bin/env python3
 """Reproducer: {case_id}
@@ -74,9 +74,9 @@ def rerun():
         if path not in sys.path:
             sys.path.insert(0, path)
     try:
-        from conformance.case import Case
-        from conformance.inputs import CaseInputs
-        from conformance.registry import load_target
+        from conformance.cases.case import Case
+        from conformance.cases.inputs import CaseInputs
+        from conformance.adapter_api.registry import load_target
     except ImportError as error:
         print(f"(attention-conformance is not importable: {{error}}; checking the saved output)")
         return None
@@ -176,7 +176,7 @@ def _capture(
     case: Case, inputs: CaseInputs, adapter_target: str, device: str
 ) -> tuple[dict | None, str | None]:
     """Run the adapter once here to get its outputs (the record holds no arrays)."""
-    from .registry import load_target
+    from ..adapter_api.registry import load_target
 
     try:
         adapter = load_target(adapter_target)()
@@ -193,8 +193,8 @@ def _capture(
 def _call_line(adapter_target: str) -> str:
     """For function adapters: the exact call the plugin helper makes (shown in the script)."""
     try:
-        from .plugin import FunctionAdapter, describe_convention
-        from .registry import load_target
+        from ..adapter_api.plugin import FunctionAdapter, describe_convention
+        from ..adapter_api.registry import load_target
 
         cls = load_target(adapter_target)
         if isinstance(cls, type) and issubclass(cls, FunctionAdapter):
@@ -222,7 +222,7 @@ def write_reproducer(
     search_path: directories the script adds to sys.path to import the adapter again
     (default: the current directory, where module:Class targets are usually relative to).
     """
-    from . import __version__
+    from .. import __version__
 
     directory = Path(out_dir) / _slug(record.get("adapter", "adapter"), case.id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -368,7 +368,7 @@ def write_reproducer_isolated(
         answer = Path(tmp) / "answer.txt"
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "conformance.reproducer", str(request), str(answer)],
+                [sys.executable, "-m", "conformance.report.reproducer", str(request), str(answer)],
                 capture_output=True, text=True, errors="replace", timeout=timeout_s,
                 start_new_session=True,
             )  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SpecError, UsageError
+from ..errors import SpecError, UsageError
 
 VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")
 KEYS = ("case", "adapter", "device", "verdict", "reason", "link")
@@ -65,7 +65,7 @@ class Entry:
 
 def load(path: str | Path) -> list[Entry]:
     """Parse an expected-results file; malformed input is a SpecError naming file and line."""
-    from .yamlload import load_yaml_file
+    from ..spec.yamlload import load_yaml_file
 
     path = Path(path)
     if not path.is_file():

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from .case import TIERS, in_tier
-from .errors import ConformanceError
-from .evaluate import base_record
-from .registry import AdapterEntry, resolve
+from ..adapter_api.registry import AdapterEntry, resolve
+from ..cases.case import TIERS, in_tier
+from ..errors import ConformanceError
+from ..verdicts.evaluate import base_record
 from .worker import Task, WorkerSpec, worker_main
 
 
@@ -195,7 +195,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):  # noqa: ANN
 
 class SpecFile(pytest.File):
     def collect(self):  # noqa: ANN201
-        from .spec import load_spec
+        from ..spec import load_spec
 
         pool = self.config.stash[_POOL]
         try:

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ResultsFileError
-from .evaluate import VERDICTS
+from ..errors import ResultsFileError
+from ..verdicts.evaluate import VERDICTS
 
 SCHEMA_VERSION = 1
 REQUIRED_RECORD_KEYS = ("case", "adapter", "device", "dtype", "verdict")  # of a stream line

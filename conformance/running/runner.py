@@ -1,6 +1,6 @@
 """Schedules cases onto worker processes, enforces timeouts, streams results.
 
-YAML -> cases (spec.py) -> tasks per worker key -> worker processes (worker.py: inputs,
+YAML -> cases (spec/) -> tasks per worker key -> worker processes (worker.py: inputs,
 reference, adapter, comparison) -> result records -> results.jsonl as they complete ->
 results.json at the end (or on interruption).
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from .case import Case
-from .evaluate import base_record, record_key
-from .paths import display_path, safe_file_name
-from .reference_cache import STORE_ENV
-from .registry import AdapterEntry
+from ..adapter_api.registry import AdapterEntry
+from ..cases.case import Case
+from ..oracle.reference_cache import STORE_ENV
+from ..paths import display_path, safe_file_name
+from ..verdicts.evaluate import base_record, record_key
 from .worker import Task, WorkerSpec, worker_main
 
 DEFAULT_TIMEOUT_S = 120.0  # per case; the first case of a shape may include compilation

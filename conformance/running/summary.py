@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from .sanitize import strip_control
+from ..sanitize import strip_control
 
 COLUMNS = (("pass", "pass"), ("fail", "fail"), ("diverges", "div"), ("unsupported", "unsup"),
            ("error", "error"))  # fmt: skip

@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from .case import Case
+from ..cases.case import Case
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ def worker_main(conn, spec: WorkerSpec) -> None:  # noqa: ANN001 - multiprocessi
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _redirect_output(spec.log_path)
 
+    from ..adapter_api.registry import load_target
+    from ..oracle.reference_cache import ReferenceCache, run_store
+    from ..verdicts.evaluate import evaluate
     from . import profile
-    from .evaluate import evaluate
-    from .reference_cache import ReferenceCache, run_store
-    from .registry import load_target
 
     adapters = {}
     hello = {}

@@ -34,7 +34,7 @@ CASE_ID_HINT = (
 )
 
 
-# One matrix may expand to MAX_MATRIX_CASES (spec.py); many matrices, items or files together
+# One matrix may expand to MAX_MATRIX_CASES (spec/keys.py); many matrices, items or files together
 # may not exceed this, checked while expanding so no spec can build millions of cases.
 MAX_TOTAL_CASES = 20_000
 TOTAL_CASES_HINT = (

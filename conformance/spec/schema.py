@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .case import (
+from ..cases.case import (
     CAUSAL_ALIGNMENTS,
     COMPARABLE,
     DTYPES,
@@ -32,9 +32,9 @@ from .case import (
     PADDING_SIDES,
     TIERS,
 )
-from .kv_cache import PAGE_ORDERS
-from .rotary import ROPE_STYLES
-from .spec import (
+from ..cases.kv_cache import PAGE_ORDERS
+from ..cases.rotary import ROPE_STYLES
+from .keys import (
     CACHE_KEYS,
     CASE_KEYS,
     DECODE_KEYS,
@@ -48,7 +48,7 @@ from .spec import (
     SPEC_VERSION,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "spec.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "spec.schema.json"
 SCHEMA_ID = f"urn:attention-conformance:schema:spec:v{SPEC_VERSION}"
 PARAM_PATTERN = r"^\$(\w+|\{\w+\})$"
 STORED_REF = r"^[^#]+#[^#]+$"  # file.npz#name

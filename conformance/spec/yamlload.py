@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from ..errors import SpecError
 
 MAX_SPEC_BYTES = 2_000_000
 MAX_ALIASES = 100

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adapter import Divergence
-from .case import Case
+from ..adapter_api.adapter import Divergence
+from ..cases.case import Case
 from .compare import Comparison, baseline_error, compare
 from .tolerance import Tolerance, for_gradients, tolerance_for
 
@@ -169,8 +169,8 @@ def record_entries(divergences: Sequence[Divergence]) -> list[dict]:
 
 def rounded_inputs(inputs, dtype: str):  # noqa: ANN001, ANN201 - CaseInputs in and out
     """The case inputs as an implementation computing in `dtype` sees them (rounded to it)."""
-    from .dtypes import round_to
-    from .inputs import CaseInputs
+    from ..cases.dtypes import round_to
+    from ..cases.inputs import CaseInputs
 
     return CaseInputs(
         dtype=dtype,

@@ -18,16 +18,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import profile
-from .adapter import Adapter, Unsupported
-from .backward import gradient_names
-from .case import Case
+from ..adapter_api.adapter import Adapter, Unsupported
+from ..cases.case import Case
+from ..oracle.backward import gradient_names
+from ..oracle.dropout import evaluate_training
+from ..oracle.reference_cache import ReferenceCache
+from ..paths import code_path
+from ..running import profile
+from ..sanitize import truncate
 from .compare import Comparison, baseline_error, compare
 from .divergences import record_entries, verify
-from .dropout import evaluate_training
-from .paths import code_path
-from .reference_cache import ReferenceCache
-from .sanitize import truncate
 from .tolerance import Tolerance, for_gradients, logit_rounding_floor, tolerance_for
 
 VERDICTS = ("pass", "fail", "diverges", "unsupported", "error")

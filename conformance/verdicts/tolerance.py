@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .case import Case
-    from .inputs import CaseInputs
+    from ..cases.case import Case
+    from ..cases.inputs import CaseInputs
 
 
 @dataclass(frozen=True)
