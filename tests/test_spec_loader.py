@@ -197,7 +197,7 @@ def test_schema_is_versioned_and_current() -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"].endswith(":v1")
-    assert SCHEMA_PATH.read_text() == render(), "run: python -m conformance.schema"
+    assert SCHEMA_PATH.read_text() == render(), "run: python -m conformance.spec.schema"
     assert schema == build_schema()
 
 

@@ -4,11 +4,7 @@ conformance.cases.kv_cache), checked with the case and resolved once its seed ke
 
 from __future__ import annotations
 
-from ..cases.case import (
-    Case,
-    Decode,
-    Mask,
-)
+from ..cases.case import Case, Decode, Mask
 from ..cases.kv_cache import MAX_PAGE_SIZE, PAGE_ORDERS, Cache, pages_needed, seeded_block_table
 from ..cases.rotary import Rope
 from ..cases.score_terms import ScoreTerms

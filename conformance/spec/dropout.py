@@ -4,13 +4,9 @@ statistical check.
 
 from __future__ import annotations
 
-from ..cases.case import (
-    Dropout,
-)
+from ..cases.case import Dropout
 from .keys import DROPOUT_KEYS
-from .limits import (
-    MAX_DROPOUT_DRAWS,
-)
+from .limits import MAX_DROPOUT_DRAWS
 from .values import _bool, _check_keys, _Ctx, _int, _mapping, _number
 from .yamlload import LocatedDict
 

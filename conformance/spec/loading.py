@@ -26,15 +26,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..cases.case import (
-    Case,
-)
+from ..cases.case import Case
 from ..errors import SpecError, did_you_mean
 from .keys import CASE_KEYS, FILE_KEYS, SPEC_VERSION
-from .limits import (
-    MAX_TOTAL_CASES,
-    TOTAL_CASES_HINT,
-)
+from .limits import MAX_TOTAL_CASES, TOTAL_CASES_HINT
 from .matrix import _expand
 from .values import _check_keys, _Ctx, _kind, _mapping, _show
 from .yamlload import LocatedDict, load_yaml_file

@@ -6,18 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cases.case import (
-    CAUSAL_ALIGNMENTS,
-    FILL_WORDS,
-    MASKED_ROW_POLICIES,
-    PADDING_SIDES,
-    Mask,
-)
+from ..cases.case import CAUSAL_ALIGNMENTS, FILL_WORDS, MASKED_ROW_POLICIES, PADDING_SIDES, Mask
 from .keys import MASK_KEYS
-from .limits import (
-    MAX_BIAS_SCALE,
-    yaml_number_hint,
-)
+from .limits import MAX_BIAS_SCALE, yaml_number_hint
 from .values import _bool, _check_keys, _choice, _Ctx, _density, _int_list, _mapping, _number, _show
 from .yamlload import LocatedDict
 

@@ -10,16 +10,12 @@ import math
 import re
 from typing import Any
 
-from ..cases.case import (
-    Case,
-)
+from ..cases.case import Case
 from ..errors import SpecError, did_you_mean
 from .keys import DIRECT_PARAMS, MAX_MATRIX_CASES, SHAPE_KEYS
 from .resolve import _resolve_case
 from .values import _Ctx, _mapping, _show
 from .yamlload import LocatedDict, LocatedList
-
-_REF = re.compile(r"\$\{(\w+)\}|^\$(\w+)$")
 
 
 def _substitute(value: Any, params: dict[str, Any], whole: set[str], inline: set[str]) -> Any:

@@ -10,24 +10,12 @@ import math
 import re
 from typing import Any
 
-from ..cases.case import (
-    COMPARABLE,
-    DTYPES,
-    MODES,
-    TIERS,
-    Case,
-    Decode,
-    Mask,
-    Shape,
-)
+from ..cases.case import COMPARABLE, DTYPES, MODES, TIERS, Case, Decode, Mask, Shape
 from ..paths import display_path
 from .cache import _check_cache, _resolve_cache
 from .dropout import _resolve_dropout
 from .keys import DECODE_KEYS, LAYER_DIMS, MAX_CASE_BYTES
-from .limits import (
-    CASE_ID_HINT,
-    case_id_problem,
-)
+from .limits import CASE_ID_HINT, case_id_problem
 from .mask import _resolve_mask
 from .rope import _resolve_rope
 from .scores import _resolve_scores

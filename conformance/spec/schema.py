@@ -3,7 +3,7 @@
 The shipped file conformance/schema/spec.schema.json is this module's output; a test checks
 that they agree. Regenerate it after changing spec keys:
 
-    python -m conformance.schema
+    python -m conformance.spec.schema
 
 Editors use it through the first line of every shipped spec:
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--check" in argv:
         current = SCHEMA_PATH.read_text() if SCHEMA_PATH.exists() else ""
         if current != text:
-            print(f"{SCHEMA_PATH} is stale: run python -m conformance.schema", file=sys.stderr)
+            print(f"{SCHEMA_PATH} is stale: run python -m conformance.spec.schema", file=sys.stderr)
             return 1
         return 0
     SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..cases.case import (
-    COMPARABLE,
-    Case,
-)
+from ..cases.case import COMPARABLE, Case
 from .values import _choice, _Ctx, _mapping, _show
 from .yamlload import LocatedDict
 

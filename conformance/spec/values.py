@@ -8,11 +8,7 @@ import math
 from typing import Any
 
 from ..errors import SpecError, did_you_mean
-from .limits import (
-    MAX_LIST_INT,
-    MAX_SPEC_INT,
-    yaml_number_hint,
-)
+from .limits import MAX_LIST_INT, MAX_SPEC_INT, yaml_number_hint
 from .yamlload import LocatedDict, LocatedList
 
 
