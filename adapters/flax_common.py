@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter
-from conformance.case import Case
-from conformance.feature_sets import EVERY_BOOLEAN_MASK, LAYER_INPUTS
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Adapter
+from conformance.adapter_api.feature_sets import EVERY_BOOLEAN_MASK, LAYER_INPUTS
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
 
 from .jax_dpa import flax_param_grads, jax_device_names, jax_versions, setup_jax, to_jax, to_numpy
 

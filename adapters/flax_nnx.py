@@ -49,11 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Declaration, Divergence, DropoutBehavior, Unsupported
-from conformance.case import Case
-from conformance.feature_sets import DROPOUT, GROUPED_HEADS
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, causal_offset
+from conformance.adapter_api.adapter import Declaration, Divergence, DropoutBehavior, Unsupported
+from conformance.adapter_api.feature_sets import DROPOUT, GROUPED_HEADS
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, causal_offset
 
 from .flax_common import (
     LAYER_FEATURES,

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask
 
 from .torch_sdpa import (
     SDPA_MASKED_ROWS,
@@ -215,7 +215,7 @@ def hf_rotary(case: Case, q: Any, k: Any, style: str | None = None) -> tuple[Any
     case's unless given: the trap adapter passes the other one)."""
     import torch
 
-    from conformance.rotary import key_positions, query_positions
+    from conformance.cases.rotary import key_positions, query_positions
 
     rope = case.rope
     s = case.shape

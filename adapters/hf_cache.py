@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Declaration, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Declaration, Unsupported
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
 
 from .hf_layer import LLAMA_SOURCE, HfLlamaAttention, load_weights
 from .torch_sdpa import to_numpy, to_torch

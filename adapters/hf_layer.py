@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance import layouts
-from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.cases import layouts
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
 
 from .hf_attention import ROPE_TABLES_REASON, HfSdpaAdapter
 from .torch_sdpa import to_numpy, to_torch

@@ -36,12 +36,23 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration, Divergence, Unsupported
-from conformance.case import Case
-from conformance.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, GROUPED_HEADS
-from conformance.inputs import CaseInputs
-from conformance.layouts import bhtk_to_bthk, bthk_to_bhtk, from_einsum_kernel, to_einsum_kernel
-from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
+from conformance.adapter_api.adapter import (
+    FILL_AS_WRITTEN,
+    Adapter,
+    Declaration,
+    Divergence,
+    Unsupported,
+)
+from conformance.adapter_api.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, GROUPED_HEADS
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.layouts import (
+    bhtk_to_bthk,
+    bthk_to_bhtk,
+    from_einsum_kernel,
+    to_einsum_kernel,
+)
+from conformance.cases.masks import build_mask, causal_offset, combined_additive, fill_value
 
 JAX_SRC = "https://github.com/jax-ml/jax/blob/jax-v0.10.2/jax/_src/nn/functions.py"
 # Set before a worker imports jax: x64 on (setup() repeats it), and no up-front grab of 75% of
@@ -58,7 +69,7 @@ def enable_compilation_cache(jax: Any) -> None:  # noqa: ANN401 - the jax module
     about 100 signatures per adapter on the shipped specs); later runs load the compiled
     programs (about 5x less CPU) and compute exactly the same thing.
     """
-    from conformance.cache import cache_dir
+    from conformance.running.cache import cache_dir
 
     count_compilations(jax)
     folder = cache_dir("jax")
@@ -87,7 +98,7 @@ def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
     global _listening
     if _listening:
         return
-    from conformance import profile
+    from conformance.running import profile
 
     def on_duration(name: str, seconds: float, **_: Any) -> None:  # noqa: ANN401
         if name in _COMPILE_EVENTS:

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.adapter import Declaration
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.layouts import to_einsum_kernel
+from conformance.adapter_api.adapter import Declaration
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.layouts import to_einsum_kernel
 
 from .keras_mha import (
     COMMON_UNSUPPORTED,

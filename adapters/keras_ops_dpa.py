@@ -26,11 +26,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence
-from conformance.case import Case
-from conformance.feature_sets import ADDITIVE_MASKS, DTYPE_TAGS, EVERY_BOOLEAN_MASK, GROUPED_HEADS
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    DTYPE_TAGS,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+)
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive
 
 from .jax_dpa import MASKED_MIXED, MASKED_UNIFORM_LINK
 from .keras_mha import (

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.adapter import FILL_AS_WRITTEN, Adapter, Declaration
-from conformance.feature_sets import (
+from conformance.adapter_api.adapter import FILL_AS_WRITTEN, Adapter, Declaration
+from conformance.adapter_api.feature_sets import (
     ADDITIVE_MASKS,
     EVERY_BOOLEAN_MASK,
     KERNEL_SHAPES,
@@ -27,7 +27,7 @@ from conformance.feature_sets import (
     MASKS_AS_WRITTEN,
     ROPE,
 )
-from conformance.masks import build_mask, combined_additive, fill_value
+from conformance.cases.masks import build_mask, combined_additive, fill_value
 
 
 def einsum(spec: str, *operands: np.ndarray) -> np.ndarray:

@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import FILL_AS_WRITTEN, Declaration, Divergence, Unsupported
-from conformance.case import Case
-from conformance.feature_sets import (
+from conformance.adapter_api.adapter import FILL_AS_WRITTEN, Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import (
     ADDITIVE_MASKS,
     ALIBI,
     EVERY_BOOLEAN_MASK,
@@ -42,9 +41,10 @@ from conformance.feature_sets import (
     MASKS_AS_WRITTEN,
     ROPE,
 )
-from conformance.inputs import CaseInputs
-from conformance.layouts import merge_heads, split_heads
-from conformance.masks import build_mask, causal_offset, combined_additive, fill_value
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.layouts import merge_heads, split_heads
+from conformance.cases.masks import build_mask, causal_offset, combined_additive, fill_value
 
 from .ort_runtime import (
     NUMPY_DTYPES,
@@ -210,7 +210,7 @@ def rotary_feeds(case: Case, feeds: dict[str, np.ndarray], past: int, dtype) -> 
     """Rename Q, K, past_key to their `_raw` inputs and add the caches and position ids
     (conformance.rotary: queries at offset + S - T + t, keys at offset + s). The caches are
     computed in float64 and rounded to the dtype, as a model exporter stores them."""
-    from conformance.rotary import key_positions, query_positions, tables
+    from conformance.cases.rotary import key_positions, query_positions, tables
 
     rope, s = case.rope, case.shape
     keys = key_positions(case)
@@ -481,7 +481,7 @@ class OnnxAttentionBase(OrtAdapter):
 
     def save_model(self, case: Case, directory: str | Path) -> list[Path]:
         """Write the ONNX model this case runs (and its inputs, .npz) into `directory`."""
-        from conformance.inputs import make_inputs
+        from conformance.cases.inputs import make_inputs
 
         stem = f"{self.declaration.name}-{case.id}"
         if case.decode is not None:

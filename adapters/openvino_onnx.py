@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance import profile
-from conformance.adapter import Divergence
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Divergence
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.running import profile
 
 from .onnx_attention import AttentionConfig, OnnxAttention4D, attention_model
 from .openvino_sdpa import OV_HINT_DOC

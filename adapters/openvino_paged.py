@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Unsupported
-from conformance.case import Case, Mask
-from conformance.inputs import CaseInputs
-from conformance.kv_cache import paged_layout, sequence_lengths
+from conformance.adapter_api.adapter import Adapter, Declaration, Unsupported
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.kv_cache import paged_layout, sequence_lengths
 
 CPU_BLOCK_SIZE = 32
 EXTRA_INPUTS = 15  # score aggregation ... qq_bias_begins, after max_context_len

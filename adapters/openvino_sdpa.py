@@ -29,12 +29,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance import profile
-from conformance.adapter import Adapter, Declaration, Divergence
-from conformance.case import Case
-from conformance.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, KERNEL_SHAPES
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.adapter_api.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, KERNEL_SHAPES
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive
+from conformance.running import profile
 
 from .torch_sdpa import only_causal
 

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance.adapter import Declaration, Divergence
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Declaration, Divergence
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
 
 from .openvino_sdpa import DEFAULT_BF16, F64_AS_F32, OV_HINT_DOC
 from .ort_runtime import SessionCache

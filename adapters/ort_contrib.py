@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case, Mask
-from conformance.inputs import CaseInputs, make_inputs
-from conformance.kv_cache import sequence_lengths
-from conformance.layouts import merge_heads, split_heads
-from conformance.masks import build_mask, causal_offset, combined_additive
+from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs, make_inputs
+from conformance.cases.kv_cache import sequence_lengths
+from conformance.cases.layouts import merge_heads, split_heads
+from conformance.cases.masks import build_mask, causal_offset, combined_additive
 
 from .ort_runtime import (
     OrtAdapter,
@@ -351,7 +351,7 @@ class OrtContribGQA(OrtContribBase):
         if cfg.head_sink:
             feeds["head_sink"] = np.asarray(case.scores.sink, dtype=dtype)
         if case.rope is not None:  # issue 14: do_rotary with the case's tables
-            from conformance.rotary import tables
+            from conformance.cases.rotary import tables
 
             rope = case.rope
             if rope.offset:

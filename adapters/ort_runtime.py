@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Unsupported
-from conformance.case import Case
+from conformance.adapter_api.adapter import Adapter, Unsupported
+from conformance.cases.case import Case
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_DTYPES = ("float32", "float16", "float64")  # bfloat16 cannot travel as a NumPy array

@@ -6,11 +6,11 @@ never in an implementation.
 
 from __future__ import annotations
 
-from conformance.adapter import Adapter, Declaration
-from conformance.backward import gradients
-from conformance.case import FEATURES
-from conformance.dropout import numpy_dropout
-from conformance.reference import attention
+from conformance.adapter_api.adapter import Adapter, Declaration
+from conformance.cases.case import FEATURES
+from conformance.oracle.backward import gradients
+from conformance.oracle.dropout import numpy_dropout
+from conformance.oracle.reference import attention
 
 
 class ReferenceAdapter(Adapter):

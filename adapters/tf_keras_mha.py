@@ -21,10 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.layouts import from_einsum_kernel, to_einsum_kernel
+from conformance.adapter_api.adapter import (
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    Unsupported,
+)
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.layouts import from_einsum_kernel, to_einsum_kernel
 
 from .keras_mha import (
     COMMON_UNSUPPORTED,

@@ -23,11 +23,11 @@ import os
 
 import numpy as np
 
-from conformance import profile
-from conformance.adapter import Declaration
-from conformance.cache import cache_dir
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Declaration
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.running import profile
+from conformance.running.cache import cache_dir
 
 from .torch_sdpa import (
     SDPA_FEATURES,

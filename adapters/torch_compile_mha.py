@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from conformance import profile
-from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.running import profile
 
 from .torch_compile import check_compiled, compile_counters, compile_setup, compile_versions
 from .torch_mha import (

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration, Divergence, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask
-from conformance.score_terms import alibi_offset, without_alibi
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask
+from conformance.cases.score_terms import alibi_offset, without_alibi
 
 from .torch_compile import check_compiled, compile_counters, inductor_cache_setup, report_compiles
 from .torch_sdpa import (

@@ -42,11 +42,17 @@ from typing import Any
 
 import numpy as np
 
-from conformance import layouts
-from conformance.adapter import Adapter, Declaration, Divergence, DropoutBehavior, Unsupported
-from conformance.case import Case, Mask
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive, to_additive, to_true_masked
+from conformance.adapter_api.adapter import (
+    Adapter,
+    Declaration,
+    Divergence,
+    DropoutBehavior,
+    Unsupported,
+)
+from conformance.cases import layouts
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive, to_additive, to_true_masked
 
 from .torch_sdpa import (
     ALL_FUSED,

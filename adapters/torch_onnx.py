@@ -36,19 +36,19 @@ from typing import Any
 
 import numpy as np
 
-from conformance import profile
-from conformance.adapter import Declaration, Divergence, Unsupported
-from conformance.case import Case, Mask
-from conformance.feature_sets import (
+from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import (
     ADDITIVE_MASKS,
     EVERY_BOOLEAN_MASK,
     GROUPED_HEADS,
     KERNEL_SHAPES,
     LAYER_INPUTS,
 )
-from conformance.inputs import CaseInputs, make_inputs
-from conformance.layouts import to_linear, to_linear_out, to_packed_in_proj
-from conformance.masks import build_mask, causal_offset, combined_additive, to_true_masked
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs, make_inputs
+from conformance.cases.layouts import to_linear, to_linear_out, to_packed_in_proj
+from conformance.cases.masks import build_mask, causal_offset, combined_additive, to_true_masked
+from conformance.running import profile
 
 from .ort_runtime import (
     NUMPY_DTYPES,
@@ -80,7 +80,7 @@ class Exporter:
         self._registries: dict[int, Any] = {}
         self._memory: dict[str, Any] = {}
         self._versions = f"torch={version('torch')};onnxscript={version('onnxscript')}"
-        from conformance.cache import cache_dir
+        from conformance.running.cache import cache_dir
 
         self._dir = cache_dir("torch_onnx")
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import Declaration, Unsupported
-from conformance.case import Case
-from conformance.inputs import CaseInputs
-from conformance.kv_cache import padded_block_table, paged_layout, sequence_lengths
-from conformance.masks import build_mask
+from conformance.adapter_api.adapter import Declaration, Unsupported
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.kv_cache import padded_block_table, paged_layout, sequence_lengths
+from conformance.cases.masks import build_mask
 
 from .torch_flex import TorchFlexAdapter, _compiled_flex
 from .torch_sdpa import (

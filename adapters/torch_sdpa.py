@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter import (
+from conformance.adapter_api.adapter import (
     FILL_AS_WRITTEN,
     Adapter,
     Declaration,
@@ -48,8 +48,7 @@ from conformance.adapter import (
     DropoutBehavior,
     Unsupported,
 )
-from conformance.case import Case, Mask
-from conformance.feature_sets import (
+from conformance.adapter_api.feature_sets import (
     ADDITIVE_MASKS,
     ALIBI,
     EVERY_BOOLEAN_MASK,
@@ -57,9 +56,10 @@ from conformance.feature_sets import (
     KERNEL_SHAPES,
     MASKS_AS_WRITTEN,
 )
-from conformance.inputs import CaseInputs
-from conformance.masks import build_mask, combined_additive, fill_value
-from conformance.score_terms import alibi_for_case
+from conformance.cases.case import Case, Mask
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.masks import build_mask, combined_additive, fill_value
+from conformance.cases.score_terms import alibi_for_case
 
 # --- helpers shared with torch_mha.py --------------------------------------------------------
 

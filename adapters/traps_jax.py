@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conformance.case import Case
+from conformance.cases.case import Case
 
 from .jax_dpa import JaxDpaXla
 

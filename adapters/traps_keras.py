@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from conformance.case import Case
+from conformance.cases.case import Case
 
 from .keras_mha import KerasMasks, KerasTensorflowExplicit, KerasTensorflowFused, keras_masks
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from conformance.case import Case
+from conformance.cases.case import Case
 
 from .ort_contrib import OrtContribMHA
 

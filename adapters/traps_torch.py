@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conformance.case import Case
-from conformance.inputs import CaseInputs
+from conformance.cases.case import Case
+from conformance.cases.inputs import CaseInputs
 
 from .torch_mha import TorchMhaSlowAdapter
 from .torch_sdpa import TorchSdpaAdapter, only_causal

@@ -25,8 +25,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from conformance.profile import programs_by_family, table
-from conformance.profile import summarize as summarize_profile
+from conformance.running.profile import programs_by_family, table
+from conformance.running.profile import summarize as summarize_profile
 
 
 def main() -> int:

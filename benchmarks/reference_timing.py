@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from conformance.case import in_tier
-from conformance.evaluate import ReferenceCache
+from conformance.cases.case import in_tier
 from conformance.spec import load_specs, shipped_specs_dir
+from conformance.verdicts.evaluate import ReferenceCache
 
 
 def main() -> None:

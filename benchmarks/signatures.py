@@ -22,8 +22,8 @@ from collections import defaultdict
 
 from conformance.adapters.jax_dpa import JaxDpaXla, JaxDpaXlaSeqLengths
 
-from conformance.adapter import Unsupported
-from conformance.case import Case, in_tier
+from conformance.adapter_api.adapter import Unsupported
+from conformance.cases.case import Case, in_tier
 from conformance.spec import load_specs, shipped_specs_dir
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter
-from conformance.reference import attention, baseline
-from conformance.registry import load_target, resolve
+from conformance.adapter_api.plugin import kernel_adapter
+from conformance.adapter_api.registry import load_target, resolve
+from conformance.oracle.reference import attention, baseline
 from conformance.spec import load_spec
-from conformance.tolerance import POLICY
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
+from conformance.verdicts.tolerance import POLICY
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -10,7 +10,7 @@ at the mask features, and the reproducer shows one failing case in a standalone 
 
 import numpy as np
 
-from conformance.plugin import kernel_adapter
+from conformance.adapter_api.plugin import kernel_adapter
 
 
 @kernel_adapter(name="example.broken.mask-polarity", mask="attend", returns_weights=True)

@@ -1,7 +1,7 @@
 """The multi-query paper's TensorFlow functions (multiquery_paper.py) as a user adapter."""
 
 from conformance import Unsupported
-from conformance.plugin import layer_adapter
+from conformance.adapter_api.plugin import layer_adapter
 
 # The functions take one memory M for keys and values, and model dim d everywhere.
 DROP = {"cross-attention", "kv-len", "grouped-query", "kv-input-dims", "output-dim"}

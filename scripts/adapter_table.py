@@ -18,7 +18,7 @@ END = "<!-- end of generated behaviour table -->"
 
 
 def adapter_table() -> str:
-    from conformance.registry import all_entries
+    from conformance.adapter_api.registry import all_entries
     from conformance.report.docs_links import docs_page
 
     rows = [
@@ -33,7 +33,7 @@ def adapter_table() -> str:
         divs = ", ".join(sorted({v.id for v in d.divergences})) or "-"
         extra = [t for t in ("gradients", "decode", "grouped-query", "weights", "dropout")
                  if t in d.features]  # fmt: skip
-        if d.opt_in:  # left out of a plain run: runs when named (conformance/adapter.py)
+        if d.opt_in:  # left out of a plain run: runs when named (adapter_api/adapter.py)
             extra.append("**opt-in**: `--adapter` " + e.name)
         summary = d.summary.replace("|", "\\|")
         rows.append(f"| {name} | {summary} | {modes} | {divs} | {', '.join(extra)} |")

@@ -144,7 +144,9 @@ def _unrescaled(q, k, v, mask, *, scale):  # noqa: ANN001, ANN202
 
 
 def _unrescaled_adapter():  # noqa: ANN202
-    from conformance.plugin import kernel_adapter  # local: the kernel itself needs only NumPy
+    from conformance.adapter_api.plugin import (
+        kernel_adapter,  # local: the kernel itself needs only NumPy
+    )
 
     return kernel_adapter(_unrescaled, name="test.blockwise.acc-not-rescaled", mask="additive",
                           class_name="Unrescaled")  # fmt: skip

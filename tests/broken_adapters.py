@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 
-from conformance.adapter import Adapter, Declaration
-from conformance.case import FEATURES
-from conformance.masks import build_mask
-from conformance.reference import attention, dot_product_attention
+from conformance.adapter_api.adapter import Adapter, Declaration
+from conformance.cases.case import FEATURES
+from conformance.cases.masks import build_mask
+from conformance.oracle.reference import attention, dot_product_attention
 
 ALL = frozenset(FEATURES)
 

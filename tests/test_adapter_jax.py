@@ -15,13 +15,13 @@ jax = pytest.importorskip("jax")
 
 import dataclasses  # noqa: E402
 
-from conformance.adapter import DropoutBehavior  # noqa: E402
-from conformance.backward import gradient_names, gradients  # noqa: E402
-from conformance.case import Case, Decode, Mask, Shape  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
-from conformance.layouts import from_einsum_kernel, to_einsum_kernel  # noqa: E402
-from conformance.reference import attention  # noqa: E402
+from conformance.adapter_api.adapter import DropoutBehavior  # noqa: E402
+from conformance.cases.case import Case, Decode, Mask, Shape  # noqa: E402
+from conformance.cases.layouts import from_einsum_kernel, to_einsum_kernel  # noqa: E402
+from conformance.oracle.backward import gradient_names, gradients  # noqa: E402
+from conformance.oracle.reference import attention  # noqa: E402
 from conformance.spec import load_spec, shipped_specs_dir  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,7 +133,7 @@ def test_nnx_native_weights_to_canonical_match_reference() -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from conformance.inputs import make_inputs
+    from conformance.cases.inputs import make_inputs
 
     case = _native_layer_case(G=2)
     s = case.shape
@@ -164,7 +164,7 @@ def test_linen_native_params_to_canonical_match_reference() -> None:
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from conformance.inputs import make_inputs
+    from conformance.cases.inputs import make_inputs
 
     case = _native_layer_case()
     s = case.shape
@@ -447,7 +447,7 @@ def test_dropout_unsupported_where_the_path_cannot_take_it(dpa, nnx_adapters, sh
 def test_dpa_compiles_once_per_signature_and_reports_it(dpa) -> None:  # noqa: ANN001
     """Two cases that differ only in data share one XLA program: the first case's record counts
     it (conformance.profile, from JAX's monitoring events), the second compiles nothing."""
-    from conformance import profile
+    from conformance.running import profile
 
     # A shape no other test uses, so this process has not compiled it yet.
     first, second = (make_case(n, "kernel", "float32", T=3, S=11, H=1) for n in ("sig-a", "sig-b"))

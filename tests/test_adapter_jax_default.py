@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("jax")
 
-from conformance.case import Case, Mask, Shape  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.cases.case import Case, Mask, Shape  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 
 def test_default_implementation_passes_on_cpu() -> None:

@@ -145,11 +145,11 @@ cases:
 SCRIPT = r"""
 import json, sys
 import numpy as np
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.inputs import CaseInputs
-from conformance.layouts import from_einsum_kernel
-from conformance.reference import attention
-from conformance.registry import load_target
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
+from conformance.cases.inputs import CaseInputs
+from conformance.cases.layouts import from_einsum_kernel
+from conformance.oracle.reference import attention
+from conformance.adapter_api.registry import load_target
 from conformance.spec import load_spec
 
 spec, targets, only = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys
-from conformance.case import Case, Mask, Shape
-from conformance.evaluate import ReferenceCache, evaluate
+from conformance.cases.case import Case, Mask, Shape
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 from conformance.adapters import keras_ops_dpa
 
 backend = sys.argv[1]

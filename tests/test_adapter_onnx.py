@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from conformance.adapter import Unsupported  # noqa: E402
-from conformance.case import FEATURES, Case  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
-from conformance.inputs import make_inputs  # noqa: E402
-from conformance.reference import attention  # noqa: E402
+from conformance.adapter_api.adapter import Unsupported  # noqa: E402
+from conformance.cases.case import FEATURES, Case  # noqa: E402
+from conformance.cases.inputs import make_inputs  # noqa: E402
+from conformance.oracle.reference import attention  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 SPEC = """
 version: 1
@@ -340,7 +340,7 @@ def test_save_model_reproduces_the_result(onnx_adapters, cases, tmp_path) -> Non
     feeds = dict(np.load(npz))
     saved = session.run(None, feeds)[0]
     ran = adapter.run(case, make_inputs(case), "cpu")["output"]
-    from conformance.layouts import split_heads
+    from conformance.cases.layouts import split_heads
 
     np.testing.assert_array_equal(split_heads(saved, case.shape.num_heads), ran)
 
@@ -454,7 +454,7 @@ def torch_onnx(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 def test_torch_onnx_sdpa_fused_attention(torch_onnx, cases, ref_cache) -> None:  # noqa: ANN001
-    from conformance import profile
+    from conformance.running import profile
 
     adapter = torch_onnx["torch.onnx.sdpa.opset23"]
     profile.take()

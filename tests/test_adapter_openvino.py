@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from conformance.case import Case, Mask, Shape  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.cases.case import Case, Mask, Shape  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 CACHE = ReferenceCache()
 

@@ -14,9 +14,9 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")
 pytest.importorskip("torch")
 
-from conformance.case import Case  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.cases.case import Case  # noqa: E402
 from conformance.spec import load_spec, shipped_specs_dir  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 CACHE = ReferenceCache()
 
@@ -75,7 +75,7 @@ def test_export_is_shared_with_torch_onnx_mha(adapters, cases, cache_root) -> No
     configuration is a disk-cache hit written by the OpenVINO adapter's run (or vice versa)."""
     from conformance.adapters.torch_onnx import TorchOnnxMha
 
-    from conformance.inputs import make_inputs
+    from conformance.cases.inputs import make_inputs
 
     case = cases["basic/layer[T=6,H=4,float64]"]
     evaluate(adapters["f32"], case, "cpu", CACHE)

@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 
 from conformance.adapters import torch_mha, torch_sdpa  # noqa: E402
 
-from conformance import layouts  # noqa: E402
-from conformance.case import Case  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
-from conformance.inputs import make_inputs  # noqa: E402
+from conformance.cases import layouts  # noqa: E402
+from conformance.cases.case import Case  # noqa: E402
+from conformance.cases.inputs import make_inputs  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 SPEC = """\
 version: 1
@@ -425,7 +425,7 @@ def test_3d_attn_mask_is_batch_major(cases: dict[str, Case]) -> None:
     kwargs = torch_mha.mha_masks(cases["layer-random"], "cpu")
     mask = kwargs["attn_mask"]
     assert mask.dtype == torch.bool and mask.shape == (2 * 2, 6, 6)
-    from conformance.masks import build_mask
+    from conformance.cases.masks import build_mask
 
     attend = build_mask(cases["layer-random"])[0]
     for b in range(2):

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance.case import Case, Mask, Shape  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.cases.case import Case, Mask, Shape  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 CACHE = ReferenceCache()
 
@@ -45,7 +45,7 @@ def adapter(tmp_path_factory):
 def test_compiled_sdpa_passes_and_compiles(adapter) -> None:
     from conformance.adapters.torch_compile import compile_counters
 
-    from conformance import profile
+    from conformance.running import profile
 
     profile.take()
     start = compile_counters()["unique_graphs"]

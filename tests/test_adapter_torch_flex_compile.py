@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance import profile  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.running import profile  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 SPEC = """
 version: 1

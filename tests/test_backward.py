@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.backward import gradient_names, gradients
-from conformance.inputs import make_inputs
-from conformance.reference import attention
+from conformance.cases.inputs import make_inputs
+from conformance.oracle.backward import gradient_names, gradients
+from conformance.oracle.reference import attention
 from conformance.spec import load_spec
 
 SPEC = """\

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from conformance.case import in_tier
+from conformance.cases.case import in_tier
 from conformance.spec import MAX_CASE_BYTES, load_specs, shipped_specs_dir
 
 KERNEL_FAMILIES = ("tiles", "long_masks", "long_decode", "long_numerics")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conformance.cli import EPILOG, build_parser, main
-from conformance.commands import select_cases
+from conformance.cli.commands import select_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.compare import compare
-from conformance.tolerance import Tolerance
+from conformance.verdicts.compare import compare
+from conformance.verdicts.tolerance import Tolerance
 
 TOL = Tolerance(rtol=1e-5, atol=1e-5)
 
@@ -85,5 +85,5 @@ def test_the_tools_own_code_is_named_from_its_package_from_any_folder(
     from conformance.paths import code_path
 
     monkeypatch.chdir(tmp_path)  # a user's empty folder, not the checkout
-    evaluate = str(Path(conformance.__file__).resolve().parent / "evaluate.py")
-    assert code_path(evaluate) == "conformance/evaluate.py"
+    evaluate = str(Path(conformance.__file__).resolve().parent / "verdicts" / "evaluate.py")
+    assert code_path(evaluate) == "conformance/verdicts/evaluate.py"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter, layer_adapter
+from conformance.adapter_api.plugin import kernel_adapter, layer_adapter
 from conformance.spec import load_specs, shipped_specs_dir
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 CASES = [c for c in load_specs([shipped_specs_dir()]) if c.dtype == "float64"]
 BIAS_KERNEL = [c for c in CASES if "attn-bias" in c.features and c.mode == "kernel"][:6]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conformance import Divergence
-from conformance.compare import compare
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter
+from conformance.adapter_api.plugin import kernel_adapter
 from conformance.spec import load_spec
-from conformance.tolerance import Tolerance, tolerance_for
+from conformance.verdicts.compare import compare
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
+from conformance.verdicts.tolerance import Tolerance, tolerance_for
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 BASIC_KERNEL_F32 = [

@@ -19,9 +19,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_blocks import code_blocks  # noqa: E402
 
-from conformance.adapter import Adapter  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.adapter_api.adapter import Adapter  # noqa: E402
 from conformance.spec import load_specs, shipped_specs_dir  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 BLOCKS = code_blocks(DOC)

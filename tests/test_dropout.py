@@ -13,18 +13,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conformance.adapter import Adapter, Declaration, DropoutBehavior
-from conformance.case import FEATURES, Case
-from conformance.dropout import (
+from conformance.adapter_api.adapter import Adapter, Declaration, DropoutBehavior
+from conformance.cases.case import FEATURES, Case
+from conformance.cases.inputs import make_inputs
+from conformance.oracle.dropout import (
     numpy_dropout,
     output_from_weights,
     recoverable,
     weights_from_output,
 )
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.inputs import make_inputs
-from conformance.reference import attention
+from conformance.oracle.reference import attention
 from conformance.spec import load_spec, shipped_specs_dir
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 SPEC = shipped_specs_dir() / "dropout.yaml"
 
@@ -208,7 +208,7 @@ def test_reference_adapter_runs_every_dropout_case(cases: dict) -> None:
 )
 def test_torch_dropout(cases: dict, adapter_name: str, cid: str, verdict: str) -> None:
     pytest.importorskip("torch")
-    from conformance.registry import load_target, resolve
+    from conformance.adapter_api.registry import load_target, resolve
 
     entry = next(e for e in resolve([adapter_name]) if e.name == adapter_name)
     adapter = load_target(entry.target)()

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.evaluate import evaluate
-from conformance.feature_table import feature_table
-from conformance.layouts import to_linear
-from conformance.reproducer import write_reproducer
+from conformance.cases.layouts import to_linear
+from conformance.report.reproducer import write_reproducer
+from conformance.running.feature_table import feature_table
 from conformance.spec import load_spec
+from conformance.verdicts.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = load_spec(Path(__file__).parent / "plugin_cases.yaml")
@@ -36,7 +36,7 @@ def no_failures(records: list[dict]) -> None:
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 def test_javascript_example_passes_the_basic_families() -> None:
-    from conformance import external
+    from conformance.adapter_api import external
 
     cases = load_spec(BASIC) if BASIC.exists() else CASES
     adapter = external.adapter_class(f"external:node {ROOT / 'examples/js/attention.js'}")()

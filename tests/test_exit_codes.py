@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conformance.adapter_api.registry import resolve
 from conformance.cli import main
-from conformance.executed import EXIT_NOTHING_EXECUTED, empty_adapters, why_empty
-from conformance.registry import resolve
+from conformance.running.executed import EXIT_NOTHING_EXECUTED, empty_adapters, why_empty
 
 ROOT = Path(__file__).resolve().parent.parent
 BASIC = str(ROOT / "specs" / "basic.yaml")

@@ -9,7 +9,7 @@ import pytest
 
 from conformance.cli import main
 from conformance.errors import SpecError
-from conformance.expected import check_patterns, compare, load
+from conformance.running.expected import check_patterns, compare, load
 
 ROOT = Path(__file__).resolve().parent.parent
 MASKS = str(ROOT / "specs" / "masks.yaml")

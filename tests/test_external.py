@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import external
-from conformance.adapter import Declaration
+from conformance.adapter_api import external
+from conformance.adapter_api.adapter import Declaration
+from conformance.adapter_api.registry import AdapterEntry, load_target
+from conformance.cases.inputs import make_inputs
 from conformance.errors import UsageError
-from conformance.evaluate import evaluate
-from conformance.inputs import make_inputs
-from conformance.registry import AdapterEntry, load_target
 from conformance.spec import load_spec
+from conformance.verdicts.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "examples" / "js" / "attention.js"
@@ -74,7 +74,7 @@ def test_js_example_passes_every_case_it_declares() -> None:
 
 @needs_node
 def test_js_example_through_the_runner_in_a_worker_process() -> None:
-    from conformance.runner import Runner, RunOptions
+    from conformance.running.runner import Runner, RunOptions
 
     selector = f"external:node {JS}"
     cls = external.adapter_class(selector)
@@ -144,7 +144,7 @@ def test_targets_round_trip(tmp_path: Path) -> None:
     assert not external.is_external(str(tmp_path / "missing.yaml"))
     target = external.target_for("external:./my-binary --fast")
     module, _, attr = target.partition(":")
-    assert module == "conformance.external" and "." not in attr and " " not in attr
+    assert module == "conformance.adapter_api.external" and "." not in attr and " " not in attr
 
 
 def test_request_files(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter, layer_adapter
+from conformance.adapter_api.plugin import kernel_adapter, layer_adapter
 from conformance.spec import load_spec
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 GRAD_CASES = [

@@ -23,14 +23,14 @@ pytest.importorskip("hypothesis")
 from conformance.adapters.reference import ReferenceAdapter  # noqa: E402
 from conftest import run_cli  # noqa: E402
 
-from conformance import strategies as cst  # noqa: E402
-from conformance.adapter import Adapter, Declaration  # noqa: E402
-from conformance.case import FEATURES  # noqa: E402
-from conformance.evaluate import evaluate  # noqa: E402
+from conformance.adapter_api.adapter import Adapter, Declaration  # noqa: E402
+from conformance.cases.case import FEATURES  # noqa: E402
+from conformance.cases.masks import build_mask  # noqa: E402
 from conformance.fuzz import PROPERTIES, Context, fuzz_adapter, run_property  # noqa: E402
-from conformance.masks import build_mask  # noqa: E402
-from conformance.reference import attention, dot_product_attention  # noqa: E402
+from conformance.fuzz import strategies as cst  # noqa: E402
+from conformance.oracle.reference import attention, dot_product_attention  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
+from conformance.verdicts.evaluate import evaluate  # noqa: E402
 
 PROFILE = cst.profile()
 EXAMPLES = PROFILE.max_examples  # per property
@@ -231,7 +231,7 @@ def test_an_adapter_that_supports_nothing_it_declares_is_reported_not_failed() -
         declaration = _decl("always-unsupported")
 
         def run(self, case, inputs, device):  # noqa: ANN001
-            from conformance.adapter import Unsupported
+            from conformance.adapter_api.adapter import Unsupported
 
             raise Unsupported("not today")
 

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from conformance.adapters.reference import ReferenceAdapter
 
-from conformance import layouts
-from conformance.adapter import Declaration, Divergence
-from conformance.backward import baseline_gradients, gradient_names, gradients
-from conformance.case import FEATURES
+from conformance.adapter_api.adapter import Declaration, Divergence
+from conformance.cases import layouts
+from conformance.cases.case import FEATURES
+from conformance.cases.inputs import make_inputs
 from conformance.errors import SpecError
-from conformance.evaluate import ReferenceCache, compared_names, evaluate
-from conformance.inputs import make_inputs
-from conformance.reference import attention
+from conformance.oracle.backward import baseline_gradients, gradient_names, gradients
+from conformance.oracle.reference import attention
 from conformance.spec import load_spec
-from conformance.tolerance import GRADIENT_BASELINE_FACTOR, tolerance_for
+from conformance.verdicts.evaluate import ReferenceCache, compared_names, evaluate
+from conformance.verdicts.tolerance import GRADIENT_BASELINE_FACTOR, tolerance_for
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "gradients.yaml"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.reproducer import write_reproducer
+from conformance.report.reproducer import write_reproducer
 from conformance.sanitize import for_docstring, for_markdown, for_terminal, truncate
 from conformance.spec import load_spec
 
@@ -86,7 +86,7 @@ def test_markdown_report_shows_hostile_messages_as_text(tmp_path: Path) -> None:
 def test_terminal_summary_strips_escape_sequences() -> None:
     import io
 
-    from conformance.commands import _summary
+    from conformance.cli.commands import _summary
 
     record = {"adapter": "a", "device": "cpu", "case": "f/c", "verdict": "error"}
     out = io.StringIO()
@@ -130,9 +130,9 @@ def test_devices_and_fifos_are_refused_not_read(tmp_path: Path) -> None:
 
 
 def test_total_case_count_is_limited_across_items_and_files(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from conformance import spec as spec_module
     from conformance.errors import SpecError
     from conformance.spec import load_specs
+    from conformance.spec import loading as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_TOTAL_CASES", 5)
     item = (
@@ -168,7 +168,7 @@ def test_stored_input_bombs_are_refused_before_inflating(tmp_path, monkeypatch) 
 
     import numpy as np
 
-    from conformance import inputs as inputs_module
+    from conformance.cases import inputs as inputs_module
     from conformance.errors import SpecError
 
     # The limit scaled down so the bomb stays small: 4 MiB of zeros compress to ~4 KB, and
@@ -199,9 +199,9 @@ def test_stored_input_bombs_are_refused_before_inflating(tmp_path, monkeypatch) 
 def _misbehaving(behaviour: str):  # noqa: ANN202
     import numpy as np
 
-    from conformance.adapter import Adapter, Declaration
-    from conformance.case import FEATURES
-    from conformance.reference import attention
+    from conformance.adapter_api.adapter import Adapter, Declaration
+    from conformance.cases.case import FEATURES
+    from conformance.oracle.reference import attention
 
     class Misbehaves(Adapter):  # a test double of a *user's* adapter, run for real
         declaration = Declaration(name=f"test.{behaviour}", summary="misbehaves",
@@ -226,7 +226,7 @@ def _misbehaving(behaviour: str):  # noqa: ANN202
 
 
 def test_misbehaving_adapters_give_clear_records() -> None:
-    from conformance.evaluate import MAX_MESSAGE_CHARS, ReferenceCache, evaluate
+    from conformance.verdicts.evaluate import MAX_MESSAGE_CHARS, ReferenceCache, evaluate
 
     case = load_spec(TESTS / "plugin_cases.yaml")[0]
     cache = ReferenceCache()
@@ -267,7 +267,7 @@ def test_plugin_import_failures_and_duplicate_names_are_clear(tmp_path: Path) ->
 def test_unserialisable_values_become_text_not_a_lost_file(tmp_path: Path) -> None:
     import numpy as np
 
-    from conformance.results import dumps, write_json_atomic
+    from conformance.running.results import dumps, write_json_atomic
 
     class Version:
         def __str__(self) -> str:
@@ -283,8 +283,7 @@ def test_unserialisable_values_become_text_not_a_lost_file(tmp_path: Path) -> No
 def test_full_disk_is_one_message(monkeypatch, capsys) -> None:  # noqa: ANN001
     import errno
 
-    from conformance import commands
-    from conformance.cli import main
+    from conformance.cli import commands, main
 
     def full(args):  # noqa: ANN001, ANN202
         raise OSError(errno.ENOSPC, "No space left on device", "out/results.jsonl")
@@ -301,7 +300,7 @@ def test_full_disk_is_one_message(monkeypatch, capsys) -> None:  # noqa: ANN001
 def _peer(code: str, **kw):  # noqa: ANN003, ANN202
     import textwrap
 
-    from conformance import external
+    from conformance.adapter_api import external
 
     config = external.ExternalConfig(
         command=(sys.executable, "-c", textwrap.dedent(code)), cwd=str(ROOT), **kw
@@ -310,7 +309,7 @@ def _peer(code: str, **kw):  # noqa: ANN003, ANN202
 
 
 def _hello() -> str:
-    from conformance import external
+    from conformance.adapter_api import external
 
     return json.dumps({"protocol": external.PROTOCOL, "name": "t.hostile",
                        "features": ["kernel", "weights", "causal", "causal-top-left", "kv-len"]})  # fmt: skip
@@ -319,7 +318,7 @@ def _hello() -> str:
 def test_external_garbage_and_endless_wrong_replies_time_out() -> None:
     import time
 
-    from conformance.evaluate import evaluate
+    from conformance.verdicts.evaluate import evaluate
 
     # Non-UTF-8 bytes before the hello are logs, not a crash; then every request gets an
     # endless stream of replies for other ids: the case must still time out.
@@ -350,7 +349,7 @@ def test_external_garbage_and_endless_wrong_replies_time_out() -> None:
 
 
 def test_external_timeouts_must_be_positive(tmp_path: Path) -> None:
-    from conformance import external
+    from conformance.adapter_api import external
     from conformance.errors import UsageError
 
     path = tmp_path / "peer.adapter.json"

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.case import Mask
+from conformance.cases.case import Mask
+from conformance.cases.inputs import make_inputs, stored_array, stored_group
 from conformance.errors import SpecError
-from conformance.importers import (
+from conformance.peers.importers import (
     KERAS_NOT_PORTED,
     ONNX_MASKED_ROWS,
     agreement,
     render_spec,
 )
-from conformance.inputs import make_inputs, stored_array, stored_group
 from conformance.spec import load_spec, shipped_specs_dir
 
 SPECS = shipped_specs_dir()
@@ -129,7 +129,7 @@ def test_cases_use_exactly_their_stored_arrays(onnx_cases: list) -> None:
         np.testing.assert_array_equal(inputs.arrays[name], group[name])
     generated = make_inputs(dataclasses.replace(case, inputs=None))
     assert not np.array_equal(generated.arrays["q"], inputs.arrays["q"])
-    from conformance.masks import build_mask
+    from conformance.cases.masks import build_mask
 
     attend, bias = build_mask(case)
     np.testing.assert_array_equal(attend, group["mask.attend"].astype(bool))
@@ -137,7 +137,7 @@ def test_cases_use_exactly_their_stored_arrays(onnx_cases: list) -> None:
 
 
 def test_stored_low_precision_inputs_are_exact(onnx_cases: list) -> None:
-    from conformance.dtypes import round_to
+    from conformance.cases.dtypes import round_to
 
     for case in onnx_cases:
         if case.dtype in ("float16", "bfloat16"):
@@ -165,7 +165,7 @@ def test_onnx_spec_is_what_the_importer_writes(tmp_path: Path) -> None:
 
 
 def test_keras_spec_is_what_the_importer_writes(tmp_path: Path) -> None:
-    from conformance.importers import write_keras
+    from conformance.peers.importers import write_keras
 
     out = tmp_path / "keras_ported.yaml"
     write_keras(out, tmp_path / "data" / "keras_attention.npz")
@@ -187,7 +187,7 @@ def test_keras_port_names_its_tests(keras_cases: list) -> None:
 
 def test_keras_tests_exist_in_the_installed_keras(keras_cases: list) -> None:
     pytest.importorskip("keras")
-    from conformance.importers import keras_test_file
+    from conformance.peers.importers import keras_test_file
 
     source = keras_test_file()
     if source is None:
@@ -267,8 +267,8 @@ def test_render_spec_is_valid_yaml(tmp_path: Path) -> None:
 def test_imported_cases_run_on_kernel_adapters(onnx_cases: list, adapter_name: str) -> None:
     module = "torch" if adapter_name.startswith("torch") else "onnxruntime"
     pytest.importorskip(module)
-    from conformance.evaluate import ReferenceCache, evaluate
-    from conformance.registry import load_target, resolve
+    from conformance.adapter_api.registry import load_target, resolve
+    from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
     entry = next(e for e in resolve([adapter_name]) if e.name == adapter_name)
     adapter = load_target(entry.target)()
@@ -288,7 +288,7 @@ def test_results_store_stored_arrays_without_machine_paths(
 ) -> None:
     """Results name the shipped data `specs/data/...`, not this machine's checkout, and
     inputs built from such a record in another folder are the same arrays."""
-    from conformance.case import Case
+    from conformance.cases.case import Case
     from conformance.paths import portable_case_dict
 
     case = next(c for c in onnx_cases if c.expected)

@@ -15,11 +15,11 @@ from blockwise_kernel import BLOCK_K, BUGS, blockwise_attention
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis.errors import NoSuchExample
 
-from conformance.adapter import Divergence
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.plugin import kernel_adapter
+from conformance.adapter_api.adapter import Divergence
+from conformance.adapter_api.plugin import kernel_adapter
+from conformance.fuzz.strategies import DEFAULT_LIMITS, KERNEL_SCALE_LIMITS, cases
 from conformance.spec import load_specs, shipped_specs_dir
-from conformance.strategies import DEFAULT_LIMITS, KERNEL_SCALE_LIMITS, cases
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 # The planted bugs overflow and divide by zero on purpose; the verdicts are what count.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.case import Case
-from conformance.commands import describe_case
-from conformance.inputs import make_inputs
-from conformance.kv_cache import (
+from conformance.cases.case import Case
+from conformance.cases.inputs import make_inputs
+from conformance.cases.kv_cache import (
     gather_pages,
     padded_block_table,
     paged_layout,
     seeded_block_table,
     sequence_lengths,
 )
-from conformance.reference import attention, dot_product_attention
+from conformance.cli.commands import describe_case
+from conformance.oracle.reference import attention, dot_product_attention
 from conformance.spec import load_spec
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "kv_cache.yaml"

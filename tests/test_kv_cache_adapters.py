@@ -86,9 +86,9 @@ def test_paged_adapter_reads_the_page_table() -> None:
     )
     from torch.nn.attention.flex_attention import flex_attention
 
-    from conformance.inputs import make_inputs
-    from conformance.kv_cache import paged_layout, sequence_lengths
-    from conformance.reference import attention
+    from conformance.cases.inputs import make_inputs
+    from conformance.cases.kv_cache import paged_layout, sequence_lengths
+    from conformance.oracle.reference import attention
 
     (case,) = [c for c in load_spec(SPEC) if c.id == "kv_cache/paged-16-step[float64]"]
     inputs = make_inputs(case)
@@ -118,8 +118,8 @@ def test_openvino_paged_attention_reads_block_indices(monkeypatch: pytest.Monkey
 
     from conformance.adapters import openvino_paged
 
-    from conformance.inputs import make_inputs
-    from conformance.reference import attention
+    from conformance.cases.inputs import make_inputs
+    from conformance.oracle.reference import attention
 
     (case,) = [c for c in load_spec(SPEC) if c.id == "kv_cache/paged-32-chunk-causal"]
     inputs = make_inputs(case)

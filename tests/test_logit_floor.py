@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.compare import baseline_error, compare
-from conformance.inputs import make_inputs
-from conformance.reference import attention, baseline, softmax_rows
+from conformance.cases.inputs import make_inputs
+from conformance.oracle.reference import attention, baseline, softmax_rows
 from conformance.spec import load_specs, shipped_specs_dir
-from conformance.tolerance import logit_rounding_floor, tolerance_for
+from conformance.verdicts.compare import baseline_error, compare
+from conformance.verdicts.tolerance import logit_rounding_floor, tolerance_for
 
 SPECS = shipped_specs_dir()
 

@@ -30,7 +30,7 @@ import pytest
 
 from conformance.errors import SpecError
 from conformance.spec import load_spec, load_specs
-from conformance.yamlload import MAX_SPEC_BYTES
+from conformance.spec.yamlload import MAX_SPEC_BYTES
 
 CORPUS = Path(__file__).parent / "malformed"
 SPECS = Path(__file__).parent.parent / "specs"
@@ -230,8 +230,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conformance.inputs import make_inputs  # noqa: E402
-from conformance.reference import attention  # noqa: E402
+from conformance.cases.inputs import make_inputs  # noqa: E402
+from conformance.oracle.reference import attention  # noqa: E402
 from conformance.spec import CASE_KEYS, MASK_KEYS, SHAPE_KEYS, estimate_bytes  # noqa: E402
 
 KEYS = sorted({*CASE_KEYS, *SHAPE_KEYS, *MASK_KEYS, "cases", "version", "family", "defaults",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from conformance.results import RunLock, read_results, repair_stream
+from conformance.running.results import RunLock, read_results, repair_stream
 
 SPEC = """\
 version: 1

@@ -15,7 +15,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from conformance.importers import (  # noqa: E402
+from conformance.peers.importers import (  # noqa: E402
     Skipped,
     _attributes,
     _f64,

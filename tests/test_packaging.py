@@ -126,7 +126,7 @@ def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_wheel_carries_specs_data_and_schema(installed: Path) -> None:
     probe = subprocess.run(
         [str(installed / "python"), "-c",
-         "from conformance.spec import shipped_specs_dir as d; from conformance.schema import "
+         "from conformance.spec import shipped_specs_dir as d; from conformance.spec.schema import "
          "SCHEMA_PATH as s; print(d()); print(sorted(p.name for p in d().rglob('*.*'))); "
          "print(s.is_file())"],
         capture_output=True, text=True, check=True, cwd="/",

@@ -14,10 +14,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conformance.case import Case, Mask, Shape
-from conformance.inputs import make_inputs
-from conformance.masks import build_mask, combined_additive, cu_seqlens, fill_value, segment_ids
-from conformance.reference import attention, dot_product_attention
+from conformance.cases.case import Case, Mask, Shape
+from conformance.cases.inputs import make_inputs
+from conformance.cases.masks import (
+    build_mask,
+    combined_additive,
+    cu_seqlens,
+    fill_value,
+    segment_ids,
+)
+from conformance.oracle.reference import attention, dot_product_attention
 
 
 def kernel_case(t: int, s: int | None = None, *, b: int = 2, h: int = 2, g: int | None = None,

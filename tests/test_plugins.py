@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.evaluate import evaluate
-from conformance.feature_table import feature_table
-from conformance.masks import build_mask, visible
-from conformance.plugin import (
+from conformance.adapter_api.plugin import (
     ADDITIVE_MASK_FEATURES,
     BOOL_MASK_FEATURES,
     kernel_adapter,
     layer_adapter,
     mask_for,
 )
-from conformance.registry import _entries_from_module, load_target
+from conformance.adapter_api.registry import _entries_from_module, load_target
+from conformance.cases.masks import build_mask, visible
+from conformance.running.feature_table import feature_table
 from conformance.spec import load_spec
+from conformance.verdicts.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = load_spec(Path(__file__).parent / "plugin_cases.yaml")
@@ -351,8 +351,8 @@ def test_feature_table_points_at_the_culprit() -> None:
 def test_opt_in_adapters_run_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """Declaration.opt_in: left out of a plain run and of prefix selections, chosen by name,
     and `conformance list adapters` says why."""
-    from conformance import registry
-    from conformance.adapter import Declaration
+    from conformance.adapter_api import registry
+    from conformance.adapter_api.adapter import Declaration
 
     plain = Declaration(
         name="fam.fast", summary="s", framework="numpy", features=frozenset(), dtypes=frozenset()
@@ -366,7 +366,7 @@ def test_opt_in_adapters_run_only_when_named(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_shipped_opt_in_adapters_say_why() -> None:
-    from conformance.registry import builtin_entries
+    from conformance.adapter_api.registry import builtin_entries
 
     opt_in = {e.name: e.declaration.opt_in for e in builtin_entries() if e.declaration.opt_in}
     assert set(opt_in) == {"torch.compile.mha", "torch.compile.mha.weights"}

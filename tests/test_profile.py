@@ -1,4 +1,4 @@
-"""conformance.profile: the per-case phase tally, its per-adapter summary, `run --profile`.
+"""conformance.running.profile: the per-case phase tally, its per-adapter summary, `run --profile`.
 
 Behaviour only (what is counted where, how the table is built); never how long anything took.
 """
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from conformance import profile
-from conformance.results import read_results
+from conformance.running import profile
+from conformance.running.results import read_results
 
 
 def test_tally_counts_phases_and_resets_on_take() -> None:
@@ -126,9 +126,9 @@ def test_compile_bound_workers_start_first() -> None:
     Declarations here are test doubles of the harness's own input, nothing is run."""
     import dataclasses
 
-    from conformance.adapter import Declaration
-    from conformance.registry import AdapterEntry
-    from conformance.runner import Runner, RunOptions
+    from conformance.adapter_api.adapter import Declaration
+    from conformance.adapter_api.registry import AdapterEntry
+    from conformance.running.runner import Runner, RunOptions
     from conformance.spec import load_spec
 
     spec = Path(__file__).parent / "plugin_cases.yaml"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conformance.progress import Progress, use_colour
+from conformance.running.progress import Progress, use_colour
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -63,7 +63,7 @@ def test_eta_is_smoothed() -> None:
 
 
 def test_summary_fits_eighty_columns() -> None:
-    from conformance.summary import summary_lines
+    from conformance.running.summary import summary_lines
 
     records = [
         {"adapter": "keras.gqa.torch.explicit-with-a-very-long-plugin-name", "device": "cuda:0",

@@ -30,12 +30,12 @@ import math
 import numpy as np
 import pytest
 
-from conformance import reference
-from conformance.case import Case, Decode, Mask, Shape
-from conformance.dtypes import round_bfloat16
-from conformance.inputs import CaseInputs, make_inputs
-from conformance.masks import build_mask, row_blocks, to_additive, visible
-from conformance.reference import POLICIES, attention, baseline, dot_product_attention
+from conformance.cases.case import Case, Decode, Mask, Shape
+from conformance.cases.dtypes import round_bfloat16
+from conformance.cases.inputs import CaseInputs, make_inputs
+from conformance.cases.masks import build_mask, row_blocks, to_additive, visible
+from conformance.oracle import reference
+from conformance.oracle.reference import POLICIES, attention, baseline, dot_product_attention
 from conformance.spec import load_specs, shipped_specs_dir
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -806,7 +806,7 @@ def test_generated_arrays_are_pinned(key: str) -> None:
 
 def test_seeded_stream_is_pinned() -> None:
     """The stream under every array, independent of the spec library."""
-    from conformance.seeding import stream
+    from conformance.cases.seeding import stream
 
     draws = stream("basic/kernel[T=6,H=4]#0", "q").standard_normal(3)
     assert draws.tolist() == [-0.0036926545414878204, 1.7668535254102082, 0.7600343727068251]

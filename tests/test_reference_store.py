@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import reference_cache
-from conformance.reference_cache import ReferenceCache, ReferenceStore
+from conformance.oracle import reference_cache
+from conformance.oracle.reference_cache import ReferenceCache, ReferenceStore
 from conformance.spec import load_spec, shipped_specs_dir
 
 SPECS = shipped_specs_dir()

@@ -458,7 +458,7 @@ class FixedAttention(WrongAttention):
     def run(self, case, inputs, device):  # noqa: ANN001
         import dataclasses
 
-        from conformance.reference import attention
+        from conformance.oracle.reference import attention
 
         if case.mask.window is not None:
             raise RuntimeError("sliding windows are not implemented")

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from conformance import __version__
-from conformance.adapter import Adapter, Declaration, Divergence
-from conformance.case import FEATURES, Mask
-from conformance.evaluate import ReferenceCache, evaluate
-from conformance.reference import attention
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.cases.case import FEATURES, Mask
+from conformance.oracle.reference import attention
 from conformance.spec import load_spec
+from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 MASKS_SPEC = """\
 version: 1

@@ -12,9 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from conformance.inputs import make_inputs
-from conformance.reference import attention, baseline
-from conformance.rotary import (
+from conformance.cases.inputs import make_inputs
+from conformance.cases.rotary import (
     Rope,
     half_to_interleaved,
     inverse_frequencies,
@@ -23,8 +22,9 @@ from conformance.rotary import (
     rotate,
     tables,
 )
+from conformance.oracle.reference import attention, baseline
 from conformance.spec import load_spec
-from conformance.tolerance import POLICY
+from conformance.verdicts.tolerance import POLICY
 
 RNG = np.random.default_rng(14)
 
@@ -207,7 +207,7 @@ def test_float32_baseline_builds_float32_tables_and_stays_close(cases: dict) -> 
 
 
 def test_features_and_show(cases: dict) -> None:
-    from conformance.commands import describe_case
+    from conformance.cli.commands import describe_case
 
     assert {"rope-half", "rope-partial"} <= cases["kernel-half"].features
     assert "rope-partial" not in cases["layer-interleaved"].features
@@ -218,7 +218,7 @@ def test_features_and_show(cases: dict) -> None:
 
 
 def test_case_round_trips_through_dict(cases: dict) -> None:
-    from conformance.case import Case
+    from conformance.cases.case import Case
 
     case = cases["kernel-interleaved"]
     assert Case.from_dict(case.to_dict()) == case

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from conftest import ROOT, TESTS, run_cli
 
-from conformance.results import read_results, read_stream
+from conformance.running.results import read_results, read_stream
 
 BROKEN = "broken_adapters"
 
@@ -214,7 +214,7 @@ def test_bad_usage_exits_2_with_one_message(tiny_spec: Path, tmp_path: Path) -> 
 
 def test_results_json_is_never_half_written(tmp_path: Path) -> None:
     from conformance.errors import ResultsFileError
-    from conformance.results import write_json_atomic
+    from conformance.running.results import write_json_atomic
 
     path = tmp_path / "results.json"
     write_json_atomic(path, {"schema_version": 1, "results": []})

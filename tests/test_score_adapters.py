@@ -16,9 +16,9 @@ torch = pytest.importorskip("torch")
 
 from conformance.adapters import torch_flex, torch_sdpa  # noqa: E402
 
-from conformance.case import Case  # noqa: E402
-from conformance.evaluate import ReferenceCache, evaluate  # noqa: E402
+from conformance.cases.case import Case  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
+from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 SPEC = Path(__file__).parent.parent / "specs" / "scores.yaml"
 

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from conformance.case import Case
-from conformance.inputs import make_inputs
-from conformance.reference import attention, dot_product_attention
-from conformance.score_terms import ScoreTerms, softcap, standard_alibi_slopes
+from conformance.cases.case import Case
+from conformance.cases.inputs import make_inputs
+from conformance.cases.score_terms import ScoreTerms, softcap, standard_alibi_slopes
+from conformance.oracle.reference import attention, dot_product_attention
 from conformance.spec import load_spec
 
 

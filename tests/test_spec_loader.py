@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conformance.case import FEATURES, Mask
+from conformance.cases.case import FEATURES, Mask
 from conformance.errors import SpecError
 from conformance.spec import load_spec, load_specs, shipped_specs_dir
-from conformance.yamlload import load_yaml_file
+from conformance.spec.yamlload import load_yaml_file
 
 SPECS = shipped_specs_dir()
 SPEC_FILES = sorted(SPECS.glob("*.yaml"))
@@ -157,7 +157,7 @@ def test_dtype_variants_share_their_data(cases: list) -> None:
 def test_reference_adapter_passes_every_shipped_case(cases: list) -> None:
     from conformance.adapters.reference import ReferenceAdapter
 
-    from conformance.evaluate import ReferenceCache, evaluate
+    from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
     adapter = ReferenceAdapter()
     adapter.setup()
@@ -184,7 +184,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 @pytest.fixture(scope="module")
 def validator():  # noqa: ANN201 - jsonschema's validator class
-    from conformance.schema import SCHEMA_PATH
+    from conformance.spec.schema import SCHEMA_PATH
 
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -192,12 +192,12 @@ def validator():  # noqa: ANN201 - jsonschema's validator class
 
 
 def test_schema_is_versioned_and_current() -> None:
-    from conformance.schema import SCHEMA_PATH, build_schema, render
+    from conformance.spec.schema import SCHEMA_PATH, build_schema, render
 
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"].endswith(":v1")
-    assert SCHEMA_PATH.read_text() == render(), "run: python -m conformance.schema"
+    assert SCHEMA_PATH.read_text() == render(), "run: python -m conformance.spec.schema"
     assert schema == build_schema()
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conformance.stats import t_quantile_upper, t_upper_tail
+from conformance.oracle.stats import t_quantile_upper, t_upper_tail
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ Generation is cheap (no adapter runs), so these use more examples than the CI fu
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +15,12 @@ pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, find, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conformance import strategies as cst  # noqa: E402
-from conformance.adapter import Declaration  # noqa: E402
-from conformance.case import FEATURES, Case  # noqa: E402
+from conformance.adapter_api.adapter import Declaration  # noqa: E402
+from conformance.cases.case import FEATURES, Case  # noqa: E402
+from conformance.cases.inputs import make_inputs  # noqa: E402
+from conformance.cases.masks import visible  # noqa: E402
 from conformance.fuzz import spec_text  # noqa: E402
-from conformance.inputs import make_inputs  # noqa: E402
-from conformance.masks import visible  # noqa: E402
+from conformance.fuzz import strategies as cst  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
 
 PROFILE = cst.profile()
@@ -97,9 +96,8 @@ def test_spec_round_trip_reproduces_case_and_inputs(tmp_path) -> None:  # noqa: 
 
     import yaml
 
-    from conformance.spec import __file__ as spec_module
+    from conformance.spec.schema import SCHEMA_PATH as schema_path
 
-    schema_path = Path(spec_module).parent / "schema" / "spec.schema.json"
     validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
 
     @MANY

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from conformance.registry import builtin_entries, load_target
+from conformance.adapter_api.registry import builtin_entries, load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = Path(__file__).resolve().parent / "trap_cases.yaml"

@@ -7,14 +7,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapter import Adapter
-from ..case import FEATURES
+from ..adapter_api.adapter import Adapter
+from ..cases.case import FEATURES
 from ..errors import UsageError
-from ..strategies import DEFAULT_LIMITS, LIMITS_BY_TIER, Limits
 from .context import Context
 from .counterexample import describe, slug, write_failure
 from .properties import PROPERTIES
 from .running import PropertyResult, run_property
+from .strategies import DEFAULT_LIMITS, LIMITS_BY_TIER, Limits
 
 # --- one adapter ---------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ import dataclasses
 
 import numpy as np
 
-from ..case import Case
-from ..compare import baseline_error, compare
-from ..inputs import CaseInputs
-from ..reference import attention, baseline
-from ..tolerance import Tolerance, tolerance_for
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs
+from ..oracle.reference import attention, baseline
+from ..verdicts.compare import baseline_error, compare
+from ..verdicts.tolerance import Tolerance, tolerance_for
 from .context import Context, Failure, PropertyFailed, Skip
 
 # --- tolerances for comparing two runs -----------------------------------------------------

@@ -12,15 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UsageError
-from ..strategies import LIMITS_BY_TIER
 from .adapter_run import DEFAULT_MAX_EXAMPLES, DEFAULT_OUT, fuzz_adapter
 from .properties import PROPERTIES
+from .strategies import LIMITS_BY_TIER
 
 # --- the command ---------------------------------------------------------------------------
 
 
 def _entries(selectors: list[str] | None):  # noqa: ANN202 - list[AdapterEntry]
-    from ..registry import resolve
+    from ..adapter_api.registry import resolve
 
     entries = resolve(selectors)
     usable, missing = [], []
@@ -84,7 +84,7 @@ def handle(args: argparse.Namespace) -> int:
     (group,) = groups.values()
     os.environ.update(dict(group[0].declaration.env))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ..registry import load_target
+    from ..adapter_api.registry import load_target
 
     code = 0
     for entry in group:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..adapter import Adapter, Declaration, Unsupported
-from ..case import Case
-from ..evaluate import ReferenceCache
-from ..inputs import CaseInputs
+from ..adapter_api.adapter import Adapter, Declaration, Unsupported
+from ..cases.case import Case
+from ..cases.inputs import CaseInputs
+from ..verdicts.evaluate import ReferenceCache
 
 # --- outcomes ------------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..adapter import Adapter
-from ..case import Case, Mask
-from ..evaluate import evaluate
+from ..adapter_api.adapter import Adapter
+from ..cases.case import Case, Mask
+from ..verdicts.evaluate import evaluate
 from .context import Failure
 
 # --- writing a counterexample --------------------------------------------------------------
@@ -163,7 +163,7 @@ def write_failure(
         files.append(npz)
         summary["inputs"] = str(npz)
     try:
-        from ..reproducer import write_reproducer  # written by another part of the project
+        from ..report.reproducer import write_reproducer  # written by another part of the project
     except ImportError:
         summary["reproducer"] = None
     else:

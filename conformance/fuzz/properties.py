@@ -10,16 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from ..adapter import Declaration
-from ..case import Case
-from ..dtypes import round_to
-from ..evaluate import evaluate
-from ..inputs import make_inputs
-from ..masks import build_mask, causal_offset, visible
-from ..seeding import stream
-from ..strategies import Limits, cases
+from ..adapter_api.adapter import Declaration
+from ..cases.case import Case
+from ..cases.dtypes import round_to
+from ..cases.inputs import make_inputs
+from ..cases.masks import build_mask, causal_offset, visible
+from ..cases.seeding import stream
+from ..verdicts.evaluate import evaluate
 from .agreement import agree, pair_tolerance
 from .context import Context, ErrorFailed, Failure, HarnessError, PropertyFailed, Skip, run_once
+from .strategies import Limits, cases
 from .transforms import derive, evidence, fresh, permutation
 
 # --- properties ----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisException, Unsatisfiable
 
-from ..case import Case
-from ..strategies import DEFAULT_LIMITS, Limits
+from ..cases.case import Case
 from .context import Context, Failure, HarnessError, PropertyFailed, Skip
 from .properties import Property
+from .strategies import DEFAULT_LIMITS, Limits
 
 # --- running one property ------------------------------------------------------------------
 

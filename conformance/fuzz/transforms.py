@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 from hypothesis import strategies as st
 
-from ..case import Case
-from ..dtypes import round_to
-from ..inputs import CaseInputs
+from ..cases.case import Case
+from ..cases.dtypes import round_to
+from ..cases.inputs import CaseInputs
 
 # --- input transformations -----------------------------------------------------------------
 

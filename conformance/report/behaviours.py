@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from ..case import Case
+from ..cases.case import Case
 from .results import adapter_names
 
 REFERENCE_ROWS = {"nan": "NaN", "zeros": "zeros", "uniform": "uniform weights (mean of V)",

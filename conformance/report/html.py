@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..case import FEATURES, Case
+from ..cases.case import FEATURES, Case
 from ..sanitize import strip_control
 from . import images
 from .assets import CSS, JS
@@ -139,8 +139,8 @@ def spec_text(case: dict) -> str:
 
 def _mask_picture(case: dict, store: _Images) -> tuple[int | None, str]:
     """(image index, caption) for a case's mask, rebuilt from the case dict (NumPy only)."""
-    from ..case import Case
-    from ..masks import build_mask
+    from ..cases.case import Case
+    from ..cases.masks import build_mask
 
     try:
         resolved = Case.from_dict(case)

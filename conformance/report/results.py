@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 # The reader is conformance.results (next to the writer); re-exported for the renderers.
-from ..results import (  # noqa: F401
+from ..running.results import (  # noqa: F401
     RECORD_KEYS,
     REQUIRED_KEYS,
     SCHEMA_VERSION,
