@@ -85,6 +85,11 @@ FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "cache-lengths",  # issue 14: per-sequence lengths as a padding mask, as HF batches do
+        # issue 14: the interface functions take the model's prepared 4-D mask; packed rows and
+        # left padding are entries of it like any other (masking_utils builds the same shapes
+        # from position_ids and the 2-D attention_mask)
+        "segments",
+        "left-padding",
         # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
         "rope-half",
         "rope-interleaved",
