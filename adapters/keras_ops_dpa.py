@@ -62,6 +62,9 @@ FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        # issue 14: packed segments and left padding are entries of the boolean `mask`
+        "segments",
+        "left-padding",
         "float64",
         "float32",
         "float16",
