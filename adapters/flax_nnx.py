@@ -98,6 +98,10 @@ _FEATURES = frozenset(
         "no-bias",
         "decode",
         "gradients",
+        # issue 14: packed segments and padding on either side are entries of the boolean
+        # mask (what nn.make_attention_mask(segment_ids, segment_ids, jnp.equal) builds)
+        "segments",
+        "left-padding",
     }
 )
 
