@@ -64,6 +64,9 @@ FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        # issue 14: packed segments and left padding are entries of the op's attention_mask
+        "segments",
+        "left-padding",
     }
 )
 

@@ -398,9 +398,12 @@ class TorchOnnxMha(TorchOnnxBase):
         rest = m
         padding = None
         if m.key_padding is not None:
-            lengths = np.asarray(m.key_padding)[:, None]
-            padding = np.arange(s.kv_len)[None, :] >= lengths  # True = pad
-            rest = dataclasses.replace(rest, key_padding=None)
+            # True = pad, on the case's side (issue 14: left padding pads the start of the row)
+            only = dataclasses.replace(case, mask=Mask(key_padding=m.key_padding,
+                                                       padding_side=m.padding_side))  # fmt: skip
+            padding = to_true_masked(build_mask(only)[0][:, 0, 0, :])
+            side = m.padding_side if m.query_padding is not None else "right"
+            rest = dataclasses.replace(rest, key_padding=None, padding_side=side)
         attend, bias = build_mask(dataclasses.replace(case, mask=rest))
         mask, kind = None, "none"
         if attend is not None or bias is not None:
@@ -499,6 +502,10 @@ SDPA_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "scale",
+        # issue 14: packed segments and left padding are entries of the exported graph's
+        # attn_mask (and key_padding_mask) inputs, like any other mask
+        "segments",
+        "left-padding",
     }
 )
 MHA_FEATURES = frozenset(
@@ -523,6 +530,10 @@ MHA_FEATURES = frozenset(
         "zero-attn",
         "weights",
         "weights-mean",
+        # issue 14: packed segments and left padding are entries of the exported graph's
+        # attn_mask (and key_padding_mask) inputs, like any other mask
+        "segments",
+        "left-padding",
     }
 )
 SDPA_UNSUPPORTED = {
