@@ -29,19 +29,22 @@ SPEC = Path(__file__).resolve().parent.parent / "specs" / "packed.yaml"
 # adapter -> (verdict tally on the small tier, module it needs). Unsupported: kernel-only
 # adapters on the layer cases and the reverse, bfloat16/float16 where not declared, weights
 # where the path returns none, and the cases each framework cannot state (query padding and
-# packing-with-padding for the masking_utils variants, GQA for nn.MultiheadAttention/flax).
+# packing-with-padding for the masking_utils variants, GQA for nn.MultiheadAttention/flax, and
+# the three rotary layer cases everywhere but hf.llama.attention).
 EXPECTED = {
-    "torch.flex.eager": ({"pass": 13, "diverges": 6, "unsupported": 9}, "torch"),
-    "hf.sdpa": ({"pass": 13, "diverges": 6, "unsupported": 9}, "transformers"),
-    "hf.eager.masking-utils": ({"pass": 9, "diverges": 8, "unsupported": 11}, "transformers"),
-    "hf.sdpa.masking-utils": ({"pass": 13, "diverges": 2, "unsupported": 13}, "transformers"),
-    "torch.mha.fast": ({"pass": 7, "unsupported": 21}, "torch"),
-    "torch.mha.slow-weights": ({"pass": 7, "unsupported": 21}, "torch"),
-    "keras.torch.explicit": ({"pass": 4, "diverges": 3, "unsupported": 21}, "keras"),
-    "keras.gqa.torch.explicit": ({"pass": 4, "diverges": 3, "unsupported": 21}, "keras"),
-    "flax.linen": ({"pass": 4, "diverges": 3, "unsupported": 21}, "flax"),
-    "torch.onnx.mha.opset18": ({"pass": 7, "unsupported": 21}, "onnxscript"),
-    "openvino.sdpa.f32": ({"pass": 10, "diverges": 6, "unsupported": 12}, "openvino"),
+    "torch.flex.eager": ({"pass": 13, "diverges": 6, "unsupported": 12}, "torch"),
+    "hf.sdpa": ({"pass": 13, "diverges": 6, "unsupported": 12}, "transformers"),
+    "hf.eager.masking-utils": ({"pass": 9, "diverges": 8, "unsupported": 14}, "transformers"),
+    "hf.sdpa.masking-utils": ({"pass": 13, "diverges": 2, "unsupported": 16}, "transformers"),
+    "torch.mha.fast": ({"pass": 7, "unsupported": 24}, "torch"),
+    "torch.mha.slow-weights": ({"pass": 7, "unsupported": 24}, "torch"),
+    "keras.torch.explicit": ({"pass": 4, "diverges": 3, "unsupported": 24}, "keras"),
+    "keras.gqa.torch.explicit": ({"pass": 4, "diverges": 3, "unsupported": 24}, "keras"),
+    "flax.linen": ({"pass": 4, "diverges": 3, "unsupported": 24}, "flax"),
+    "torch.onnx.mha.opset18": ({"pass": 7, "unsupported": 24}, "onnxscript"),
+    # the rotary layer cases only: a model's position_ids and 2-D attention_mask
+    "hf.llama.attention": ({"pass": 1, "diverges": 2, "unsupported": 28}, "transformers"),
+    "openvino.sdpa.f32": ({"pass": 10, "diverges": 6, "unsupported": 15}, "openvino"),
 }  # fmt: skip
 
 # The packing/padding feature tags: no adapter above may be unsupported because of them.
@@ -200,3 +203,15 @@ def test_exported_mha_key_padding_mask_follows_the_side() -> None:
     cfg, arrays = TorchOnnxMha().plan(case, make_inputs(case))
     assert cfg.padding and cfg.mask == "none"
     np.testing.assert_array_equal(arrays[-1], ~_key_part(case))  # True = pad, at the start
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                    reason="transformers is not installed")  # fmt: skip
+def test_llama_layer_positions_are_a_models() -> None:
+    """Packed sequences restart at 0; a left-padded row counts from its first real token."""
+    from conformance.adapters.hf_layer import model_position_ids
+
+    left = model_position_ids(_case("layer", causal="top-left", **LEFT), "cpu")
+    assert left.tolist() == [[1, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    packed = model_position_ids(_case("layer", t=5, segments=((2, 3), (5,))), "cpu")
+    assert packed.tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
