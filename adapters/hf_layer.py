@@ -121,7 +121,10 @@ class HfLlamaAttention(HfSdpaAdapter):
         unsupported_reasons=UNSUPPORTED,
         notes="Canonical weights loaded into q_proj/k_proj/v_proj/o_proj (attention_bias = the "
         "case's biases); position_embeddings from LlamaRotaryEmbedding with position_ids "
-        "offset + t; config._attn_implementation = 'sdpa'; masks as hf.sdpa builds them.",
+        "offset + t; config._attn_implementation = 'sdpa'; masks as hf.sdpa builds them. "
+        "Packed rows and left padding as a model feeds the layer: masking_utils' mask from the "
+        "2-D attention_mask / position_ids, rotary at transformers' positions (each sequence "
+        "from 0).",
     )
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:

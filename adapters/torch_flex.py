@@ -272,8 +272,9 @@ FLEX_MASKED_ROWS = Divergence(
 NOTES = (
     "Boolean mask parts -> mask_mod indexing the neutral mask, as a BlockMask "
     "(create_block_mask); packed segments -> a document mask_mod (document_id[b, q_idx] == "
-    "document_id[b, kv_idx]) and-ed with it (and_masks); softcap, ALiBi (natively from the slopes) and any additive mask or "
-    "bias -> one score_mod, in that order. enable_gqa=True when G < H; scale passed when set."
+    "document_id[b, kv_idx]) and-ed with it (and_masks); softcap, ALiBi (natively from the "
+    "slopes) and any additive mask or bias -> one score_mod, in that order. enable_gqa=True "
+    "when G < H; scale passed when set."
 )
 
 
