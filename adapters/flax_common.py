@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Adapter
-from conformance.adapter_api.feature_sets import EVERY_BOOLEAN_MASK, LAYER_INPUTS
+from conformance.adapter_api.feature_sets import (
+    EVERY_BOOLEAN_MASK,
+    LAYER_INPUTS,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 
@@ -25,7 +29,12 @@ from .jax_dpa import flax_param_grads, jax_device_names, jax_versions, setup_jax
 
 # Tags both layers take: a projecting layer with one boolean mask and a decode cache.
 LAYER_FEATURES = (
-    LAYER_INPUTS | EVERY_BOOLEAN_MASK | {"output-dim", "kv-len", "no-bias", "decode", "gradients"}
+    LAYER_INPUTS
+    | EVERY_BOOLEAN_MASK
+    | {"output-dim", "kv-len", "no-bias", "decode", "gradients"}
+    # issue 14: packed segments and padding on either side are entries of the boolean mask
+    # (what nn.make_attention_mask(segment_ids, segment_ids, jnp.equal) builds)
+    | SEGMENTS_AND_LEFT_PADDING
 )
 
 

@@ -36,12 +36,13 @@ be the one named; eager must return its weights, sdpa must return none. torch im
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
-from conformance.cases.case import Case
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask
 
@@ -85,6 +86,11 @@ FEATURES = frozenset(
         "fully-masked-rows",
         "scale",
         "cache-lengths",  # issue 14: per-sequence lengths as a padding mask, as HF batches do
+        # issue 14: the interface functions take the model's prepared 4-D mask; packed rows and
+        # left padding are entries of it like any other (masking_utils builds the same shapes
+        # from position_ids and the 2-D attention_mask)
+        "segments",
+        "left-padding",
         # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
         "rope-half",
         "rope-interleaved",
@@ -379,4 +385,167 @@ class HfSdpaAdapter(HfEagerAdapter):
             raise RuntimeError("sdpa_attention_forward returned weights: not the sdpa path")
 
 
-ADAPTERS = [HfEagerAdapter, HfSdpaAdapter]
+# --- masks from the model's inputs (masking_utils) -------------------------------------------
+
+MASKING_UTILS_SOURCE = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/masking_utils.py"
+)
+
+
+def masking_utils_inputs(case: Case) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What a model's forward hands transformers' mask builders for this case: (attention_mask
+    [B, S] int64, 1 = a real token, or None; position_ids [B, T] int64 or None).
+
+    Padding, on either side, is the 2-D attention_mask a tokenizer returns (generation batches
+    are left-padded). Packed rows are position_ids restarting at 0 in each segment, with
+    attention_mask None, as DataCollatorWithFlattening hands them over: masking_utils detects
+    packing from position_ids only then (find_packed_sequence_indices). Raises Unsupported for
+    a mask those inputs cannot state (hf.eager / hf.sdpa take any mask as a prepared 4-D one).
+    """
+    s, m = case.shape, case.mask
+    stated = Mask(causal=m.causal, key_padding=m.key_padding, segments=m.segments,
+                  padding_side=m.padding_side, fully_masked_rows=m.fully_masked_rows)  # fmt: skip
+    if dataclasses.replace(m, per_head=False) != stated:
+        raise Unsupported(
+            "a model's mask comes from attention_mask (padding) and position_ids (packing) "
+            "only; other mask parts need a prepared 4-D mask (hf.eager / hf.sdpa)"
+        )
+    if m.causal == "bottom-right" and s.query_len != s.kv_len:
+        raise Unsupported("without a cache create_causal_mask aligns the causal band top-left")
+    if m.segments is not None:
+        if m.key_padding is not None:
+            raise Unsupported(
+                "masking_utils detects packed rows from position_ids only when attention_mask "
+                "is None, so packing and padding cannot be stated together"
+            )
+        positions = np.stack([np.concatenate([np.arange(n) for n in row]) for row in m.segments])
+        return None, positions.astype(np.int64)
+    lengths = m.key_padding if m.key_padding is not None else (s.kv_len,) * s.batch
+    keys = np.arange(s.kv_len)[None, :]
+    counts = np.asarray(lengths)[:, None]
+    valid = keys >= s.kv_len - counts if m.padding_side == "left" else keys < counts
+    return valid.astype(np.int64), None
+
+
+def masking_utils_mask(case: Case, implementation: str, device: str) -> Any:
+    """The mask transformers builds for the case's inputs: masking_utils.create_causal_mask
+    (causal cases) or create_bidirectional_mask, config._attn_implementation = implementation,
+    no cache. None when transformers leaves the mask to SDPA's is_causal (or to nothing)."""
+    import torch
+    from transformers import PreTrainedConfig
+    from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+    s = case.shape
+    attention_mask, position_ids = masking_utils_inputs(case)
+    # The builders read only the attention implementation (and is_causal, unset: causal) from
+    # the config; a bare one avoids model configs' validation (Llama's rejects odd head dims).
+    config = PreTrainedConfig()
+    config._attn_implementation = implementation
+    # The builders read the batch, query length, dtype and device from the embeddings.
+    embeds = torch.zeros(s.batch, s.query_len, 1, dtype=getattr(torch, case.dtype), device=device)
+    am = None if attention_mask is None else torch.from_numpy(attention_mask).to(device)
+    ids = None if position_ids is None else torch.from_numpy(position_ids).to(device)
+    if case.mask.causal is not None:
+        return create_causal_mask(config, embeds, am, cache=None, position_ids=ids)
+    return create_bidirectional_mask(config, embeds, am, position_ids=ids)
+
+
+MASKING_UTILS_FEATURES = frozenset(
+    {
+        "kernel",
+        "value-dim",
+        "kv-len",
+        "grouped-query",
+        "multi-query",
+        "causal",
+        "causal-top-left",
+        "key-padding",
+        "left-padding",
+        "segments",
+        "fully-masked-rows",
+        "scale",
+    }
+)
+MASKING_UTILS_UNSUPPORTED = {
+    **UNSUPPORTED,
+    "query-padding": "attention_mask marks tokens as keys; a padded query row is computed "
+    "over the keys it may see (its output is discarded downstream), not masked",
+    "causal-bottom-right": "without a cache create_causal_mask aligns the band top-left "
+    "(decoding: hf.llama.attention.dynamic-cache)",
+    "bool-mask": "a model builds its mask from attention_mask and position_ids (hf.sdpa "
+    "takes any prepared 4-D mask)",
+    "per-head-mask": "masking_utils builds one mask for every head",
+    "additive-mask": "a model builds its mask from attention_mask and position_ids",
+    "attn-bias": "a model builds its mask from attention_mask and position_ids",
+    "window": "not wired here: sliding windows come from config.sliding_window "
+    "(create_sliding_window_causal_mask)",
+    "cache-lengths": "no cache: per-sequence lengths are the cache adapters'",
+    "rope-half": "the rotary code is covered by hf.eager / hf.sdpa; this variant is about the "
+    "mask builders",
+    "rope-interleaved": "the rotary code is covered by hf.eager / hf.sdpa",
+    "rope-partial": "the rotary code is covered by hf.eager / hf.sdpa",
+}
+MASKING_UTILS_NOTES = (
+    "The mask is transformers' own, from the model's inputs: masking_utils.create_causal_mask "
+    "(causal) or create_bidirectional_mask, with the 2-D attention_mask (1 = token; padding on "
+    "the case's side) or, for packed rows, attention_mask None and position_ids restarting "
+    "at each segment (packing is detected from them). The layer's is_causal is the case's. "
+    "scaling = case scale or K**-0.5."
+)
+
+
+class HfEagerMaskingUtils(HfEagerAdapter):
+    """eager_attention_forward with the mask masking_utils builds from the model's inputs."""
+
+    declaration = Declaration(
+        name="hf.eager.masking-utils",
+        summary="transformers eager_attention_forward with the mask masking_utils builds from a "
+        "model's inputs (2-D attention_mask for padding, position_ids for packed rows)",
+        framework="transformers",
+        features=MASKING_UTILS_FEATURES | {"weights"},
+        requires=REQUIRES,
+        worker="torch",
+        divergences=(EAGER_MASKED_ROWS_FLOAT64, EAGER_MASKED_ROWS, EAGER_FLOAT32_SOFTMAX),
+        unsupported_reasons={k: v for k, v in MASKING_UTILS_UNSUPPORTED.items() if k != "weights"},
+        notes=MASKING_UTILS_NOTES,
+    )
+
+    def arguments(self, case: Case, device: str) -> tuple[Any, Any]:
+        mask = masking_utils_mask(case, self.function, device)
+        # None: nothing to mask (bidirectional, no padding), as in a model
+        if mask is not None and mask.dtype == torch_bool():
+            raise RuntimeError("masking_utils built a boolean mask for eager, not an additive one")
+        return mask, case.mask.causal is not None
+
+
+class HfSdpaMaskingUtils(HfSdpaAdapter):
+    """sdpa_attention_forward with the mask masking_utils builds from the model's inputs."""
+
+    declaration = Declaration(
+        name="hf.sdpa.masking-utils",
+        summary="transformers ALL_ATTENTION_FUNCTIONS['sdpa'] with the mask masking_utils builds "
+        "from a model's inputs (2-D attention_mask for padding, position_ids for packed rows)",
+        framework="transformers",
+        features=MASKING_UTILS_FEATURES,
+        requires=REQUIRES,
+        worker="torch",
+        divergences=(SDPA_MASKED_ROWS,),
+        unsupported_reasons=MASKING_UTILS_UNSUPPORTED,
+        notes=MASKING_UTILS_NOTES + " A mask that is plain causal or empty comes back as None: "
+        "SDPA's is_causal (or nothing) then does the masking, as in a model.",
+    )
+
+    def arguments(self, case: Case, device: str) -> tuple[Any, Any]:
+        mask = masking_utils_mask(case, self.function, device)
+        if mask is not None and mask.dtype != torch_bool():
+            raise RuntimeError(f"masking_utils built a {mask.dtype} mask for sdpa, not a boolean")
+        return mask, case.mask.causal is not None
+
+
+def torch_bool() -> Any:
+    import torch
+
+    return torch.bool
+
+
+ADAPTERS = [HfEagerAdapter, HfSdpaAdapter, HfEagerMaskingUtils, HfSdpaMaskingUtils]

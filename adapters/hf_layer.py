@@ -12,7 +12,16 @@ function of config._attn_implementation ("sdpa").
 Only rotary cases (rope-half, whole head: Llama has no partial rotary nor interleaved pairs);
 other cases belong to hf.sdpa. Masks: as hf.sdpa builds them; the layer's `is_causal` is set
 to whether the case's whole mask is top-left causal (sdpa_attention_forward reads it when no
-mask is given). torch imported lazily.
+mask is given).
+
+Packed rows and left padding (issue 14) go in as a model feeds its layers: the mask from
+masking_utils (create_causal_mask, or create_bidirectional_mask for a bidirectional case) built
+from the model's inputs (hf_attention.masking_utils_inputs: the 2-D attention_mask, or
+position_ids restarting at each segment with attention_mask None), and the rotary embedding
+at the positions transformers uses: each packed sequence from 0, a left-padded row from 0 at
+its first real token (generate()'s cumsum(attention_mask) - 1). Rotary attention depends on
+position differences only, so within a sequence this equals the case's absolute positions.
+torch imported lazily.
 """
 
 from __future__ import annotations
@@ -26,8 +35,13 @@ from conformance.cases import layouts
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 
-from .hf_attention import ROPE_TABLES_REASON, HfSdpaAdapter
-from .torch_sdpa import to_numpy, to_torch
+from .hf_attention import (
+    ROPE_TABLES_REASON,
+    HfSdpaAdapter,
+    masking_utils_inputs,
+    masking_utils_mask,
+)
+from .torch_sdpa import SDPA_MASKED_ROWS, to_numpy, to_torch
 
 LLAMA_SOURCE = (
     "https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/"
@@ -43,6 +57,10 @@ FEATURES = frozenset(
         "key-padding",
         "no-bias",
         "rope-half",
+        # issue 14: from the model's inputs through masking_utils (see the docstring)
+        "segments",
+        "left-padding",
+        "fully-masked-rows",
     }
 )
 
@@ -99,11 +117,14 @@ class HfLlamaAttention(HfSdpaAdapter):
         dtypes=frozenset({"float32", "float64"}),
         requires=("torch", "transformers"),
         worker="torch",
-        divergences=(LLAMA_ROPE_FLOAT32,),
+        divergences=(LLAMA_ROPE_FLOAT32, SDPA_MASKED_ROWS),
         unsupported_reasons=UNSUPPORTED,
         notes="Canonical weights loaded into q_proj/k_proj/v_proj/o_proj (attention_bias = the "
         "case's biases); position_embeddings from LlamaRotaryEmbedding with position_ids "
-        "offset + t; config._attn_implementation = 'sdpa'; masks as hf.sdpa builds them.",
+        "offset + t; config._attn_implementation = 'sdpa'; masks as hf.sdpa builds them. "
+        "Packed rows and left padding as a model feeds the layer: masking_utils' mask from the "
+        "2-D attention_mask / position_ids, rotary at transformers' positions (each sequence "
+        "from 0).",
     )
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
@@ -131,8 +152,14 @@ class HfLlamaAttention(HfSdpaAdapter):
             x = to_torch(inputs.native("query"), case.dtype, device)
             rotary = modeling_llama.LlamaRotaryEmbedding(config).to(device)
             ids = torch.arange(s.query_len, device=device)[None] + case.rope.offset
-            cos, sin = rotary(x, ids.expand(s.batch, -1))
-            mask, is_causal = self.arguments(case, device)
+            ids = ids.expand(s.batch, -1)
+            m = case.mask
+            if m.segments is not None or m.padding_side == "left":  # a model's inputs
+                ids = model_position_ids(case, device)
+                mask, is_causal = masking_utils_mask(case, "sdpa", device), m.causal is not None
+            else:
+                mask, is_causal = self.arguments(case, device)
+            cos, sin = rotary(x, ids)
             layer.is_causal = bool(is_causal)
             out, weights = layer(x, position_embeddings=(cos, sin), attention_mask=mask)
         if weights is not None:
@@ -141,6 +168,21 @@ class HfLlamaAttention(HfSdpaAdapter):
 
     def rotary(self, case: Case, q: Any, k: Any) -> tuple[Any, Any]:  # pragma: no cover
         raise AssertionError("the layer rotates by itself")
+
+
+def model_position_ids(case: Case, device: str) -> Any:
+    """[B, T] position_ids as transformers computes them for a packed or left-padded batch:
+    the packed ones restart at 0 in each segment (masking_utils_inputs); a padded row counts
+    from 0 at its first real token, padding at 1 (generate()'s `attention_mask.cumsum(-1) - 1`,
+    `masked_fill_(attention_mask == 0, 1)`)."""
+    import torch
+
+    attention_mask, position_ids = masking_utils_inputs(case)
+    if position_ids is not None:
+        return torch.from_numpy(position_ids).to(device)
+    am = torch.from_numpy(attention_mask).to(device)
+    ids = am.cumsum(-1) - 1
+    return ids.masked_fill_(am == 0, 1)
 
 
 ADAPTERS = [HfLlamaAttention]

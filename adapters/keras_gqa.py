@@ -57,6 +57,10 @@ GQA_FEATURES = frozenset(
         "fully-masked-rows",
         "no-bias",
         "gradients",
+        # issue 14: keras_mha's masks (padding on either side, packed segments in
+        # attention_mask)
+        "left-padding",
+        "segments",
     }
 )
 GQA_UNSUPPORTED = {

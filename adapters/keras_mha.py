@@ -66,6 +66,10 @@ MHA_FEATURES = frozenset(
         "fully-masked-rows",
         "no-bias",
         "gradients",
+        # issue 14: padding masks on either side (valid_tokens) and packed segments as entries
+        # of attention_mask [B, T, S]
+        "left-padding",
+        "segments",
     }
 )
 EXPLICIT_ONLY = frozenset({"weights", "multi-axis", "dropout", "dropout-training"})
@@ -239,6 +243,14 @@ class KerasMasks:
     attention_mask: np.ndarray | None = None  # [B, T, S] or [B, H, T, S] bool, 1 = attend
 
 
+def valid_tokens(n: int, lengths: tuple[int, ...], side: str) -> np.ndarray:
+    """[B, n] bool, True = a real token: the first lengths[b] of the row (right padding) or the
+    last (left padding, issue 14: how generation batches are padded)."""
+    positions = np.arange(n)[None, :]
+    counts = np.asarray(lengths)[:, None]
+    return positions >= n - counts if side == "left" else positions < counts
+
+
 def keras_masks(case: Case, sliding_window: bool = True) -> KerasMasks:
     """Map each neutral mask component to the Keras argument that expresses it natively.
 
@@ -291,9 +303,9 @@ def keras_masks(case: Case, sliding_window: bool = True) -> KerasMasks:
         attend = build_mask(dataclasses.replace(case, mask=rest))[0]
     else:
         if m.key_padding is not None:
-            out.key_valid = np.arange(s.kv_len)[None, :] < np.asarray(m.key_padding)[:, None]
+            out.key_valid = valid_tokens(s.kv_len, m.key_padding, m.padding_side)
         if m.query_padding is not None:
-            out.query_valid = np.arange(s.query_len)[None, :] < np.asarray(m.query_padding)[:, None]
+            out.query_valid = valid_tokens(s.query_len, m.query_padding, m.padding_side)
     if attend is not None:
         out.attention_mask = attend[:, 0] if attend.shape[1] == 1 else attend
     return out

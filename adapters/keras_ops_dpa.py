@@ -32,6 +32,7 @@ from conformance.adapter_api.feature_sets import (
     DTYPE_TAGS,
     EVERY_BOOLEAN_MASK,
     GROUPED_HEADS,
+    SEGMENTS_AND_LEFT_PADDING,
 )
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
@@ -51,7 +52,13 @@ from .torch_sdpa import only_causal
 BACKENDS = ("tensorflow", "jax", "torch")
 
 FEATURES = (
-    GROUPED_HEADS | {"kernel", "kv-len", "scale"} | EVERY_BOOLEAN_MASK | ADDITIVE_MASKS | DTYPE_TAGS
+    GROUPED_HEADS
+    | {"kernel", "kv-len", "scale"}
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    | DTYPE_TAGS
+    # issue 14: packed segments and left padding are entries of the boolean `mask`
+    | SEGMENTS_AND_LEFT_PADDING
 )
 
 UNSUPPORTED = {

@@ -30,7 +30,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
-from conformance.adapter_api.feature_sets import ADDITIVE_MASKS, EVERY_BOOLEAN_MASK, KERNEL_SHAPES
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    EVERY_BOOLEAN_MASK,
+    KERNEL_SHAPES,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask, combined_additive
@@ -47,7 +52,14 @@ OV_HINT_DOC = (
     "precision-control.html"
 )
 
-FEATURES = KERNEL_SHAPES | {"multi-query", "scale"} | EVERY_BOOLEAN_MASK | ADDITIVE_MASKS
+FEATURES = (
+    KERNEL_SHAPES
+    | {"multi-query", "scale"}
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    # issue 14: packed segments and left padding are entries of the op's attention_mask
+    | SEGMENTS_AND_LEFT_PADDING
+)
 
 UNSUPPORTED = {
     "layer": "the SDPA op is the kernel only",

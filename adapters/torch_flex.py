@@ -3,7 +3,8 @@
 FlexAttention takes the attention pattern as two user functions, as its users write them:
 
 - the mask as a `mask_mod(b, h, q_idx, kv_idx) -> bool` turned into a BlockMask
-  (create_block_mask), here indexing the case's neutral boolean mask [B, 1|H, T, S];
+  (create_block_mask), here indexing the case's neutral boolean mask [B, 1|H, T, S]; packed
+  sequences as the document mask_mod (document ids of query and key equal), and-ed with it;
 - everything added to the logits as a `score_mod(score, b, h, q_idx, kv_idx)`, in the order
   conformance.score_terms documents: logit soft-capping cap * tanh(score / cap) (Gemma 2),
   ALiBi natively as -slope[h] * |q_idx + offset - kv_idx| (the FlexAttention blog's alibi
@@ -29,6 +30,7 @@ that changes only parameters reuses the compiled graph; each new size compiles o
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -37,7 +39,7 @@ import numpy as np
 from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
-from conformance.cases.masks import build_mask
+from conformance.cases.masks import build_mask, segment_ids
 from conformance.cases.score_terms import alibi_offset, without_alibi
 
 from .torch_compile import check_compiled, compile_counters, inductor_cache_setup, report_compiles
@@ -111,27 +113,53 @@ def score_mod_for(case: Case, device: str) -> Any:
     return score_mod
 
 
-def block_mask_for(case: Case, device: str) -> Any:
-    """The case's boolean mask as a BlockMask (None without one)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def document_mask_mod(case: Case, device: str) -> Any:
+    """Packed sequences as FlexAttention's document mask (issue 14): a mask_mod comparing the
+    document ids of query and key, `document_id[b, q_idx] == document_id[b, kv_idx]`, as the
+    FlexAttention blog and torchtune's packed-sample masks write it."""
+    import torch
 
-    attend, _ = build_mask(without_alibi(case))
-    if attend is None:
+    document_id = torch.from_numpy(segment_ids(case).astype(np.int64)).to(device)
+
+    def document(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex's signature
+        return document_id[b, q_idx] == document_id[b, kv_idx]
+
+    return document
+
+
+def block_mask_for(case: Case, device: str) -> Any:
+    """The case's boolean mask as a BlockMask (None without one).
+
+    Packed segments go in as a document mask_mod of their own (document_mask_mod), and-ed
+    (flex's and_masks) with a mask_mod indexing the rest of the neutral mask (causal, windows,
+    padding on either side, random parts), as users compose a document mask with causal."""
+    from torch.nn.attention.flex_attention import and_masks, create_block_mask
+
+    base = without_alibi(case)
+    packed = base.mask.segments is not None
+    if packed:
+        base = dataclasses.replace(base, mask=dataclasses.replace(base.mask, segments=None))
+    attend, _ = build_mask(base)
+    if attend is None and not packed:
         return None
     s = case.shape
-    attend_t = to_torch(np.ascontiguousarray(attend), "bool", device)
-    if attend_t.shape[1] > 1:
+    mods = [document_mask_mod(case, device)] if packed else []
+    heads = None
+    if attend is not None:
+        attend_t = to_torch(np.ascontiguousarray(attend), "bool", device)
+        if attend_t.shape[1] > 1:
 
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-            return attend_t[b, h, q_idx, kv_idx]
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                return attend_t[b, h, q_idx, kv_idx]
 
-        heads = s.num_heads
-    else:
+            heads = s.num_heads
+        else:
 
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-            return attend_t[b, 0, q_idx, kv_idx]
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                return attend_t[b, 0, q_idx, kv_idx]
 
-        heads = None
+        mods.insert(0, mask_mod)
+    mask_mod = mods[0] if len(mods) == 1 else and_masks(*mods)
     return create_block_mask(mask_mod, s.batch, heads, s.query_len, s.kv_len, device=device)
 
 
@@ -212,6 +240,10 @@ FLEX_FEATURES = frozenset(
         "alibi",
         "alibi-standard",
         "cache-lengths",  # issue 14: per-sequence lengths and causal ends in the mask_mod
+        # issue 14: packed rows as the document mask_mod (document_mask_mod), left padding in
+        # the mask_mod indexing the neutral mask (valid keys end the row)
+        "segments",
+        "left-padding",
     }
 )
 
@@ -239,8 +271,10 @@ FLEX_MASKED_ROWS = Divergence(
 
 NOTES = (
     "Boolean mask parts -> mask_mod indexing the neutral mask, as a BlockMask "
-    "(create_block_mask); softcap, ALiBi (natively from the slopes) and any additive mask or "
-    "bias -> one score_mod, in that order. enable_gqa=True when G < H; scale passed when set."
+    "(create_block_mask); packed segments -> a document mask_mod (document_id[b, q_idx] == "
+    "document_id[b, kv_idx]) and-ed with it (and_masks); softcap, ALiBi (natively from the "
+    "slopes) and any additive mask or bias -> one score_mod, in that order. enable_gqa=True "
+    "when G < H; scale passed when set."
 )
 
 

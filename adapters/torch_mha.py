@@ -82,6 +82,10 @@ COMMON_FEATURES = frozenset(
         "window",
         "fully-masked-rows",
         "dropout",
+        # issue 14: key_padding_mask from the neutral mask, valid keys at the start or the end
+        # of the row (mha_masks); packed segments are entries of attn_mask (3-D, per batch)
+        "left-padding",
+        "segments",
     }
 )
 SLOW_ONLY = frozenset(
@@ -271,12 +275,18 @@ def _fold(masks: np.ndarray, num_heads: int) -> np.ndarray:
 def mha_masks(case: Case, device: str) -> dict[str, Any]:
     """attn_mask, key_padding_mask and is_causal keyword arguments in torch MHA's convention."""
     kwargs: dict[str, Any] = {}
-    padding = case.mask.key_padding
-    rest = dataclasses.replace(case, mask=dataclasses.replace(case.mask, key_padding=None))
+    m = case.mask
+    padding = m.key_padding
+    # padding_side (issue 14) stays with whichever part still has padding: left padding puts
+    # the valid keys at the end of key_padding_mask's row, as a left-padded batch's mask has.
+    rest_side = m.padding_side if m.query_padding is not None else "right"
+    rest_mask = dataclasses.replace(m, key_padding=None, padding_side=rest_side)
+    rest = dataclasses.replace(case, mask=rest_mask)
     attend, bias = build_mask(rest)
     float_masks = bias is not None
     if padding is not None:
-        only_padding = dataclasses.replace(case, mask=Mask(key_padding=padding))
+        padding_only = Mask(key_padding=padding, padding_side=m.padding_side)
+        only_padding = dataclasses.replace(case, mask=padding_only)
         keep = build_mask(only_padding)[0][:, 0, 0, :]  # [B, S] True = attend
         if float_masks:  # torch deprecates mixing bool and float masks: match attn_mask
             kwargs["key_padding_mask"] = to_torch(to_additive(keep), case.dtype, device)

@@ -43,6 +43,7 @@ from conformance.adapter_api.feature_sets import (
     GROUPED_HEADS,
     KERNEL_SHAPES,
     LAYER_INPUTS,
+    SEGMENTS_AND_LEFT_PADDING,
 )
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs, make_inputs
@@ -405,9 +406,12 @@ class TorchOnnxMha(TorchOnnxBase):
         rest = m
         padding = None
         if m.key_padding is not None:
-            lengths = np.asarray(m.key_padding)[:, None]
-            padding = np.arange(s.kv_len)[None, :] >= lengths  # True = pad
-            rest = dataclasses.replace(rest, key_padding=None)
+            # True = pad, on the case's side (issue 14: left padding pads the start of the row)
+            only = dataclasses.replace(case, mask=Mask(key_padding=m.key_padding,
+                                                       padding_side=m.padding_side))  # fmt: skip
+            padding = to_true_masked(build_mask(only)[0][:, 0, 0, :])
+            side = m.padding_side if m.query_padding is not None else "right"
+            rest = dataclasses.replace(rest, key_padding=None, padding_side=side)
         attend, bias = build_mask(dataclasses.replace(case, mask=rest))
         mask, kind = None, "none"
         if attend is not None or bias is not None:
@@ -494,12 +498,17 @@ SDPA_FEATURES = (
     | (EVERY_BOOLEAN_MASK - {"causal-bottom-right"})  # see SDPA_UNSUPPORTED
     | ADDITIVE_MASKS
     | {"scale"}
+    # issue 14: packed segments and left padding are entries of the exported graph's
+    # attn_mask (and key_padding_mask) inputs, like any other mask
+    | SEGMENTS_AND_LEFT_PADDING
 )
 MHA_FEATURES = (
     LAYER_INPUTS
     | {"kv-len", "no-bias", "bias-kv", "zero-attn", "weights", "weights-mean"}
     | EVERY_BOOLEAN_MASK
     | ADDITIVE_MASKS
+    # issue 14: as in SDPA_FEATURES
+    | SEGMENTS_AND_LEFT_PADDING
 )
 SDPA_UNSUPPORTED = {
     "causal-bottom-right": "is_causal is top-left (torch's causal_lower_right bias is not "

@@ -23,9 +23,13 @@ BOOLEAN_MASKS = frozenset({"bool-mask", "per-head-mask"})
 EVERY_BOOLEAN_MASK = CAUSAL_ALIGNED | PADDING | BOOLEAN_MASKS | {"window", "fully-masked-rows"}
 # Additive masks: -inf/0 masks given as floats, and finite biases added to the logits.
 ADDITIVE_MASKS = frozenset({"additive-mask", "attn-bias"})
+# Packed sequences (several segments per row) and padding at the start of the row (issue 14):
+# entries of any boolean or additive mask, so a framework whose mask argument takes the neutral
+# mask takes these too.
+SEGMENTS_AND_LEFT_PADDING = frozenset({"segments", "left-padding"})
 # A mask the user wrote themselves and passes as written: a finite fill value, packed segments,
 # left padding (issue 14).
-MASKS_AS_WRITTEN = frozenset({"finite-fill", "segments", "left-padding"})
+MASKS_AS_WRITTEN = frozenset({"finite-fill"}) | SEGMENTS_AND_LEFT_PADDING
 # Fewer key/value heads than query heads.
 GROUPED_HEADS = frozenset({"grouped-query", "multi-query"})
 # The kernel's per-head inputs: key length != query length, value head dim != key head dim.
