@@ -87,11 +87,6 @@ def query_positions(case: Case) -> np.ndarray:
     return case.rope.offset + s.kv_len - s.query_len + t
 
 
-def per_sequence(case: Case) -> bool:
-    """Whether the queries' positions differ per sequence (rope with cache lengths)."""
-    return case.rope is not None and case.cache is not None and case.cache.lengths is not None
-
-
 def inverse_frequencies(rope: Rope, key_dim: int, dtype: type = np.float64) -> np.ndarray:
     """theta ** (-2 i / d) for the d / 2 pairs, computed in `dtype` (float64 for the oracle;
     float32 as a float32 implementation builds its tables: 1 / theta ** (arange(0, d, 2) / d))."""
@@ -185,9 +180,10 @@ def describe_rope(case: Case) -> list[str]:
     pairs = "(i, i + d/2)" if rope.style == "half" else "(2i, 2i + 1)"
     q_pos, k_pos = query_positions(case), key_positions(case)
     span = lambda p: f"{p[0]}..{p[-1]}" if len(p) > 1 else f"{p[0]}"  # noqa: E731
-    queries = span(q_pos)
     if q_pos.ndim == 2:  # issue 14: each sequence's queries end its own cache
         queries = ", ".join(f"{span(row)} (batch {b})" for b, row in enumerate(q_pos))
+    else:
+        queries = span(q_pos)
     lines = [
         f"  rope        {rope.style}: pairs {pairs} of the first {d} of {kd} dims rotated, "
         f"theta {rope.theta:g}",
