@@ -15,9 +15,14 @@ where `cache` is `DynamicCache(config=config)` (keys/values concatenated per cal
 mask hides the unwritten slots, for the prefix sdpa's top-left is_causal over the T slots does). Inside, the layer calls `cache.update(k, v, layer_idx)` and attends over
 what the cache returns. The step outputs are concatenated along the sequence axis.
 
-Rotary: decode cases carry no `rope:` (the spec language forbids rope with decode), and Llama's
-layer always rotates by the position_embeddings it is given, so it is given the identity
-rotation (cos = 1, sin = 0): q * 1 + rotate_half(q) * 0 == q exactly.
+Rotary (issue 14): with `rope:` (rotate-half over the whole head, Llama's only form) the
+(cos, sin) come from LlamaRotaryEmbedding(config)(x, position_ids) with rope_theta = the case's
+theta and position_ids = offset + cache length + i, as LlamaModel.forward computes them
+(a `rope.offset` is what a caller passing its own position_ids does: the same ids reach
+create_causal_mask and the rotary embedding). The layer rotates the new q and k and appends
+the rotated keys to the cache; cached keys keep their positions. Without `rope:` the layer
+(which always rotates by what it is given) gets the identity rotation (cos = 1, sin = 0):
+q * 1 + rotate_half(q) * 0 == q exactly.
 
 Path proof: after the last step the cache must hold every token (`get_seq_length() == T`), its
 layer must be the class this adapter names (DynamicLayer / StaticLayer) with keys of length T
@@ -36,7 +41,14 @@ from conformance.adapter_api.adapter import Declaration, Unsupported
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 
-from .hf_layer import LLAMA_SOURCE, HfLlamaAttention, load_weights
+from .hf_layer import (
+    LLAMA_ROPE_FLOAT32,
+    LLAMA_SOURCE,
+    HfLlamaAttention,
+    load_weights,
+    refuse_invalid_config,
+    rope_parameters,
+)
 from .torch_sdpa import to_numpy, to_torch
 
 CACHE_SOURCE = (
@@ -47,7 +59,9 @@ MASK_SOURCE = (
 )
 
 # Decode cases carry "causal" (the implied mask); run() turns non-decode cases away.
-FEATURES = frozenset({"layer", "decode", "causal", "grouped-query", "multi-query", "no-bias"})
+FEATURES = frozenset(
+    {"layer", "decode", "causal", "grouped-query", "multi-query", "no-bias", "rope-half"}
+)
 
 UNSUPPORTED = {
     "kernel": "this is the whole layer with its cache (hf.sdpa is the kernel)",
@@ -63,7 +77,8 @@ UNSUPPORTED = {
     "gradients": "not covered: decoding is inference",
     "dropout": "inference: attention_dropout is 0 outside training",
     "dropout-training": "inference: attention_dropout is 0 outside training",
-    "rope-half": "rotary cases without a cache are hf.llama.attention's",
+    "rope-interleaved": "Llama's apply_rotary_pos_emb is rotate-half (pairs (i, i + d/2))",
+    "rope-partial": "Llama rotates the whole head",
 }
 
 
@@ -79,11 +94,13 @@ class HfLlamaDynamicCache(HfLlamaAttention):
         dtypes=frozenset({"float32", "float64", "float16", "bfloat16"}),
         requires=("torch", "transformers"),
         worker="torch",
+        divergences=(LLAMA_ROPE_FLOAT32,),  # issue 14: float32 rotary tables
         unsupported_reasons=UNSUPPORTED,
         notes="Driven as LlamaModel.forward drives the layer under generate(): position_ids "
         "from cache.get_seq_length(), create_causal_mask(config, x, None, cache, position_ids), "
-        "layer(x, position_embeddings, attention_mask, cache=cache). Identity rotation (cos 1, "
-        "sin 0): decode cases have no rope. Path: cache.get_seq_length() == T after the last "
+        "layer(x, position_embeddings, attention_mask, cache=cache); position_embeddings from "
+        "LlamaRotaryEmbedding at position_ids (offset + cache length + i) for rope cases, the "
+        "identity rotation (cos 1, sin 0) otherwise. Path: cache.get_seq_length() == T after the last "
         "step, DynamicLayer keys of length T.",
     )
 
@@ -117,17 +134,7 @@ class HfLlamaDynamicCache(HfLlamaAttention):
         if case.decode is None:
             raise Unsupported("decode cases only: the other layer cases are hf.llama.attention's")
         s = case.shape
-        # LlamaConfig's own validation (huggingface_hub strict dataclasses) refuses these
-        # before any attention runs; they are configurations no Llama checkpoint can have.
-        if s.query_dim % s.num_heads:
-            raise Unsupported(
-                f"LlamaConfig refuses hidden_size {s.query_dim} not a multiple of "
-                f"num_attention_heads {s.num_heads}"
-            )
-        if s.key_dim % 2:
-            raise Unsupported(
-                f"LlamaConfig's rope validation refuses an odd head_dim ({s.key_dim})"
-            )
+        refuse_invalid_config(case)
         config = LlamaConfig(
             hidden_size=s.query_dim,
             num_attention_heads=s.num_heads,
@@ -135,6 +142,7 @@ class HfLlamaDynamicCache(HfLlamaAttention):
             head_dim=s.key_dim,
             attention_bias=case.use_bias,
             num_hidden_layers=1,  # the cache builds one layer per hidden layer
+            **rope_parameters(case),
         )
         config._attn_implementation = "sdpa"
         dtype = getattr(torch, case.dtype)
@@ -144,6 +152,10 @@ class HfLlamaDynamicCache(HfLlamaAttention):
         x = to_torch(inputs.native("query"), case.dtype, device)
         total = s.query_len
         cache = self.make_cache(config, total)
+        rotary = None
+        if case.rope is not None:  # issue 14: Llama's own rotary embedding, as LlamaModel runs it
+            rotary = modeling_llama.LlamaRotaryEmbedding(config).to(device)
+        offset = case.rope.offset if case.rope is not None else 0
         prefix = case.decode.prefix
         bounds = ([(0, prefix)] if prefix else []) + [(t, t + 1) for t in range(prefix, total)]
         outs = []
@@ -153,7 +165,9 @@ class HfLlamaDynamicCache(HfLlamaAttention):
                 seen = int(cache.get_seq_length())
                 if seen != start:
                     raise RuntimeError(f"the cache holds {seen} tokens before position {start}")
-                ids = (torch.arange(stop - start, device=device) + seen)[None]
+                # LlamaModel.forward's position_ids: the cache length onward (plus the
+                # case's offset: a caller's own position_ids for tokens before the cache)
+                ids = (torch.arange(stop - start, device=device) + seen + offset)[None]
                 mask = create_causal_mask(
                     config=config,
                     inputs_embeds=chunk,
@@ -161,11 +175,14 @@ class HfLlamaDynamicCache(HfLlamaAttention):
                     cache=cache,
                     position_ids=ids,
                 )
-                # Identity rotation: [B, T, K] ones and zeros in the layer's dtype.
-                cos = torch.ones(s.batch, stop - start, s.key_dim, dtype=dtype, device=device)
+                if rotary is not None:
+                    cos, sin = rotary(chunk, ids.expand(s.batch, -1))
+                else:  # identity rotation: [B, T, K] ones and zeros in the layer's dtype
+                    cos = torch.ones(s.batch, stop - start, s.key_dim, dtype=dtype, device=device)
+                    sin = torch.zeros_like(cos)
                 out, weights = layer(
                     chunk,
-                    position_embeddings=(cos, torch.zeros_like(cos)),
+                    position_embeddings=(cos, sin),
                     attention_mask=mask,
                     cache=cache,
                 )

@@ -90,6 +90,26 @@ LLAMA_ROPE_FLOAT32 = Divergence(
 )
 
 
+def refuse_invalid_config(case: Case) -> None:
+    """LlamaConfig's own validation (huggingface_hub strict dataclasses) refuses these before
+    any attention runs; they are configurations no Llama checkpoint can have."""
+    s = case.shape
+    if s.query_dim % s.num_heads:
+        raise Unsupported(
+            f"LlamaConfig refuses hidden_size {s.query_dim} not a multiple of "
+            f"num_attention_heads {s.num_heads}"
+        )
+    if s.key_dim % 2:
+        raise Unsupported(f"LlamaConfig's rope validation refuses an odd head_dim ({s.key_dim})")
+
+
+def rope_parameters(case: Case) -> dict[str, Any]:
+    """LlamaConfig keywords for the case's rotary embedding (none without `rope:`)."""
+    if case.rope is None:
+        return {}
+    return {"rope_parameters": {"rope_type": "default", "rope_theta": case.rope.theta}}
+
+
 def load_weights(layer: Any, case: Case, inputs: CaseInputs, device: str) -> None:
     """The case's canonical weights into q/k/v/o_proj (shared by the cache adapters)."""
     import torch
@@ -134,6 +154,7 @@ class HfLlamaAttention(HfSdpaAdapter):
 
         if case.rope is None:
             raise Unsupported("the Llama layer always rotates: cases without rope are hf.sdpa's")
+        refuse_invalid_config(case)
         s = case.shape
         config = LlamaConfig(
             hidden_size=s.query_dim,
@@ -141,7 +162,7 @@ class HfLlamaAttention(HfSdpaAdapter):
             num_key_value_heads=s.num_kv_heads,
             head_dim=s.key_dim,
             attention_bias=case.use_bias,
-            rope_parameters={"rope_type": "default", "rope_theta": case.rope.theta},
+            **rope_parameters(case),
         )
         config._attn_implementation = "sdpa"
         dtype = getattr(torch, case.dtype)

@@ -47,7 +47,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def rotary_complex(x, positions, style: str, theta: float, dims: int):  # noqa: ANN001, ANN201
     """x [..., L, k]: the first `dims` dims as dims/2 complex numbers, each times
-    e^(i p theta^(-2j/dims)) (RoFormer eq. 13), in x's precision (complex64 for float16/32)."""
+    e^(i p theta^(-2j/dims)) (RoFormer eq. 13), in x's precision (complex64 for float16/32).
+    positions: [L], or [B, L] (x [B, H, L, k]) when each sequence has its own."""
     half = dims // 2
     if style == "interleaved":
         re, im = x[..., 0:dims:2], x[..., 1:dims:2]
@@ -55,7 +56,9 @@ def rotary_complex(x, positions, style: str, theta: float, dims: int):  # noqa: 
         re, im = x[..., :half], x[..., half:dims]
     ctype = np.complex128 if x.dtype == np.float64 else np.complex64
     z = re.astype(ctype) + 1j * im.astype(ctype)
-    angles = np.outer(positions, theta ** (-2.0 * np.arange(half) / dims))
+    angles = np.asarray(positions)[..., None] * theta ** (-2.0 * np.arange(half) / dims)
+    if angles.ndim == 3:  # per-sequence positions [B, L]: the same angles for every head
+        angles = angles[:, None]
     w = z * np.exp(1j * angles).astype(ctype)
     out = x.copy()
     if style == "interleaved":
@@ -122,6 +125,7 @@ class NumpyEinsum(Adapter):
             | {
                 "cache-lengths",  # issue 14: per-sequence lengths in the additive mask
                 "decode-memory",  # issue 14: steps over a memory (chunks of any size)
+                "rope-per-sequence",  # issue 14: rope with cache lengths
             }
             | ROPE  # issue 14: RoFormer's complex form
         ),
@@ -171,9 +175,10 @@ class NumpyEinsum(Adapter):
         else:
             P_k, P_v, fn = w["wk"], w["wv"], multihead_attention_batched  # noqa: N806
         if case.decode:
-            return {
-                "output": self._layer_incremental(X, w["wq"], P_k, P_v, P_o, b, scale, multi_query)
-            }
+            out = self._layer_incremental(
+                X, w["wq"], P_k, P_v, P_o, b, scale, multi_query, self._step_rope(case)
+            )
+            return {"output": out}
         Y, weights = fn(X, M, mask, w["wq"], P_k, P_v, P_o, b, scale, rope)  # noqa: N806
         return {"output": Y, "weights": weights, "weights_mean": weights.mean(axis=1)}
 
@@ -186,6 +191,9 @@ class NumpyEinsum(Adapter):
         s = case.shape
         k_pos = r.offset + np.arange(s.kv_len)
         q_pos = r.offset + s.kv_len - s.query_len + np.arange(s.query_len)
+        if case.cache is not None and case.cache.lengths is not None:  # issue 14: queries end
+            ends = np.asarray(case.cache.lengths)[:, None]  # each sequence's own cache
+            q_pos = r.offset + ends - s.query_len + np.arange(s.query_len)[None, :]
         dims = r.rotary_dim or s.key_dim
 
         def apply(Q, K):  # noqa: ANN001, ANN202, N803
@@ -193,6 +201,16 @@ class NumpyEinsum(Adapter):
                     rotary_complex(K, k_pos, r.style, r.theta, dims))  # fmt: skip
 
         return apply
+
+    @staticmethod
+    def _step_rope(case):  # noqa: ANN001, ANN205
+        """x [..., 1, k] of decoding step i -> rotated at position offset + i (issue 14: the
+        cache holds i tokens before it; cached keys were rotated at their own steps)."""
+        r = case.rope
+        if r is None:
+            return lambda x, i: x
+        dims = r.rotary_dim or case.shape.key_dim
+        return lambda x, i: rotary_complex(x, np.array([r.offset + i]), r.style, r.theta, dims)
 
     @staticmethod
     def _kernel_incremental(q, k, v, scale):  # noqa: ANN001, ANN205
@@ -219,19 +237,19 @@ class NumpyEinsum(Adapter):
         return np.concatenate(outs, axis=2)
 
     @staticmethod
-    def _layer_incremental(X, P_q, P_k, P_v, P_o, b, scale, multi_query):  # noqa: ANN001, ANN205, N803
+    def _layer_incremental(X, P_q, P_k, P_v, P_o, b, scale, multi_query, rope):  # noqa: ANN001, ANN205, N803
         """The paper's MultiquerySelfAttentionIncremental / multi-head analogue, step by step.
 
         Each step projects one new token, appends its key and value to the cache, and attends
-        over the cache (causal by construction).
+        over the cache (causal by construction). `rope(x, i)` rotates step i's query and key.
         """
         outs = []
         prev_k = prev_v = None
         for i in range(X.shape[1]):
             x = X[:, i]  # [b, d]
-            q = einsum("bd,hdk->bhk", x, P_q) + b["q"]
+            q = rope((einsum("bd,hdk->bhk", x, P_q) + b["q"])[:, :, None], i)[:, :, 0]
             if multi_query:
-                new_k = (einsum("bd,dk->bk", x, P_k) + b["k"])[:, None]  # [b, 1, k]
+                new_k = rope((einsum("bd,dk->bk", x, P_k) + b["k"])[:, None], i)  # [b, 1, k]
                 new_v = (einsum("bd,dv->bv", x, P_v) + b["v"])[:, None]
                 prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=1)
                 prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=1)
@@ -239,7 +257,7 @@ class NumpyEinsum(Adapter):
                 weights = softmax(logits)
                 o = einsum("bhm,bmv->bhv", weights, prev_v)
             else:
-                new_k = (einsum("bd,hdk->bhk", x, P_k) + b["k"])[:, :, None]  # [b, h, 1, k]
+                new_k = rope((einsum("bd,hdk->bhk", x, P_k) + b["k"])[:, :, None], i)  # [b,h,1,k]
                 new_v = (einsum("bd,hdv->bhv", x, P_v) + b["v"])[:, :, None]
                 prev_k = new_k if prev_k is None else np.concatenate([prev_k, new_k], axis=2)
                 prev_v = new_v if prev_v is None else np.concatenate([prev_v, new_v], axis=2)

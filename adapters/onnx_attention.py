@@ -91,6 +91,8 @@ class AttentionConfig:
     # issue 14: RotaryEmbedding (opset 23) on Q, K (and past_key) first: (interleaved, dim)
     rope: tuple[int, int] | None = None
     rope_contrib: bool = False  # com.microsoft RotaryEmbedding instead of the standard op
+    # False when decoding: past_key is the present_key fed back, rotated at its own step
+    rotate_past: bool = True
 
 
 def attention_node_parts(cfg: AttentionConfig) -> tuple[list[str], list[str], dict]:
@@ -181,7 +183,7 @@ def _rotary_nodes(cfg: AttentionConfig, graph_in: list, shapes: dict) -> tuple[l
     new_in = []
     nodes = []
     for vi in graph_in:
-        if vi.name not in ROTATED:
+        if vi.name not in ROTATED or (vi.name == "past_key" and not cfg.rotate_past):
             new_in.append(vi)
             continue
         raw, ids = f"{vi.name}_raw", f"{vi.name}_position_ids"
@@ -222,6 +224,23 @@ def rotary_feeds(case: Case, feeds: dict[str, np.ndarray], past: int, dtype) -> 
                 np.broadcast_to(ids[name].astype(np.int64), (s.batch, len(ids[name])))
             )
     cos, sin = tables(rope, s.key_dim, np.arange(int(keys[-1]) + 1))
+    feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
+
+
+def decode_rotary_feeds(case: Case, feeds: dict, start: int, stop: int, dtype) -> None:  # noqa: ANN001
+    """A decoding step's rotary inputs: Q and K renamed to their `_raw` inputs, both at
+    positions offset + start + i (start = the cache length before the step), and the tables
+    up to the last position (float64, rounded to the dtype, as for full calls)."""
+    from conformance.cases.rotary import tables
+
+    rope, s = case.rope, case.shape
+    ids = np.arange(rope.offset + start, rope.offset + stop, dtype=np.int64)
+    for name in ("Q", "K"):
+        feeds[f"{name}_raw"] = feeds.pop(name)
+        feeds[f"{name}_position_ids"] = np.ascontiguousarray(
+            np.broadcast_to(ids, (s.batch, len(ids)))
+        )
+    cos, sin = tables(rope, s.key_dim, np.arange(rope.offset + s.query_len))
     feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
 
 
@@ -452,7 +471,9 @@ class OnnxAttentionBase(OrtAdapter):
         # (cross-attention) feed the cached memory K/V each step, no past, not causal.
         if case.decode.memory:
             return self._base_config(case)
-        return self._base_config(case, causal=True, past=True)
+        # issue 14: with rope each step rotates its new Q and K only (the cache holds keys
+        # already rotated), as decoder graphs exported with RotaryEmbedding do
+        return self._base_config(case, causal=True, past=True, rotate_past=False)
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
         cfg = self._decode_config(case)
@@ -474,6 +495,8 @@ class OnnxAttentionBase(OrtAdapter):
                 continue
             feeds = self._qkv(q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop])
             feeds.update(past_key=past_k, past_value=past_v)
+            if case.rope is not None:  # issue 14
+                decode_rotary_feeds(case, feeds, start, stop, dtype)
             result = session.run(feeds)
             past_k, past_v = result["present_key"], result["present_value"]
             outputs.append(self._output(result["Y"], case.shape.num_heads))

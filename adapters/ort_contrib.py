@@ -14,6 +14,7 @@ onnxruntime.capi.onnxruntime_pybind11_state.get_all_operator_schema()):
   attention_bias as for MHA. Decoding feeds past_key/past_value back from present_*.
   Rotary embeddings (issue 14) are GQA's own do_rotary=1 with cos_cache/sin_cache (float64
   tables stored in the dtype) and rotary_interleaved 0/1; partial rotary from the caches' width.
+  Decoding with rope: each step's new q and k are rotated by the kernel at past length + i.
 
 Each session checks on its first run that the contrib kernel itself ran (see onnx_attention).
 """
@@ -274,15 +275,31 @@ class OrtContribMHA(OrtContribBase):
             return self._memory_steps(case, inputs, device)
         # One graph for prefill and steps: unidirectional, past_key/value (empty at first).
         cfg = self._config(case, causal=True, past=True)
-        session = self.session(cfg, device)
         qkv = self._qkv(case, inputs)
         dtype = qkv["query"].dtype
         s = case.shape
+        rotary = {}
+        if case.rope is not None:  # issue 14: do_rotary rotates each step's new q and k
+            # at positions past length + i (seqlens_k + 1 - new tokens; 0.. for the prompt)
+            # and appends the rotated keys to present_key: the cache keeps their positions.
+            from conformance.cases.rotary import tables
+
+            rope = case.rope
+            if rope.offset:
+                raise Unsupported(
+                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
+                    "needs a past cache (not wired here)"
+                )
+            cos, sin = tables(rope, s.key_dim, np.arange(s.query_len))
+            rotary = {"cos_cache": cos.astype(dtype), "sin_cache": sin.astype(dtype)}
+            interleaved = int(rope.style == "interleaved")
+            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
+        session = self.session(cfg, device)
         past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
         past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
         outputs = []
         for start, stop in _chunks(case):
-            feeds = {n: a[:, start:stop] for n, a in qkv.items()}
+            feeds = {n: a[:, start:stop] for n, a in qkv.items()} | rotary
             feeds.update(past_key=past_k, past_value=past_v)
             result = session.run(feeds)
             past_k, past_v = result["present_key"], result["present_value"]
@@ -376,8 +393,13 @@ class OrtContribGQA(OrtContribBase):
         t = s.query_len
         if m != Mask(causal=m.causal) or (t > 1 and m.causal != "bottom-right"):
             raise Unsupported("GroupQueryAttention's only mask here is its causal past")
-        if case.scores is not None or case.rope is not None:
-            raise Unsupported("score terms and rotary are wired for full calls only here")
+        if case.scores is not None:
+            raise Unsupported("score terms are wired for full calls only here")
+        if case.rope is not None and case.rope.offset:
+            raise Unsupported(
+                "do_rotary places the new tokens at seqlens_k + 1 - T + i; a position offset "
+                "has no input here"
+            )
         if t > 1 and s.batch > 1:
             raise Unsupported(
                 "ORT: 'batch_size must be 1 when sequence_length > 1 and past context is given'"
@@ -391,7 +413,32 @@ class OrtContribGQA(OrtContribBase):
             feeds[f"past_{name}"] = np.ascontiguousarray(past.astype(qkv[name].dtype))
         feeds["seqlens_k"] = (lengths - 1).astype(np.int32)
         feeds["total_sequence_length"] = np.array(s.kv_len, dtype=np.int32)
-        return _Plan(self._config(case, causal=True, past=True), feeds)
+        cfg = self._config(case, causal=True, past=True)
+        if case.rope is not None:  # issue 14: per-sequence positions, GQA's own do_rotary
+            cfg = self._rotary_step(case, feeds, cfg)
+        return _Plan(cfg, feeds)
+
+    @staticmethod
+    def _rotary_step(case: Case, feeds: dict, cfg: ContribConfig) -> ContribConfig:
+        """do_rotary rotates the step's new q and k of sequence b at seqlens_k[b] + 1 - T + i
+        = lengths[b] - T + i (its own cache end); the past it attends to is what earlier
+        steps left in the cache: keys already rotated at their positions 0.., written here
+        with conformance.rotary's float64 tables rounded to the dtype (the harness prepares
+        the cache; the kernel's own rotation is what the step checks)."""
+        from conformance.cases.rotary import rotate, tables
+
+        rope, s = case.rope, case.shape
+        dtype = feeds["past_key"].dtype
+        past = feeds["past_key"]
+        cos, sin = tables(rope, s.key_dim, np.arange(past.shape[2]))
+        feeds["past_key"] = np.ascontiguousarray(
+            rotate(past.astype(np.float64), cos, sin, rope.style).astype(dtype)
+        )
+        cos, sin = tables(rope, s.key_dim, np.arange(s.kv_len))
+        feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
+        return dataclasses.replace(
+            cfg, rotary=(int(rope.style == "interleaved"), rope.dims(s.key_dim))
+        )
 
     def check(self, case: Case) -> None:
         if case.shape.key_dim % 8:
@@ -422,15 +469,31 @@ class OrtContribGQA(OrtContribBase):
         # Prompt then token steps, as onnxruntime-genai drives it: past_key/value (empty for
         # the prompt), seqlens_k = tokens so far - 1, total_sequence_length = tokens so far.
         cfg = self._config(case, causal=True, past=True)
-        session = self.session(cfg, device)
         qkv = self._qkv(case, inputs)
         dtype = qkv["query"].dtype
         s = case.shape
+        rotary = {}
+        if case.rope is not None:  # issue 14: do_rotary rotates each step's new q and k
+            # at positions past length + i (seqlens_k + 1 - new tokens; 0.. for the prompt)
+            # and appends the rotated keys to present_key: the cache keeps their positions.
+            from conformance.cases.rotary import tables
+
+            rope = case.rope
+            if rope.offset:
+                raise Unsupported(
+                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
+                    "needs a past cache (not wired here)"
+                )
+            cos, sin = tables(rope, s.key_dim, np.arange(s.query_len))
+            rotary = {"cos_cache": cos.astype(dtype), "sin_cache": sin.astype(dtype)}
+            interleaved = int(rope.style == "interleaved")
+            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
+        session = self.session(cfg, device)
         past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
         past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
         outputs = []
         for start, stop in _chunks(case):
-            feeds = {n: a[:, start:stop] for n, a in qkv.items()}
+            feeds = {n: a[:, start:stop] for n, a in qkv.items()} | rotary
             feeds.update(past_key=past_k, past_value=past_v)
             feeds["seqlens_k"] = np.full(s.batch, stop - 1, dtype=np.int32)
             feeds["total_sequence_length"] = np.array(stop, dtype=np.int32)
@@ -515,6 +578,7 @@ GQA_FEATURES = frozenset(
         "rope-half",
         "rope-interleaved",
         "rope-partial",
+        "rope-per-sequence",  # issue 14: do_rotary at each sequence's seqlens_k
     }
 )
 

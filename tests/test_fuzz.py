@@ -41,9 +41,10 @@ ADAPTER_EXAMPLES = 3 if PROFILE.derandomize else 50
 # --- deliberately broken implementations (kernel mode, NumPy) -----------------------------
 
 KERNEL = frozenset(FEATURES) - {"layer", "gradients", "dropout", "dropout-training", "decode"}
-# These doubles build on the plain kernel below, which has no softcap or sink (ALiBi arrives
-# inside build_mask's bias, so they do express it).
-KERNEL -= {"softcap", "sink", "sink-zero"}
+# These doubles build on the plain kernel below, which has no softcap, sink or rotary embedding
+# (ALiBi and cache lengths arrive inside build_mask, so they do express those; pages are a layout).
+KERNEL -= {"softcap", "sink", "sink-zero", "rope-half", "rope-interleaved", "rope-partial",
+           "rope-per-sequence"}  # fmt: skip
 
 
 def _decl(name: str) -> Declaration:
@@ -380,6 +381,10 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         " a boolean mask reaches torch SDPA (safe softmax: zeros), a float mask carrying a "
         "bias uses transformers' finfo.min fill (uniform); no single masked-row policy covers "
         "both",
+        "differential": "the same masked-row mix in one case: a boolean and a 0/-inf additive "
+        "mask together go in as one finfo.min float mask, so a row both empty gives the "
+        "uniform row (B=T=S=1: the one value), which neither declared policy (zeros; uniform "
+        "for attn-bias) covers; surfaced at seed 0 once the generator drew rope and caches",
     },
     "openvino.sdpa.default": {
         "differential": "CPU-dependent (bf16 default hint, docs/adapters/openvino.md): under "

@@ -218,3 +218,59 @@ def test_profiles() -> None:
     assert cst.profile("long").max_examples > cst.profile("ci").max_examples
     with pytest.raises(ValueError):
         cst.profile("nightly")
+
+
+# issue 14: rotary embeddings, chunked/memory decoding and caches are generated too, and a
+# generated case round-trips through a spec file (the fuzz counterexample) and the loader.
+ISSUE14_TAGS = ["rope-half", "rope-interleaved", "rope-partial", "rope-per-sequence", "decode-chunked",
+                "decode-memory", "cache-lengths", "paged-kv"]  # fmt: skip
+
+
+@pytest.mark.parametrize("tag", ISSUE14_TAGS)
+def test_issue14_keys_round_trip_through_the_loader(tag: str, tmp_path) -> None:  # noqa: ANN001
+    from conformance.oracle.reference import attention
+
+    @settings(MANY, max_examples=40)
+    @given(cst.cases(require={tag}))
+    def check(case: Case) -> None:
+        assert tag in case.features
+        text = spec_text([case])
+        assert {"rope": "rope:", "deco": "decode:", "cach": "cache:", "page": "cache:"}[
+            tag[:4]
+        ] in text
+        loaded = _round_trip(case, tmp_path)
+        assert _stable(loaded) == _stable(case)  # rope, decode.chunk/memory, lengths, table
+        s = case.shape
+        assert max(s.query_len, s.kv_len) <= cst.DEFAULT_LIMITS.max_len
+        if case.cache is not None and case.cache.paged:
+            held = case.cache.lengths or (s.kv_len,) * s.batch
+            assert [len(r) for r in case.cache.block_table] == [
+                -(-n // case.cache.page_size) for n in held
+            ]
+        out = attention(loaded, make_inputs(loaded))["output"]  # the reference computes it
+        assert out.shape[0] == s.batch
+
+    check()
+
+
+def test_caches_and_ropes_compose() -> None:
+    """The small strategies on their own: a seeded table is filled in from the case's name."""
+
+    @MANY
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        shape = data.draw(cst.shapes("kernel", {"kernel", "kv-len"}))
+        cache = data.draw(cst.caches(shape, {"cache-lengths", "paged-kv"}))
+        if cache is not None and cache.lengths is not None:
+            assert all(shape.query_len <= n <= shape.kv_len for n in cache.lengths)
+        case = cst.with_block_table(
+            cst.named(Case(id="", family="fuzz", name="", mode="kernel", shape=shape, cache=cache))
+        )
+        if cache is not None and cache.paged:
+            pages = [p for row in case.cache.block_table for p in row]
+            assert len(set(pages)) == len(pages) and max(pages) < cache.num_pages
+        rope = data.draw(cst.ropes(6, {"rope-interleaved", "rope-partial"}, min_offset=2))
+        assert rope.style == "interleaved" and rope.offset >= 2
+        assert rope.rotary_dim in (None, 2, 4)
+
+    check()

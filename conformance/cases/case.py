@@ -282,6 +282,8 @@ FEATURES: dict[str, str] = {
     "every step attends to all of it, not causally",
     "cache-lengths": "sequences of different cache lengths in one batch; each sequence's queries "
     "end its own cache (ORT GQA seqlens_k, JAX key_value_seq_lengths)",
+    "rope-per-sequence": "rotary positions that differ per sequence: rope with cache lengths "
+    "puts each sequence's queries at the end of its own cache",
     "paged-kv": "keys/values in pages of a pool addressed through a block table, pages "
     "non-contiguous (vLLM, FlashAttention block_table)",
 }
@@ -350,6 +352,8 @@ def case_features(case: Case) -> frozenset[str]:
     if case.cache is not None:  # issue 14
         if case.cache.lengths is not None:
             tags.add("cache-lengths")
+            if case.rope is not None:  # per-sequence rotary positions (conformance.rotary)
+                tags.add("rope-per-sequence")
         if case.cache.paged:
             tags.add("paged-kv")
     if s.attention_axes:

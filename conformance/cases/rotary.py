@@ -27,6 +27,13 @@ ALiBi convention (conformance.score_terms). `offset` shifts every position (a ca
 holds `offset` earlier tokens); in exact arithmetic it changes nothing (only m - n matters), in
 floating point it changes the angles' size and so their rounding.
 
+Decoding (`decode:`) needs nothing more: with T = S the whole sequence rotated once equals
+what a decoder does step by step (each step's new tokens at offset + cache length + i, the
+cached keys keeping theirs; tests/test_rope_decode.py proves it). A step against a cache of
+per-sequence lengths (`cache.lengths`, conformance.kv_cache) puts sequence b's queries at the
+end of its own cache: query t at offset + lengths[b] - T + t, a [B, T] table of positions
+(tag `rope-per-sequence`); keys stay at offset + s.
+
 Kernel mode rotates the given per-head q [B, H, T, K] and k [B, G, S, K]; layer mode rotates
 them after the projections, before attention (as Llama's attention layer does). Values are
 never rotated.
@@ -70,9 +77,14 @@ def key_positions(case: Case) -> np.ndarray:
 
 
 def query_positions(case: Case) -> np.ndarray:
-    """Absolute position of each query: offset + S - T + t (the queries end the keys)."""
+    """Absolute position of each query: offset + S - T + t (the queries end the keys), [T];
+    with cache lengths, [B, T]: offset + lengths[b] - T + t (each sequence's own end)."""
     s = case.shape
-    return case.rope.offset + s.kv_len - s.query_len + np.arange(s.query_len)
+    t = np.arange(s.query_len)
+    lengths = case.cache.lengths if case.cache is not None else None
+    if lengths is not None:  # issue 14: per-sequence offsets
+        return case.rope.offset + np.asarray(lengths)[:, None] - s.query_len + t[None, :]
+    return case.rope.offset + s.kv_len - s.query_len + t
 
 
 def inverse_frequencies(rope: Rope, key_dim: int, dtype: type = np.float64) -> np.ndarray:
@@ -86,8 +98,9 @@ def inverse_frequencies(rope: Rope, key_dim: int, dtype: type = np.float64) -> n
 def tables(
     rope: Rope, key_dim: int, positions: np.ndarray, dtype: type = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each [L, d / 2]: the angle positions[l] * inv_freq[i], in `dtype`."""
-    angles = positions.astype(dtype)[:, None] * inverse_frequencies(rope, key_dim, dtype)[None, :]
+    """(cos, sin), each [..., L, d / 2]: the angle positions[..., l] * inv_freq[i], in `dtype`
+    (positions [L], or [B, L] for per-sequence positions)."""
+    angles = positions.astype(dtype)[..., None] * inverse_frequencies(rope, key_dim, dtype)
     return np.cos(angles), np.sin(angles)
 
 
@@ -102,7 +115,8 @@ def rotate(
     style: str,
     rounding: Callable[[np.ndarray], np.ndarray] = _identity,
 ) -> np.ndarray:
-    """x [..., L, K] with cos/sin [L, d / 2] -> x with its first d dims rotated by pairs."""
+    """x [..., L, K] with cos/sin [L, d / 2] (or broadcasting to x's leading dims) -> x with
+    its first d dims rotated by pairs."""
     half = cos.shape[-1]
     d = 2 * half
     rot, rest = x[..., :d], x[..., d:]
@@ -140,6 +154,8 @@ def apply_rope(
     kd = case.shape.key_dim
     cq, sq = (rounding(t.astype(np.float64)) for t in tables(rope, kd, query_positions(case), table_dtype))  # fmt: skip
     ck, sk = (rounding(t.astype(np.float64)) for t in tables(rope, kd, key_positions(case), table_dtype))  # fmt: skip
+    if cq.ndim == 3:  # per-sequence positions [B, T, d/2]: broadcast over the heads
+        cq, sq = cq[:, None], sq[:, None]
     return rotate(q, cq, sq, rope.style, rounding), rotate(k, ck, sk, rope.style, rounding)
 
 
@@ -164,10 +180,24 @@ def describe_rope(case: Case) -> list[str]:
     pairs = "(i, i + d/2)" if rope.style == "half" else "(2i, 2i + 1)"
     q_pos, k_pos = query_positions(case), key_positions(case)
     span = lambda p: f"{p[0]}..{p[-1]}" if len(p) > 1 else f"{p[0]}"  # noqa: E731
+    if q_pos.ndim == 2:  # issue 14: each sequence's queries end its own cache
+        queries = ", ".join(f"{span(row)} (batch {b})" for b, row in enumerate(q_pos))
+    else:
+        queries = span(q_pos)
     lines = [
         f"  rope        {rope.style}: pairs {pairs} of the first {d} of {kd} dims rotated, "
         f"theta {rope.theta:g}",
-        f"              query positions {span(q_pos)}, key positions {span(k_pos)}"
+        f"              query positions {queries}, key positions {span(k_pos)}"
         + (f" (offset {rope.offset})" if rope.offset else ""),
     ]
+    if case.decode is not None and not case.decode.memory:
+        d = case.decode
+        first = rope.offset + d.prefix
+        lines.append(
+            f"              decoding: the prompt at {rope.offset}..{first - 1}, then each step's "
+            f"new tokens at offset + cache length ({first}, {first + d.chunk}, ...)"
+            if d.prefix
+            else f"              decoding: each step's new tokens at offset + cache length "
+            f"({rope.offset}, {rope.offset + d.chunk}, ...)"
+        )
     return lines

@@ -40,7 +40,12 @@ def case_spec(case: Case) -> dict:
                      value_input_dim=s.value_input_dim, output_dim=s.output_dim)  # fmt: skip
     entry["shape"] = shape
     if case.decode is not None:
-        entry["decode"] = {"prefix": case.decode.prefix, "steps": case.decode.steps}
+        d = case.decode
+        entry["decode"] = {"prefix": d.prefix, "steps": d.steps}
+        if d.chunk != 1:  # issue 14: chunked prefill
+            entry["decode"]["chunk"] = d.chunk
+        if d.memory:  # issue 14: steps over an encoder memory (no mask)
+            entry["decode"]["memory"] = True
     elif not m.is_empty() or m.fully_masked_rows != Mask().fully_masked_rows:
         mask: dict = {}
         if m.causal:
@@ -97,6 +102,18 @@ def case_spec(case: Case) -> dict:
         entry["rope"] = {"style": rope.style, "theta": rope.theta, "offset": rope.offset}
         if rope.rotary_dim is not None:
             entry["rope"]["rotary_dim"] = rope.rotary_dim
+    cache = getattr(case, "cache", None)  # issue 14: lengths and pages (conformance.kv_cache)
+    if cache is not None:
+        entry["cache"] = {}
+        if cache.lengths is not None:
+            entry["cache"]["lengths"] = list(cache.lengths)
+        if cache.paged:
+            entry["cache"]["page_size"] = cache.page_size
+            entry["cache"]["num_pages"] = cache.num_pages
+            # a seeded table is remade from the case's name and seed; an explicit one is written
+            explicit = cache.page_order == "explicit"
+            order = [list(r) for r in cache.block_table] if explicit else cache.page_order
+            entry["cache"]["pages"] = order
     entry["seed"] = case.seed
     return entry
 
@@ -211,7 +228,19 @@ def describe(case: Case) -> str:
     if case.scale is not None:
         parts.append(f"scale={case.scale:g}")
     if case.decode:
-        parts.append(f"decode {case.decode.prefix}+{case.decode.steps}")
+        d = case.decode
+        parts.append(f"decode {d.prefix}+{d.steps}" + (f"x{d.chunk}" if d.chunk != 1 else "")
+                     + (" over a memory" if d.memory else ""))  # fmt: skip
+    if case.rope is not None:
+        r = case.rope
+        parts.append(f"rope {r.style} dims={r.rotary_dim or case.shape.key_dim} "
+                     f"theta={r.theta:g} offset={r.offset}")  # fmt: skip
+    if case.cache is not None:
+        c = case.cache
+        if c.lengths is not None:
+            parts.append(f"cache lengths {list(c.lengths)}")
+        if c.paged:
+            parts.append(f"pages of {c.page_size}: {[list(r) for r in c.block_table]}")
     if case.extra_keys:
         parts.append("bias_kv" * case.add_bias_kv + " zero_attn" * case.add_zero_attn)
     if not case.use_bias:

@@ -63,9 +63,15 @@ def _differential(ctx: Context, case: Case, data: st.DataObject) -> str:
 # dropout would only add cost, so their cases leave them to the differential property.
 # Score terms (issue 14) break the invariances the metamorphic properties rely on (ALiBi: key
 # order; softcap: logit scaling; sinks: shift invariance), so the differential property covers them.
+# Caches (issue 14) tie key positions to per-sequence lengths and a block table that the
+# transformed twins (a batch slice, permuted keys) would have to rewrite: differential only.
 METAMORPHIC_FORBID = frozenset(
-    {"gradients", "dropout", "softcap", "alibi", "alibi-standard", "sink", "sink-zero"}
-)
+    {"gradients", "dropout", "softcap", "alibi", "alibi-standard", "sink", "sink-zero",
+     "cache-lengths", "paged-kv"}
+)  # fmt: skip
+# Rotary embeddings (issue 14) rotate each key by its position: permuting keys is not a
+# symmetry. The other properties hold with them (heads, batch, Q scale, causal prefixes).
+ROPE_TAGS = frozenset({"rope-half", "rope-interleaved", "rope-partial"})
 
 
 def _meta_cases(decl: Declaration, **kwargs) -> st.SearchStrategy[Case]:  # noqa: ANN003
@@ -78,11 +84,11 @@ def _kv_strategy(decl: Declaration, limits: Limits, prefix: str) -> st.SearchStr
     kinds = {"key_padding", "query_padding", "masked_rows"}
     options = []
     if "kernel" in decl.features:
-        options.append(_meta_cases(decl, require={"kernel"}, forbid={"decode"},
+        options.append(_meta_cases(decl, require={"kernel"}, forbid={"decode", *ROPE_TAGS},
                                    mask_kinds=kinds, limits=limits, prefix=prefix))  # fmt: skip
     if {"layer", "cross-attention"} <= decl.features:
         options.append(_meta_cases(decl, require={"layer", "cross-attention"},
-                                   forbid={"decode"}, mask_kinds=kinds, limits=limits,
+                                   forbid={"decode", *ROPE_TAGS}, mask_kinds=kinds, limits=limits,
                                    prefix=prefix))  # fmt: skip
     return st.one_of(options).filter(lambda c: c.shape.kv_len > 1)  # one key: nothing to swap
 

@@ -33,6 +33,8 @@ from hypothesis import strategies as st
 from ..adapter_api.adapter import Declaration
 from ..cases import case as _case_module
 from ..cases.case import DTYPES, FEATURES, Case, Decode, Mask, Shape
+from ..cases.kv_cache import Cache, pages_needed, seeded_block_table
+from ..cases.rotary import ROPE_STYLES, Rope
 from ..cases.score_terms import ScoreTerms, standard_alibi_slopes
 
 # Attention dropout is a newer part of the case model; generate it only where it exists.
@@ -42,24 +44,12 @@ Dropout = getattr(_case_module, "Dropout", None)
 NOT_GENERATED: dict[str, str] = {
     "dropout-training": "checked statistically over many seeded runs (conformance.dropout): "
     "far too slow per example; specs/dropout.yaml covers it",
-    # issue 14: rotary position embeddings; specs/rope.yaml covers them
-    "rope-half": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
-    "rope-interleaved": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
-    "rope-partial": "rotary embeddings are not generated yet; specs/rope.yaml covers them",
     # issue 14: covered by specs/finite_fill.yaml and specs/packed.yaml, and proven against
     # independent formulations in tests/test_packed_fill.py
     "finite-fill": "fully masked rows then follow the fill's arithmetic per dtype, which the "
     "generator's policies do not model; specs/finite_fill.yaml covers it",
     "segments": "segment lengths must sum to T = S per batch element; specs/packed.yaml covers it",
     "left-padding": "a padding side, not a component; specs/packed.yaml covers it",
-    # issue 14: caches (conformance.kv_cache); specs/kv_cache.yaml covers them, and
-    # tests/test_kv_cache.py proves the reference against independent formulations
-    "decode-chunked": "chunked decode steps are not generated yet (a fuzz counterexample's "
-    "spec would need decode.chunk); specs/kv_cache.yaml covers them",
-    "decode-memory": "decoding over an encoder memory is not generated yet; specs/kv_cache.yaml "
-    "covers it",
-    "cache-lengths": "cache: cases are not generated yet; specs/kv_cache.yaml covers them",
-    "paged-kv": "cache: cases are not generated yet; specs/kv_cache.yaml covers them",
 }
 
 # Mask components the generator knows, and the feature tag each one needs.
@@ -171,11 +161,107 @@ def head_counts(
     return st.sampled_from(pairs)
 
 
-def decodes(max_len: int = 6) -> st.SearchStrategy[Decode]:
-    """Incremental decoding lengths: `prefix` tokens at once (0 allowed), then `steps` >= 1."""
-    return st.integers(1, max_len).flatmap(
+def decodes(
+    max_len: int = 6, *, chunked: bool = False, memory: bool = False
+) -> st.SearchStrategy[Decode]:
+    """Incremental decoding lengths: `prefix` tokens at once (0 allowed), then `steps` >= 1
+    steps of `chunk` tokens (chunked: chunk may exceed 1, chunked prefill), prefix + steps *
+    chunk <= max_len. memory: the steps attend to an encoder memory (decode.memory)."""
+    plain = st.integers(1, max_len).flatmap(
         lambda total: st.integers(0, total - 1).map(lambda p: Decode(prefix=p, steps=total - p))
     )
+    if chunked and max_len >= 2:
+
+        @st.composite
+        def in_chunks(draw: st.DrawFn) -> Decode:
+            chunk = draw(st.integers(2, max_len))
+            steps = draw(st.integers(1, max_len // chunk))
+            prefix = draw(st.integers(0, max_len - steps * chunk))
+            return Decode(prefix=prefix, steps=steps, chunk=chunk)
+
+        plain = st.one_of(plain, in_chunks())
+    if memory:
+        return plain.map(lambda d: dataclasses.replace(d, memory=True))
+    return plain
+
+
+def ropes(
+    key_dim: int, features: Iterable[str] | None = None, *, min_offset: int = 0
+) -> st.SearchStrategy[Rope]:
+    """Rotary embeddings for heads of `key_dim` (issue 14): an allowed style, rotary_dim (even;
+    partial only with rope-partial, and required when key_dim is odd), theta and a position
+    offset >= min_offset (queries end the keys: offset + S - T >= 0)."""
+    allowed = set(FEATURES if features is None else features)
+    styles = [x for x in ROPE_STYLES if f"rope-{x}" in allowed]
+    partial = [d for d in range(2, key_dim, 2)] if "rope-partial" in allowed else []
+    dims: list[int | None] = ([None] if key_dim % 2 == 0 else []) + partial
+    if not styles or not dims:
+        return st.nothing()
+    return st.builds(
+        Rope,
+        style=st.sampled_from(styles),
+        theta=st.sampled_from([10000.0, 100.0, 500000.0]) | st.floats(1.5, 1e6),
+        rotary_dim=st.sampled_from(dims),
+        offset=st.sampled_from([min_offset, min_offset + 100]) | st.integers(min_offset, 4096),
+    )
+
+
+@st.composite
+def caches(
+    draw: st.DrawFn,
+    shape: Shape,
+    features: Iterable[str] | None = None,
+    *,
+    lengths: bool | None = None,
+) -> Cache | None:
+    """The `cache:` key of a kernel-mode step (issue 14, conformance.kv_cache): per-sequence
+    lengths in [T, S] (with cache-lengths and `lengths`), pages of 1..S positions (paged-kv)
+    in a pool of up to two spare pages. lengths: True (they must be there), False (they must
+    not: the case has key padding, ALiBi or rope) or None (either). The block table of a seeded order ("shuffled",
+    "in-order") depends on the case's name: `with_block_table` fills it in once the case is
+    named; an explicit table is drawn here. None when nothing allowed applies."""
+    allowed = set(FEATURES if features is None else features)
+    b, t, s = shape.batch, shape.query_len, shape.kv_len
+    kinds = []
+    if lengths is not False and "cache-lengths" in allowed and t <= s:
+        kinds.append("lengths")
+    if "paged-kv" in allowed:
+        kinds += ["pages", "lengths+pages"] if kinds else ["pages"]
+    if lengths:
+        kinds = [k for k in kinds if "lengths" in k]
+    if not kinds:
+        return None
+    kind = draw(st.sampled_from(kinds))
+    held = None
+    if "lengths" in kind:
+        held = tuple(draw(st.integers(t, s)) for _ in range(b))
+    if "pages" not in kind:
+        return Cache(lengths=held)
+    page = draw(st.sampled_from([1, s]) | st.integers(1, s))
+    needed = sum(pages_needed(n, page) for n in (held or (s,) * b))
+    num_pages = draw(st.integers(needed, min(needed + 2, (4 * b * s) // page + 4)))
+    order = draw(st.sampled_from(["shuffled", "in-order", "explicit"]))
+    table = None
+    if order == "explicit":
+        pool = draw(st.permutations(range(num_pages)))
+        rows, start = [], 0
+        for n in held or (s,) * b:
+            rows.append(tuple(pool[start : start + pages_needed(n, page)]))
+            start += len(rows[-1])
+        table = tuple(rows)
+    return Cache(lengths=held, page_size=page, num_pages=num_pages, block_table=table,
+                 page_order=order)  # fmt: skip
+
+
+def with_block_table(case: Case) -> Case:
+    """The case with its seeded block table (shuffled / in-order) made from its data key, as
+    the spec loader makes it (an explicit table stays)."""
+    c = case.cache
+    if c is None or not c.paged or c.page_order == "explicit":
+        return case
+    held = c.lengths or (case.shape.kv_len,) * case.shape.batch
+    table = seeded_block_table(case.data_key, held, c.page_size, c.num_pages, c.page_order)
+    return dataclasses.replace(case, cache=dataclasses.replace(c, block_table=table))
 
 
 def _fraction() -> st.SearchStrategy[float]:
@@ -241,7 +327,9 @@ def shapes(
         t = math.prod(query_shape[a - 1] for a in axes)
         s = math.prod(kv_shape[a - 1] for a in axes)
     elif decode is not None:
-        t = s = decode.prefix + decode.steps
+        t = s = decode.prefix + decode.steps * decode.chunk
+        if decode.memory and "kv-len" in allowed:  # an encoder memory of any length
+            s = draw(st.integers(1, limits.max_len))
     elif limits.long_len:
         per_row = batch * h  # B*H*T*S <= max_elements (S = T unless S is free)
         cap = (
@@ -371,6 +459,14 @@ def case_name(case: Case, prefix: str = "case") -> str:
         case.use_bias, case.add_bias_kv, case.add_zero_attn, case.decode, case.compare, case.seed,
         getattr(case, "gradients", False), getattr(case, "dropout", None),
     )  # fmt: skip
+    # issue 14: only when present, so the names of cases without them stay as they were; a
+    # seeded block table is made from the name, so only an explicit one joins the hash
+    if case.rope is not None:
+        fields += (("rope", case.rope),)
+    if case.cache is not None:
+        c = case.cache
+        table = c.block_table if c.page_order == "explicit" else None
+        fields += (("cache", dataclasses.replace(c, block_table=table)),)
     digest = hashlib.sha256(repr(fields).encode()).hexdigest()[:8]
     return f"{prefix}-{case.mode}-{digest}"
 
@@ -417,10 +513,46 @@ def cases(
     decode = None
     can_decode = {"decode", "causal"} <= allowed and (mask_kinds is None or "causal" in mask_kinds)
     can_decode = can_decode and "cross-attention" not in require
-    if can_decode and ("decode" in require or _sometimes(draw, 6)):
-        decode = draw(decodes(limits.max_len))
+    # issue 14: decoding over an encoder memory (kernel mode, no mask) and chunked steps
+    memory_ok = not layer and {"decode", "decode-memory"} <= allowed and not (
+        require & {"causal", *MASK_KINDS.values()})  # fmt: skip
+    decoding = (can_decode or memory_ok) and ("decode" in require or _sometimes(draw, 6))
+    memory = memory_ok and (
+        "decode-memory" in require or (decoding and (not can_decode or _sometimes(draw, 3)))
+    )
+    if memory or decoding:
+        chunked = "decode-chunked" in allowed and limits.max_len >= 2
+        decode = draw(decodes(limits.max_len, chunked=chunked, memory=memory))
+        if "decode-chunked" in require and decode.chunk == 1:
+            decode = Decode(prefix=0, steps=1, chunk=limits.max_len, memory=memory)
+    # issue 14: rotary embeddings, decided here (they rule out extra keys, gradients, dropout,
+    # cache lengths, multi-axis attention and an encoder memory) and drawn once K is known
+    # issue 14: a kernel-mode step against a cache (no decode, gradients or dropout); cache
+    # lengths only where the spec allows them: not with key/query padding or ALiBi (with rope:
+    # per-sequence positions, their own tag)
+    cache_tags = {"cache-lengths", "paged-kv"}
+    use_cache = (
+        not layer and decode is None and bool(allowed & cache_tags)
+        and (bool(require & cache_tags) or _sometimes(draw, 3))
+    )  # fmt: skip
+    # issue 14: rotary embeddings, decided here (they rule out extra keys, gradients, dropout,
+    # multi-axis attention and an encoder memory) and drawn once K is known; likelier in a
+    # cache step that may take per-sequence positions
+    rope_tags = {"rope-half", "rope-interleaved", "rope-partial", "rope-per-sequence"}
+    per_sequence_ok = use_cache and "rope-per-sequence" in allowed
+    use_rope = (
+        bool(allowed & {"rope-half", "rope-interleaved"}) and not memory
+        and (bool(require & rope_tags) or _sometimes(draw, 2 if per_sequence_ok else 5))
+    )  # fmt: skip
+    with_lengths = (
+        use_cache and "cache-lengths" in allowed
+        and (not use_rope or "rope-per-sequence" in allowed)
+        and not require & {"key-padding", "query-padding", "alibi", "alibi-standard"}
+        and ("cache-lengths" in require or "rope-per-sequence" in require
+             or not _sometimes(draw, 3))
+    )  # fmt: skip
     multi = (
-        layer and decode is None and "multi-axis" in allowed and not (
+        layer and decode is None and not use_rope and "multi-axis" in allowed and not (
             require & {"causal", *MASK_KINDS.values(), "weights", "weights-mean"})
         and ("multi-axis" in require or _sometimes(draw, 6))
     )  # fmt: skip
@@ -436,21 +568,24 @@ def cases(
     cross = needs_cross or (cross_ok and ("cross-attention" in require or draw(st.booleans())))
 
     if decode is not None:
-        mask = Mask(causal="top-left")
+        mask = Mask() if decode.memory else Mask(causal="top-left")
     elif multi:
         mask = Mask(fully_masked_rows=fully_masked_rows)
     else:
         needed = {k for k, tag in MASK_KINDS.items() if tag in require}
         if "causal" in require:
             needed.add("causal")
-        mask = draw(masks(shape, allowed, kinds=mask_kinds, require=needed,
+        kinds = mask_kinds
+        if with_lengths:  # the lengths already say which keys each sequence holds
+            kinds = set(MASK_KINDS if kinds is None else kinds) - {"key_padding", "query_padding"}
+        mask = draw(masks(shape, allowed, kinds=kinds, require=needed,
                           fully_masked_rows=fully_masked_rows))  # fmt: skip
 
     scale = None
     if "scale" in allowed and ("scale" in require or _sometimes(draw, 4)):
         scale = draw(scales())
     use_bias = not (layer and "no-bias" in allowed and ("no-bias" in require or _sometimes(draw, 4)))  # fmt: skip
-    extra_ok = layer and decode is None and not multi
+    extra_ok = layer and decode is None and not multi and not use_rope
     bias_kv = extra_ok and "bias-kv" in allowed and (
         "bias-kv" in require or _sometimes(draw, 5))  # fmt: skip
     zero_attn = extra_ok and "zero-attn" in allowed and (
@@ -462,6 +597,7 @@ def cases(
                 compare.append(name)
     extra = {}
     single_pass = decode is None and not multi  # gradients and dropout need one full pass
+    single_pass = single_pass and not use_rope and not use_cache  # (issue 14) nor these
     if single_pass and "gradients" in allowed and ("gradients" in require or _sometimes(draw, 5)):
         extra["gradients"] = True
     if (
@@ -478,7 +614,7 @@ def cases(
         h = shape.num_heads
         if "softcap" in allowed and ("softcap" in require or _sometimes(draw, 5)):
             terms["softcap"] = draw(st.sampled_from([50.0, 1.0]) | st.floats(0.1, 100.0))
-        alibi_ok = decode is None and not (bias_kv or zero_attn)
+        alibi_ok = decode is None and not (bias_kv or zero_attn) and not with_lengths
         for tag, standard in (("alibi-standard", True), ("alibi", False)):
             if (
                 alibi_ok
@@ -499,6 +635,17 @@ def cases(
             terms["alibi"] = (terms["alibi"][0] + 0.5,) + terms["alibi"][1:]
     if terms:
         extra["scores"] = ScoreTerms(**terms)
+    if use_rope:  # issue 14
+        extra["rope"] = draw(ropes(shape.key_dim, allowed,
+                                   min_offset=max(0, shape.query_len - shape.kv_len)))  # fmt: skip
+    # issue 14: a kernel-mode step against a cache, lengths only where the spec allows them
+    # (not with key/query padding, ALiBi, rope, or top-left causal with T != S)
+    if use_cache:
+        # a top-left causal mask with T != S contradicts lengths (queries end each cache)
+        top_left = mask.causal == "top-left" and shape.query_len != shape.kv_len
+        cache = draw(caches(shape, allowed, lengths=with_lengths and not top_left))
+        if cache is not None:
+            extra["cache"] = cache
     seed = draw(st.integers(0, 2**16))
 
     case = Case(
@@ -509,6 +656,7 @@ def cases(
     case = named(case, prefix, family)
     if "fully-masked-rows" not in allowed:
         case = _repair_masked_rows(case, prefix, family, keep=needed_kinds(require))
+    case = with_block_table(case)  # the name is final now
     missing = case.features - allowed - set(DTYPES)
     assume(not missing)  # a safety net: construction above should already guarantee it
     assume(require <= case.features)

@@ -58,8 +58,8 @@ def _check_cache(
             clash = "key_padding/query_padding (the lengths already say which keys are held)"
         elif mask.segments is not None:
             clash = "segments"
-        elif (scores is not None and scores.alibi is not None) or rope is not None:
-            clash = "ALiBi or rope (their positions assume one alignment for the batch)"
+        elif scores is not None and scores.alibi is not None:
+            clash = "ALiBi (its distances assume one alignment for the batch)"
         if clash:
             raise ctx.error(f"cache lengths cannot be combined with {clash}", cnode, "lengths")
     if "page_size" in cnode:

@@ -56,8 +56,10 @@ def _resolve_rope(
         problem = "rotary embeddings are not supported with attention_axes"
     elif flags.get("add_bias_kv") or flags.get("add_zero_attn"):
         problem = "rotary positions are undefined for torch's appended key positions"
-    elif decode is not None:
-        problem = "rotary embeddings with incremental decoding are not expressible here yet"
+    elif decode is not None and decode.memory:
+        # Decoding: each step's queries sit after the cache (offset + cache length + i), keys
+        # keep their absolute positions; an encoder memory has no place in that sequence.
+        problem = "rotary positions over an encoder memory (decode.memory) are not defined here"
     elif gradients:
         problem = "gradients of rotary cases are not computed yet"
     elif "dropout" in node:
@@ -65,6 +67,6 @@ def _resolve_rope(
     if problem:
         hint = None
         if decode is not None:
-            hint = "state the step as a kernel case: T new queries ending S keys"
+            hint = "rotate the decoder's self-attention steps (drop memory: true)"
         raise ctx.error(problem, node, "rope", hint)
     return Rope(style=style, theta=theta, rotary_dim=rotary_dim, offset=offset)
