@@ -12,9 +12,9 @@ from ..cases.case import FEATURES
 from ..errors import UsageError
 from .context import Context
 from .counterexample import describe, slug, write_failure
+from .limits import DEFAULT_LIMITS, LIMITS_BY_TIER, Limits
 from .properties import PROPERTIES
 from .running import PropertyResult, run_property
-from .strategies import DEFAULT_LIMITS, LIMITS_BY_TIER, Limits
 
 # --- one adapter ---------------------------------------------------------------------------
 

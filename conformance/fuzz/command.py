@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .adapter_run import DEFAULT_MAX_EXAMPLES, DEFAULT_OUT, fuzz_adapter
+from .limits import LIMITS_BY_TIER
 from .properties import PROPERTIES
-from .strategies import LIMITS_BY_TIER
 
 # --- the command ---------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from ..cases.seeding import stream
 from ..verdicts.evaluate import evaluate
 from .agreement import agree, pair_tolerance
 from .context import Context, ErrorFailed, Failure, HarnessError, PropertyFailed, Skip, run_once
-from .strategies import Limits, cases
+from .limits import Limits
+from .strategies import cases
 from .transforms import derive, evidence, fresh, permutation
 
 # --- properties ----------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from hypothesis.errors import HypothesisException, Unsatisfiable
 
 from ..cases.case import Case
 from .context import Context, Failure, HarnessError, PropertyFailed, Skip
+from .limits import DEFAULT_LIMITS, Limits
 from .properties import Property
-from .strategies import DEFAULT_LIMITS, Limits
 
 # --- running one property ------------------------------------------------------------------
 

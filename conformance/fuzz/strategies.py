@@ -25,7 +25,6 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
@@ -33,9 +32,35 @@ from hypothesis import strategies as st
 from ..adapter_api.adapter import Declaration
 from ..cases import case as _case_module
 from ..cases.case import DTYPES, FEATURES, Case, Decode, Mask, Shape
-from ..cases.kv_cache import Cache, pages_needed, seeded_block_table
-from ..cases.rotary import ROPE_STYLES, Rope
 from ..cases.score_terms import ScoreTerms, standard_alibi_slopes
+from .limits import (
+    BLOCK_SIZES,
+    DEFAULT_LIMITS,
+    KERNEL_SCALE_LIMITS,
+    LIMITS_BY_TIER,
+    Limits,
+    row_lengths,
+)
+from .parts import (
+    caches,
+    decodes,
+    densities,
+    dtypes,
+    head_counts,
+    ropes,
+    scales,
+    sometimes,
+    valid_lengths,
+    with_block_table,
+)
+
+# The public strategies and bounds, wherever they are defined (users import them from here).
+__all__ = [
+    "BLOCK_SIZES", "DEFAULT_LIMITS", "KERNEL_SCALE_LIMITS", "LIMITS_BY_TIER", "MASK_KINDS",
+    "NOT_GENERATED", "PROFILES", "Limits", "allowed_features", "caches", "case_name", "cases",
+    "decodes", "dtypes", "head_counts", "masks", "named", "needed_kinds", "profile", "ropes",
+    "row_lengths", "scales", "shapes", "with_block_table",
+]  # fmt: skip
 
 # Attention dropout is a newer part of the case model; generate it only where it exists.
 Dropout = getattr(_case_module, "Dropout", None)
@@ -69,215 +94,11 @@ _REPAIR_ORDER = ("masked_rows", "random", "additive", "query_padding", "key_padd
                  "causal")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Upper bounds on generated sizes (lower bounds where it matters)."""
-
-    max_batch: int = 3
-    min_batch: int = 1
-    max_len: int = 6  # T and S
-    max_heads: int = 4
-    max_dim: int = 8  # K and V
-    max_model_dim: int = 12  # Dq, Dk, Dv, Do when free
-    max_inner: int = 3  # size of each multi-axis inner axis
-    # Kernel scale (off when 0): T and S may also reach long_len, drawn mostly one below, at
-    # and one above the block sizes tiled kernels use, with B*H*T*S <= max_elements per example.
-    long_len: int = 0
-    max_elements: int = 2**20
-
-
-DEFAULT_LIMITS = Limits()
-# Multi-block sizes under a per-example budget (conformance fuzz --tier default): rows cross
-# key and query blocks of 32-1024, so online-softmax rescaling and tail blocks are exercised.
-KERNEL_SCALE_LIMITS = Limits(max_batch=2, max_heads=4, max_dim=64, long_len=1025)
-# Per size tier (conformance fuzz --tier): large reaches 8k-token rows, B = 1, up to 2^24 logits.
-LIMITS_BY_TIER = {
-    "small": DEFAULT_LIMITS,
-    "default": KERNEL_SCALE_LIMITS,
-    "large": Limits(max_batch=1, max_heads=4, max_dim=128, long_len=8193, max_elements=2**24),
-}
-BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-
-
-def row_lengths(limits: Limits, cap: int) -> st.SearchStrategy[int]:
-    """T or S: 1..max_len, or (kernel scale) a block edge +-1 or any length up to long_len;
-    never above cap (the per-example budget)."""
-    short = st.integers(1, max(1, min(limits.max_len, cap)))
-    top = min(limits.long_len, cap)
-    if top <= limits.max_len:
-        return short
-    edges = [n for b in BLOCK_SIZES for n in (b - 1, b, b + 1) if limits.max_len < n <= top]
-    long = st.integers(limits.max_len + 1, top)
-    return st.one_of(short, st.sampled_from(edges), long) if edges else st.one_of(short, long)
-
-
 def allowed_features(declaration: Declaration | None = None) -> frozenset[str]:
     """Feature tags (dtypes included) a strategy may use for this declaration."""
     if declaration is None:
         return frozenset(FEATURES)
     return declaration.features | (declaration.dtypes & frozenset(DTYPES))
-
-
-# --- small strategies ----------------------------------------------------------------------
-
-
-def _sometimes(draw: st.DrawFn, one_in: int) -> bool:
-    """True about once in `one_in` draws; shrinks to False (a feature off is simpler)."""
-    return draw(st.integers(0, one_in - 1)) == one_in - 1
-
-
-def dtypes(features: Iterable[str] | None = None) -> st.SearchStrategy[str]:
-    """Case dtypes among the allowed ones (float32 first: it shrinks towards it)."""
-    allowed = set(FEATURES if features is None else features)
-    order = ("float32", "float64", "float16", "bfloat16")
-    choices = [d for d in order if d in allowed]
-    if not choices:
-        raise ValueError("no dtype is allowed")
-    return st.sampled_from(choices)
-
-
-def scales() -> st.SearchStrategy[float]:
-    """Explicit logit scales: simple values (0 included: 'scale or default' bugs) and floats."""
-    return st.one_of(
-        st.sampled_from([1.0, 0.5, 0.125, 2.0, 0.0]),
-        st.floats(min_value=0.01, max_value=3.0, allow_nan=False, allow_infinity=False),
-    )
-
-
-def head_counts(
-    features: Iterable[str] | None = None, max_heads: int = 4
-) -> st.SearchStrategy[tuple[int, int]]:
-    """(H, G): query heads and key/value heads, G dividing H, within the allowed tags."""
-    allowed = set(FEATURES if features is None else features)
-    pairs = []
-    for h in range(1, max_heads + 1):
-        for g in range(1, h + 1):
-            if h % g:
-                continue
-            if g == h or (g == 1 and "multi-query" in allowed):
-                pairs.append((h, g))
-            elif 1 < g < h and "grouped-query" in allowed:
-                pairs.append((h, g))
-    return st.sampled_from(pairs)
-
-
-def decodes(
-    max_len: int = 6, *, chunked: bool = False, memory: bool = False
-) -> st.SearchStrategy[Decode]:
-    """Incremental decoding lengths: `prefix` tokens at once (0 allowed), then `steps` >= 1
-    steps of `chunk` tokens (chunked: chunk may exceed 1, chunked prefill), prefix + steps *
-    chunk <= max_len. memory: the steps attend to an encoder memory (decode.memory)."""
-    plain = st.integers(1, max_len).flatmap(
-        lambda total: st.integers(0, total - 1).map(lambda p: Decode(prefix=p, steps=total - p))
-    )
-    if chunked and max_len >= 2:
-
-        @st.composite
-        def in_chunks(draw: st.DrawFn) -> Decode:
-            chunk = draw(st.integers(2, max_len))
-            steps = draw(st.integers(1, max_len // chunk))
-            prefix = draw(st.integers(0, max_len - steps * chunk))
-            return Decode(prefix=prefix, steps=steps, chunk=chunk)
-
-        plain = st.one_of(plain, in_chunks())
-    if memory:
-        return plain.map(lambda d: dataclasses.replace(d, memory=True))
-    return plain
-
-
-def ropes(
-    key_dim: int, features: Iterable[str] | None = None, *, min_offset: int = 0
-) -> st.SearchStrategy[Rope]:
-    """Rotary embeddings for heads of `key_dim` (issue 14): an allowed style, rotary_dim (even;
-    partial only with rope-partial, and required when key_dim is odd), theta and a position
-    offset >= min_offset (queries end the keys: offset + S - T >= 0)."""
-    allowed = set(FEATURES if features is None else features)
-    styles = [x for x in ROPE_STYLES if f"rope-{x}" in allowed]
-    partial = [d for d in range(2, key_dim, 2)] if "rope-partial" in allowed else []
-    dims: list[int | None] = ([None] if key_dim % 2 == 0 else []) + partial
-    if not styles or not dims:
-        return st.nothing()
-    return st.builds(
-        Rope,
-        style=st.sampled_from(styles),
-        theta=st.sampled_from([10000.0, 100.0, 500000.0]) | st.floats(1.5, 1e6),
-        rotary_dim=st.sampled_from(dims),
-        offset=st.sampled_from([min_offset, min_offset + 100]) | st.integers(min_offset, 4096),
-    )
-
-
-@st.composite
-def caches(
-    draw: st.DrawFn,
-    shape: Shape,
-    features: Iterable[str] | None = None,
-    *,
-    lengths: bool | None = None,
-) -> Cache | None:
-    """The `cache:` key of a kernel-mode step (issue 14, conformance.kv_cache): per-sequence
-    lengths in [T, S] (with cache-lengths and `lengths`), pages of 1..S positions (paged-kv)
-    in a pool of up to two spare pages. lengths: True (they must be there), False (they must
-    not: the case has key padding, ALiBi or rope) or None (either). The block table of a seeded order ("shuffled",
-    "in-order") depends on the case's name: `with_block_table` fills it in once the case is
-    named; an explicit table is drawn here. None when nothing allowed applies."""
-    allowed = set(FEATURES if features is None else features)
-    b, t, s = shape.batch, shape.query_len, shape.kv_len
-    kinds = []
-    if lengths is not False and "cache-lengths" in allowed and t <= s:
-        kinds.append("lengths")
-    if "paged-kv" in allowed:
-        kinds += ["pages", "lengths+pages"] if kinds else ["pages"]
-    if lengths:
-        kinds = [k for k in kinds if "lengths" in k]
-    if not kinds:
-        return None
-    kind = draw(st.sampled_from(kinds))
-    held = None
-    if "lengths" in kind:
-        held = tuple(draw(st.integers(t, s)) for _ in range(b))
-    if "pages" not in kind:
-        return Cache(lengths=held)
-    page = draw(st.sampled_from([1, s]) | st.integers(1, s))
-    needed = sum(pages_needed(n, page) for n in (held or (s,) * b))
-    num_pages = draw(st.integers(needed, min(needed + 2, (4 * b * s) // page + 4)))
-    order = draw(st.sampled_from(["shuffled", "in-order", "explicit"]))
-    table = None
-    if order == "explicit":
-        pool = draw(st.permutations(range(num_pages)))
-        rows, start = [], 0
-        for n in held or (s,) * b:
-            rows.append(tuple(pool[start : start + pages_needed(n, page)]))
-            start += len(rows[-1])
-        table = tuple(rows)
-    return Cache(lengths=held, page_size=page, num_pages=num_pages, block_table=table,
-                 page_order=order)  # fmt: skip
-
-
-def with_block_table(case: Case) -> Case:
-    """The case with its seeded block table (shuffled / in-order) made from its data key, as
-    the spec loader makes it (an explicit table stays)."""
-    c = case.cache
-    if c is None or not c.paged or c.page_order == "explicit":
-        return case
-    held = c.lengths or (case.shape.kv_len,) * case.shape.batch
-    table = seeded_block_table(case.data_key, held, c.page_size, c.num_pages, c.page_order)
-    return dataclasses.replace(case, cache=dataclasses.replace(c, block_table=table))
-
-
-def _fraction() -> st.SearchStrategy[float]:
-    # The edges (nothing / everything masked) plus arbitrary densities in between.
-    return st.one_of(
-        st.sampled_from([0.5, 0.25, 0.0, 1.0, 0.9]),
-        st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
-    )
-
-
-def _lengths(batch: int, limit: int, minimum: int = 0) -> st.SearchStrategy[tuple[int, ...]]:
-    # 1 (a single visible key) and 0 (no key: fully masked rows) are the interesting lengths.
-    # Listed unmasked-first so that shrinking removes masking before it adds any.
-    edges = list(dict.fromkeys([limit, max(minimum, 1), minimum]))
-    one = st.one_of(st.sampled_from(edges), st.integers(minimum, limit))
-    return st.tuples(*[one] * batch)
 
 
 # --- shapes --------------------------------------------------------------------------------
@@ -344,7 +165,7 @@ def shapes(
         s = draw(st.integers(1, limits.max_len)) if kv_free else t
     if layer:
         # Dq = H*K is what every layer API can express; a free Dq is Keras/Flax territory.
-        free = _sometimes(draw, 4)
+        free = sometimes(draw, 4)
         dq = draw(st.integers(1, limits.max_model_dim)) if free else h * k
         dk = dv = dq
         if may_cross and "kv-input-dims" in allowed and draw(st.booleans()):
@@ -388,7 +209,7 @@ def masks(
     if require - usable:
         raise ValueError(f"required mask components not allowed: {sorted(require - usable)}")
     b, t, s = shape.batch, shape.query_len, shape.kv_len
-    on = {k for k in sorted(usable) if k in require or _sometimes(draw, 4)}
+    on = {k for k in sorted(usable) if k in require or sometimes(draw, 4)}
     kw: dict = {"fully_masked_rows": fully_masked_rows}
     if "causal" in on:
         aligns = ["top-left", "bottom-right"]
@@ -403,13 +224,13 @@ def masks(
     # Without fully-masked-rows, a key length of 0 or a padded query row is off limits.
     empty_ok = "fully-masked-rows" in allowed
     if "key_padding" in on:
-        kw["key_padding"] = draw(_lengths(b, s, minimum=0 if empty_ok else 1))
+        kw["key_padding"] = draw(valid_lengths(b, s, minimum=0 if empty_ok else 1))
     if "query_padding" in on:
-        kw["query_padding"] = draw(_lengths(b, t, minimum=0 if empty_ok else t))
+        kw["query_padding"] = draw(valid_lengths(b, t, minimum=0 if empty_ok else t))
     if "random" in on:
-        kw["random_density"] = draw(_fraction())
+        kw["random_density"] = draw(densities())
     if "additive" in on:
-        kw["additive_density"] = draw(_fraction())
+        kw["additive_density"] = draw(densities())
     if "bias" in on:
         kw["bias_scale"] = draw(st.sampled_from([1.0, 0.1, 5.0]) | st.floats(0.01, 10.0))
     if "masked_rows" in on:
@@ -516,9 +337,9 @@ def cases(
     # issue 14: decoding over an encoder memory (kernel mode, no mask) and chunked steps
     memory_ok = not layer and {"decode", "decode-memory"} <= allowed and not (
         require & {"causal", *MASK_KINDS.values()})  # fmt: skip
-    decoding = (can_decode or memory_ok) and ("decode" in require or _sometimes(draw, 6))
+    decoding = (can_decode or memory_ok) and ("decode" in require or sometimes(draw, 6))
     memory = memory_ok and (
-        "decode-memory" in require or (decoding and (not can_decode or _sometimes(draw, 3)))
+        "decode-memory" in require or (decoding and (not can_decode or sometimes(draw, 3)))
     )
     if memory or decoding:
         chunked = "decode-chunked" in allowed and limits.max_len >= 2
@@ -533,7 +354,7 @@ def cases(
     cache_tags = {"cache-lengths", "paged-kv"}
     use_cache = (
         not layer and decode is None and bool(allowed & cache_tags)
-        and (bool(require & cache_tags) or _sometimes(draw, 3))
+        and (bool(require & cache_tags) or sometimes(draw, 3))
     )  # fmt: skip
     # issue 14: rotary embeddings, decided here (they rule out extra keys, gradients, dropout,
     # multi-axis attention and an encoder memory) and drawn once K is known; likelier in a
@@ -542,19 +363,19 @@ def cases(
     per_sequence_ok = use_cache and "rope-per-sequence" in allowed
     use_rope = (
         bool(allowed & {"rope-half", "rope-interleaved"}) and not memory
-        and (bool(require & rope_tags) or _sometimes(draw, 2 if per_sequence_ok else 5))
+        and (bool(require & rope_tags) or sometimes(draw, 2 if per_sequence_ok else 5))
     )  # fmt: skip
     with_lengths = (
         use_cache and "cache-lengths" in allowed
         and (not use_rope or "rope-per-sequence" in allowed)
         and not require & {"key-padding", "query-padding", "alibi", "alibi-standard"}
         and ("cache-lengths" in require or "rope-per-sequence" in require
-             or not _sometimes(draw, 3))
+             or not sometimes(draw, 3))
     )  # fmt: skip
     multi = (
         layer and decode is None and not use_rope and "multi-axis" in allowed and not (
             require & {"causal", *MASK_KINDS.values(), "weights", "weights-mean"})
-        and ("multi-axis" in require or _sometimes(draw, 6))
+        and ("multi-axis" in require or sometimes(draw, 6))
     )  # fmt: skip
     cross_ok = layer and "cross-attention" in allowed and decode is None
     # A required causal mask with T != S needs an alignment tag; without one keep S = T.
@@ -582,29 +403,29 @@ def cases(
                           fully_masked_rows=fully_masked_rows))  # fmt: skip
 
     scale = None
-    if "scale" in allowed and ("scale" in require or _sometimes(draw, 4)):
+    if "scale" in allowed and ("scale" in require or sometimes(draw, 4)):
         scale = draw(scales())
-    use_bias = not (layer and "no-bias" in allowed and ("no-bias" in require or _sometimes(draw, 4)))  # fmt: skip
+    use_bias = not (layer and "no-bias" in allowed and ("no-bias" in require or sometimes(draw, 4)))  # fmt: skip
     extra_ok = layer and decode is None and not multi and not use_rope
     bias_kv = extra_ok and "bias-kv" in allowed and (
-        "bias-kv" in require or _sometimes(draw, 5))  # fmt: skip
+        "bias-kv" in require or sometimes(draw, 5))  # fmt: skip
     zero_attn = extra_ok and "zero-attn" in allowed and (
-        "zero-attn" in require or _sometimes(draw, 5))  # fmt: skip
+        "zero-attn" in require or sometimes(draw, 5))  # fmt: skip
     compare = ["output"]
     if decode is None and not multi:
         for name, tag in (("weights", "weights"), ("weights_mean", "weights-mean")):
-            if tag in allowed and (tag in require or _sometimes(draw, 3)):
+            if tag in allowed and (tag in require or sometimes(draw, 3)):
                 compare.append(name)
     extra = {}
     single_pass = decode is None and not multi  # gradients and dropout need one full pass
     single_pass = single_pass and not use_rope and not use_cache  # (issue 14) nor these
-    if single_pass and "gradients" in allowed and ("gradients" in require or _sometimes(draw, 5)):
+    if single_pass and "gradients" in allowed and ("gradients" in require or sometimes(draw, 5)):
         extra["gradients"] = True
     if (
         single_pass
         and Dropout is not None
         and "dropout" in allowed
-        and ("dropout" in require or _sometimes(draw, 6))
+        and ("dropout" in require or sometimes(draw, 6))
     ):
         rate = draw(st.sampled_from([0.5, 0.1]) | st.floats(0.01, 0.99))
         extra["dropout"] = Dropout(rate=rate)  # inference mode: must equal no dropout
@@ -612,7 +433,7 @@ def cases(
     terms: dict = {}
     if not multi:
         h = shape.num_heads
-        if "softcap" in allowed and ("softcap" in require or _sometimes(draw, 5)):
+        if "softcap" in allowed and ("softcap" in require or sometimes(draw, 5)):
             terms["softcap"] = draw(st.sampled_from([50.0, 1.0]) | st.floats(0.1, 100.0))
         alibi_ok = decode is None and not (bias_kv or zero_attn) and not with_lengths
         for tag, standard in (("alibi-standard", True), ("alibi", False)):
@@ -620,13 +441,13 @@ def cases(
                 alibi_ok
                 and "alibi" not in terms
                 and tag in allowed
-                and (tag in require or _sometimes(draw, 6))
+                and (tag in require or sometimes(draw, 6))
             ):
                 slopes = st.lists(st.floats(0.0, 4.0), min_size=h, max_size=h).map(tuple)
                 terms["alibi"] = standard_alibi_slopes(h) if standard else draw(slopes)
                 terms["alibi_standard"] = standard
         for tag, zero in (("sink-zero", True), ("sink", False)):
-            if "sink" not in terms and tag in allowed and (tag in require or _sometimes(draw, 6)):
+            if "sink" not in terms and tag in allowed and (tag in require or sometimes(draw, 6)):
                 logits = st.lists(st.floats(-5.0, 5.0), min_size=h, max_size=h).map(tuple)
                 terms["sink"] = (0.0,) * h if zero else draw(logits)
                 if not zero and all(x == 0 for x in terms["sink"]):  # that would be sink-zero
