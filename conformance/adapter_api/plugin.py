@@ -38,23 +38,8 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 from ..adapters.arrays import ARRAY_KINDS, prepare_arrays, to_framework, to_numpy
-from ..cases.case import Case
-from ..cases.inputs import CaseInputs
-from ..cases.layouts import (
-    bhtk_to_bthk,
-    bthk_to_bhtk,
-    repeat_kv_heads,
-    to_einsum_kernel,
-    to_linear,
-    to_linear_out,
-    to_packed_in_proj,
-)
-from ..cases.masks import build_mask, combined_additive, fill_value, to_true_masked, visible
 from .adapter import (
-    FILL_AS_WRITTEN,
     Adapter,
     Declaration,
     Divergence,
@@ -62,454 +47,72 @@ from .adapter import (
     ToleranceOverride,
     Unsupported,
 )
+from .conventions import (
+    _FRAMEWORK_OF,
+    ADDITIVE_MASK_FEATURES,
+    BOOL_MASK_FEATURES,
+    GQA_FEATURES,
+    KERNEL_LAYOUTS,
+    KV_HEADS,
+    MASK_FORMS,
+    PROJECTIONS,
+    WEIGHT_LAYOUTS,
+    _accepts,
+    _features,
+    _notes,
+    _with_fill,
+)
+from .function_adapter import (
+    FunctionAdapter,
+    KernelFunctionAdapter,
+    LayerFunctionAdapter,
+    _kernel_gradients_back,
+)
+from .layer_weights import layer_params
+from .mask_forms import _split_mask, bias_for, mask_for
 
-MASK_FORMS = ("additive", "attend", "masked", "none")
-KERNEL_LAYOUTS = ("BHTK", "BTHK")
-WEIGHT_LAYOUTS = ("canonical", "linear", "packed", "einsum", "fused")
-PROJECTIONS = ("q", "k", "v", "o")
-KV_HEADS = ("native", "repeat", "equal")
-
-# What a boolean mask can carry; an additive one carries a finite bias too.
-BOOL_MASK_FEATURES = frozenset({
-    "causal", "causal-top-left", "causal-bottom-right", "key-padding", "query-padding",
-    "bool-mask", "per-head-mask", "additive-mask", "window", "fully-masked-rows",
-    "segments", "left-padding",  # issue 14: any mask, so packed rows and left padding too
-})  # fmt: skip
-# issue 14: an additive mask can carry a finite fill (-1e9, -10000, finfo.min) as users write it
-ADDITIVE_MASK_FEATURES = BOOL_MASK_FEATURES | {"attn-bias", "finite-fill"}
-GQA_FEATURES = frozenset({"grouped-query", "multi-query"})
-
-_FRAMEWORK_OF = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
-
-
-# --- arrays in, arrays out -----------------------------------------------------------------
-
-
-# --- masks ---------------------------------------------------------------------------------
-
-
-def mask_for(case: Case, form: str, *, broadcast: bool = True) -> np.ndarray | None:
-    """The case's mask in one of MASK_FORMS, [B, H, T, S] (or [B, 1|H, T, S] unbroadcast).
-
-    additive: float in the case dtype's storage form, 0 / -inf plus any finite bias
-    attend:   bool, True = the query may attend to the key (SDPA, JAX, Keras, Flax, ONNX)
-    masked:   bool, True = masked out (torch nn.MultiheadAttention)
-    None when the case has no mask.
-    """
-    if form not in MASK_FORMS:
-        raise ValueError(f"mask must be one of {MASK_FORMS}, got {form!r}")
-    if case.mask.is_empty() or form == "none":
-        return None
-    from ..cases.dtypes import STORAGE
-
-    attend, bias = build_mask(case)
-    if form == "additive":
-        mask = combined_additive(attend, bias, STORAGE[case.dtype], fill=fill_value(case))
-    else:
-        if bias is not None and np.any(np.isfinite(bias) & (bias != 0)):
-            raise Unsupported("a finite attention bias cannot travel as a boolean mask")
-        seen = visible(case)
-        mask = seen if form == "attend" else to_true_masked(seen)
-    if broadcast and mask is not None:
-        s = case.shape
-        mask = np.ascontiguousarray(
-            np.broadcast_to(mask, (s.batch, s.num_heads, s.query_len, s.kv_len))
-        )
-    return mask
-
-
-def bias_for(case: Case, *, broadcast: bool = True) -> np.ndarray | None:
-    """The finite additive bias of a case, [B, H, T, S] in the storage dtype (masked positions
-    hold 0: the boolean mask removes them), or None when the case has no finite bias. With a
-    boolean mask this is the pair "bool mask + separate bias" (e.g. SDPA-like kernels taking
-    attn_mask and a relative-position bias apart)."""
-    from ..cases.dtypes import STORAGE
-
-    _, bias = build_mask(case)
-    if bias is None or not np.any(np.isfinite(bias) & (bias != 0)):
-        return None
-    out = np.where(np.isfinite(bias), bias, 0.0).astype(STORAGE[case.dtype])
-    if broadcast:
-        s = case.shape
-        out = np.ascontiguousarray(
-            np.broadcast_to(out, (s.batch, s.num_heads, s.query_len, s.kv_len))
-        )
-    return out
-
-
-def _split_mask(case: Case, form: str, broadcast: bool) -> tuple[np.ndarray | None, Any]:
-    """(boolean mask in `form` without the bias check, finite bias or None)."""
-    if case.mask.is_empty():
-        return None, None
-    seen = visible(case)
-    mask = None if seen is None else (seen if form == "attend" else to_true_masked(seen))
-    if broadcast and mask is not None:
-        s = case.shape
-        mask = np.ascontiguousarray(
-            np.broadcast_to(mask, (s.batch, s.num_heads, s.query_len, s.kv_len))
-        )
-    return mask, bias_for(case, broadcast=broadcast)
-
-
-# --- declarations --------------------------------------------------------------------------
-
-
-def _with_fill(divergences: tuple, features: frozenset[str]) -> tuple:
-    """Issue 14: an adapter taking finite fills computes fully masked rows as written."""
-    if "finite-fill" in features and FILL_AS_WRITTEN.id not in {d.id for d in divergences}:
-        return (*divergences, FILL_AS_WRITTEN)
-    return divergences
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _features(
-    mode: str,
-    fn: Callable,
-    mask: str,
-    returns_weights: bool,
-    kv_heads: str,
-    weights: str | None,
-    features: Iterable[str] | None,
-    add: Iterable[str],
-    drop: Iterable[str],
-    gradients: str | None = None,
-) -> frozenset[str]:
-    if features is not None:
-        tags = set(features) | {mode}
-    else:
-        tags = {mode, "kv-len", "value-dim"}
-        if mode == "layer":
-            tags |= {"cross-attention", "kv-input-dims", "output-dim", "no-bias"}
-        tags |= {"additive": ADDITIVE_MASK_FEATURES, "none": set()}.get(mask, BOOL_MASK_FEATURES)
-        if kv_heads != "equal":
-            tags |= GQA_FEATURES
-        if _accepts(fn, "scale"):
-            tags.add("scale")
-        if returns_weights:
-            tags |= {"weights", "weights-mean"}
-        if mask in ("attend", "masked") and _accepts(fn, "bias"):
-            tags.add("attn-bias")  # the finite bias travels apart from the boolean mask
-        if gradients == "autodiff" or _accepts(fn, "grad_output"):
-            tags.add("gradients")
-        if all(_accepts(fn, p) for p in ("dropout_p", "training", "seed")):
-            tags |= {"dropout", "dropout-training"}
-        if weights == "fused":  # one qkv matrix applied to one input: self-attention only
-            tags -= {"cross-attention", "kv-input-dims"}
-        if weights == "packed":  # torch's packed in_proj: one E for q, k, v and the output
-            tags -= {"kv-input-dims", "value-dim", "output-dim"} | GQA_FEATURES
-    return frozenset((tags | set(add)) - set(drop))
-
-
-def _notes(kv_heads: str, returns_weights: bool, notes: str) -> str:
-    parts = [notes] if notes else []
-    if kv_heads == "repeat":
-        parts.append(
-            "grouped/multi-query cases run with the key/value heads repeated by the helper "
-            "(conformance.layouts.repeat_kv_heads), not by the implementation"
-        )
-    if returns_weights:
-        parts.append("weights_mean is the mean over heads of the returned per-head weights")
-    return "; ".join(parts)
-
-
-class FunctionAdapter(Adapter):
-    """Base of the classes `kernel_adapter` / `layer_adapter` build. `function` is the user's."""
-
-    function: Callable[..., Any]
-    convention: Mapping[str, Any]  # how the function is called (read by the reproducer too)
-    _setup_hook: Callable[[], None] | None = None
-    _devices: tuple[str, ...] = ("cpu",)
-
-    def setup(self) -> None:
-        prepare_arrays(self.convention["arrays"])
-        if self._setup_hook is not None:
-            self._setup_hook()
-
-    def devices(self) -> list[str]:
-        return list(self._devices)
-
-    def versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = {}
-        for dist in {self.declaration.framework, "numpy"}:
-            try:
-                out[dist] = version(dist)
-            except PackageNotFoundError:
-                pass
-        return out
-
-    def _options(self, case: Case, device: str) -> dict[str, Any]:
-        fn = type(self).function
-        kwargs: dict[str, Any] = {}
-        if _accepts(fn, "scale"):
-            kwargs["scale"] = case.effective_scale
-        if _accepts(fn, "case"):
-            kwargs["case"] = case
-        if _accepts(fn, "device"):
-            kwargs["device"] = device
-        # Dropout: the rate, the mode and the seed of this draw (conformance.dropout varies it).
-        if _accepts(fn, "dropout_p"):
-            kwargs["dropout_p"] = case.dropout.rate if case.dropout else 0.0
-        if _accepts(fn, "training"):
-            kwargs["training"] = bool(case.dropout and case.dropout.training)
-        if _accepts(fn, "seed"):
-            kwargs["seed"] = (case.dropout.seed or 0) if case.dropout else 0
-        return kwargs
-
-    def _array(self, array: np.ndarray | None, case: Case, device: str) -> Any:
-        if array is None:
-            return None
-        return to_framework(array, case.dtype, self.convention["arrays"], device)
-
-    def _outputs(self, result: Any, case: Case, layout: str) -> dict[str, np.ndarray]:
-        if isinstance(result, Mapping):
-            out = {name: to_numpy(value) for name, value in result.items() if value is not None}
-        elif isinstance(result, tuple):
-            if len(result) != 2:
-                raise TypeError("return the output, or (output, weights)")
-            out = {"output": to_numpy(result[0])}
-            if result[1] is not None:
-                out["weights"] = to_numpy(result[1])
-        else:
-            out = {"output": to_numpy(result)}
-        if layout == "BTHK" and out["output"].ndim == 4:
-            out["output"] = bthk_to_bhtk(out["output"])
-        if "weights" in out and "weights_mean" not in out:
-            out["weights_mean"] = out["weights"].mean(axis=1)
-        return out
-
-
-class KernelFunctionAdapter(FunctionAdapter):
-    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
-        conv = self.convention
-        q, k, v = (inputs.native(n) for n in ("q", "k", "v"))
-        if conv["kv_heads"] == "repeat" and k.shape[1] != q.shape[1]:
-            k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
-        if conv["layout"] == "BTHK":
-            q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
-        fn, options = type(self).function, self._options(case, device)
-        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
-            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
-            options["bias"] = self._array(bias, case, device)
-        else:
-            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
-        if conv.get("qkv") == "packed":
-            return self._run_packed(case, q, k, v, mask, options, device)
-        args = [self._array(a, case, device) for a in (q, k, v, mask)]
-        d_out = None
-        if case.gradients:  # dY in the function's layout and array kind
-            d_y = np.array(inputs.native("grad_output"))  # writable: frameworks may write
-            d_out = self._array(
-                bhtk_to_bthk(d_y) if conv["layout"] == "BTHK" else d_y, case, device
-            )
-        if _accepts(fn, "grad_output"):
-            options["grad_output"] = d_out  # None outside gradient cases
-        if case.gradients and conv.get("gradients") == "autodiff":
-            from ..adapters.autodiff import vjp
-
-            result, grads = vjp(
-                conv["arrays"],
-                lambda q, k, v: fn(q, k, v, args[3], **options),
-                tuple(args[:3]),
-                d_out,
-            )
-            if isinstance(result, tuple):
-                if len(result) != 2:
-                    raise TypeError("return the output, or (output, weights)")
-                result = {"output": result[0], "weights": result[1]}
-            elif not isinstance(result, Mapping):
-                result = {"output": result}
-            result = {**result, **dict(zip(("grad_q", "grad_k", "grad_v"), grads, strict=True))}
-        else:
-            result = fn(*args, **options)
-        outputs = self._outputs(result, case, conv.get("out_layout") or conv["layout"])
-        return _kernel_gradients_back(outputs, case, conv)
-
-    def _run_packed(self, case, q, k, v, mask, options, device):  # noqa: ANN001, ANN202
-        """fn(qkv [B,T,3,H,K], mask, ...) -> out [B,T,H,K] (flash_attn_qkvpacked_func style):
-        self-attention with T = S, H = G and K = V only."""
-        conv, s = self.convention, case.shape
-        if not (
-            s.query_len == s.kv_len and s.num_heads == s.num_kv_heads and s.key_dim == s.value_dim
-        ):
-            raise Unsupported("packed QKV needs T = S, H = G and K = V")
-        if conv["layout"] != "BTHK":
-            q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
-        qkv = np.ascontiguousarray(np.stack([q, k, v], axis=2))  # [B,T,3,H,K]
-        result = type(self).function(
-            self._array(qkv, case, device), self._array(mask, case, device), **options
-        )
-        return self._outputs(result, case, conv.get("out_layout") or "BTHK")
-
-
-def _kernel_gradients_back(outputs: dict, case: Case, conv: Mapping[str, Any]) -> dict:
-    """Returned gradients to the canonical layout: BTHK transposed back; with kv_heads="repeat"
-    a key/value head's gradient is the sum over the query heads it was repeated to."""
-    g = case.shape.num_kv_heads
-    for name in ("grad_q", "grad_k", "grad_v"):
-        if name not in outputs or outputs[name].ndim != 4:
-            continue
-        grad = outputs[name]
-        if conv["layout"] == "BTHK":
-            grad = bthk_to_bhtk(grad)
-        if name != "grad_q" and conv["kv_heads"] == "repeat" and grad.shape[1] != g:
-            b, h, s_len, d = grad.shape
-            grad = grad.reshape(b, g, h // g, s_len, d).sum(axis=2)
-        outputs[name] = grad
-    return outputs
-
-
-def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.ndarray | None]:
-    """Canonical weights (conformance.inputs) in `layout`; biases are None without bias.
-
-    canonical: wq [H,Dq,K] bq [H,K] wk [G,Dk,K] bk wv [G,Dv,V] bv wo [H,V,Do] bo [Do]
-    linear:    q_weight [H*K,Dq] q_bias [H*K] k_weight [G*K,Dk] ... out_weight [Do,H*V] out_bias
-    packed:    in_proj_weight [3E,E] in_proj_bias [3E] out_weight [E,E] out_bias [E]
-               (torch nn.MultiheadAttention; needs H = G, Dq = Dk = Dv = Do = H*K, K = V)
-    einsum:    q_kernel [Dq,H,K] q_bias [H,K] ... out_kernel [H,V,Do] out_bias [Do]
-               (Keras EinsumDense, Flax DenseGeneral)
-    fused:     qkv_weight [H*K+G*K+G*V, D] (rows q, then k, then v) qkv_bias, out_weight
-               [Do,H*V] out_bias (one Wqkv matrix, as in many LLM blocks; self-attention)
-    add_bias_kv cases add bias_k [G,K] and bias_v [G,V] in every layout.
-    """
-    w = {name: inputs.native(name) for name in inputs.weights}
-    bias = case.use_bias
-    if layout == "canonical":
-        out = {name: w[name] for name in ("wq", "wk", "wv", "wo")}
-        out.update({n: (w[n] if bias else None) for n in ("bq", "bk", "bv", "bo")})
-    elif layout == "linear":
-        out = {}
-        for p in "qkv":
-            weight, b = to_linear(w[f"w{p}"], w[f"b{p}"])
-            out[f"{p}_weight"], out[f"{p}_bias"] = weight, (b if bias else None)
-        out["out_weight"], out["out_bias"] = to_linear_out(w["wo"]), (w["bo"] if bias else None)
-    elif layout == "packed":
-        s = case.shape
-        e = s.num_heads * s.key_dim
-        if not (
-            s.num_kv_heads == s.num_heads
-            and s.key_dim == s.value_dim
-            and s.query_dim == s.key_input_dim == s.value_input_dim == s.output_dim == e
-        ):
-            raise Unsupported(
-                "a packed in_proj needs H = G, K = V and every model dim equal to H*K"
-            )
-        weight, b = to_packed_in_proj(w["wq"], w["wk"], w["wv"], w["bq"], w["bk"], w["bv"])
-        out = {"in_proj_weight": weight, "in_proj_bias": b if bias else None}
-        out["out_weight"], out["out_bias"] = to_linear_out(w["wo"]), (w["bo"] if bias else None)
-    elif layout == "einsum":
-        out = {}
-        for p in "qkv":
-            out[f"{p}_kernel"] = to_einsum_kernel(w[f"w{p}"])
-            out[f"{p}_bias"] = w[f"b{p}"] if bias else None
-        out["out_kernel"], out["out_bias"] = w["wo"], (w["bo"] if bias else None)
-    elif layout == "fused":
-        s = case.shape
-        if not (case.self_attention and s.query_dim == s.key_input_dim == s.value_input_dim):
-            raise Unsupported("a fused qkv projection needs self-attention (one input)")
-        parts = [to_linear(w[f"w{p}"], w[f"b{p}"]) for p in "qkv"]
-        out = {
-            "qkv_weight": np.concatenate([weight for weight, _ in parts], axis=0),
-            "qkv_bias": np.concatenate([b for _, b in parts], axis=0) if bias else None,
-            "out_weight": to_linear_out(w["wo"]),
-            "out_bias": w["bo"] if bias else None,
-        }
-    else:
-        raise ValueError(f"weights must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
-    if case.add_bias_kv:
-        out["bias_k"], out["bias_v"] = w["bias_k"], w["bias_v"]
-    return out
-
-
-class LayerFunctionAdapter(FunctionAdapter):
-    def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
-        conv = self.convention
-        query = self._array(inputs.native("query"), case, device)
-        if case.self_attention:  # the same object, as a self-attention call passes it
-            key = value = query
-        else:
-            key = self._array(inputs.native("key"), case, device)
-            value = self._array(inputs.native("value"), case, device)
-        bias_on = conv.get("bias_on") or PROJECTIONS
-        if case.use_bias and set(bias_on) != set(PROJECTIONS):
-            missing = ", ".join(p for p in PROJECTIONS if p not in bias_on)
-            raise Unsupported(
-                f"no bias on the {missing} projection(s); this case has biases on all"
-            )
-        params = {
-            name: self._array(a, case, device)
-            for name, a in layer_params(case, inputs, conv["weights"]).items()
-        }
-        fn, options = type(self).function, self._options(case, device)
-        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
-            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
-            options["bias"] = self._array(bias, case, device)
-        else:
-            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
-        mask = self._array(mask, case, device)
-        if case.gradients and conv.get("gradients") == "autodiff":
-            return self._run_autodiff(
-                case, inputs, device, query, key, value, params, mask, options
-            )
-        if case.gradients and _accepts(fn, "grad_output"):
-            options["grad_output"] = self._array(
-                np.array(inputs.native("grad_output")), case, device
-            )
-        elif _accepts(fn, "grad_output"):
-            options["grad_output"] = None
-        result = fn(query, key, value, params, mask, **options)
-        return self._outputs(result, case, "BHTK")
-
-    def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
-        """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
-        come back in the canonical layout (conformance.backward names)."""
-        from ..adapters.autodiff import vjp
-        from ..cases.layouts import from_linear, from_linear_out
-
-        conv, fn, s = self.convention, type(self).function, case.shape
-        if conv["weights"] not in ("canonical", "linear"):
-            raise Unsupported(f"gradients with weights='{conv['weights']}' are not supported yet")
-        names = ["query"] + ([] if case.self_attention else ["key", "value"])
-        names += [n for n, a in params.items() if a is not None]
-        primals = [query] + ([] if case.self_attention else [key, value])
-        primals += [a for a in params.values() if a is not None]
-
-        def call(*xs: Any) -> Any:
-            d = dict(zip(names, xs, strict=True))
-            q = d["query"]  # self-attention: one tensor used three times, its gradient summed
-            p = {n: d.get(n, a) for n, a in params.items()}
-            return fn(q, d.get("key", q), d.get("value", q), p, mask, **options)
-
-        d_out = self._array(np.array(inputs.native("grad_output")), case, device)
-        result, grads = vjp(conv["arrays"], call, tuple(primals), d_out)
-        g = {n: to_numpy(x) for n, x in zip(names, grads, strict=True)}
-        outputs = self._outputs(result, case, "BHTK")
-        outputs["grad_query"] = g["query"]
-        if not case.self_attention:
-            outputs["grad_key"], outputs["grad_value"] = g["key"], g["value"]
-        if conv["weights"] == "canonical":
-            for n in ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo", "bias_k", "bias_v"):
-                if n in g:
-                    outputs[f"grad_{n}"] = g[n]
-        else:
-            heads = {"q": s.num_heads, "k": s.num_kv_heads, "v": s.num_kv_heads}
-            for p, n in heads.items():
-                w, b = from_linear(g[f"{p}_weight"], g.get(f"{p}_bias"), n)
-                outputs[f"grad_w{p}"] = w
-                if b is not None:
-                    outputs[f"grad_b{p}"] = b
-            outputs["grad_wo"] = from_linear_out(g["out_weight"], s.num_heads)
-            if "out_bias" in g:
-                outputs["grad_bo"] = g["out_bias"]
-            for n in ("bias_k", "bias_v"):
-                if n in g:
-                    outputs[f"grad_{n}"] = g[n]
-        return outputs
+# Every name this module offered before it was split (issue 20): the calling conventions
+# (conventions.py), mask_for (mask_forms.py), layer_params (layer_weights.py) and the adapter
+# classes (function_adapter.py) are imported from here by users' code and docs/plugins.md.
+__all__ = [
+    "ADDITIVE_MASK_FEATURES",
+    "ARRAY_KINDS",
+    "BOOL_MASK_FEATURES",
+    "GQA_FEATURES",
+    "KERNEL_LAYOUTS",
+    "KV_HEADS",
+    "MASK_FORMS",
+    "PROJECTIONS",
+    "WEIGHT_LAYOUTS",
+    "_DECLARED",
+    "_FRAMEWORK_OF",
+    "Adapter",
+    "Declaration",
+    "Divergence",
+    "DropoutBehavior",
+    "FunctionAdapter",
+    "KernelFunctionAdapter",
+    "LayerFunctionAdapter",
+    "ToleranceOverride",
+    "Unsupported",
+    "_accepts",
+    "_build",
+    "_decorate",
+    "_features",
+    "_kernel_gradients_back",
+    "_notes",
+    "_split_mask",
+    "_with_fill",
+    "bias_for",
+    "describe_convention",
+    "kernel_adapter",
+    "layer_adapter",
+    "layer_params",
+    "mask_for",
+    "prepare_arrays",
+    "to_framework",
+    "to_numpy",
+]
 
 
 def _build(

@@ -1,5 +1,6 @@
 """The `conformance` command: the parser and its subcommands (`main`), `run`/`list`/`show`
-(`commands`), `bench` (`bench`) and "did you mean" (`suggest`). Other subcommands live with
+(`commands`, which registers them; `selection`, `arguments`, `run`, `resume`, `run_messages`,
+`list_show` hold them), `bench` (`bench`) and "did you mean" (`suggest`). Other subcommands live with
 their stage: `conformance report` in report/, `fuzz` in fuzz/, `import` in peers/.
 
 `conformance.cli` was one module before the stage subpackages; its names stay here.

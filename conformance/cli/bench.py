@@ -104,7 +104,7 @@ def _bench_worker(conn, entries: list[tuple[str, str]], env: dict, cases, repeat
 
 
 def run_bench(selectors: list[str] | None, cases: list[Case], repeat: int) -> list[dict]:
-    from .commands import select_adapters
+    from .selection import select_adapters
 
     entries, _missing = select_adapters(selectors)
     groups: dict[str, list] = {}
