@@ -7,9 +7,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 
-from .adapter import (
-    FILL_AS_WRITTEN,
-)
+from .adapter import FILL_AS_WRITTEN
 
 MASK_FORMS = ("additive", "attend", "masked", "none")
 

@@ -11,15 +11,8 @@ import numpy as np
 from ..adapters.arrays import prepare_arrays, to_framework, to_numpy
 from ..cases.case import Case
 from ..cases.inputs import CaseInputs
-from ..cases.layouts import (
-    bhtk_to_bthk,
-    bthk_to_bhtk,
-    repeat_kv_heads,
-)
-from .adapter import (
-    Adapter,
-    Unsupported,
-)
+from ..cases.layouts import bhtk_to_bthk, bthk_to_bhtk, repeat_kv_heads
+from .adapter import Adapter, Unsupported
 from .conventions import PROJECTIONS, _accepts
 from .layer_weights import layer_params
 from .mask_forms import _split_mask, mask_for

@@ -6,15 +6,8 @@ import numpy as np
 
 from ..cases.case import Case
 from ..cases.inputs import CaseInputs
-from ..cases.layouts import (
-    to_einsum_kernel,
-    to_linear,
-    to_linear_out,
-    to_packed_in_proj,
-)
-from .adapter import (
-    Unsupported,
-)
+from ..cases.layouts import to_einsum_kernel, to_linear, to_linear_out, to_packed_in_proj
+from .adapter import Unsupported
 from .conventions import WEIGHT_LAYOUTS
 
 

@@ -9,9 +9,7 @@ import numpy as np
 
 from ..cases.case import Case
 from ..cases.masks import build_mask, combined_additive, fill_value, to_true_masked, visible
-from .adapter import (
-    Unsupported,
-)
+from .adapter import Unsupported
 from .conventions import MASK_FORMS
 
 

@@ -7,10 +7,7 @@ from pathlib import Path
 
 from ..cases.case import DTYPES, TIERS
 from ..running import maxfail
-from ..running.runner import (
-    DEFAULT_SETUP_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-)
+from ..running.runner import DEFAULT_SETUP_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from .selection import DEFAULT_TIER
 
 DEFAULT_OUT = Path("reports/latest")

@@ -26,11 +26,7 @@ from ..running.results import (
     repair_stream,
     write_json_atomic,
 )
-from ..running.runner import (
-    Runner,
-    RunOptions,
-    default_jobs,
-)
+from ..running.runner import Runner, RunOptions, default_jobs
 from ..spec import SPEC_VERSION, load_specs, shipped_specs_dir
 from ..verdicts.evaluate import record_key
 from . import suggest

@@ -10,9 +10,7 @@ from pathlib import Path
 
 from ..adapter_api.registry import AdapterEntry
 from ..cases.case import Case
-from ..running.runner import (
-    DEFAULT_TIMEOUT_S,
-)
+from ..running.runner import DEFAULT_TIMEOUT_S
 from ..running.summary import summary_lines
 
 

@@ -11,11 +11,7 @@ from ..sanitize import strip_control
 from .behaviours import behaviour_tables, one_module_different_answers
 from .docs_links import docs_page
 from .html_payload import ORDER
-from .results import (
-    SEVERITY,
-    environment_label,
-    matrix,
-)
+from .results import SEVERITY, environment_label, matrix
 
 
 def _e(text: object) -> str:
