@@ -103,7 +103,7 @@ DROPOUT_SHARED_AXES = ("batch", "heads")
 @dataclass(frozen=True)
 class DropoutBehavior:
     """How an implementation applies attention dropout in training mode. Checked, not trusted
-    (conformance.dropout): a result that contradicts it is a `fail`.
+    (conformance.oracle.dropout): a result that contradicts it is a `fail`.
 
     - target: the tensor dropout zeroes and rescales: "weights" (the attention probabilities
       after softmax) or "output" (the attention output).
@@ -183,7 +183,7 @@ class Declaration:
 
     def divergences_for(self, case: Case, device: str) -> list[Divergence]:
         """Every applicable divergence, in declaration order; evaluate verifies them composed
-        (conformance.divergences)."""
+        (conformance.verdicts.divergences)."""
         return [d for d in self.divergences if d.applies(case, device)]
 
     def tolerance_override(self, dtype: str) -> ToleranceOverride | None:

@@ -97,7 +97,7 @@ def _notes(kv_heads: str, returns_weights: bool, notes: str) -> str:
     if kv_heads == "repeat":
         parts.append(
             "grouped/multi-query cases run with the key/value heads repeated by the helper "
-            "(conformance.layouts.repeat_kv_heads), not by the implementation"
+            "(conformance.cases.layouts.repeat_kv_heads), not by the implementation"
         )
     if returns_weights:
         parts.append("weights_mean is the mean over heads of the returned per-head weights")

@@ -1,4 +1,4 @@
-"""Named sets of feature tags (conformance.case.FEATURES) that adapters combine.
+"""Named sets of feature tags (conformance.cases.case.FEATURES) that adapters combine.
 
 A Declaration's `features` is the set of tags an implementation takes. Most adapters take
 whole groups of them, the same way (every causal alignment, both paddings, every boolean mask
@@ -18,7 +18,7 @@ CAUSAL_ALIGNED = frozenset({"causal", "causal-top-left", "causal-bottom-right"})
 PADDING = frozenset({"key-padding", "query-padding"})
 # An explicit boolean mask, shared by the heads or one per head.
 BOOLEAN_MASKS = frozenset({"bool-mask", "per-head-mask"})
-# Everything the neutral boolean mask (conformance.masks.build_mask's `attend`) can hold: what
+# Everything the neutral boolean mask (conformance.cases.masks.build_mask's `attend`) can hold: what
 # an adapter takes when it passes that one array to its framework's mask argument.
 EVERY_BOOLEAN_MASK = CAUSAL_ALIGNED | PADDING | BOOLEAN_MASKS | {"window", "fully-masked-rows"}
 # Additive masks: -inf/0 masks given as floats, and finite biases added to the logits.

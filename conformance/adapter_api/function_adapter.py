@@ -54,7 +54,7 @@ class FunctionAdapter(Adapter):
             kwargs["case"] = case
         if _accepts(fn, "device"):
             kwargs["device"] = device
-        # Dropout: the rate, the mode and the seed of this draw (conformance.dropout varies it).
+        # Dropout: the rate, the mode and the seed of this draw (conformance.oracle.dropout varies it).
         if _accepts(fn, "dropout_p"):
             kwargs["dropout_p"] = case.dropout.rate if case.dropout else 0.0
         if _accepts(fn, "training"):
@@ -207,7 +207,7 @@ class LayerFunctionAdapter(FunctionAdapter):
 
     def _run_autodiff(self, case, inputs, device, query, key, value, params, mask, options):  # noqa: ANN001, ANN202, PLR0913
         """Differentiate the layer w.r.t. its inputs and every weight it received; gradients
-        come back in the canonical layout (conformance.backward names)."""
+        come back in the canonical layout (conformance.oracle.backward names)."""
         from ..adapters.autodiff import vjp
         from ..cases.layouts import from_linear, from_linear_out
 

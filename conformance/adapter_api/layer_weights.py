@@ -12,7 +12,7 @@ from .conventions import WEIGHT_LAYOUTS
 
 
 def layer_params(case: Case, inputs: CaseInputs, layout: str) -> dict[str, np.ndarray | None]:
-    """Canonical weights (conformance.inputs) in `layout`; biases are None without bias.
+    """Canonical weights (conformance.cases.inputs) in `layout`; biases are None without bias.
 
     canonical: wq [H,Dq,K] bq [H,K] wk [G,Dk,K] bk wv [G,Dv,V] bv wo [H,V,Do] bo [Do]
     linear:    q_weight [H*K,Dq] q_bias [H*K] k_weight [G*K,Dk] ... out_weight [Do,H*V] out_bias

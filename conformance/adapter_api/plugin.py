@@ -329,7 +329,7 @@ def layer_adapter(
     A keyword `bias` with a boolean mask receives the finite bias apart, as in kernel_adapter.
     Gradient cases: gradients="autodiff" (weights canonical or linear) differentiates with
     respect to the inputs and every weight; or fn accepts `grad_output` [B,T,Do] and returns a
-    dict with the gradients under conformance.backward's names, in the canonical layout.
+    dict with the gradients under conformance.oracle.backward's names, in the canonical layout.
     Defaults leave out bias-kv, zero-attn, decode and multi-axis: `add=` them if you handle
     them (accept `case` to see case.decode, case.add_bias_kv, ...).
     """

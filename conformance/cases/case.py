@@ -118,7 +118,7 @@ class Decode:
 class Dropout:
     """Attention dropout at `rate`. training False: inference, where the result must equal the
     no-dropout one; True: training mode, checked statistically over many seeded draws
-    (conformance.dropout). `seed` is set by that check for each draw; adapters seed their
+    (conformance.oracle.dropout). `seed` is set by that check for each draw; adapters seed their
     framework's generator with it."""
 
     rate: float
@@ -145,7 +145,8 @@ class Case:
     add_zero_attn: bool = False
     decode: Decode | None = None
     compare: tuple[str, ...] = ("output",)
-    gradients: bool = False  # also compare the gradients (conformance.backward.gradient_names)
+    # also compare the gradients (conformance.oracle.backward.gradient_names)
+    gradients: bool = False
     seed: int = 0
     description: str = ""
     source: str = ""  # "file:line" the case came from
@@ -155,9 +156,11 @@ class Case:
     inputs: str | None = None
     dropout: Dropout | None = None
     tier: str = "small"
-    scores: ScoreTerms | None = None  # issue 14: softcap, ALiBi, sinks (conformance.score_terms)
-    rope: Rope | None = None  # issue 14: rotary position embeddings (conformance.rotary)
-    cache: Cache | None = None  # issue 14: cache lengths, paged layout (conformance.kv_cache)
+    scores: ScoreTerms | None = (
+        None  # issue 14: softcap, ALiBi, sinks (conformance.cases.score_terms)
+    )
+    rope: Rope | None = None  # issue 14: rotary position embeddings (conformance.cases.rotary)
+    cache: Cache | None = None  # issue 14: cache lengths, paged layout (conformance.cases.kv_cache)
 
     @property
     def data_key(self) -> str:
@@ -259,13 +262,13 @@ FEATURES: dict[str, str] = {
     "dropout": "a dropout rate is given, run in inference mode: must equal the no-dropout result",
     "dropout-training": "dropout in training mode, checked statistically over seeded runs",
     "gradients": "gradients for a seeded upstream gradient are compared (inputs and weights)",
-    # issue 14: score terms of modern attention (conformance.score_terms)
+    # issue 14: score terms of modern attention (conformance.cases.score_terms)
     "softcap": "logit soft-capping cap * tanh(logits / cap) before masking (Gemma 2)",
     "alibi": "ALiBi: per-head linear position bias -slope * distance (any slopes)",
     "alibi-standard": "ALiBi with the paper's standard slopes (2^(-8 h / H))",
     "sink": "a sink logit per head added to the softmax denominator (GPT-OSS sinks)",
     "sink-zero": "every sink logit is 0: off-by-one softmax (ORT smooth_softmax)",
-    # issue 14: rotary position embeddings on q and k (conformance.rotary)
+    # issue 14: rotary position embeddings on q and k (conformance.cases.rotary)
     "rope-half": "rotary position embeddings, rotate-half pairs (i, i + d/2): GPT-NeoX, Llama",
     "rope-interleaved": "rotary position embeddings, interleaved pairs (2i, 2i + 1): GPT-J",
     "rope-partial": "rotary embeddings on the first rotary_dim dims of each head only",
@@ -275,7 +278,7 @@ FEATURES: dict[str, str] = {
     "segments": "packed sequences: several segments per row, attention only within a segment "
     "(segment ids, cu_seqlens, document masks)",
     "left-padding": "key/query padding at the start of the row (generation batches), not the end",
-    # issue 14: decoding beyond a prefix and single steps (conformance.kv_cache)
+    # issue 14: decoding beyond a prefix and single steps (conformance.cases.kv_cache)
     "decode-chunked": "incremental decoding with several new tokens per step (chunked prefill): "
     "each chunk attends to the cache and causally within itself",
     "decode-memory": "decoding steps whose keys are a cached encoder memory (cross-attention): "
@@ -352,7 +355,7 @@ def case_features(case: Case) -> frozenset[str]:
     if case.cache is not None:  # issue 14
         if case.cache.lengths is not None:
             tags.add("cache-lengths")
-            if case.rope is not None:  # per-sequence rotary positions (conformance.rotary)
+            if case.rope is not None:  # per-sequence rotary positions (conformance.cases.rotary)
                 tags.add("rope-per-sequence")
         if case.cache.paged:
             tags.add("paged-kv")

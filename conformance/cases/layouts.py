@@ -1,7 +1,7 @@
 """Conversions between the canonical weight/array layout and the frameworks' native ones.
 
 They live here once so adapters stay thin translators (and so users' adapters can reuse them).
-Canonical (see conformance.inputs): per-head projections w [N, D, K], b [N, K]; output
+Canonical (see conformance.cases.inputs): per-head projections w [N, D, K], b [N, K]; output
 projection wo [H, V, Do], bo [Do]; kernel tensors [B, H, T, K] ("BHTK").
 
 Feature e of a projected vector belongs to head e // K in every framework, which is what makes

@@ -116,7 +116,7 @@ def build_mask(
         restrict(keep)
     if bias is not None:
         bias = np.array(bias[:, :, t0:t1], dtype=np.float64)
-    # ALiBi is an additive bias (conformance.score_terms), built for these rows only.
+    # ALiBi is an additive bias (conformance.cases.score_terms), built for these rows only.
     alibi = alibi_for_case(case, (t0, t1))
     if alibi is not None:
         bias = alibi if bias is None else bias + alibi  # broadcasts 1 -> H heads

@@ -23,14 +23,14 @@ one under the other (the classic porting bug) rotates the wrong pairs.
 
 Positions (what decoding with a cache does): key s sits at `offset + s`, query t at
 `offset + S - T + t`: the queries end the key sequence, as in decoding, chunked prefill and the
-ALiBi convention (conformance.score_terms). `offset` shifts every position (a cache that already
+ALiBi convention (conformance.cases.score_terms). `offset` shifts every position (a cache that already
 holds `offset` earlier tokens); in exact arithmetic it changes nothing (only m - n matters), in
 floating point it changes the angles' size and so their rounding.
 
 Decoding (`decode:`) needs nothing more: with T = S the whole sequence rotated once equals
 what a decoder does step by step (each step's new tokens at offset + cache length + i, the
 cached keys keeping theirs; tests/test_rope_decode.py proves it). A step against a cache of
-per-sequence lengths (`cache.lengths`, conformance.kv_cache) puts sequence b's queries at the
+per-sequence lengths (`cache.lengths`, conformance.cases.kv_cache) puts sequence b's queries at the
 end of its own cache: query t at offset + lengths[b] - T + t, a [B, T] table of positions
 (tag `rope-per-sequence`); keys stay at offset + s.
 

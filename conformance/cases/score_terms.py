@@ -104,7 +104,7 @@ def alibi_for_case(case: Case, rows: tuple[int, int] | None = None) -> np.ndarra
     """The case's ALiBi term as an additive bias [B, H, T, S] (None without ALiBi); `rows` =
     (t0, t1): query rows t0 <= t < t1 only (the reference's row blocks).
 
-    ALiBi is a bias, so it travels with the neutral mask's bias (conformance.masks.build_mask):
+    ALiBi is a bias, so it travels with the neutral mask's bias (conformance.cases.masks.build_mask):
     every adapter that takes an additive attention bias receives it there, which is how BLOOM
     and MPT feed it to SDPA-style kernels. An adapter with a native ALiBi parameter removes it
     from the case first and passes the slopes.

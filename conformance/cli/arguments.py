@@ -111,7 +111,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(~/.cache/attention-conformance, or $CONFORMANCE_CACHE_DIR)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # fmt: skip
-    # --- CI trust (conformance.executed, conformance.expected) ---
+    # --- CI trust (conformance.running.executed, conformance.running.expected) ---
     p.add_argument(
         "--allow-empty",
         action="store_true",

@@ -28,11 +28,13 @@ def _summary(records: list[dict], missing: list[AdapterEntry], stream) -> None: 
 
 
 def _print_profile(records: list[dict], adapter_info: dict) -> None:
-    """--profile: where each adapter's time went (conformance.profile), this run's records."""
+    """--profile: where each adapter's time went (conformance.running.profile), this run's records."""
     from ..running.profile import summarize, table
 
     fresh = [r for r in records if "total_s" in r]
-    print("\nprofile (seconds summed over each adapter's executed cases; see conformance.profile):")
+    print(
+        "\nprofile (seconds summed over each adapter's executed cases; see conformance.running.profile):"
+    )
     print(table(summarize(fresh, adapter_info)))
 
 

@@ -2,9 +2,9 @@
 
 Hand-written specs find the bugs their authors imagined; generated cases find the rest. Each
 property below runs as its own Hypothesis search over cases the adapter's Declaration claims
-to support (conformance.strategies):
+to support (conformance.fuzz.strategies):
 
-    differential        the result matches the float64 reference (conformance.evaluate)
+    differential        the result matches the float64 reference (conformance.verdicts.evaluate)
     kv-permutation      permuting key/value positions together leaves the output unchanged
     head-permutation    permuting heads together with their weights permutes per-head results
                         and leaves the layer output unchanged
@@ -19,7 +19,7 @@ results at twice the case dtype's tolerance (each run may err by one tolerance).
 
 A counterexample is shrunk by Hypothesis and written out as a minimal spec file (drop it into
 specs/ as a regression case; it loads with conformance.spec.load_spec), a failure.json, the
-transformed inputs of a metamorphic property (inputs.npz) and, when conformance.reproducer is
+transformed inputs of a metamorphic property (inputs.npz) and, when conformance.report.reproducer is
 installed, a standalone reproducer. Rerunning with the printed seed reproduces it.
 
 The fuzzer runs adapters in-process: one framework configuration (env such as KERAS_BACKEND)

@@ -102,7 +102,7 @@ def case_spec(case: Case) -> dict:
         entry["rope"] = {"style": rope.style, "theta": rope.theta, "offset": rope.offset}
         if rope.rotary_dim is not None:
             entry["rope"]["rotary_dim"] = rope.rotary_dim
-    cache = getattr(case, "cache", None)  # issue 14: lengths and pages (conformance.kv_cache)
+    cache = getattr(case, "cache", None)  # issue 14: lengths and pages (conformance.cases.kv_cache)
     if cache is not None:
         entry["cache"] = {}
         if cache.lengths is not None:

@@ -107,7 +107,7 @@ def caches(
     *,
     lengths: bool | None = None,
 ) -> Cache | None:
-    """The `cache:` key of a kernel-mode step (issue 14, conformance.kv_cache): per-sequence
+    """The `cache:` key of a kernel-mode step (issue 14, conformance.cases.kv_cache): per-sequence
     lengths in [T, S] (with cache-lengths and `lengths`), pages of 1..S positions (paged-kv)
     in a pool of up to two spare pages. lengths: True (they must be there), False (they must
     not: the case has key padding, ALiBi or rope) or None (either). The block table of a seeded order ("shuffled",

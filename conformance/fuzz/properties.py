@@ -284,7 +284,7 @@ BOOL_ADDITIVE_ENOUGH = 300  # after this many, settle for the best twin found so
 def additive_twin(case: Case, target: float | None = None) -> tuple[Case, Case] | None:
     """(bool case, additive case) whose masks are the same pattern, or None.
 
-    Masks are drawn from streams keyed on the case (conformance.masks), so the boolean and the
+    Masks are drawn from streams keyed on the case (conformance.cases.masks), so the boolean and the
     additive component of a case never share a pattern. We search seeds of a twin case for an
     additive stream whose lowest-k draws are the same cells as the boolean stream's lowest k,
     then set both densities between the k-th and (k+1)-th draws. k is as close as we can find
@@ -331,7 +331,7 @@ def additive_twin(case: Case, target: float | None = None) -> tuple[Case, Case] 
     seen_a, seen_b = visible(bool_case), visible(add_case)
     if not np.array_equal(seen_a, seen_b):
         raise HarnessError(
-            "bool-additive: the twin masks differ; conformance.masks changed how it draws "
+            "bool-additive: the twin masks differ; conformance.cases.masks changed how it draws "
             "random/additive masks and this property needs updating"
         )
     return bool_case, add_case

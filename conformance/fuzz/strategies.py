@@ -9,7 +9,7 @@ Import them into your own Hypothesis tests:
     def test_my_attention(case): ...
 
 Every strategy takes the set of feature tags it may use (`features`, see
-conformance.case.FEATURES), so fuzzing an implementation only generates cases its Declaration
+conformance.cases.case.FEATURES), so fuzzing an implementation only generates cases its Declaration
 claims to support: pass `declaration=` to `cases()` and it does the rest. Sizes are bounded
 (`Limits`) so that one example runs in milliseconds.
 
@@ -67,7 +67,7 @@ Dropout = getattr(_case_module, "Dropout", None)
 
 # Feature tags cases() never generates, and why (everything else in FEATURES it does).
 NOT_GENERATED: dict[str, str] = {
-    "dropout-training": "checked statistically over many seeded runs (conformance.dropout): "
+    "dropout-training": "checked statistically over many seeded runs (conformance.oracle.dropout): "
     "far too slow per example; specs/dropout.yaml covers it",
     # issue 14: covered by specs/finite_fill.yaml and specs/packed.yaml, and proven against
     # independent formulations in tests/test_packed_fill.py

@@ -15,7 +15,7 @@ every key masked follows the forward's policy: "nan" makes its gradients NaN, "z
 Grouped-query: a shared key/value head's gradient sums over its query group.
 The tests check all of it against central finite differences.
 
-`rounding` is applied after every operation, as in conformance.reference: the oracle uses the
+`rounding` is applied after every operation, as in conformance.oracle.reference: the oracle uses the
 identity (float64 throughout); `baseline_gradients()` rounds to the case dtype, giving the
 straightforward same-dtype implementation that the low-precision gradient rule (3x its error,
 tolerance.GRADIENT_BASELINE_FACTOR) measures against.

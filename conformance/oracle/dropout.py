@@ -19,7 +19,7 @@ framework's generator with it), and the draws are checked against what dropout *
 3. Mean: the mean output over the draws converges to the no-dropout output: every element
    within t * s / sqrt(N) (s the sample standard deviation over the N draws) plus the case
    dtype's tolerance, t Student's quantile with N - 1 degrees of freedom (s is estimated from
-   the same draws; conformance.stats), Bonferroni-corrected over the elements for family-wise
+   the same draws; conformance.oracle.stats), Bonferroni-corrected over the elements for family-wise
    ALPHA.
 4. Sharing: the keep masks of different heads (batch elements) are identical exactly when the
    adapter declares the mask shared along that axis (Declaration.dropout.shared), and differ
@@ -406,7 +406,7 @@ def evaluate_training(
         record["verdict"] = "fail" if failed else "pass"
         record["message"] = "; ".join(failed or [f.text for f in findings])
         return record
-    # As evaluate does (conformance.divergences): check the draws again against what the
+    # As evaluate does (conformance.verdicts.divergences): check the draws again against what the
     # applicable divergences, composed, say happens instead (masked-row policy; the lowest
     # compute dtype's tolerance and structure precision); only a match "diverges".
     from ..verdicts.divergences import compose, record_entries

@@ -20,7 +20,7 @@ every operation's float64 result to the dtype (half-precision kernels accumulate
 
 Memory stays flat at any size: `attention()` works through the query rows a block at a time
 (ROW_BLOCK_ELEMENTS elements of [B, H, rows, S] per block), building each block's mask from
-absolute row positions (conformance.masks.build_mask(rows=...)). The [B, H, T, S] weights are
+absolute row positions (conformance.cases.masks.build_mask(rows=...)). The [B, H, T, S] weights are
 kept only when the case compares them or they are small (WEIGHTS_KEPT_ELEMENTS).
 """
 
@@ -119,7 +119,7 @@ def dot_product_attention(
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
     probs [B,H,T,S]). `terms`: softcap, ALiBi (query t at key t + alibi_offset) and sinks, in
-    the order conformance.score_terms documents."""
+    the order conformance.cases.score_terms documents."""
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     if h % g:
@@ -128,7 +128,7 @@ def dot_product_attention(
     qg = q.reshape(b, g, r, t, kd)
     logits = rounding(np.einsum("bgrtk,bgsk->bgrts", qg, k).reshape(b, h, t, s))
     logits = rounding(logits * scale)
-    # --- issue 14: score terms, before the bias and the mask (conformance.score_terms) ---
+    # --- issue 14: score terms, before the bias and the mask (conformance.cases.score_terms) ---
     terms = terms or ScoreTerms()
     if terms.softcap is not None:
         logits = rounding(softcap(logits, terms.softcap))
@@ -269,7 +269,7 @@ def attention(
 ) -> dict[str, np.ndarray]:
     """Everything a case can compare: output, per-head weights, head-averaged weights (the
     weights only when compared or small; see WEIGHTS_KEPT_ELEMENTS). `table_dtype`: where
-    rotary embeddings compute their cos/sin tables (conformance.rotary.apply_rope)."""
+    rotary embeddings compute their cos/sin tables (conformance.cases.rotary.apply_rope)."""
     policy = masked_rows or case.mask.fully_masked_rows
     keep = _keeps_weights(case)
     a, w = inputs.arrays, inputs.weights

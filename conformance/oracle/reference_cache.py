@@ -1,7 +1,7 @@
 """The oracle's memo: inputs and reference results per case, shared by the adapters (and
 adapter variants) one worker runs, so each case's reference is computed once.
 
-Used by conformance.evaluate (one case on one adapter) and conformance.dropout (training-mode
+Used by conformance.verdicts.evaluate (one case on one adapter) and conformance.oracle.dropout (training-mode
 draws); kept apart from both so neither imports the other's module for it.
 
 The worker processes of one run share references through a folder (`ReferenceStore`, made
@@ -142,7 +142,7 @@ class ReferenceCache:
     def at(self, case: Case, policy: str, dtype: str | None) -> dict:
         """The float64 reference (dtype None), or a straightforward implementation computing
         in `dtype` from inputs rounded to it: the same-dtype baseline when dtype is the case
-        dtype, else the baseline of a declared compute dtype (conformance.divergences)."""
+        dtype, else the baseline of a declared compute dtype (conformance.verdicts.divergences)."""
         if dtype is None:
             return self.reference(case, policy)
         if dtype == case.dtype:

@@ -6,7 +6,7 @@
     <input>.npy           q/k/v (kernel) or query/key/value + canonical weights (layer), in the
                           case dtype's storage type (bfloat16 as float32)
     weights_linear.npz    layer mode: the same weights as torch Linear / packed in_proj /
-    weights_einsum.npz      Keras-Flax einsum kernels (conformance.layouts), for your own calls
+    weights_einsum.npz      Keras-Flax einsum kernels (conformance.cases.layouts), for your own calls
     weights_packed.npz
     mask_attend.npy       bool [B,H,T,S], True = attend       (when the case has a mask that a
     mask_masked.npy       bool [B,H,T,S], True = masked out    boolean can carry)

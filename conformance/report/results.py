@@ -1,6 +1,6 @@
 """The helpers every report format shares, over a loaded results file.
 
-Reading is conformance.results.load_results (re-exported here): it validates a file written by
+Reading is conformance.running.results.load_results (re-exported here): it validates a file written by
 `conformance run` (one environment, under "environment") or by `conformance report merge`
 (several, under "environments", each record naming its "environment_id") and returns the
 *normalised* form used by every renderer: "environments" is always a list of dicts with an
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-# The reader is conformance.results (next to the writer); re-exported for the renderers.
+# The reader is conformance.running.results (next to the writer); re-exported for the renderers.
 from ..running.results import (  # noqa: F401
     RECORD_KEYS,
     REQUIRED_KEYS,

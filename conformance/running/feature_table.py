@@ -62,7 +62,7 @@ def _table(records: list[dict]) -> list[str]:
 def feature_table(records: list[dict]) -> str:
     """A short table of features passing/failing, per adapter (and device, when several).
 
-    `records` are result records (conformance.evaluate): "adapter", "device", "verdict",
+    `records` are result records (conformance.verdicts.evaluate): "adapter", "device", "verdict",
     "features". ok = pass or verified divergence, fail = fail or error.
     """
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)

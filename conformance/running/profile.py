@@ -13,7 +13,7 @@ Phases per case (seconds):
 - inputs / reference / compare: the harness's deterministic inputs, float64 reference (a cache
   hit when an earlier adapter of the worker already computed it) and comparison.
 - programs (cached): compiled programs/exports the adapter obtained, and how many of them came
-  from the persistent cache (conformance.cache) instead of being built.
+  from the persistent cache (conformance.running.cache) instead of being built.
 Per adapter: import = its setup() (framework import and first build of the adapter), first =
 the whole first executed case (the first call's lazy initialisation included).
 """

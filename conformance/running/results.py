@@ -4,7 +4,7 @@ results.json:
     {"schema_version": 1, "tool_version", "spec_version", "created", "command",
      "environment": {...}, "adapters": {name: declaration summary}, "cases": {id: case dict},
      "results": [record, ...]}
-A record is built by conformance.evaluate (one per case x adapter x device). A merged file
+A record is built by conformance.verdicts.evaluate (one per case x adapter x device). A merged file
 (`conformance report merge`) has "environments" instead, each record naming its
 "environment_id". Writing and reading both live here: load_results/read_results validate
 either form (conformance.report renders what load_results returns).

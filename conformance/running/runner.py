@@ -76,7 +76,7 @@ class RunOptions:
     setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
     log_dir: Path | None = None
     done: set[str] = field(default_factory=set)  # record keys already computed (resume)
-    # A folder the workers share float64 references through (conformance.reference_cache),
+    # A folder the workers share float64 references through (conformance.oracle.reference_cache),
     # emptied when the run starts and removed when it ends; None: each worker computes its own.
     reference_dir: Path | None = None
 

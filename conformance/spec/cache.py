@@ -23,7 +23,7 @@ def _check_cache(
     scores: ScoreTerms | None,
     rope: Rope | None,
 ) -> None:
-    """The `cache` key (issue 14, conformance.kv_cache): everything but the block table."""
+    """The `cache` key (issue 14, conformance.cases.kv_cache): everything but the block table."""
     cnode = _mapping(ctx, node["cache"], node, "cache")
     _check_keys(ctx, cnode, CACHE_KEYS, "cache")
     if not cnode:

@@ -38,10 +38,10 @@ CASE_KEYS = {
     "expected": "{output: file.npz#member, ...}: stored expected outputs of a peer test suite",
     "dropout": "{rate, training, draws}: attention dropout, inference (default) or training mode",
     "tier": "size tier: small (default), default (kernel scale, in the default run) or large",
-    "scores": "{softcap, alibi, sink}: score terms of modern attention (conformance.score_terms)",
+    "scores": "{softcap, alibi, sink}: score terms of modern attention (conformance.cases.score_terms)",
     "rope": "{style, theta, rotary_dim, offset}: rotary position embeddings on q and k",
     "cache": "{lengths, page_size, pages, num_pages}: the keys as a decoder's cache: per-sequence "
-    "lengths, a paged layout (conformance.kv_cache)",
+    "lengths, a paged layout (conformance.cases.kv_cache)",
     "matrix": "parameters expanded into one case per combination",
 }
 SCORE_KEYS = {  # issue 14
@@ -49,7 +49,7 @@ SCORE_KEYS = {  # issue 14
     "alibi": "standard (the paper's slopes) or a list of H slopes: bias -slope * |t + S - T - s|",
     "sink": "zero (off-by-one softmax) or a list of H sink logits added to the denominator",
 }
-ROPE_KEYS = {  # issue 14: rotary position embeddings (conformance.rotary)
+ROPE_KEYS = {  # issue 14: rotary position embeddings (conformance.cases.rotary)
     "style": "half (rotate-half pairs (i, i + d/2): GPT-NeoX, Llama) or interleaved (pairs "
     "(2i, 2i + 1): GPT-J, RoFormer); default half",
     "theta": "frequency base > 0: pair i turns at theta^(-2i/d) per position (default 10000)",
@@ -104,7 +104,7 @@ DECODE_KEYS = {
     "memory": "true: the keys are an encoder memory of kv_len positions, cached once; every "
     "step attends to all of it (cross-attention), not causally (kernel mode)",
 }
-CACHE_KEYS = {  # issue 14: conformance.kv_cache
+CACHE_KEYS = {  # issue 14: conformance.cases.kv_cache
     "lengths": "cache length per sequence (query_len <= length <= kv_len); each sequence's "
     "queries are its last query_len tokens",
     "page_size": "positions per page (16, 64, 256 ...): the cache is stored in pages",

@@ -16,7 +16,7 @@ def _resolve_rope(
     decode,
     gradients: bool,  # noqa: ANN001
 ) -> Rope:
-    """The `rope` key: rotary position embeddings on q and k (issue 14, conformance.rotary)."""
+    """The `rope` key: rotary position embeddings on q and k (issue 14, conformance.cases.rotary)."""
     rnode = _mapping(ctx, node["rope"], node, "rope")
     _check_keys(ctx, rnode, ROPE_KEYS, "rope")
     style = _choice(ctx, rnode.get("style", "half"), rnode, "style", ROPE_STYLES)

@@ -222,7 +222,7 @@ def _case_properties() -> dict[str, dict[str, Any]]:
                 ROPE_KEYS,
             )
         ),
-        "cache": _param(  # issue 14: conformance.kv_cache
+        "cache": _param(  # issue 14: conformance.cases.kv_cache
             _object(
                 {
                     "lengths": _int_list(1, minItems=1),
