@@ -56,6 +56,7 @@ from .jax_dpa import (
     flax_params,
     jax_device,
     jax_dtype,
+    release_programs,
     tf32_on_cuda,
     to_jax,
 )
@@ -184,6 +185,7 @@ class FlaxLinen(FlaxAdapter):
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         import jax
 
+        release_programs()
         dev = jax_device(device)
         _, fwd, step, cache_shapes = self._build(case)
         params = flax_params(case, inputs, dev)

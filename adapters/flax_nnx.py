@@ -73,6 +73,7 @@ from .jax_dpa import (
     flax_params,
     jax_device,
     jax_dtype,
+    release_programs,
     softmax_float32,
     strip_mask,
     tf32_on_cuda,
@@ -275,6 +276,7 @@ class _FlaxNnx(FlaxAdapter):
     def _run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         import jax
 
+        release_programs()
         s = case.shape
         if s.key_input_dim != s.value_input_dim:
             raise Unsupported(

@@ -86,6 +86,25 @@ _COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 _listening = False
+# Compiled programs held in this process since the last release_programs(); see there.
+_programs = [0]
+PROGRAMS_HELD = 256
+
+
+def release_programs() -> None:
+    """Drop JAX's in-memory compiled programs once PROGRAMS_HELD have been built since the
+    last drop (jax.clear_caches: a later call of a dropped signature compiles again, or loads
+    it from the persistent compilation cache; what it computes is unchanged).
+
+    A worker runs shape-sorted cases, so a signature is seldom needed again once its shape has
+    passed, but every program stays in memory: one JAX worker held 3.2 GiB at the end of the
+    default run (benchmarks/memory.py). Called between cases, never while tracing.
+    """
+    if _programs[0] >= PROGRAMS_HELD:
+        import jax
+
+        jax.clear_caches()
+        _programs[0] = 0
 
 
 def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
@@ -104,6 +123,7 @@ def count_compilations(jax: Any) -> None:  # noqa: ANN401 - the jax module
         if name in _COMPILE_EVENTS:
             count = 1 if name == "/jax/core/compile/backend_compile_duration" else 0
             profile.add("compile", seconds, count)
+            _programs[0] += count
 
     def on_event(name: str, **_: Any) -> None:  # noqa: ANN401
         if name == "/jax/compilation_cache/cache_hits":
@@ -595,6 +615,7 @@ class _JaxDpa(Adapter):
         """Cases this implementation refuses up front (cuDNN's documented limits)."""
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        release_programs()
         dev = jax_device(device)
         args = self.arguments(case)
         self.check(case, args)
