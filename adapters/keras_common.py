@@ -37,9 +37,6 @@ from conformance.cases.inputs import CaseInputs
 from conformance.cases.layouts import from_einsum_kernel, to_einsum_kernel
 from conformance.cases.masks import build_mask
 
-# Keras 3 fixes its backend at import (KERAS_BACKEND): one worker per backend.
-BACKENDS = ("tensorflow", "jax", "torch")
-
 # What MultiHeadAttention and GroupQueryAttention both express (both paths).
 LAYER_FEATURES = (
     LAYER_INPUTS
