@@ -42,6 +42,14 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    ROPE,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask
@@ -66,36 +74,21 @@ SDPA_SOURCE = (
     "sdpa_attention.py"
 )
 
-FEATURES = frozenset(
-    {
-        "kernel",
-        "value-dim",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
+FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    | {
         "scale",
         "cache-lengths",  # issue 14: per-sequence lengths as a padding mask, as HF batches do
-        # issue 14: the interface functions take the model's prepared 4-D mask; packed rows and
-        # left padding are entries of it like any other (masking_utils builds the same shapes
-        # from position_ids and the 2-D attention_mask)
-        "segments",
-        "left-padding",
-        # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
-        "rope-half",
-        "rope-interleaved",
-        "rope-partial",
     }
+    # issue 14: the interface functions take the model's prepared 4-D mask; packed rows and
+    # left padding are entries of it like any other (masking_utils builds the same shapes
+    # from position_ids and the 2-D attention_mask)
+    | SEGMENTS_AND_LEFT_PADDING
+    # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
+    | ROPE
 )
 
 UNSUPPORTED = {
@@ -450,21 +443,11 @@ def masking_utils_mask(case: Case, implementation: str, device: str) -> Any:
     return create_bidirectional_mask(config, embeds, am, position_ids=ids)
 
 
-MASKING_UTILS_FEATURES = frozenset(
-    {
-        "kernel",
-        "value-dim",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "key-padding",
-        "left-padding",
-        "segments",
-        "fully-masked-rows",
-        "scale",
-    }
+MASKING_UTILS_FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | {"causal", "causal-top-left", "key-padding", "fully-masked-rows", "scale"}
+    | SEGMENTS_AND_LEFT_PADDING
 )
 MASKING_UTILS_UNSUPPORTED = {
     **UNSUPPORTED,

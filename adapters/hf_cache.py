@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Declaration, Unsupported
+from conformance.adapter_api.feature_sets import GROUPED_HEADS
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 
@@ -59,9 +60,7 @@ MASK_SOURCE = (
 )
 
 # Decode cases carry "causal" (the implied mask); run() turns non-decode cases away.
-FEATURES = frozenset(
-    {"layer", "decode", "causal", "grouped-query", "multi-query", "no-bias", "rope-half"}
-)
+FEATURES = GROUPED_HEADS | {"layer", "decode", "causal", "no-bias", "rope-half"}
 
 UNSUPPORTED = {
     "kernel": "this is the whole layer with its cache (hf.sdpa is the kernel)",

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import GROUPED_HEADS, SEGMENTS_AND_LEFT_PADDING
 from conformance.cases import layouts
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
@@ -48,20 +49,12 @@ LLAMA_SOURCE = (
     "modeling_llama.py"
 )
 
-FEATURES = frozenset(
-    {
-        "layer",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "key-padding",
-        "no-bias",
-        "rope-half",
-        # issue 14: from the model's inputs through masking_utils (see the docstring)
-        "segments",
-        "left-padding",
-        "fully-masked-rows",
-    }
+FEATURES = (
+    GROUPED_HEADS
+    | {"layer", "causal", "key-padding", "no-bias", "rope-half"}
+    # issue 14: from the model's inputs through masking_utils (see the docstring)
+    | SEGMENTS_AND_LEFT_PADDING
+    | {"fully-masked-rows"}
 )
 
 UNSUPPORTED = {

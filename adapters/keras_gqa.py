@@ -24,45 +24,27 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.adapter_api.adapter import Declaration
+from conformance.adapter_api.feature_sets import DTYPE_TAGS, GROUPED_HEADS
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
-from conformance.cases.layouts import to_einsum_kernel
 
-from .keras_mha import (
+from .keras_common import (
     COMMON_UNSUPPORTED,
-    DTYPES,
-    FUSED_UNSUPPORTED,
-    KERAS_DROPOUT,
+    EXPLICIT_ONLY,
+    LAYER_FEATURES,
     KerasMasks,
-    KerasMHAAdapter,
     dropout_rate,
-    keras_divergences,
+    einsum_weight_pairs,
+    fused_refusals,
+    layer_declaration,
 )
+from .keras_mha import KerasMHAAdapter
 
-GQA_FEATURES = frozenset(
-    {
-        "layer",
-        "cross-attention",
-        "kv-input-dims",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "window",
-        "fully-masked-rows",
-        "no-bias",
-        "gradients",
-        # issue 14: keras_mha's masks (padding on either side, packed segments in
-        # attention_mask)
-        "left-padding",
-        "segments",
-    }
-)
+# What GroupQueryAttention expresses (both paths): MultiHeadAttention's layer and masks
+# (LAYER_FEATURES), with fewer key/value heads.
+GQA_FEATURES = LAYER_FEATURES | GROUPED_HEADS
+# The explicit path's own tags (GroupQueryAttention has no attention_axes: no multi-axis).
+GQA_EXPLICIT_ONLY = EXPLICIT_ONLY - {"multi-axis"}
 GQA_UNSUPPORTED = {
     **{k: v for k, v in COMMON_UNSUPPORTED.items() if k not in ("grouped-query", "multi-query")},
     "value-dim": "GroupQueryAttention has one head_dim for queries, keys and values",
@@ -110,21 +92,9 @@ class KerasGQAAdapter(KerasMHAAdapter):
         return layer
 
     def _weight_pairs(self, layer: Any, case: Case, inputs: CaseInputs) -> list[tuple[Any, Any]]:
-        w = {name: inputs.native(name) for name in inputs.weights}
-        pairs = [
-            (layer._query_dense.kernel, to_einsum_kernel(w["wq"])),  # [Dq, H, hd]
-            (layer._key_dense.kernel, to_einsum_kernel(w["wk"])),  # [Dk, G, hd]
-            (layer._value_dense.kernel, to_einsum_kernel(w["wv"])),  # [Dv, G, hd]
-            (layer._output_dense.kernel, w["wo"]),  # [H, hd, Do]
-        ]
-        if case.use_bias:
-            pairs += [
-                (layer._query_dense.bias, w["bq"]),
-                (layer._key_dense.bias, w["bk"]),
-                (layer._value_dense.bias, w["bv"]),
-                (layer._output_dense.bias, w["bo"]),
-            ]
-        return pairs
+        # Query kernel [Dq, H, hd], key/value kernels [D, G, hd], output kernel [H, hd, Do].
+        denses = (layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense)
+        return einsum_weight_pairs(denses, case, inputs)
 
     def _mask_kwargs(self, masks: KerasMasks, query: Any, cross: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -140,31 +110,23 @@ class KerasGQAAdapter(KerasMHAAdapter):
 
 
 def _declaration(backend: str, path: str) -> Declaration:
-    explicit = frozenset({"weights", "dropout", "dropout-training"})
-    features = GQA_FEATURES | DTYPES | (explicit if path == "explicit" else frozenset())
+    explicit = GQA_EXPLICIT_ONLY if path == "explicit" else frozenset()
+    features = GQA_FEATURES | DTYPE_TAGS | explicit
     reasons = dict(GQA_UNSUPPORTED)
     if path == "fused":
-        reasons.update(
-            {k: v.replace("<backend>", "gqa.torch") for k, v in FUSED_UNSUPPORTED.items()
-             if k in explicit}
-        )  # fmt: skip
+        reasons.update(fused_refusals(f"gqa.{backend}", GQA_EXPLICIT_ONLY))
     how = (
         "ops.dot_product_attention on the repeated heads (no scores, no dropout)"
         if path == "fused"
         else "einsum + keras.layers.Softmax(mask) (return_attention_scores=True)"
     )
-    return Declaration(
+    return layer_declaration(
         name=f"keras.gqa.{backend}.{path}",
         summary=f"keras.layers.GroupQueryAttention on the {backend} backend, {path} path: {how}",
-        framework="keras",
-        features=frozenset(features),
-        requires=("keras", backend),
-        worker=f"keras-{backend}",
-        env={"KERAS_BACKEND": backend},
-        compiles=backend == "jax",  # JAX compiles every op per shape, eager calls too
-        divergences=keras_divergences(backend, path),
+        backend=backend,
+        path=path,
+        features=features,
         unsupported_reasons=reasons,
-        dropout=KERAS_DROPOUT,
         notes="Keys/values are expanded with ops.repeat (contiguous groups). Masks: causal -> "
         "use_causal_mask, key padding -> value_mask/key_mask, query padding -> query_mask, "
         "window -> sliding_window, the rest -> attention_mask.",

@@ -24,397 +24,43 @@ per-head, explicit fully masked rows) -> `attention_mask` [B, T, S] or [B, H, T,
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from conformance.adapter_api.adapter import (
-    Adapter,
-    Declaration,
-    Divergence,
-    DropoutBehavior,
-    Unsupported,
-)
+from conformance.adapter_api.adapter import Declaration, Unsupported
+from conformance.adapter_api.feature_sets import DTYPE_TAGS
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
-from conformance.cases.layouts import from_einsum_kernel, to_einsum_kernel
-from conformance.cases.masks import build_mask
 
-BACKENDS = ("tensorflow", "jax", "torch")
-PATHS = ("fused", "explicit")
-DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
-
-# What keras.layers.MultiHeadAttention can express (both paths).
-MHA_FEATURES = frozenset(
-    {
-        "layer",
-        "cross-attention",
-        "kv-input-dims",
-        "value-dim",
-        "output-dim",
-        "kv-len",
-        "causal",
-        "causal-top-left",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "window",
-        "fully-masked-rows",
-        "no-bias",
-        "gradients",
-        # issue 14: padding masks on either side (valid_tokens) and packed segments as entries
-        # of attention_mask [B, T, S]
-        "left-padding",
-        "segments",
-    }
+from .keras_common import (
+    COMMON_UNSUPPORTED,
+    EXPLICIT_ONLY,
+    MHA_FEATURES,
+    DotProductAttentionCounter,
+    KerasAdapter,
+    KerasMasks,
+    device_scope_name,
+    dropout_rate,
+    einsum_weight_pairs,
+    fused_refusals,
+    keras_masks,
+    layer_declaration,
+    mha_arguments,
+    mha_input_shapes,
+    parameter_gradients,
+    scores_to_canonical,
+    to_numpy_float,
 )
-EXPLICIT_ONLY = frozenset({"weights", "multi-axis", "dropout", "dropout-training"})
-# keras.layers.Dropout on the softmax output [B, H, T, S], one independent draw per element;
-# `_compute_attention` returns the scores from before the dropout.
-KERAS_DROPOUT = DropoutBehavior(target="weights", shared=(), returned_weights="undropped")
 
-COMMON_UNSUPPORTED = {
-    "kernel": "layer only: the scaled dot-product core alone is keras.ops.dot_product_attention, "
-    "not covered by this adapter",
-    "scale": "MultiHeadAttention always scales by 1/sqrt(key_dim); it has no scale argument",
-    "additive-mask": "Keras masks are boolean (1 = attend); there is no additive float mask",
-    "attn-bias": "Keras masks are boolean; there is no additive bias argument",
-    "causal-bottom-right": "use_causal_mask is aligned at the top-left when T != S",
-    "grouped-query": "MultiHeadAttention has one key/value head per query head (see keras.gqa)",
-    "multi-query": "MultiHeadAttention has one key/value head per query head (see keras.gqa)",
-    "bias-kv": "no add_bias_kv in Keras (a torch nn.MultiheadAttention feature)",
-    "zero-attn": "no add_zero_attn in Keras (a torch nn.MultiheadAttention feature)",
-    "decode": "MultiHeadAttention has no key/value cache",
-    "weights-mean": "Keras returns per-head scores only, never a head average",
-}
-FUSED_UNSUPPORTED = {
-    "weights": "asking for scores switches Keras to the explicit path "
-    "(see keras.<backend>.explicit)",
-    "multi-axis": "several attention axes give 5-D+ projections, which Keras never fuses: such a "
-    "call runs the explicit path (see keras.<backend>.explicit)",
-    "dropout": "a dropout rate switches Keras to the explicit path, even in inference mode "
-    "(see keras.<backend>.explicit)",
-    "dropout-training": "a dropout rate switches Keras to the explicit path "
-    "(see keras.<backend>.explicit)",
-}
+# Re-exported: tests and docs/adapters/keras.md name keras_mha.valid_tokens.
+from .keras_common import valid_tokens as valid_tokens
 
-# --- links for declared divergences --------------------------------------------------------
-
-KERAS_SOFTMAX_ZEROS = "https://github.com/keras-team/keras/pull/21149"
-KERAS_TORCH_FLOAT64 = "https://github.com/keras-team/keras/issues/23704"
-JAX_X64 = "https://github.com/jax-ml/jax/issues/1333"
-KERAS_SRC = "https://github.com/keras-team/keras/blob/master/keras/src/backend/{}/nn.py"
-
-
-def keras_divergences(backend: str, path: str) -> tuple[Divergence, ...]:
-    """Divergences of keras.<backend>.<path>, most specific first (the first match applies)."""
-    # Fully masked rows, per path. Explicit: keras.layers.Softmax sets masked logits to a large
-    # finite negative, then multiplies the result by the mask, so an all-masked row is zeros.
-    # Fused: the backend SDPA replaces (tf, jax: where) or offsets (torch: additive) masked
-    # logits by -0.7 * float max; a replaced row is all-equal logits -> uniform weights.
-    if path == "explicit":
-        rows = {
-            None: (
-                "zeros",
-                "keras.layers.Softmax zeroes masked positions after the softmax (it multiplies "
-                "by the mask), so a query row with every key masked gets all-zero weights and "
-                "its heads output zeros (the output is the output-projection bias)",
-                KERAS_SOFTMAX_ZEROS,
-            )
-        }
-    elif backend in ("tensorflow", "jax"):
-        sdpa = "tf einsum + where" if backend == "tensorflow" else "jax.nn.dot_product_attention"
-        rows = {
-            None: (
-                "uniform",
-                f"the fused path ({sdpa}) "
-                "replaces masked logits by the finite -0.7 * float max, so a row with every key "
-                "masked has all-equal logits: uniform weights, the plain mean of the values "
-                "(Keras's own explicit path returns zeros for the same row)",
-                KERAS_SRC.format(backend),
-            )
-        }
-    else:
-        uniform = (
-            "uniform",
-            "the fused path turns the boolean mask into an additive one with -0.7 * float max "
-            "and calls torch SDPA; the logits vanish next to that offset, so a row with every "
-            "key masked is uniform (Keras's own explicit path returns zeros)",
-            KERAS_SRC.format("torch"),
-        )
-        rows = {
-            # float16: the offset is -0.7 * 65504 = -45850, and torch's CPU SDPA computes half
-            # in float32, where the logits survive next to -45850: the row's own softmax.
-            "float16": (
-                "unmasked",
-                "for float16 the fused path's additive mask is -0.7 * 65504 = -45850; torch's "
-                "SDPA accumulates half precision in float32, where the logits survive next to "
-                "that offset, so a row with every key masked comes out as its unmasked softmax",
-                KERAS_SRC.format("torch"),
-            ),
-            None: uniform,
-        }
-
-    # float64: which backends compute the attention in float32 for a float64 layer.
-    low = None
-    if backend == "jax":
-        low = (
-            "JAX truncates float64 to float32 unless jax_enable_x64 is set (Keras does not set "
-            "it): a dtype='float64' layer keeps float64 variable metadata but computes and "
-            "returns float32",
-            JAX_X64,
-        )
-    elif backend == "torch" and path == "fused":
-        low = (
-            "keras.backend.result_type maps float64 to float32 on every backend but "
-            "TensorFlow, and the torch dot_product_attention casts q, k, v to that type: the "
-            "attention core of a float64 layer runs in float32 (the projections stay float64)",
-            KERAS_TORCH_FLOAT64,
-        )
-
-    out: list[Divergence] = []
-    masked = frozenset({"fully-masked-rows"})
-    if low is not None:
-        policy, why, link = rows.get("float64", rows[None])
-        out.append(
-            Divergence(
-                id="float64-as-float32-fully-masked",
-                reason=f"{low[0]}; and {why}",
-                link=low[1],
-                when=masked,
-                dtypes=frozenset({"float64"}),
-                masked_rows=policy,
-                compute_dtype="float32",
-            )
-        )
-    for dtype, (policy, why, link) in rows.items():
-        if dtype is None:
-            continue
-        out.append(
-            Divergence(
-                id=f"fully-masked-rows-{policy}-{dtype}",
-                reason=why,
-                link=link,
-                when=masked,
-                dtypes=frozenset({dtype}),
-                masked_rows=policy,
-            )
-        )
-    policy, why, link = rows[None]
-    out.append(
-        Divergence(
-            id=f"fully-masked-rows-{policy}", reason=why, link=link, when=masked, masked_rows=policy
-        )
-    )
-    if low is not None:
-        out.append(
-            Divergence(
-                id="float64-as-float32",
-                reason=low[0],
-                link=low[1],
-                dtypes=frozenset({"float64"}),
-                compute_dtype="float32",
-            )
-        )
-    return tuple(out)
-
-
-# The order of _weight_pairs (kernels, then biases when the case has them).
-PARAMETER_NAMES = ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")
+PATHS = ("fused", "explicit")
 # Key, in a layer's per-layer cache (next to its jitted functions), of the weights last set.
 WEIGHTS_SET = "weights-set"
-
-
-# --- masks: neutral -> Keras arguments -----------------------------------------------------
-
-
-@dataclass
-class KerasMasks:
-    """The Keras call/constructor arguments that together express a case's mask."""
-
-    use_causal_mask: bool = False
-    sliding_window: int | None = None
-    key_valid: np.ndarray | None = None  # [B, S] bool: value_mask / key_mask
-    query_valid: np.ndarray | None = None  # [B, T] bool: the query's Keras mask
-    attention_mask: np.ndarray | None = None  # [B, T, S] or [B, H, T, S] bool, 1 = attend
-
-
-def valid_tokens(n: int, lengths: tuple[int, ...], side: str) -> np.ndarray:
-    """[B, n] bool, True = a real token: the first lengths[b] of the row (right padding) or the
-    last (left padding, issue 14: how generation batches are padded)."""
-    positions = np.arange(n)[None, :]
-    counts = np.asarray(lengths)[:, None]
-    return positions >= n - counts if side == "left" else positions < counts
-
-
-def keras_masks(case: Case, sliding_window: bool = True) -> KerasMasks:
-    """Map each neutral mask component to the Keras argument that expresses it natively.
-
-    Components without a native argument (random, per-head, explicit fully masked rows) go to
-    `attention_mask`, built by conformance.masks.build_mask on the case with the natively
-    expressed components removed (the random draws are keyed on the case, not on the mask).
-    """
-    s, m = case.shape, case.mask
-    if m.additive_density is not None or m.bias_scale is not None:
-        raise Unsupported("Keras masks are boolean; additive masks and biases have no argument")
-    if s.attention_axes and not m.is_empty():
-        raise Unsupported("masks with several attention axes are not mapped by this adapter")
-    out = KerasMasks()
-    if m.causal is not None:
-        if m.causal == "bottom-right" and s.query_len != s.kv_len:
-            raise Unsupported("use_causal_mask is top-left aligned")
-        out.use_causal_mask = True
-    if m.window is not None:
-        left, right = m.window
-        if m.causal == "bottom-right" and s.query_len != s.kv_len:
-            raise Unsupported("sliding_window is aligned at the top-left")
-        if not sliding_window:
-            raise Unsupported("this layer has no sliding_window argument")
-        # sliding_window=w keeps |t - s| < w; with use_causal_mask (the composition Keras
-        # documents for Mistral-style causal windows) it keeps t - w < s <= t. So a symmetric
-        # band maps to w alone, and a band ending at the diagonal (right = 0, or any right >= 0
-        # under a causal mask) to w plus use_causal_mask.
-        upper = min(right, 0) if out.use_causal_mask else right
-        if upper == 0 and left >= 0:
-            out.use_causal_mask = True
-            out.sliding_window = left + 1
-        elif left == upper and left >= 0:
-            out.sliding_window = left + 1
-        else:
-            raise Unsupported(
-                f"window {m.window} is neither symmetric nor causal: Keras's sliding_window "
-                "keeps |t - s| < w (optionally with use_causal_mask)"
-            )
-    rest = dataclasses.replace(m, causal=None, window=None, key_padding=None, query_padding=None)
-    attend = None if rest.is_empty() else build_mask(dataclasses.replace(case, mask=rest))[0]
-    if attend is not None and attend.shape[1] > 1:
-        # A per-head attention_mask [B, H, T, S] goes beyond the [B, T, S] that Keras
-        # documents, and Keras ANDs it with the padding masks as they come ([B, T, 1] query,
-        # [B, 1, S] key): right-aligned broadcasting meets B with H, which crashes (B != H,
-        # neither 1) or, when B == H, silently masks head b by batch element b's padding. So
-        # the padding travels inside the per-head mask here (the random draws are keyed on
-        # the case, not on the mask); causal and window masks are [1, T, S] in Keras and
-        # broadcast correctly, so they stay native.
-        rest = dataclasses.replace(rest, key_padding=m.key_padding, query_padding=m.query_padding)
-        attend = build_mask(dataclasses.replace(case, mask=rest))[0]
-    else:
-        if m.key_padding is not None:
-            out.key_valid = valid_tokens(s.kv_len, m.key_padding, m.padding_side)
-        if m.query_padding is not None:
-            out.query_valid = valid_tokens(s.query_len, m.query_padding, m.padding_side)
-    if attend is not None:
-        out.attention_mask = attend[:, 0] if attend.shape[1] == 1 else attend
-    return out
-
-
-# --- tensors -------------------------------------------------------------------------------
-
-
-def to_numpy_float(x: Any, ops: Any) -> np.ndarray:
-    """A backend tensor as a NumPy float array (bfloat16, which NumPy lacks, as float32)."""
-    arr = np.asarray(ops.convert_to_numpy(x))
-    if arr.dtype.name == "bfloat16" or not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)  # exact: every bfloat16 value is a float32
-    return arr
-
-
-def scores_to_canonical(scores: np.ndarray, case: Case) -> np.ndarray:
-    """Keras scores [B, *outer, H, *T axes, *S axes] -> [B * outer, H, T, S] (the reference's)."""
-    s = case.shape
-    return scores.reshape(-1, s.num_heads, s.query_len, s.kv_len)
-
-
-def device_scope_name(device: str, backend: str = "tensorflow") -> str:
-    """Our device names ("cpu", "cuda:0") -> keras.device() names ("cpu:0", "gpu:0").
-
-    torch gets plain "cpu": under keras.device("cpu:0") the torch backend's Variable moves its
-    Parameter with .to("cpu:0"), which copies it into a plain tensor, and a layer with an
-    integer variable (Dropout's seed state) then fails to build ("Only Tensors of floating
-    point and complex dtype can require gradients").
-    """
-    if device == "cpu":
-        return "cpu" if backend == "torch" else "cpu:0"
-    if device.startswith("cuda"):
-        return "gpu:" + (device.split(":", 1)[1] if ":" in device else "0")
-    raise Unsupported(f"unknown device {device!r}")
-
-
-def backend_devices(backend: str) -> list[str]:
-    """CPU plus the GPUs the backend itself sees."""
-    devices = ["cpu"]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_logical_devices("GPU")
-        devices += [f"cuda:{i}" for i in range(len(gpus))]
-    elif backend == "jax":
-        import jax
-
-        try:
-            gpus = jax.devices("gpu")
-        except RuntimeError:
-            gpus = []
-        devices += [f"cuda:{i}" for i in range(len(gpus))]
-    elif backend == "torch":
-        import torch
-
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return devices
-
-
-def backend_versions(keras: Any, backend: str) -> dict[str, str]:
-    import importlib
-
-    versions = {"keras": keras.__version__}
-    module = importlib.import_module(backend)
-    versions[backend] = getattr(module, "__version__", "?")
-    return versions
-
-
-class DotProductAttentionCounter:
-    """Counts calls to keras.ops.dot_product_attention while installed (path verification).
-
-    MultiHeadAttention calls it as `ops.dot_product_attention` on the `keras.src.ops` module,
-    so replacing that attribute for the duration of a probe call sees every fused call.
-    """
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __enter__(self) -> DotProductAttentionCounter:
-        import keras.src.ops as kops
-
-        self._module = kops
-        self._original = kops.dot_product_attention
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            return self._original(*args, **kwargs)
-
-        kops.dot_product_attention = counting
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._module.dot_product_attention = self._original
-
-
-def dropout_rate(case: Case) -> float:
-    """The case's attention dropout rate (0 without one)."""
-    dropout = getattr(case, "dropout", None)
-    return float(dropout.rate) if dropout is not None else 0.0
-
-
-def assert_backend(keras: Any, backend: str) -> None:
-    actual = keras.backend.backend()
-    if actual != backend:
-        raise RuntimeError(
-            f"Keras runs the {actual!r} backend in this process, not {backend!r}: "
-            "KERAS_BACKEND must be set before keras is imported (the worker env does this)"
-        )
 
 
 # --- the adapter ---------------------------------------------------------------------------
@@ -502,7 +148,7 @@ MHA_KNOWN_CRASHES = (
 )
 
 
-class KerasMHAAdapter(Adapter):
+class KerasMHAAdapter(KerasAdapter):
     """keras.layers.MultiHeadAttention on one backend, one code path.
 
     The layer is built once per configuration (a build costs tens of ms, and on jax every new
@@ -518,11 +164,7 @@ class KerasMHAAdapter(Adapter):
     known_crashes: ClassVar[tuple[KnownCrash, ...]] = MHA_KNOWN_CRASHES
 
     def setup(self) -> None:
-        import keras
-
-        assert_backend(keras, self.backend)
-        self.keras = keras
-        self.ops = keras.ops
+        super().setup()
         # Keras attaches masks to tensors this way (Embedding(mask_zero=True), Masking).
         from keras.src.backend.common.masking import set_keras_mask
 
@@ -530,23 +172,10 @@ class KerasMHAAdapter(Adapter):
         if self.backend == "jax":
             import jax
 
-            from .jax_dpa import enable_compilation_cache
-
-            # XLA compilation dominates (~0.25 s CPU per new shape): JAX's persistent
-            # compilation cache in conformance's cache folder (on unless CONFORMANCE_CACHE_DIR
-            # is off, e.g. `conformance run --no-cache`) makes later runs load the compiled
-            # programs, which compute exactly what a fresh compile would.
-            enable_compilation_cache(jax)
             self._jax = jax
             self._jit = jax.jit
         self._layers: OrderedDict[tuple, tuple[Any, dict]] = OrderedDict()
         self._verify_path()
-
-    def devices(self) -> list[str]:
-        return backend_devices(self.backend)
-
-    def versions(self) -> dict[str, str]:
-        return backend_versions(self.keras, self.backend)
 
     # --- hooks the GroupQueryAttention adapter overrides -------------------------------------
 
@@ -562,51 +191,19 @@ class KerasMHAAdapter(Adapter):
         )  # fmt: skip
 
     def _new_layer(self, case: Case, masks: KerasMasks) -> Any:
-        s = case.shape
         kwargs: dict[str, Any] = {}
-        if s.output_dim != s.query_dim:
-            kwargs["output_shape"] = (s.output_dim,)
-        if s.attention_axes:
-            kwargs["attention_axes"] = tuple(s.attention_axes)
         if masks.sliding_window is not None:
             kwargs["sliding_window"] = masks.sliding_window
         layer = self.keras.layers.MultiHeadAttention(
-            num_heads=s.num_heads,
-            key_dim=s.key_dim,
-            value_dim=s.value_dim,
-            use_bias=case.use_bias,
-            dropout=dropout_rate(case),
-            dtype=case.dtype,
-            kernel_initializer="zeros",
-            bias_initializer="zeros",
-            **kwargs,
+            **mha_arguments(case), bias_initializer="zeros", **kwargs
         )
-        inner_q = s.query_shape or (s.query_len,)
-        inner_kv = s.kv_shape or (s.query_shape if case.self_attention else ()) or (s.kv_len,)
-        layer.build(
-            (s.batch, *inner_q, s.query_dim),
-            (s.batch, *inner_kv, s.value_input_dim),
-            (s.batch, *inner_kv, s.key_input_dim),
-        )
+        layer.build(*mha_input_shapes(case, case.shape.batch))
         return layer
 
     def _weight_pairs(self, layer: Any, case: Case, inputs: CaseInputs) -> list[tuple[Any, Any]]:
         """(variable, canonical value in the variable's layout) for every weight."""
-        w = {name: inputs.native(name) for name in inputs.weights}
-        pairs = [
-            (layer.query_dense.kernel, to_einsum_kernel(w["wq"])),
-            (layer.key_dense.kernel, to_einsum_kernel(w["wk"])),
-            (layer.value_dense.kernel, to_einsum_kernel(w["wv"])),
-            (layer.output_dense.kernel, w["wo"]),  # [H, V, Do]: canonical already
-        ]
-        if case.use_bias:
-            pairs += [
-                (layer.query_dense.bias, w["bq"]),
-                (layer.key_dense.bias, w["bk"]),
-                (layer.value_dense.bias, w["bv"]),
-                (layer.output_dense.bias, w["bo"]),
-            ]
-        return pairs
+        denses = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+        return einsum_weight_pairs(denses, case, inputs)
 
     def _mask_kwargs(self, masks: KerasMasks, query: Any, cross: bool) -> dict[str, Any]:
         """Keras call arguments for the masks; attaches the query padding to `query`."""
@@ -848,11 +445,9 @@ class KerasMHAAdapter(Adapter):
                 "grad_key": to_numpy_float(grads["key"], ops),
                 "grad_value": to_numpy_float(grads["value"], ops),
             }
-        for name, (var, _) in zip(PARAMETER_NAMES[: len(pairs)], pairs, strict=True):
-            g = to_numpy_float(grads["params"][id(var)], ops)
-            # EinsumDense kernels [D, N, K] -> [N, D, K]; biases and the output kernel
-            # [H, V, Do] are canonical already.
-            out[f"grad_{name}"] = from_einsum_kernel(g) if name in ("wq", "wk", "wv") else g
+        out.update(
+            parameter_gradients([to_numpy_float(grads["params"][id(var)], ops) for var, _ in pairs])
+        )
         return out
 
     def _masks(self, case: Case) -> KerasMasks:
@@ -860,27 +455,22 @@ class KerasMHAAdapter(Adapter):
 
 
 def _declaration(backend: str, path: str) -> Declaration:
-    features = MHA_FEATURES | DTYPES | (EXPLICIT_ONLY if path == "explicit" else frozenset())
+    features = MHA_FEATURES | DTYPE_TAGS | (EXPLICIT_ONLY if path == "explicit" else frozenset())
     reasons = dict(COMMON_UNSUPPORTED)
     if path == "fused":
-        reasons.update({k: v.replace("<backend>", backend) for k, v in FUSED_UNSUPPORTED.items()})
+        reasons.update(fused_refusals(backend))
     how = (
         "ops.dot_product_attention (no scores, no dropout, 3-D inputs)"
         if path == "fused"
         else "einsum + keras.layers.Softmax(mask) (return_attention_scores=True)"
     )
-    return Declaration(
+    return layer_declaration(
         name=f"keras.{backend}.{path}",
         summary=f"keras.layers.MultiHeadAttention on the {backend} backend, {path} path: {how}",
-        framework="keras",
+        backend=backend,
+        path=path,
         features=features,
-        requires=("keras", backend),
-        worker=f"keras-{backend}",
-        env={"KERAS_BACKEND": backend},
-        compiles=backend == "jax",  # JAX compiles every op per shape, eager calls too
-        divergences=keras_divergences(backend, path),
         unsupported_reasons=reasons,
-        dropout=KERAS_DROPOUT,
         notes=(
             "Masks: causal -> use_causal_mask, key padding -> value_mask/key_mask, query "
             "padding -> Keras mask on the query tensor, window -> sliding_window, the rest -> "

@@ -17,16 +17,16 @@ public name is checked to be), and the backend is asserted at setup.
 
 Fully masked rows: Keras replaces masked logits by -0.7 * float max (tf, jax) or adds it
 (torch) -- the same code the fused MultiHeadAttention path reaches, so the same declared
-divergences apply (adapters/keras_mha.py keras_divergences).
+divergences apply (adapters/keras_common.py keras_divergences).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from conformance.adapter_api.adapter import Adapter, Declaration, Divergence
+from conformance.adapter_api.adapter import Declaration, Divergence
 from conformance.adapter_api.feature_sets import (
     ADDITIVE_MASKS,
     DTYPE_TAGS,
@@ -39,17 +39,15 @@ from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask, combined_additive
 
 from .jax_dpa import MASKED_MIXED, MASKED_UNIFORM_LINK
-from .keras_mha import (
+from .keras_common import (
     DotProductAttentionCounter,
-    assert_backend,
-    backend_devices,
-    backend_versions,
+    KerasAdapter,
+    backend_worker,
+    device_scope_name,
     keras_divergences,
     to_numpy_float,
 )
 from .torch_sdpa import only_causal
-
-BACKENDS = ("tensorflow", "jax", "torch")
 
 FEATURES = (
     GROUPED_HEADS
@@ -112,38 +110,16 @@ TORCH_INF_BIAS_ROWS = Divergence(
 )
 
 
-class KerasOpsDpaAdapter(Adapter):
-    backend: ClassVar[str]
-
+class KerasOpsDpaAdapter(KerasAdapter):
     def setup(self) -> None:
-        import keras
-
-        assert_backend(keras, self.backend)
-        self.keras = keras
-        self.ops = keras.ops
+        super().setup()
         import keras.src.ops as kops
 
         # The public name is the keras.src.ops function the counter wraps: calling it through
         # keras.src.ops (below) is calling keras.ops.dot_product_attention.
-        if keras.ops.dot_product_attention is not kops.dot_product_attention:
+        if self.keras.ops.dot_product_attention is not kops.dot_product_attention:
             raise RuntimeError("keras.ops.dot_product_attention is not keras.src.ops's function")
         self.kops = kops
-        if self.backend == "jax":
-            import jax
-
-            from .jax_dpa import enable_compilation_cache
-
-            # The eager call compiles one small XLA program per primitive and shape (~1,600
-            # on the shipped specs): the persistent cache and its counting are enabled here
-            # too, not only when a keras.jax.* adapter shares the worker (run alone, this
-            # adapter recompiled everything: 78 s instead of ~27 s warm, measured).
-            enable_compilation_cache(jax)
-
-    def devices(self) -> list[str]:
-        return backend_devices(self.backend)
-
-    def versions(self) -> dict[str, str]:
-        return backend_versions(self.keras, self.backend)
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         ops, dt = self.ops, case.dtype
@@ -186,8 +162,6 @@ class KerasOpsDpaAdapter(Adapter):
 
 
 def device_scope(keras: Any, device: str, backend: str) -> Any:
-    from .keras_mha import device_scope_name
-
     return keras.device(device_scope_name(device, backend))
 
 
@@ -199,9 +173,7 @@ def _make(backend: str) -> type[KerasOpsDpaAdapter]:
         "flash_attention=False",
         framework="keras",
         features=FEATURES,
-        requires=("keras", backend),
-        worker=f"keras-{backend}",
-        env={"KERAS_BACKEND": backend},
+        **backend_worker(backend),
         divergences=((TORCH_INF_BIAS_ROWS,) if backend == "torch" else ())
         + ((JAX_MIXED_ROWS,) if backend == "jax" else ())
         + keras_divergences(backend, "fused"),

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Adapter, Declaration, Unsupported
+from conformance.adapter_api.feature_sets import GROUPED_HEADS, KERNEL_SHAPES
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.kv_cache import paged_layout, sequence_lengths
@@ -181,20 +182,9 @@ OpenvinoPagedAttention.declaration = Declaration(
     summary="OpenVINO PagedAttentionExtension built directly, CPU plugin (block size 32), "
     "INFERENCE_PRECISION_HINT=f32, KV_CACHE_PRECISION=f32; paged cases only",
     framework="openvino",
-    features=frozenset(
-        {
-            "kernel",
-            "paged-kv",
-            "cache-lengths",
-            "kv-len",
-            "value-dim",
-            "grouped-query",
-            "multi-query",
-            "causal",
-            "causal-bottom-right",
-            "scale",
-        }
-    ),
+    features=KERNEL_SHAPES
+    | GROUPED_HEADS
+    | {"paged-kv", "cache-lengths", "causal", "causal-bottom-right", "scale"},
     dtypes=frozenset({"float32"}),
     requires=("openvino",),
     worker="openvino",

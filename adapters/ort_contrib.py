@@ -29,6 +29,16 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    ALIBI,
+    BOOLEAN_MASKS,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    PADDING,
+    ROPE,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs, make_inputs
 from conformance.cases.kv_cache import sequence_lengths
@@ -523,41 +533,27 @@ def _chunks(case: Case) -> list[tuple[int, int]]:
     return ([(0, prefix)] if prefix else []) + steps
 
 
-MHA_FEATURES = frozenset(
-    {
-        "kernel",
-        "kv-len",
-        "value-dim",
-        "causal",
-        "causal-top-left",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "fully-masked-rows",
-        "scale",
-        "decode",
+MHA_FEATURES = (
+    KERNEL_SHAPES
+    | PADDING
+    | BOOLEAN_MASKS
+    | ADDITIVE_MASKS
+    | {"causal", "causal-top-left", "fully-masked-rows", "scale", "decode"}
+    | {
         "decode-chunked",  # issue 14
         "decode-memory",  # issue 14: key/value as the cached (B, N, S, hd) cross K/V
-        # issue 14: key_padding_mask on either side; packed segments in attention_bias
-        "left-padding",
-        "segments",
     }
+    # issue 14: key_padding_mask on either side; packed segments in attention_bias
+    | SEGMENTS_AND_LEFT_PADDING
 )
-GQA_FEATURES = frozenset(
-    {
+GQA_FEATURES = (
+    GROUPED_HEADS
+    | PADDING
+    | BOOLEAN_MASKS
+    | ADDITIVE_MASKS
+    | {
         "kernel",
-        "grouped-query",
-        "multi-query",
         "causal",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
         "fully-masked-rows",
         "window",
         "scale",
@@ -572,14 +568,11 @@ GQA_FEATURES = frozenset(
         "softcap",
         "sink",
         "sink-zero",
-        "alibi",
-        "alibi-standard",
-        # issue 14: do_rotary with cos_cache/sin_cache, rotary_interleaved 0/1
-        "rope-half",
-        "rope-interleaved",
-        "rope-partial",
-        "rope-per-sequence",  # issue 14: do_rotary at each sequence's seqlens_k
     }
+    | ALIBI
+    # issue 14: do_rotary with cos_cache/sin_cache, rotary_interleaved 0/1
+    | ROPE
+    | {"rope-per-sequence"}  # issue 14: do_rotary at each sequence's seqlens_k
 )
 
 

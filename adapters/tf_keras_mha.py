@@ -21,27 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from conformance.adapter_api.adapter import (
-    Adapter,
-    Declaration,
-    Divergence,
-    DropoutBehavior,
-    Unsupported,
-)
+from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import DTYPE_TAGS
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
-from conformance.cases.layouts import from_einsum_kernel, to_einsum_kernel
 
-from .keras_mha import (
+from .keras_common import (
     COMMON_UNSUPPORTED,
-    DTYPES,
+    EXPLICIT_ONLY,
+    KERAS_DROPOUT,
     MHA_FEATURES,
-    PARAMETER_NAMES,
     KerasMasks,
     backend_devices,
     device_scope_name,
     dropout_rate,
+    einsum_weight_pairs,
     keras_masks,
+    mha_arguments,
+    mha_input_shapes,
+    parameter_gradients,
     scores_to_canonical,
 )
 
@@ -88,17 +86,16 @@ class TfKerasMHA(Adapter):
         summary="tf_keras.layers.MultiHeadAttention (Keras 2): einsum + tf_keras Softmax(mask), "
         "masks as use_causal_mask / attention_mask / _keras_mask",
         framework="tf_keras",
-        features=(MHA_FEATURES - {"window"})
-        | {"weights", "multi-axis", "dropout", "dropout-training"}
-        | DTYPES,
+        # Keras 2's one path is Keras 3's explicit one: scores, dropout, several axes.
+        features=(MHA_FEATURES - {"window"}) | EXPLICIT_ONLY | DTYPE_TAGS,
         requires=("tf_keras", "tensorflow"),
         worker="tf_keras",
         env={"TF_USE_LEGACY_KERAS": "1"},
         divergences=DIVERGENCES,
         unsupported_reasons=UNSUPPORTED,
-        # tf_keras Dropout on the softmax output, elementwise; the returned scores are the
-        # ones from before the dropout.
-        dropout=DropoutBehavior(target="weights", shared=(), returned_weights="undropped"),
+        # tf_keras Dropout on the softmax output, elementwise, as Keras 3's; the returned
+        # scores are the ones from before the dropout.
+        dropout=KERAS_DROPOUT,
         notes="Scores are always requested: Keras 2 has one code path either way. Training-mode "
         "dropout draws are seeded with tf.random.set_seed(seed).",
     )
@@ -129,28 +126,12 @@ class TfKerasMHA(Adapter):
         )  # fmt: skip
         layer = self._layers.get(key)
         if layer is None:
-            kwargs: dict[str, Any] = {}
-            if s.output_dim != s.query_dim:
-                kwargs["output_shape"] = (s.output_dim,)
-            if s.attention_axes:
-                kwargs["attention_axes"] = tuple(s.attention_axes)
-            layer = self.tf_keras.layers.MultiHeadAttention(
-                num_heads=s.num_heads,
-                key_dim=s.key_dim,
-                value_dim=s.value_dim,
-                use_bias=case.use_bias,
-                dropout=dropout_rate(case),
-                dtype=case.dtype,
-                kernel_initializer="zeros",  # replaced by the case's weights before every call
-                **kwargs,
-            )
+            layer = self.tf_keras.layers.MultiHeadAttention(**mha_arguments(case))
             # Keras 2 builds from the first call's tensors.
             tf = self.tf
-            inner_q = s.query_shape or (s.query_len,)
-            inner_kv = s.kv_shape or (s.query_shape if case.self_attention else ()) or (s.kv_len,)
-            query = tf.zeros((1, *inner_q, s.query_dim), dtype=case.dtype)
-            value = tf.zeros((1, *inner_kv, s.value_input_dim), dtype=case.dtype)
-            key_in = tf.zeros((1, *inner_kv, s.key_input_dim), dtype=case.dtype)
+            query, value, key_in = (
+                tf.zeros(shape, dtype=case.dtype) for shape in mha_input_shapes(case, 1)
+            )
             layer(query, value, key_in)
             self._layers[key] = layer
             if len(self._layers) > self.cache_size:
@@ -161,21 +142,8 @@ class TfKerasMHA(Adapter):
 
     def _weight_pairs(self, layer: Any, case: Case, inputs: CaseInputs) -> list[tuple[Any, Any]]:
         """(variable, canonical value in the variable's layout) for every weight."""
-        w = {name: inputs.native(name) for name in inputs.weights}
-        pairs = [
-            (layer._query_dense.kernel, to_einsum_kernel(w["wq"])),  # [Dq, H, K]
-            (layer._key_dense.kernel, to_einsum_kernel(w["wk"])),
-            (layer._value_dense.kernel, to_einsum_kernel(w["wv"])),
-            (layer._output_dense.kernel, w["wo"]),  # [H, V, Do]
-        ]
-        if case.use_bias:
-            pairs += [
-                (layer._query_dense.bias, w["bq"]),
-                (layer._key_dense.bias, w["bk"]),
-                (layer._value_dense.bias, w["bv"]),
-                (layer._output_dense.bias, w["bo"]),
-            ]
-        return pairs
+        denses = (layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense)
+        return einsum_weight_pairs(denses, case, inputs)
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
         masks: KerasMasks = keras_masks(case, sliding_window=False)
@@ -253,10 +221,7 @@ class TfKerasMHA(Adapter):
             else:
                 grads.update(grad_query=_numpy(found[0]), grad_key=_numpy(found[2]),
                              grad_value=_numpy(found[1]))  # fmt: skip
-            for name, g in zip(PARAMETER_NAMES[: len(pairs)], found[len(leaves) :], strict=True):
-                g = _numpy(g)
-                # EinsumDense kernels [D, N, K] -> [N, D, K]; the rest is canonical already.
-                grads[f"grad_{name}"] = from_einsum_kernel(g) if name in ("wq", "wk", "wv") else g
+            grads.update(parameter_gradients([_numpy(g) for g in found[len(leaves) :]]))
             return output, scores, grads
 
 

@@ -37,6 +37,14 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Adapter, Declaration, Divergence, Unsupported
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    ALIBI,
+    EVERY_BOOLEAN_MASK,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask, segment_ids
@@ -217,34 +225,17 @@ class TorchFlexAdapter(Adapter):
         return {"output": to_numpy(out * gate[..., None].to(out.dtype))}
 
 
-FLEX_FEATURES = frozenset(
-    {
-        "kernel",
-        "value-dim",
-        "kv-len",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "additive-mask",
-        "attn-bias",
-        "window",
-        "fully-masked-rows",
-        "scale",
-        "softcap",
-        "alibi",
-        "alibi-standard",
-        "cache-lengths",  # issue 14: per-sequence lengths and causal ends in the mask_mod
-        # issue 14: packed rows as the document mask_mod (document_mask_mod), left padding in
-        # the mask_mod indexing the neutral mask (valid keys end the row)
-        "segments",
-        "left-padding",
-    }
+FLEX_FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | EVERY_BOOLEAN_MASK
+    | ADDITIVE_MASKS
+    | {"scale", "softcap"}
+    | ALIBI
+    | {"cache-lengths"}  # issue 14: per-sequence lengths and causal ends in the mask_mod
+    # issue 14: packed rows as the document mask_mod (document_mask_mod), left padding in
+    # the mask_mod indexing the neutral mask (valid keys end the row)
+    | SEGMENTS_AND_LEFT_PADDING
 )
 
 FLEX_UNSUPPORTED = {

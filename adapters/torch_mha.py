@@ -49,6 +49,12 @@ from conformance.adapter_api.adapter import (
     DropoutBehavior,
     Unsupported,
 )
+from conformance.adapter_api.feature_sets import (
+    ADDITIVE_MASKS,
+    BOOLEAN_MASKS,
+    PADDING,
+    SEGMENTS_AND_LEFT_PADDING,
+)
 from conformance.cases import layouts
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs
@@ -71,39 +77,26 @@ from .torch_sdpa import (
 
 FAST_OP = "_native_multi_head_attention"
 
-COMMON_FEATURES = frozenset(
-    {
-        "layer",
-        "causal",
-        "key-padding",
-        "query-padding",
-        "bool-mask",
-        "per-head-mask",
-        "window",
-        "fully-masked-rows",
-        "dropout",
-        # issue 14: key_padding_mask from the neutral mask, valid keys at the start or the end
-        # of the row (mha_masks); packed segments are entries of attn_mask (3-D, per batch)
-        "left-padding",
-        "segments",
-    }
+COMMON_FEATURES = (
+    PADDING
+    | BOOLEAN_MASKS
+    | {"layer", "causal", "window", "fully-masked-rows", "dropout"}
+    # issue 14: key_padding_mask from the neutral mask, valid keys at the start or the end
+    # of the row (mha_masks); packed segments are entries of attn_mask (3-D, per batch)
+    | SEGMENTS_AND_LEFT_PADDING
 )
-SLOW_ONLY = frozenset(
-    {
-        "dropout-training",
-        "cross-attention",
-        "kv-input-dims",
-        "kv-len",
-        "causal-top-left",
-        "causal-bottom-right",
-        "additive-mask",
-        "attn-bias",
-        "no-bias",
-        "bias-kv",
-        "zero-attn",
-        "gradients",
-    }
-)
+SLOW_ONLY = ADDITIVE_MASKS | {
+    "dropout-training",
+    "cross-attention",
+    "kv-input-dims",
+    "kv-len",
+    "causal-top-left",
+    "causal-bottom-right",
+    "no-bias",
+    "bias-kv",
+    "zero-attn",
+    "gradients",
+}
 WEIGHTS = frozenset({"weights", "weights-mean"})
 
 UNSUPPORTED = {

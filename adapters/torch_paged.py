@@ -30,6 +30,11 @@ from typing import Any
 import numpy as np
 
 from conformance.adapter_api.adapter import Declaration, Unsupported
+from conformance.adapter_api.feature_sets import (
+    CAUSAL_ALIGNED,
+    GROUPED_HEADS,
+    KERNEL_SHAPES,
+)
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.kv_cache import padded_block_table, paged_layout, sequence_lengths
@@ -127,22 +132,11 @@ class TorchPagedFlex(TorchFlexAdapter):
         return {"output": to_numpy(out)}
 
 
-FEATURES = frozenset(
-    {
-        "kernel",
-        "paged-kv",
-        "cache-lengths",
-        "kv-len",
-        "value-dim",
-        "grouped-query",
-        "multi-query",
-        "causal",
-        "causal-top-left",
-        "causal-bottom-right",
-        "bool-mask",
-        "window",
-        "scale",
-    }
+FEATURES = (
+    KERNEL_SHAPES
+    | GROUPED_HEADS
+    | CAUSAL_ALIGNED
+    | {"paged-kv", "cache-lengths", "bool-mask", "window", "scale"}
 )
 UNSUPPORTED = {
     "layer": "PagedAttention is a kernel-level cache: no projections",

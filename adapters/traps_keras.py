@@ -12,7 +12,8 @@ import numpy as np
 
 from conformance.cases.case import Case
 
-from .keras_mha import KerasMasks, KerasTensorflowExplicit, KerasTensorflowFused, keras_masks
+from .keras_common import KerasMasks, keras_masks
+from .keras_mha import KerasTensorflowExplicit, KerasTensorflowFused
 
 
 class KerasAdditiveMask(KerasTensorflowExplicit):
