@@ -379,6 +379,7 @@ class KerasMHAAdapter(KerasAdapter):
         return entry
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        self.release_compiled()
         dropout = getattr(case, "dropout", None)
         masks = self._masks(case)
         ops = self.ops

@@ -122,6 +122,7 @@ class KerasOpsDpaAdapter(KerasAdapter):
         self.kops = kops
 
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
+        self.release_compiled()
         ops, dt = self.ops, case.dtype
 
         def tensor(name: str) -> Any:
