@@ -1,6 +1,6 @@
 """What the Flax layer adapters (`flax.linen`, `flax.nnx.*`) share.
 
-Both layers take the same parameter tree (jax_dpa.flax_params), one boolean mask, the layer's
+Both layers take the same parameter tree (jax_runtime.flax_params), one boolean mask, the layer's
 own self-attention call (key and value None), a decode cache that takes one token per call,
 and both return per-head weights only when sown. This module holds those pieces once: the
 common feature tags and refusals, the adapter's setup, the call's arguments, the
@@ -25,7 +25,14 @@ from conformance.adapter_api.feature_sets import (
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 
-from .jax_dpa import flax_param_grads, jax_device_names, jax_versions, setup_jax, to_jax, to_numpy
+from .jax_runtime import (
+    flax_param_grads,
+    jax_device_names,
+    jax_versions,
+    setup_jax,
+    to_jax,
+    to_numpy,
+)
 
 # Tags both layers take: a projecting layer with one boolean mask and a decode cache.
 LAYER_FEATURES = (

@@ -50,16 +50,8 @@ from .flax_common import (
     layer_outputs,
     layer_refusals,
 )
-from .jax_dpa import (
-    JAX_ENV,
-    compose,
-    flax_params,
-    jax_device,
-    jax_dtype,
-    release_programs,
-    tf32_on_cuda,
-    to_jax,
-)
+from .jax_dpa import compose, tf32_on_cuda
+from .jax_runtime import JAX_ENV, flax_params, jax_device, jax_dtype, release_programs, to_jax
 
 LINEN_SRC = "https://github.com/google/flax/blob/v0.12.8/flax/linen/attention.py"
 

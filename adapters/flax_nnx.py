@@ -64,19 +64,21 @@ from .flax_common import (
     layer_refusals,
 )
 from .jax_dpa import (
-    JAX_ENV,
     MASKED_UNIFORM,
     MASKED_UNIFORM_LINK,
     SOFTMAX_F32,
     compose,
+    softmax_float32,
+    tf32_on_cuda,
+)
+from .jax_runtime import (
+    JAX_ENV,
     cpu_f16_refusal,
     flax_params,
     jax_device,
     jax_dtype,
     release_programs,
-    softmax_float32,
     strip_mask,
-    tf32_on_cuda,
     to_jax,
 )
 

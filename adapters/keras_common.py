@@ -536,7 +536,7 @@ class KerasAdapter(Adapter):
         if self.backend == "jax":
             import jax
 
-            from .jax_dpa import enable_compilation_cache
+            from .jax_runtime import enable_compilation_cache
 
             # XLA compilation dominates (~0.25 s CPU per new shape; an eager
             # keras.ops.dot_product_attention compiles one small program per primitive and
@@ -550,10 +550,10 @@ class KerasAdapter(Adapter):
 
     def release_compiled(self) -> None:
         """On JAX, drop the compiled programs every few hundred compilations (between cases;
-        jax_dpa.release_programs): Keras on JAX compiles per primitive and shape, and one
+        jax_runtime.release_programs): Keras on JAX compiles per primitive and shape, and one
         worker held 3.3 GiB of programs at the end of the default run."""
         if self.backend == "jax":
-            from .jax_dpa import release_programs
+            from .jax_runtime import release_programs
 
             release_programs()
 

@@ -1,5 +1,5 @@
 """JAX workers drop their in-memory compiled programs every PROGRAMS_HELD compilations
-(adapters/jax_dpa.release_programs), so a long run's memory does not grow with its signatures;
+(adapters/jax_runtime.release_programs), so a long run's memory does not grow with its signatures;
 a dropped signature compiles again (or loads from the persistent cache) and gives the same
 output."""
 
@@ -14,7 +14,7 @@ from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 
 def test_programs_are_released_and_results_do_not_change(monkeypatch) -> None:  # noqa: ANN001
-    from conformance.adapters import jax_dpa
+    from conformance.adapters import jax_dpa, jax_runtime
 
     before = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
@@ -25,8 +25,8 @@ def test_programs_are_released_and_results_do_not_change(monkeypatch) -> None:  
         cache = ReferenceCache()
         first = {c.id: evaluate(adapter, c, "cpu", cache) for c in cases}
 
-        monkeypatch.setattr(jax_dpa, "PROGRAMS_HELD", 1)
-        jax_dpa._programs[0] = 1  # as if one program had been built since the last release
+        monkeypatch.setattr(jax_runtime, "PROGRAMS_HELD", 1)
+        jax_runtime._programs[0] = 1  # as if one program had been built since the last release
         cleared = []
         original = jax.clear_caches
         monkeypatch.setattr(jax, "clear_caches", lambda: (cleared.append(1), original())[1])
