@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -50,3 +51,43 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
         capture_output=True, text=True, timeout=timeout, env=env, cwd=kwargs.pop("cwd", ROOT),
         **kwargs,
     )  # fmt: skip
+
+
+# --- shared, read-only data several modules need (computed once per test process) -----------
+
+
+@functools.cache
+def shipped_cases() -> tuple:
+    """Every case of the shipped spec library, loaded once per process (each load takes about
+    2 s, and a case computes its feature tags once: modules that share the Case objects share
+    that work too). Callers filter it; nobody may mutate a case."""
+    from conformance.spec import load_specs, shipped_specs_dir
+
+    return tuple(load_specs([shipped_specs_dir()]))
+
+
+SCOREBOARD = ROOT / "reports" / "results.json.gz"
+
+
+@pytest.fixture(scope="session")
+def scoreboard() -> dict:
+    """The committed full-CPU scoreboard, read once (77k results: a few seconds). Read-only."""
+    from conformance.report import load_results
+
+    return load_results(SCOREBOARD)
+
+
+@pytest.fixture(scope="session")
+def scoreboard_markdown(scoreboard: dict) -> str:
+    """The scoreboard rendered as Markdown once (about 15 s on a loaded 2-core machine)."""
+    from conformance.report.markdown import render_markdown
+
+    return render_markdown(scoreboard)
+
+
+@pytest.fixture(scope="session")
+def scoreboard_html(scoreboard: dict) -> str:
+    """The scoreboard rendered as the HTML page once (about 10 s)."""
+    from conformance.report import render
+
+    return render(scoreboard, "html")
