@@ -6,6 +6,9 @@ import functools
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,11 +49,110 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     """Run `conformance ...` as a user would; tests/ is importable for the broken adapters."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "conformance.cli", *args]
+    cwd = kwargs.pop("cwd", ROOT)
+    if threading.current_thread() is not threading.main_thread():
+        return _run_killable(argv, timeout=timeout, env=env, cwd=cwd)
     return subprocess.run(
-        [sys.executable, "-m", "conformance.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=kwargs.pop("cwd", ROOT),
-        **kwargs,
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, **kwargs
     )  # fmt: skip
+
+
+# --- background work: expensive child processes started as soon as collection ends --------
+#
+# A fuzz run of a compiling framework is a child process of a minute or more that pytest would
+# otherwise wait for. Modules that need such children define
+#     def prefetch(items: list[pytest.Item]) -> list[tuple[Hashable, Callable[[], object]]]
+# (the jobs their selected items need, most expensive first). After collection, one
+# background thread runs them one at a time while the tests go on in this process, so the
+# machine's second core does that work; a test then takes its job's result with
+# BACKGROUND.result(key, fn), which waits for it, or runs it here if it has not started.
+# The results are the same either way: only when the child runs changes. Under pytest-xdist
+# (each worker collects every test but runs a share) nothing is prefetched.
+
+
+def _run_killable(
+    argv: list[str], *, timeout: float, env: dict, cwd: Path
+) -> subprocess.CompletedProcess:
+    """subprocess.run for a background thread: the child is killed if the session ends first."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=cwd) as proc:  # fmt: skip
+        with BACKGROUND.lock:
+            BACKGROUND.children.add(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with BACKGROUND.lock:
+                BACKGROUND.children.discard(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+class Background:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.children: set[subprocess.Popen] = set()
+        self._futures: dict[Hashable, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self, key: Hashable, fn: Callable[[], object]) -> None:
+        with self.lock:
+            if key in self._futures:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+            self._futures[key] = self._pool.submit(fn)
+
+    def result(self, key: Hashable, fn: Callable[[], object]) -> object:
+        """fn()'s result, computed once per key: by the background thread or, if it has not
+        started it yet, here."""
+        with self.lock:
+            future = self._futures.get(key)
+            mine = future is None or future.cancel()  # not started: take it over
+            if mine:
+                future = self._futures[key] = Future()
+        if mine:
+            try:
+                future.set_result(fn())
+            except BaseException as error:
+                future.set_exception(error)
+                raise
+        return future.result()
+
+    def stop(self) -> None:
+        with self.lock:
+            pool, self._pool = self._pool, None
+            for future in self._futures.values():
+                future.cancel()
+            for proc in self.children:
+                proc.kill()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+BACKGROUND = Background()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    if os.environ.get("CONFORMANCE_TEST_PREFETCH", "1") == "0":  # to compare, or to debug
+        return
+    by_module: dict = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if getattr(module, "prefetch", None) is not None:
+            by_module.setdefault(module, []).append(item)
+    for module, items in by_module.items():
+        for key, fn in module.prefetch(items):
+            BACKGROUND.start(key, fn)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    BACKGROUND.stop()
 
 
 # --- shared, read-only data several modules need (computed once per test process) -----------
