@@ -63,10 +63,11 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 # A fuzz run of a compiling framework is a child process of a minute or more that pytest would
 # otherwise wait for. Modules that need such children define
 #     def prefetch(items: list[pytest.Item]) -> list[tuple[Hashable, Callable[[], object]]]
-# (the jobs their selected items need, most expensive first). After collection, one
-# background thread runs them one at a time while the tests go on in this process, so the
-# machine's second core does that work; a test then takes its job's result with
-# BACKGROUND.result(key, fn), which waits for it, or runs it here if it has not started.
+# (the jobs their selected items need, in the order the items need them). After collection,
+# one background thread runs them one at a time, last needed first, while the tests go on in
+# this process, so the machine's second core does that work; a test then takes its job's
+# result with BACKGROUND.result(key, fn), which waits for it, or runs it here if it has not
+# started.
 # The results are the same either way: only when the child runs changes. Under pytest-xdist
 # (each worker collects every test but runs a share) nothing is prefetched.
 
@@ -136,6 +137,20 @@ class Background:
 BACKGROUND = Background()
 
 
+def session_basetemp(config: pytest.Config) -> Path | None:
+    """tmp_path_factory's base folder, from a hook (where no fixture is available)."""
+    factory = getattr(config, "_tmp_path_factory", None)  # the object behind the fixture
+    return None if factory is None else factory.getbasetemp()
+
+
+def cli_job(
+    base: Path, name: str, *args: str, timeout: float
+) -> tuple[Hashable, Callable[[], subprocess.CompletedProcess]]:
+    """`conformance ARGS --out base/name` as a BACKGROUND job: (key, function)."""
+    out = str(base / name)
+    return ("cli", out), functools.partial(run_cli, *args, "--out", out, timeout=timeout)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
         return
@@ -146,9 +161,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         module = getattr(item, "module", None)
         if getattr(module, "prefetch", None) is not None:
             by_module.setdefault(module, []).append(item)
-    for module, items in by_module.items():
-        for key, fn in module.prefetch(items):
-            BACKGROUND.start(key, fn)
+    jobs = [job for module, items in by_module.items() for job in module.prefetch(items)]
+    # Last needed, first started: this process works through the tests in order, taking over
+    # any job not started yet, while the background thread works back from the end.
+    for key, fn in reversed(jobs):
+        BACKGROUND.start(key, fn)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

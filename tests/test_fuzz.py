@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("hypothesis")
 
 from conformance.adapters.reference import ReferenceAdapter  # noqa: E402
-from conftest import BACKGROUND, run_cli  # noqa: E402
+from conftest import BACKGROUND, run_cli, session_basetemp  # noqa: E402
 
 from conformance.adapter_api.adapter import Adapter, Declaration  # noqa: E402
 from conformance.cases.case import FEATURES  # noqa: E402
@@ -365,10 +365,10 @@ def _job(base: Path, key: tuple, group: list[str]) -> tuple[tuple, functools.par
 
 
 def prefetch(items: list[pytest.Item]) -> list[tuple[tuple, functools.partial]]:
-    """The fuzz children the selected adapters need, the compiling (slow) groups first: they
+    """The fuzz children the selected adapters need, in the order the tests need them: they
     run in the background while the rest of the suite runs (conftest.Background)."""
-    factory = getattr(items[0].config, "_tmp_path_factory", None)  # what tmp_path_factory is
-    if factory is None:
+    base = session_basetemp(items[0].config)
+    if base is None:
         return []
     jobs: dict[tuple, tuple] = {}
     for item in items:
@@ -376,9 +376,9 @@ def prefetch(items: list[pytest.Item]) -> list[tuple[tuple, functools.partial]]:
         if item.originalname != "test_installed_adapter_fuzz" or callspec is None:
             continue
         key, group = callspec.params["key"], callspec.params["group"]
-        job = _job(factory.getbasetemp(), key, group)
-        jobs.setdefault(job[0], (not group[0].startswith(SLOW_PREFIXES), job))
-    return [job for _, job in sorted(jobs.values(), key=lambda j: j[0])]
+        job = _job(base, key, group)
+        jobs.setdefault(job[0], job)
+    return list(jobs.values())
 
 
 @pytest.mark.parametrize(("name", "key", "group"), _params())
