@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import shipped_cases  # noqa: E402
 from docs_blocks import code_blocks  # noqa: E402
 
 from conformance.adapter_api.adapter import Adapter  # noqa: E402
-from conformance.spec import load_specs, shipped_specs_dir  # noqa: E402
 from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
@@ -35,7 +35,7 @@ SKETCHES = {
     'external_adapter("attention.adapter.yaml"': "needs an external program (test_external.py)",
 }
 
-CASES = [c for c in load_specs([shipped_specs_dir()]) if c.dtype in ("float64", "float32")]
+CASES = [c for c in shipped_cases() if c.dtype in ("float64", "float32")]
 
 
 def _sample(features: frozenset[str]) -> list:

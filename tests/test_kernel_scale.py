@@ -12,19 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from blockwise_kernel import BLOCK_K, BUGS, blockwise_attention
+from conftest import shipped_cases
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis.errors import NoSuchExample
 
 from conformance.adapter_api.adapter import Divergence
 from conformance.adapter_api.plugin import kernel_adapter
 from conformance.fuzz.strategies import DEFAULT_LIMITS, KERNEL_SCALE_LIMITS, cases
-from conformance.spec import load_specs, shipped_specs_dir
 from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 # The planted bugs overflow and divide by zero on purpose; the verdicts are what count.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-SPECS = shipped_specs_dir()
 # The kernel divides by a zero running sum on rows with every key masked (the softmax of all
 # -inf); cases expecting zeros there get this declared, verified divergence.
 NAN_ROWS = Divergence(
@@ -81,7 +80,7 @@ def _adapter(bug: str | None):  # noqa: ANN202
 
 
 def _kernel_cases(tier: str) -> list:
-    cases = load_specs([SPECS])
+    cases = shipped_cases()
     return [c for c in cases if c.tier == tier and c.mode == "kernel" and c.dtype in DTYPES]
 
 

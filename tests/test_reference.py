@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import shipped_cases
 
 from conformance.cases.case import Case, Decode, Mask, Shape
 from conformance.cases.dtypes import round_bfloat16
@@ -36,13 +37,12 @@ from conformance.cases.inputs import CaseInputs, make_inputs
 from conformance.cases.masks import build_mask, row_blocks, to_additive, visible
 from conformance.oracle import reference
 from conformance.oracle.reference import POLICIES, attention, baseline, dot_product_attention
-from conformance.spec import load_specs, shipped_specs_dir
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-ALL_SHIPPED = load_specs([shipped_specs_dir()])
+ALL_SHIPPED = shipped_cases()
 # Kernel-scale cases proven against the brute-force loop (each a few million scalar products):
 # key and query tails past block edges, a causal diagonal entering mid-block, extreme logits.
 MULTI_BLOCK = (

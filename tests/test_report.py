@@ -21,7 +21,6 @@ from conformance.errors import ResultsFileError, UsageError
 from conformance.report import images as img
 from conformance.report import load_results, render, validate, write_all
 from conformance.report.diff import diff
-from conformance.report.markdown import render_markdown
 from conformance.report.merge import merge
 
 
@@ -624,24 +623,20 @@ def test_empty_run_still_reports(raw: dict, tmp_path: Path) -> None:
     assert ET.fromstring(junit).get("tests") == "0"
 
 
-def test_markdown_of_the_committed_scoreboard_fits_a_pr_comment() -> None:
+def test_markdown_of_the_committed_scoreboard_fits_a_pr_comment(scoreboard_markdown: str) -> None:
     """The full default CPU matrix (reports/results.json.gz) as a PR comment: under 65,536 chars,
     not cut, every failure group folded in <details>."""
-    root = Path(__file__).resolve().parent.parent
-    doc = load_results(root / "reports" / "results.json.gz")
-    text = render_markdown(doc)
+    text = scoreboard_markdown
     assert len(text) < 65_536
     assert "cut to fit" not in text
     assert text.count("<details>") == text.count("</details>") >= 1
 
 
-def test_html_of_the_committed_scoreboard_is_small() -> None:
+def test_html_of_the_committed_scoreboard_is_small(scoreboard: dict, scoreboard_html: str) -> None:
     """The full default CPU matrix (reports/results.json.gz, 65,778 results) as HTML, within
     issue 17's 1.5 MB: unsupported results summarised as groups, the data gzip-compressed in
     the page (about 0.7 MB in all), every result still in the data."""
-    root = Path(__file__).resolve().parent.parent
-    doc = load_results(root / "reports" / "results.json.gz")
-    page = render(doc, "html")
+    doc, page = scoreboard, scoreboard_html
     assert len(page.encode()) <= 1_500_000
     assert 'data-encoding="gzip+base64"' in page
     data = _payload(page)
@@ -657,7 +652,7 @@ def test_markdown_has_the_behaviour_views(doc: dict) -> None:
     assert "**Fully masked rows**" in text
 
 
-def test_known_findings_explain_fails_but_keep_them_fails() -> None:
+def test_known_findings_explain_fails_but_keep_them_fails(scoreboard_markdown: str) -> None:
     from conformance.report.findings import finding_for, known_findings
 
     assert known_findings(), "adapters/findings/*.json"
@@ -670,9 +665,7 @@ def test_known_findings_explain_fails_but_keep_them_fails() -> None:
     assert (
         finding_for({**record, "verdict": "fail", "case": "scale/negative-kernel[float32]"}) is None
     )
-    root = Path(__file__).resolve().parent.parent
-    text = render_markdown(load_results(root / "reports" / "results.json.gz"))
-    assert "Known finding **torchlib-bool-mask-dtype-min**" in text
+    assert "Known finding **torchlib-bool-mask-dtype-min**" in scoreboard_markdown
 
 
 def test_a_gzipped_results_file_reads_like_the_plain_one(raw: dict, tmp_path: Path) -> None:

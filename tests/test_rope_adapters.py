@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import BACKGROUND, cli_job, session_basetemp
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "rope.yaml"
 
@@ -42,14 +42,25 @@ EXPECTED = {
 }  # fmt: skip
 
 
+def _job(base: Path) -> tuple:
+    args = [arg for name in EXPECTED for arg in ("--adapter", name)]
+    args += ["--jobs", "2", "--no-cache", "--quiet", "--no-report"]
+    return cli_job(base, "rope", "run", str(SPEC), *args, timeout=600)
+
+
+def prefetch(items: list[pytest.Item]) -> list[tuple]:
+    """The one run these tests share, started in the background (conftest.Background)."""
+    base = session_basetemp(items[0].config)
+    needed = any("results" in item.fixturenames for item in items)
+    return [_job(base)] if base is not None and needed else []
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("rope")
-    args = [arg for name in EXPECTED for arg in ("--adapter", name)]
-    proc = run_cli("run", str(SPEC), *args, "--jobs", "2", "--no-cache", "--quiet",
-                   "--out", str(out), "--no-report", timeout=600)  # fmt: skip
+    base = tmp_path_factory.getbasetemp()
+    proc = BACKGROUND.result(*_job(base))
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
-    return json.loads((out / "results.json").read_text())["results"]
+    return json.loads((base / "rope" / "results.json").read_text())["results"]
 
 
 @pytest.mark.parametrize("adapter", sorted(EXPECTED))

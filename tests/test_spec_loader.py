@@ -12,10 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import shipped_cases
 
 from conformance.cases.case import FEATURES, Mask
 from conformance.errors import SpecError
-from conformance.spec import load_spec, load_specs, shipped_specs_dir
+from conformance.spec import load_spec, shipped_specs_dir
 from conformance.spec.yamlload import load_yaml_file
 
 SPECS = shipped_specs_dir()
@@ -30,7 +31,7 @@ CORPUS = Path(__file__).parent / "malformed"
 
 @pytest.fixture(scope="module")
 def cases() -> list:
-    return load_specs([SPECS])
+    return list(shipped_cases())
 
 
 def write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
@@ -111,7 +112,11 @@ NOT_IN_LIBRARY = {
 
 
 def test_every_feature_tag_is_covered(cases: list) -> None:
-    seen = set().union(*(c.features for c in cases))
+    # The large tier's long masks cost about a minute to tag (each scans its full mask for
+    # fully masked rows): look there only for a tag the smaller tiers lack (the same verdict).
+    seen = set().union(*(c.features for c in cases if c.tier != "large"))
+    if set(FEATURES) - set(NOT_IN_LIBRARY) - seen:
+        seen |= set().union(*(c.features for c in cases if c.tier == "large"))
     assert set(FEATURES) - set(NOT_IN_LIBRARY) <= seen, sorted(set(FEATURES) - seen)
 
 
