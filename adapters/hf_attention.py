@@ -87,8 +87,10 @@ FEATURES = (
     # left padding are entries of it like any other (masking_utils builds the same shapes
     # from position_ids and the 2-D attention_mask)
     | SEGMENTS_AND_LEFT_PADDING
-    # issue 14: rotary embeddings with transformers' own rotary code (see the docstring)
+    # issue 14: rotary embeddings with transformers' own rotary code (see the docstring), per
+    # sequence too: position_ids [B, L] as a batch of different cache lengths passes them
     | ROPE
+    | {"rope-per-sequence"}
 )
 
 UNSUPPORTED = {
@@ -234,7 +236,9 @@ def hf_rotary(case: Case, q: Any, k: Any, style: str | None = None) -> tuple[Any
     embedding = embedding_class(config).to(q.device)
     rotated = []
     for x, positions in ((q, query_positions(case)), (k, key_positions(case))):
-        ids = torch.as_tensor(positions, device=x.device)[None].expand(x.shape[0], -1)
+        ids = torch.as_tensor(positions, device=x.device)
+        if ids.ndim == 1:  # one position row for the batch; per-sequence rows are [B, L]
+            ids = ids[None].expand(x.shape[0], -1)
         cos, sin = embedding(x, ids)
         if cos.shape[-1] != rope.dims(s.key_dim):
             raise RuntimeError(f"transformers built {cos.shape[-1]} rotary dims, not "
@@ -467,6 +471,7 @@ MASKING_UTILS_UNSUPPORTED = {
     "mask builders",
     "rope-interleaved": "the rotary code is covered by hf.eager / hf.sdpa",
     "rope-partial": "the rotary code is covered by hf.eager / hf.sdpa",
+    "rope-per-sequence": "the rotary code is covered by hf.eager / hf.sdpa",
 }
 MASKING_UTILS_NOTES = (
     "The mask is transformers' own, from the model's inputs: masking_utils.create_causal_mask "

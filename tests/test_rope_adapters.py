@@ -19,8 +19,9 @@ SPEC = Path(__file__).resolve().parent.parent / "specs" / "rope.yaml"
 # (float32 rotary tables); RotaryEmbedding allows no float64 (unsupported but on the expanded
 # variant, which inlines its function body).
 EXPECTED = {
-    "hf.eager": ({"pass": 12, "diverges": 9, "unsupported": 30}, "transformers"),
-    "hf.sdpa": ({"pass": 12, "diverges": 9, "unsupported": 30}, "transformers"),
+    # per-sequence rotary positions (cache lengths) as position_ids [B, L]
+    "hf.eager": ({"pass": 15, "diverges": 12, "unsupported": 24}, "transformers"),
+    "hf.sdpa": ({"pass": 15, "diverges": 12, "unsupported": 24}, "transformers"),
     "hf.llama.attention": ({"pass": 2, "diverges": 2, "unsupported": 47}, "transformers"),
     # issue 14: decoding with rope through transformers' own caches (rotate-half, whole head)
     "hf.llama.attention.dynamic-cache": (
@@ -28,7 +29,7 @@ EXPECTED = {
     "hf.llama.attention.static-cache": (
         {"pass": 2, "diverges": 2, "unsupported": 47}, "transformers"),
     "hf.sdpa.rope-half-for-interleaved": (
-        {"pass": 7, "diverges": 5, "fail": 9, "unsupported": 30}, "transformers"),
+        {"pass": 9, "diverges": 7, "fail": 11, "unsupported": 24}, "transformers"),
     "onnx.attention.4d": ({"pass": 16, "unsupported": 35}, "onnxruntime"),
     "onnx.attention.3d": ({"pass": 16, "unsupported": 35}, "onnxruntime"),
     "onnx.attention.opset24": ({"pass": 16, "unsupported": 35}, "onnxruntime"),
