@@ -279,6 +279,13 @@ class OrtContribMHA(OrtContribBase):
                 "with past_key/past_value MultiHeadAttention needs value head size == key head "
                 "size (ORT: 'past_value dimension 3 should be same as head_size')"
             )
+        if case.decode is not None and case.decode.memory and s.value_dim != s.key_dim:
+            # found by the fuzzer (tests/test_fuzz.py, seed 0)
+            raise Unsupported(
+                "a cached cross-attention memory (key/value in BNSH) needs value head size == "
+                "key head size (ORT: \"Input 'key' and 'value' shall have same shape (batch_size, "
+                'num_heads, kv_sequence_length, head_size)")'
+            )
 
     def _decode(self, case: Case, inputs: CaseInputs, device: str) -> np.ndarray:
         if case.decode.memory:
