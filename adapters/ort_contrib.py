@@ -295,28 +295,12 @@ class OrtContribMHA(OrtContribBase):
         qkv = self._qkv(case, inputs)
         dtype = qkv["query"].dtype
         s = case.shape
-        rotary = {}
-        if case.rope is not None:  # issue 14: do_rotary rotates each step's new q and k
-            # at positions past length + i (seqlens_k + 1 - new tokens; 0.. for the prompt)
-            # and appends the rotated keys to present_key: the cache keeps their positions.
-            from conformance.cases.rotary import tables
-
-            rope = case.rope
-            if rope.offset:
-                raise Unsupported(
-                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
-                    "needs a past cache (not wired here)"
-                )
-            cos, sin = tables(rope, s.key_dim, np.arange(s.query_len))
-            rotary = {"cos_cache": cos.astype(dtype), "sin_cache": sin.astype(dtype)}
-            interleaved = int(rope.style == "interleaved")
-            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
         session = self.session(cfg, device)
         past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
         past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
         outputs = []
         for start, stop in _chunks(case):
-            feeds = {n: a[:, start:stop] for n, a in qkv.items()} | rotary
+            feeds = {n: a[:, start:stop] for n, a in qkv.items()}
             feeds.update(past_key=past_k, past_value=past_v)
             result = session.run(feeds)
             past_k, past_v = result["present_key"], result["present_value"]
@@ -386,18 +370,8 @@ class OrtContribGQA(OrtContribBase):
         if cfg.head_sink:
             feeds["head_sink"] = np.asarray(case.scores.sink, dtype=dtype)
         if case.rope is not None:  # issue 14: do_rotary with the case's tables
-            from conformance.cases.rotary import tables
-
-            rope = case.rope
-            if rope.offset:
-                raise Unsupported(
-                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
-                    "needs a past cache (not wired here)"
-                )
-            cos, sin = tables(rope, s.key_dim, np.arange(s.kv_len))
-            feeds["cos_cache"], feeds["sin_cache"] = cos.astype(dtype), sin.astype(dtype)
-            interleaved = int(rope.style == "interleaved")
-            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
+            cfg, tables_in = _prompt_rotary(case, cfg, dtype, s.kv_len)
+            feeds.update(tables_in)
         return _Plan(cfg, feeds)
 
     def _cache_plan(self, case: Case, inputs: CaseInputs) -> _Plan:
@@ -489,22 +463,11 @@ class OrtContribGQA(OrtContribBase):
         qkv = self._qkv(case, inputs)
         dtype = qkv["query"].dtype
         s = case.shape
-        rotary = {}
+        rotary: dict[str, np.ndarray] = {}
         if case.rope is not None:  # issue 14: do_rotary rotates each step's new q and k
             # at positions past length + i (seqlens_k + 1 - new tokens; 0.. for the prompt)
             # and appends the rotated keys to present_key: the cache keeps their positions.
-            from conformance.cases.rotary import tables
-
-            rope = case.rope
-            if rope.offset:
-                raise Unsupported(
-                    "do_rotary places a first prompt at positions 0..S-1; a position offset "
-                    "needs a past cache (not wired here)"
-                )
-            cos, sin = tables(rope, s.key_dim, np.arange(s.query_len))
-            rotary = {"cos_cache": cos.astype(dtype), "sin_cache": sin.astype(dtype)}
-            interleaved = int(rope.style == "interleaved")
-            cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(s.key_dim)))
+            cfg, rotary = _prompt_rotary(case, cfg, dtype, s.query_len)
         session = self.session(cfg, device)
         past_k = np.zeros((s.batch, s.num_kv_heads, 0, s.key_dim), dtype)
         past_v = np.zeros((s.batch, s.num_kv_heads, 0, s.value_dim), dtype)
@@ -518,6 +481,25 @@ class OrtContribGQA(OrtContribBase):
             past_k, past_v = result["present_key"], result["present_value"]
             outputs.append(result["output"])
         return split_heads(np.concatenate(outputs, axis=1), s.num_heads)
+
+
+def _prompt_rotary(
+    case: Case, cfg: ContribConfig, dtype: np.dtype, positions: int
+) -> tuple[ContribConfig, dict[str, np.ndarray]]:
+    """GQA's do_rotary for a first prompt (positions 0..positions-1): the configuration with
+    (interleaved, rotary dim), and the float64 cos/sin tables stored in the dtype."""
+    from conformance.cases.rotary import tables
+
+    rope = case.rope
+    if rope.offset:
+        raise Unsupported(
+            "do_rotary places a first prompt at positions 0..S-1; a position offset "
+            "needs a past cache (not wired here)"
+        )
+    cos, sin = tables(rope, case.shape.key_dim, np.arange(positions))
+    interleaved = int(rope.style == "interleaved")
+    cfg = dataclasses.replace(cfg, rotary=(interleaved, rope.dims(case.shape.key_dim)))
+    return cfg, {"cos_cache": cos.astype(dtype), "sin_cache": sin.astype(dtype)}
 
 
 def _score_attrs(case: Case) -> dict[str, Any]:
