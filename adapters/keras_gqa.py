@@ -80,6 +80,7 @@ class KerasGQAAdapter(KerasMHAAdapter):
             use_bias=case.use_bias,
             sliding_window=masks.sliding_window,
             dropout=dropout_rate(case),
+            seed=0,  # see KerasMHAAdapter._new_layer: the torch backend's dropout needs a seed
             dtype=case.dtype,
             kernel_initializer="zeros",  # replaced by the case's weights before every call
             bias_initializer="zeros",

@@ -194,8 +194,11 @@ class KerasMHAAdapter(KerasAdapter):
         kwargs: dict[str, Any] = {}
         if masks.sliding_window is not None:
             kwargs["sliding_window"] = masks.sliding_window
+        # seed: without one, the torch backend's Dropout takes its unseeded fast path
+        # (torch.nn.functional.dropout on torch's global generator), so resetting the
+        # SeedGenerator per draw would not make a draw reproducible.
         layer = self.keras.layers.MultiHeadAttention(
-            **mha_arguments(case), bias_initializer="zeros", **kwargs
+            **mha_arguments(case), bias_initializer="zeros", seed=0, **kwargs
         )
         layer.build(*mha_input_shapes(case, case.shape.batch))
         return layer

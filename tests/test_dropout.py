@@ -168,6 +168,21 @@ def test_ignored_seed_fails(cases: dict) -> None:
     assert "seed is not honoured" in record["message"]
 
 
+def test_unseeded_draws_fail_whatever_their_statistics(cases: dict) -> None:
+    """Draws from a generator the seed does not reset (Keras's torch backend without a layer
+    seed did this) are right on average, so every statistic may pass: the repeat of draw 0
+    is what makes the verdict a fail every time, not by luck."""
+    calls = iter(range(1000, 2000))
+
+    def unseeded(case, inputs):  # noqa: ANN001, ANN202
+        case = dataclasses.replace(case, dropout=dataclasses.replace(case.dropout, seed=next(calls)))
+        return numpy_dropout(case, inputs)
+
+    record = _verdict(_adapter(unseeded), cases["dropout/training-kernel-p0.1[float32]"])
+    assert record["verdict"] == "fail"
+    assert "draw 0 run twice gave different outputs" in record["message"]
+
+
 def test_dropout_at_inference_fails(cases: dict) -> None:
     case = cases["dropout/inference-layer[float32]"]
 

@@ -6,7 +6,9 @@ implementation that applies dropout at inference fails like any wrong result.
 
 Training (`dropout: {rate: p, training: true}`): no framework's random stream is reproduced.
 The case runs `draws` times, draw i with `case.dropout.seed = i` (the adapter seeds its
-framework's generator with it), and the draws are checked against what dropout *means*:
+framework's generator with it), and draw 0 runs once more: a draw must be a function of its
+seed (else every statistic below passes or fails by luck), so a repeat that differs is a
+`fail`. Then the draws are checked against what dropout *means*:
 
 1. Structure, per draw. Dropout on the weights turns P (the softmax) into P * M / (1 - p),
    M a 0/1 keep mask. The dropped weights are read back from the output: kernel mode
@@ -398,6 +400,22 @@ def evaluate_training(
         )
         return record
     tol = tolerance_for(case.dtype, decl.tolerance_override(case.dtype))
+    # Every statistic below assumes draw i is a function of seed i. An implementation that
+    # draws from a generator the seed does not reset would pass or fail by luck, run to run.
+    try:
+        again = adapter.run(draw_case(case, 0), inputs, device)["output"]
+    except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
+        record.update(verdict="error", message=f"draw 0, again: {type(error).__name__}: {error}")
+        return record
+    first = np.asarray(outputs[0]["output"], dtype=np.float64)
+    if not np.allclose(np.asarray(again, np.float64), first, tol.rtol, tol.atol, equal_nan=True):
+        record.update(
+            verdict="fail",
+            message="draw 0 run twice gave different outputs: the dropout seed does not "
+            "determine the draw (a generator the seed does not reset?), so no statistic over "
+            "the draws is reproducible",
+        )
+        return record
     findings, stats = check_draws(case, inputs, outputs, reference, behavior, tol.atol, tol.rtol)
     failed = [f.text for f in findings if not f.ok]
     divergences = decl.divergences_for(case, device) if failed else []
