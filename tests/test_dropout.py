@@ -175,7 +175,9 @@ def test_unseeded_draws_fail_whatever_their_statistics(cases: dict) -> None:
     calls = iter(range(1000, 2000))
 
     def unseeded(case, inputs):  # noqa: ANN001, ANN202
-        case = dataclasses.replace(case, dropout=dataclasses.replace(case.dropout, seed=next(calls)))
+        case = dataclasses.replace(
+            case, dropout=dataclasses.replace(case.dropout, seed=next(calls))
+        )
         return numpy_dropout(case, inputs)
 
     record = _verdict(_adapter(unseeded), cases["dropout/training-kernel-p0.1[float32]"])
