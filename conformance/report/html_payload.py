@@ -308,6 +308,7 @@ def _payload(doc: dict) -> dict:
             unsupported[key][-1].append(c)
             continue
         results.append(_row(entry))
+    ran = {r["adapter"] for r in doc["results"]}
     return {
         "adapters": adapters,
         "families": fams,
@@ -331,5 +332,5 @@ def _payload(doc: dict) -> dict:
         "findings": found,
         "images": store.items,
         "strings": strings.items,
-        "ran": [name in {r["adapter"] for r in doc["results"]} for name in adapters],
+        "ran": [name in ran for name in adapters],
     }

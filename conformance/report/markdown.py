@@ -71,16 +71,35 @@ DETAIL_LEVELS = (
 
 
 def render_markdown(doc: dict, title: str = "Attention conformance") -> str:
+    views = _Views(doc)
     for per_group, chars, by_adapter in DETAIL_LEVELS:
-        text = _render(doc, title, per_group, chars, by_adapter)
+        text = _render(doc, views, title, per_group, chars, by_adapter)
         if len(text) <= MAX_CHARS:
             return text
     return _cut(text)
 
 
-def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool) -> str:
+class _Views:
+    """What every detail level shows the same: computed once, not once per level (an 80,000
+    result run is otherwise re-scanned for each level tried)."""
+
+    def __init__(self, doc: dict) -> None:
+        records = doc["results"]
+        self.total = counts(records)
+        self.families = families(doc)
+        self.grid = matrix(doc)
+        seen = {r["adapter"] for r in records}
+        self.names = adapter_names(doc)
+        self.ran = [n for n in self.names if n in seen]
+        self.failing = sorted((r for r in records if r["verdict"] in BAD), key=sort_key)
+        self.behaviours = behaviours_markdown(doc)
+
+
+def _render(
+    doc: dict, views: _Views, title: str, per_group: int, chars: int, by_adapter: bool
+) -> str:
     records = doc["results"]
-    total = counts(records)
+    total = views.total
     lines = [f"## {title}", ""]
     summary = " · ".join(f"{MARK[v]} {v} {total[v]}" for v in SEVERITY[::-1] if total.get(v))
     lines.append(f"**{len(records)} results**: {summary or 'none'}")
@@ -100,9 +119,7 @@ def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool)
         )
     lines.append("")
 
-    fams = families(doc)
-    grid = matrix(doc)
-    ran = [n for n in adapter_names(doc) if n in {r["adapter"] for r in records}]
+    fams, grid, ran = views.families, views.grid, views.ran
     red = [n for n in ran if any(grid.get((n, f), Counter()).get(v) for f in fams for v in BAD)]
     red_fams = [
         f for f in fams if any(grid.get((n, f), Counter()).get(v) for n in red for v in BAD)
@@ -124,7 +141,7 @@ def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool)
             + ", ".join(_code(n) for n in green)
         )
         lines.append("")
-    idle = [name for name in adapter_names(doc) if name not in ran]
+    idle = [name for name in views.names if name not in ran]
     if idle:
         lines.append(
             "Selected but without results (no device for them here): "
@@ -139,7 +156,7 @@ def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool)
         )
         lines.append("")
 
-    failing = sorted((r for r in records if r["verdict"] in BAD), key=sort_key)
+    failing = views.failing
     by_cause: dict[tuple[str, str], list[dict]] = {}
     for record in failing:
         by_cause.setdefault(
@@ -208,7 +225,7 @@ def _render(doc: dict, title: str, per_group: int, chars: int, by_adapter: bool)
                 f"{for_markdown(one_line(div.get('reason'), chars))}{link}"
             )
         lines.append("")
-    behaviours = behaviours_markdown(doc)
+    behaviours = views.behaviours
     if behaviours.strip():
         lines += ["<details><summary>Behaviours implementations disagree on (generated from the "
                   "results and declarations)</summary>", "", behaviours.strip(), "",

@@ -47,11 +47,10 @@ def environment_label(env: dict) -> str:
 
 def adapter_names(doc: dict) -> list[str]:
     """Adapters in the file's declaration order, then any only seen in records."""
-    names = list(doc["adapters"])
+    names = dict.fromkeys(doc["adapters"])
     for record in doc["results"]:
-        if record["adapter"] not in names:
-            names.append(record["adapter"])
-    return names
+        names.setdefault(record["adapter"])
+    return list(names)
 
 
 def families(doc: dict) -> list[str]:
