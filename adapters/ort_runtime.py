@@ -105,6 +105,10 @@ class OrtSession:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 4
+        # No CPU arena: a session serves every shape of its structure, and its arena would
+        # keep the largest one's memory for as long as the session is cached (up to 48 per
+        # adapter). Allocation strategy only: the kernels and their results are the same.
+        options.enable_cpu_mem_arena = False
         if check is not None:
             if OrtSession._profile_dir is None:
                 OrtSession._profile_dir = tempfile.mkdtemp(prefix="conformance-ort-")
