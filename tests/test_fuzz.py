@@ -438,10 +438,12 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         "packed/left-padding-causal and segments-padding cases fail the same way)",
     },
     "openvino.onnx.attention": {
-        "differential": "order-dependent in OpenVINO 2026.4.1's CPU plugin: after the fuzzer's "
-        "earlier cases in the same process, a float32 case (T=1, S=2, K=6, V=3) is off by "
-        "1.3e-4; run alone it passes, and a compiled model per shape did not remove it (tried), "
-        "so the state is in the plugin (docs/adapters/openvino.md); not reduced yet",
+        "differential": "OpenVINO 2026.4.1's ONNX frontend ignores an explicit scale=0.0 on "
+        "Attention and uses 1/sqrt(K) (its converter passes a scale only when != 0): shrunk to "
+        "T=1, S=2, K=V=1, scale=0, max abs error 0.215; the same bug as the shipped "
+        "scale/zero-kernel fail (reproducer scripts/upstream/openvino_onnx_attention_scale_zero"
+        ".py, docs/upstream.md). The 1.3e-4 'order dependence' once recorded here was the "
+        "fuzzer's case-id collision, not OpenVINO (docs/adapters/openvino.md)",
     },
     "hf.sdpa": {
         "bool-additive": "fully masked rows follow the mask form (docs/adapters/transformers.md):"

@@ -282,6 +282,9 @@ def case_name(case: Case, prefix: str = "case") -> str:
     )  # fmt: skip
     # issue 14: only when present, so the names of cases without them stay as they were; a
     # seeded block table is made from the name, so only an explicit one joins the hash
+    if case.scores is not None:  # softcap, ALiBi, sinks: without them a softcapped case and
+        # its uncapped twin shared one id, and so one cached reference (ReferenceCache)
+        fields += (("scores", case.scores),)
     if case.rope is not None:
         fields += (("rope", case.rope),)
     if case.cache is not None:
