@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_report_fixtures import WrongAttention, build_results
 
 from conformance.cli import main
@@ -666,6 +667,19 @@ def test_known_findings_explain_fails_but_keep_them_fails(scoreboard_markdown: s
         finding_for({**record, "verdict": "fail", "case": "scale/negative-kernel[float32]"}) is None
     )
     assert "Known finding **torchlib-bool-mask-dtype-min**" in scoreboard_markdown
+
+
+def test_every_known_finding_explains_a_fail_of_the_scoreboard(scoreboard: dict) -> None:
+    """A finding that matches no fail of the committed scoreboard has rotted (the fail was
+    fixed, renamed or moved): each must explain at least one, and point somewhere real."""
+    from conformance.report.findings import finding_for, known_findings
+
+    explained = {finding_for(r)["id"] + "|" + r["adapter"]
+                 for r in scoreboard["results"] if finding_for(r) is not None}  # fmt: skip
+    for entry in known_findings():
+        assert f"{entry['id']}|{entry['adapter']}" in explained, entry["id"]
+        assert str(entry.get("link", "")).startswith("https://"), entry["id"]
+        assert (ROOT / entry["docs"]).is_file(), entry["docs"]
 
 
 def test_a_gzipped_results_file_reads_like_the_plain_one(raw: dict, tmp_path: Path) -> None:
