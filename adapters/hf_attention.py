@@ -401,7 +401,8 @@ def masking_utils_inputs(case: Case) -> tuple[np.ndarray | None, np.ndarray | No
     """
     s, m = case.shape, case.mask
     stated = Mask(causal=m.causal, key_padding=m.key_padding, segments=m.segments,
-                  padding_side=m.padding_side, fully_masked_rows=m.fully_masked_rows)  # fmt: skip
+                  padding_side=m.padding_side, fully_masked_rows=m.fully_masked_rows,
+                  window=m.window)  # fmt: skip
     if dataclasses.replace(m, per_head=False) != stated:
         raise Unsupported(
             "a model's mask comes from attention_mask (padding) and position_ids (packing) "
@@ -409,6 +410,7 @@ def masking_utils_inputs(case: Case) -> tuple[np.ndarray | None, np.ndarray | No
         )
     if m.causal == "bottom-right" and s.query_len != s.kv_len:
         raise Unsupported("without a cache create_causal_mask aligns the causal band top-left")
+    sliding_window(case)  # raises Unsupported for a window the config cannot state
     if m.segments is not None:
         if m.key_padding is not None:
             raise Unsupported(
@@ -422,6 +424,24 @@ def masking_utils_inputs(case: Case) -> tuple[np.ndarray | None, np.ndarray | No
     counts = np.asarray(lengths)[:, None]
     valid = keys >= s.kv_len - counts if m.padding_side == "left" else keys < counts
     return valid.astype(np.int64), None
+
+
+def sliding_window(case: Case) -> int | None:
+    """config.sliding_window for the case's window, or None without one. Causal: a query sees
+    keys q - W < k <= q (sliding_window_overlay), so W = left + 1 (the right edge is the
+    diagonal whatever `right` says). Bidirectional: |q - k| <= W, so a symmetric (W, W) only."""
+    window = case.mask.window
+    if window is None:
+        return None
+    left, right = window
+    if case.mask.causal is not None:
+        return left + 1
+    if left != right:
+        raise Unsupported(
+            f"window ({left}, {right}): a bidirectional sliding window in transformers is "
+            "symmetric (|q - k| <= config.sliding_window)"
+        )
+    return left
 
 
 def masking_utils_mask(case: Case, implementation: str, device: str) -> Any:
@@ -442,6 +462,18 @@ def masking_utils_mask(case: Case, implementation: str, device: str) -> Any:
     embeds = torch.zeros(s.batch, s.query_len, 1, dtype=getattr(torch, case.dtype), device=device)
     am = None if attention_mask is None else torch.from_numpy(attention_mask).to(device)
     ids = None if position_ids is None else torch.from_numpy(position_ids).to(device)
+    window = sliding_window(case)
+    if window is not None:  # the builders read it from the config, as a model's layers do
+        from transformers.masking_utils import (
+            create_bidirectional_sliding_window_mask,
+            create_sliding_window_causal_mask,
+        )
+
+        config.sliding_window = window
+        if case.mask.causal is not None:
+            return create_sliding_window_causal_mask(config, embeds, am, cache=None,
+                                                     position_ids=ids)  # fmt: skip
+        return create_bidirectional_sliding_window_mask(config, embeds, am, position_ids=ids)
     if case.mask.causal is not None:
         return create_causal_mask(config, embeds, am, cache=None, position_ids=ids)
     return create_bidirectional_mask(config, embeds, am, position_ids=ids)
@@ -450,7 +482,7 @@ def masking_utils_mask(case: Case, implementation: str, device: str) -> Any:
 MASKING_UTILS_FEATURES = (
     KERNEL_SHAPES
     | GROUPED_HEADS
-    | {"causal", "causal-top-left", "key-padding", "fully-masked-rows", "scale"}
+    | {"causal", "causal-top-left", "key-padding", "fully-masked-rows", "scale", "window"}
     | SEGMENTS_AND_LEFT_PADDING
 )
 MASKING_UTILS_UNSUPPORTED = {
@@ -464,8 +496,6 @@ MASKING_UTILS_UNSUPPORTED = {
     "per-head-mask": "masking_utils builds one mask for every head",
     "additive-mask": "a model builds its mask from attention_mask and position_ids",
     "attn-bias": "a model builds its mask from attention_mask and position_ids",
-    "window": "not wired here: sliding windows come from config.sliding_window "
-    "(create_sliding_window_causal_mask)",
     "cache-lengths": "no cache: per-sequence lengths are the cache adapters'",
     "rope-half": "the rotary code is covered by hf.eager / hf.sdpa; this variant is about the "
     "mask builders",

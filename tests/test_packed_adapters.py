@@ -188,7 +188,12 @@ def test_masking_utils_inputs_state_padding_and_packing() -> None:
     with pytest.raises(Unsupported, match="packing and padding"):
         masking_utils_inputs(_case(t=5, segments=((2, 3), (5,)), key_padding=(4, 5)))
     with pytest.raises(Unsupported, match="4-D mask"):
-        masking_utils_inputs(_case(window=(1, 1)))
+        masking_utils_inputs(_case(random_density=0.5))
+    # windows go through config.sliding_window: causal any, bidirectional symmetric only
+    masking_utils_inputs(_case(window=(1, 1)))
+    masking_utils_inputs(_case(causal="top-left", window=(2, 0)))
+    with pytest.raises(Unsupported, match="symmetric"):
+        masking_utils_inputs(_case(window=(2, 0)))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
@@ -200,7 +205,10 @@ def test_masking_utils_builds_the_neutral_mask() -> None:
 
     for mask in ({"segments": ((3, 5, 2), (1, 9))},
                  {"causal": "top-left", "segments": ((4, 4, 2), (1, 9))},
-                 {"causal": "top-left", **LEFT}, LEFT):  # fmt: skip
+                 {"causal": "top-left", **LEFT}, LEFT,
+                 # sliding windows, from config.sliding_window (causal: left + 1 keys)
+                 {"causal": "top-left", "window": (2, 0)}, {"window": (1, 1)},
+                 {"window": (0, 0)}, {"causal": "top-left", "window": (1, 3), **LEFT}):  # fmt: skip
         case = _case(t=10 if "segments" in mask else 6, **mask)
         built = masking_utils_mask(case, "sdpa", "cpu")
         np.testing.assert_array_equal(built.numpy(), build_mask(case)[0], err_msg=str(mask))
