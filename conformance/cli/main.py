@@ -17,7 +17,8 @@ examples:
   conformance show 'masks/causal-top-left-kernel[T=5,S=7,float32]'
   conformance report reports/latest/results.json --format md
 
-exit codes: 0 no fail/error results, 1 some fail or error, 2 bad usage or bad spec
+exit codes: 0 no fail/error results, 1 some fail or error, 2 bad usage or bad spec,
+            5 nothing executed (conformance run --help), 130 interrupted
 """
 
 # Subcommands that live in their own modules register themselves: module.register(subparsers).
