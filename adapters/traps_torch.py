@@ -13,6 +13,7 @@ from typing import Any
 
 from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
+from conformance.cases.score_terms import alibi_for_case
 
 from .torch_mha import TorchMhaSlowAdapter
 from .torch_sdpa import TorchSdpaAdapter, only_causal
@@ -129,7 +130,9 @@ class TorchSdpaIsCausalDecode(TorchSdpaAdapter):
 
     def _arguments(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, Any]:
         kwargs = super()._arguments(case, inputs, device)
-        if only_causal(case.mask):
+        # The trap is the causal flag standing in for a causal mask; ALiBi still needs
+        # attn_mask (SDPA refuses both), so a user with ALiBi never reaches for the flag.
+        if only_causal(case.mask) and alibi_for_case(case) is None:
             kwargs.pop("attn_mask", None)
             kwargs["is_causal"] = True
         return kwargs

@@ -44,6 +44,25 @@ cases:
     mode: kernel
     shape: {query_len: 3, num_heads: 1, key_dim: 2}
     mask: {masked_rows: [[1, 2]], fully_masked_rows: zeros}
+  - name: kernel-softcap-alibi-sink-gqa
+    mode: kernel
+    shape: {query_len: 3, kv_len: 4, num_heads: 4, num_kv_heads: 2, key_dim: 3, value_dim: 2}
+    scale: 3.0
+    scores: {softcap: 1.5, alibi: [0.5, 0.25, 0.125, 0.0625], sink: [0.3, -1.0, 2.0, 0.0]}
+    mask: {causal: bottom-right}
+  - name: kernel-rope-half-partial
+    mode: kernel
+    shape: {query_len: 3, kv_len: 5, num_heads: 2, key_dim: 6}
+    rope: {style: half, rotary_dim: 4, offset: 3, theta: 100.0}
+    mask: {causal: bottom-right}
+  - name: layer-rope-interleaved-softcap
+    shape: {query_len: 4, num_heads: 2, key_dim: 4}
+    rope: {style: interleaved, theta: 10.0}
+    scores: {softcap: 2.0}
+  - name: layer-cross-rope-gqa
+    shape: {query_len: 3, kv_len: 4, num_heads: 4, num_kv_heads: 2, key_dim: 2,
+            key_input_dim: 3, value_input_dim: 5, output_dim: 3}
+    rope: {style: half, offset: 1, theta: 50.0}
 """
 
 
@@ -70,7 +89,7 @@ def _numeric(case, inputs, name: str, eps: float = 1e-6) -> np.ndarray:  # noqa:
     return grad
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(11))
 def test_analytic_gradients_match_finite_differences(tmp_path: Path, index: int) -> None:
     case = _cases(tmp_path)[index]
     inputs = make_inputs(case)

@@ -141,12 +141,14 @@ def apply_rope(
     k: np.ndarray,
     rounding: Callable[[np.ndarray], np.ndarray] = _identity,
     table_dtype: type = np.float64,
+    inverse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B, H, T, K], k [B, G, S, K] -> both rotated at their positions (no-op without rope).
 
     `table_dtype`: where the angles, cos and sin are computed (float64 for the oracle, float32
     for a same-dtype baseline, as implementations build their tables); `rounding` then rounds
-    the tables and every operation of the rotation to the case dtype.
+    the tables and every operation of the rotation to the case dtype. `inverse`: rotate back
+    (by minus the angles): a rotation's transpose, which is how a gradient flows through it.
     """
     rope = case.rope
     if rope is None:
@@ -156,6 +158,8 @@ def apply_rope(
     ck, sk = (rounding(t.astype(np.float64)) for t in tables(rope, kd, key_positions(case), table_dtype))  # fmt: skip
     if cq.ndim == 3:  # per-sequence positions [B, T, d/2]: broadcast over the heads
         cq, sq = cq[:, None], sq[:, None]
+    if inverse:
+        sq, sk = -sq, -sk
     return rotate(q, cq, sq, rope.style, rounding), rotate(k, ck, sk, rope.style, rounding)
 
 

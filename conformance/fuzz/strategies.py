@@ -349,8 +349,6 @@ def cases(
         decode = draw(decodes(limits.max_len, chunked=chunked, memory=memory))
         if "decode-chunked" in require and decode.chunk == 1:
             decode = Decode(prefix=0, steps=1, chunk=limits.max_len, memory=memory)
-    # issue 14: rotary embeddings, decided here (they rule out extra keys, gradients, dropout,
-    # cache lengths, multi-axis attention and an encoder memory) and drawn once K is known
     # issue 14: a kernel-mode step against a cache (no decode, gradients or dropout); cache
     # lengths only where the spec allows them: not with key/query padding or ALiBi (with rope:
     # per-sequence positions, their own tag)
@@ -359,7 +357,7 @@ def cases(
         not layer and decode is None and bool(allowed & cache_tags)
         and (bool(require & cache_tags) or sometimes(draw, 3))
     )  # fmt: skip
-    # issue 14: rotary embeddings, decided here (they rule out extra keys, gradients, dropout,
+    # issue 14: rotary embeddings, decided here (they rule out extra keys, dropout,
     # multi-axis attention and an encoder memory) and drawn once K is known; likelier in a
     # cache step that may take per-sequence positions
     rope_tags = {"rope-half", "rope-interleaved", "rope-partial", "rope-per-sequence"}
@@ -421,11 +419,12 @@ def cases(
                 compare.append(name)
     extra = {}
     single_pass = decode is None and not multi  # gradients and dropout need one full pass
-    single_pass = single_pass and not use_rope and not use_cache  # (issue 14) nor these
+    single_pass = single_pass and not use_cache  # (issue 14) nor a cache step
     if single_pass and "gradients" in allowed and ("gradients" in require or sometimes(draw, 5)):
         extra["gradients"] = True
     if (
         single_pass
+        and not use_rope  # the spec language has no dropout with rotary embeddings
         and Dropout is not None
         and "dropout" in allowed
         and ("dropout" in require or sometimes(draw, 6))

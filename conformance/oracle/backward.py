@@ -13,6 +13,10 @@ dL = P * (dP - rowsum(dP * P)); masked keys have P = 0 so they get no gradient. 
 every key masked follows the forward's policy: "nan" makes its gradients NaN, "zeros" zero
 (the row is constant), "uniform"/"unmasked" differentiate what was computed.
 Grouped-query: a shared key/value head's gradient sums over its query group.
+Score terms (issue 14): ALiBi and the bias are added constants (no change to dL); a sink only
+joins the softmax's denominator, so the formula holds with P the keys' probabilities; softcap
+c * tanh(L / c) multiplies dL by 1 - tanh(L / c)^2. RoPE rotates q and k after any
+projection: their gradients are rotated back (a rotation's transpose is its inverse).
 The tests check all of it against central finite differences.
 
 `rounding` is applied after every operation, as in conformance.oracle.reference: the oracle uses the
@@ -29,6 +33,8 @@ from ..cases.case import Case
 from ..cases.dtypes import round_to
 from ..cases.inputs import CaseInputs
 from ..cases.masks import build_mask
+from ..cases.rotary import apply_rope
+from ..cases.score_terms import ScoreTerms, without_alibi
 from .reference import (
     Rounding,
     _append_extra_keys,
@@ -74,15 +80,18 @@ def kernel_backward(
     bias: np.ndarray | None,
     masked_rows: str,
     rounding: Rounding = _identity,
+    terms: ScoreTerms | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V]."""
+    """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V].
+    `terms`: softcap and sinks (ALiBi belongs in `bias`, as the forward pass takes it)."""
     rd = rounding
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     r = h // g
     _, probs = dot_product_attention(
-        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows, rounding=rd
-    )
+        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows, rounding=rd,
+        terms=terms,
+    )  # fmt: skip
     pg = probs.reshape(b, g, r, t, s)
     dog = d_out.reshape(b, g, r, t, v.shape[-1])
     d_v = rd(np.einsum("bgrts,bgrtv->bgsv", pg, dog))
@@ -97,6 +106,9 @@ def kernel_backward(
         empty = ~np.broadcast_to(visible, (b, h, t, s)).any(axis=-1)
         d_logits = np.where(empty.reshape(b, g, r, t, 1), 0.0, d_logits)
     qg = q.reshape(b, g, r, t, kd)
+    if terms is not None and terms.softcap is not None:  # d/dx c tanh(x / c) = 1 - tanh^2
+        raw = rd(rd(np.einsum("bgrtk,bgsk->bgrts", qg, k)) * scale)
+        d_logits = rd(d_logits * rd(1.0 - rd(np.tanh(raw / terms.softcap)) ** 2))
     d_q = rd(scale * rd(np.einsum("bgrts,bgsk->bgrtk", d_logits, k))).reshape(b, h, t, kd)
     d_k = rd(scale * rd(np.einsum("bgrts,bgrtk->bgsk", d_logits, qg)))
     return d_q, d_k, d_v
@@ -116,11 +128,14 @@ def gradients(
     a, w = inputs.arrays, inputs.weights
     d_y = a["grad_output"]
     scale = case.effective_scale
+    terms = without_alibi(case).scores  # ALiBi arrives inside `bias` (build_mask)
     if case.mode == "kernel":
+        q, k = apply_rope(case, a["q"], a["k"], rd)
         d_q, d_k, d_v = kernel_backward(
-            a["q"], a["k"], a["v"], d_y, scale=scale, attend=attend, bias=bias,
-            masked_rows=policy, rounding=rd,
+            q, k, a["v"], d_y, scale=scale, attend=attend, bias=bias,
+            masked_rows=policy, rounding=rd, terms=terms,
         )  # fmt: skip
+        d_q, d_k = apply_rope(case, d_q, d_k, rd, inverse=True)
         return {"grad_q": d_q, "grad_k": d_k, "grad_v": d_v}
     if case.shape.attention_axes:
         raise ValueError("gradients are not defined for multi-axis cases")
@@ -129,11 +144,12 @@ def gradients(
     q = project_heads(query, w["wq"], w["bq"], rd)
     k = project_heads(key, w["wk"], w["bk"], rd)
     v = project_heads(value, w["wv"], w["bv"], rd)
+    q, k = apply_rope(case, q, k, rd)
     s = k.shape[2]
     k_full, v_full, attend_full, bias_full = _append_extra_keys(case, w, k, v, attend, bias)
     heads, _ = dot_product_attention(
         q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, masked_rows=policy,
-        rounding=rd,
+        rounding=rd, terms=terms,
     )  # fmt: skip
     out = {
         "grad_wo": rd(np.einsum("bhtv,btd->hvd", heads, d_y)),
@@ -142,9 +158,10 @@ def gradients(
     d_heads = rd(np.einsum("btd,hvd->bhtv", d_y, w["wo"]))
     d_q, d_k_full, d_v_full = kernel_backward(
         q, k_full, v_full, d_heads, scale=scale, attend=attend_full, bias=bias_full,
-        masked_rows=policy, rounding=rd,
+        masked_rows=policy, rounding=rd, terms=terms,
     )  # fmt: skip
     d_k, d_v = d_k_full[:, :, :s], d_v_full[:, :, :s]
+    d_q, d_k = apply_rope(case, d_q, d_k, rd, inverse=True)
     if case.add_bias_kv:
         out["grad_bias_k"] = rd(d_k_full[:, :, s].sum(axis=0))
         out["grad_bias_v"] = rd(d_v_full[:, :, s].sum(axis=0))

@@ -224,7 +224,7 @@ def _resolve_case(
 
     rope = None  # issue 14: rotary position embeddings
     if "rope" in node:
-        rope = _resolve_rope(ctx, node, shape, flags, decode, gradients)
+        rope = _resolve_rope(ctx, node, shape, flags, decode)
 
     if "cache" in node:  # issue 14: checked here, resolved once the case's seed key exists
         _check_cache(ctx, node, shape, mode, mask, decode, scores, rope)

@@ -13,8 +13,7 @@ def _resolve_rope(
     node: LocatedDict,
     shape: dict,
     flags: dict,
-    decode,
-    gradients: bool,  # noqa: ANN001
+    decode,  # noqa: ANN001
 ) -> Rope:
     """The `rope` key: rotary position embeddings on q and k (issue 14, conformance.cases.rotary)."""
     rnode = _mapping(ctx, node["rope"], node, "rope")
@@ -60,8 +59,6 @@ def _resolve_rope(
         # Decoding: each step's queries sit after the cache (offset + cache length + i), keys
         # keep their absolute positions; an encoder memory has no place in that sequence.
         problem = "rotary positions over an encoder memory (decode.memory) are not defined here"
-    elif gradients:
-        problem = "gradients of rotary cases are not computed yet"
     elif "dropout" in node:
         problem = "dropout with rotary embeddings is not supported"
     if problem:
