@@ -12,13 +12,19 @@ from conformance.spec import load_spec
 from conformance.verdicts.evaluate import ReferenceCache, evaluate
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-GRAD_CASES = [
+# Score terms and rotary embeddings do not reach a kernel_adapter function (it gets q, k, v,
+# the mask and the scale): those cases are an Adapter subclass's (the last test here).
+TERMS_AND_ROPE = frozenset({"softcap", "alibi", "alibi-standard", "sink", "sink-zero",
+                            "rope-half", "rope-interleaved", "rope-partial"})  # fmt: skip
+KERNEL_GRADS = [
     c
     for c in load_spec(SPECS / "gradients.yaml")
-    if c.mode == "kernel"
-    and c.dtype in ("float64", "float32")
-    and "fully-masked-rows" not in c.features
+    if c.mode == "kernel" and c.dtype in ("float64", "float32")
 ]
+GRAD_CASES = [
+    c for c in KERNEL_GRADS
+    if "fully-masked-rows" not in c.features and not c.features & TERMS_AND_ROPE
+]  # fmt: skip
 DROPOUT = {c.id: c for c in load_spec(SPECS / "dropout.yaml")}
 
 
@@ -214,3 +220,72 @@ def test_training_dropout_verifies_composed_divergences() -> None:
     assert record["verdict"] == "diverges", record["message"]
     assert [d["id"] for d in record["divergences"]] == ["computes-float32", "dropout-noted"]
     assert "checked at float32 precision" in record["message"]
+
+
+def test_torch_autograd_agrees_through_score_terms_and_rope() -> None:
+    """The oracle's analytic backward through softcap, ALiBi, sinks and RoPE against torch's
+    autograd of the forward pass written from the definitions (an Adapter subclass reads
+    case.scores and case.rope): an independent check of the chain rule for each term."""
+    torch = pytest.importorskip("torch")
+    from conformance.adapter_api.adapter import Adapter, Declaration
+    from conformance.cases.case import FEATURES
+    from conformance.cases.masks import build_mask
+    from conformance.cases.rotary import key_positions, query_positions, tables
+    from conformance.cases.score_terms import without_alibi
+
+    def rotate(x, positions, case):  # noqa: ANN001, ANN202
+        cos, sin = (torch.from_numpy(a) for a in tables(case.rope, x.shape[-1], positions))
+        d = 2 * cos.shape[-1]
+        rot, rest = x[..., :d], x[..., d:]
+        if case.rope.style == "half":
+            x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
+            y = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+            y = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+        return torch.cat([y, rest], dim=-1)
+
+    class TorchTerms(Adapter):
+        declaration = Declaration(name="test.torch-terms", summary="test: torch autograd",
+                                  framework="torch", features=frozenset(FEATURES))  # fmt: skip
+
+        def run(self, case, inputs, device):  # noqa: ANN001, ANN202
+            a = inputs.arrays
+            q, k, v = (torch.tensor(a[n], dtype=torch.float64, requires_grad=True)
+                       for n in ("q", "k", "v"))  # fmt: skip
+            qr, kr = q, k
+            if case.rope is not None:
+                qr, kr = rotate(q, query_positions(case), case), rotate(k, key_positions(case), case)
+            r = q.shape[1] // k.shape[1]
+            kr, vr = kr.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
+            logits = torch.einsum("bhtk,bhsk->bhts", qr, kr) * case.effective_scale
+            terms = without_alibi(case).scores
+            if terms is not None and terms.softcap is not None:
+                logits = terms.softcap * torch.tanh(logits / terms.softcap)
+            attend, bias = build_mask(case)  # ALiBi is part of the bias
+            if bias is not None:
+                finite = np.isfinite(bias)
+                logits = logits + torch.from_numpy(np.where(finite, bias, 0.0))
+                attend = finite if attend is None else attend & finite
+            if attend is not None:
+                logits = logits.masked_fill(~torch.from_numpy(attend), float("-inf"))
+            if terms is not None and terms.sink is not None:
+                sink = torch.tensor(terms.sink, dtype=torch.float64)[None, :, None, None]
+                sink = sink.expand(*logits.shape[:3], 1)
+                probs = torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]
+            else:
+                probs = torch.softmax(logits, dim=-1)
+            out = torch.einsum("bhts,bhsv->bhtv", probs, vr)
+            d_out = torch.from_numpy(a["grad_output"])
+            grads = torch.autograd.grad(out, (q, k, v), d_out)
+            result = {"output": out.detach().numpy()}
+            result.update(zip(("grad_q", "grad_k", "grad_v"), (g.numpy() for g in grads)))
+            return result
+
+    cases = [c for c in KERNEL_GRADS if c.features & TERMS_AND_ROPE]
+    assert {"softcap", "sink", "alibi-standard", "rope-half", "rope-interleaved",
+            "rope-partial"} <= set().union(*(c.features for c in cases))  # fmt: skip
+    records = _run_all(TorchTerms(), cases)
+    assert {r["verdict"] for r in records.values()} == {"pass"}, {
+        k: r["message"] for k, r in records.items() if r["verdict"] != "pass"
+    }
