@@ -255,7 +255,10 @@ def test_torch_autograd_agrees_through_score_terms_and_rope() -> None:
                        for n in ("q", "k", "v"))  # fmt: skip
             qr, kr = q, k
             if case.rope is not None:
-                qr, kr = rotate(q, query_positions(case), case), rotate(k, key_positions(case), case)
+                qr, kr = (
+                    rotate(q, query_positions(case), case),
+                    rotate(k, key_positions(case), case),
+                )
             r = q.shape[1] // k.shape[1]
             kr, vr = kr.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
             logits = torch.einsum("bhtk,bhsk->bhts", qr, kr) * case.effective_scale
@@ -279,7 +282,9 @@ def test_torch_autograd_agrees_through_score_terms_and_rope() -> None:
             d_out = torch.from_numpy(a["grad_output"])
             grads = torch.autograd.grad(out, (q, k, v), d_out)
             result = {"output": out.detach().numpy()}
-            result.update(zip(("grad_q", "grad_k", "grad_v"), (g.numpy() for g in grads)))
+            result.update(
+                zip(("grad_q", "grad_k", "grad_v"), (g.numpy() for g in grads), strict=True)
+            )
             return result
 
     cases = [c for c in KERNEL_GRADS if c.features & TERMS_AND_ROPE]
