@@ -28,12 +28,12 @@ import numpy as np
 from ..cases.case import Case
 from ..cases.dtypes import round_to
 from ..cases.inputs import CaseInputs
-from ..cases.masks import build_mask
 from .reference import (
     Rounding,
-    _append_extra_keys,
+    _extra_keys,
     _identity,
     dot_product_attention,
+    masked_row_terms,
     project_heads,
 )
 
@@ -74,14 +74,19 @@ def kernel_backward(
     bias: np.ndarray | None,
     masked_rows: str,
     rounding: Rounding = _identity,
+    terms: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V]."""
+    """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V].
+    `terms`: dot_product_attention's policy keywords (reference.masked_row_terms); a fully
+    masked row written with fills (policy "fill" / "as-written") is differentiated as the
+    softmax of logits + fills: the fills are added, so gradients flow through them."""
     rd = rounding
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     r = h // g
+    terms = terms or {"masked_rows": masked_rows}
     _, probs = dot_product_attention(
-        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows, rounding=rd
+        q, k, v, scale=scale, attend=attend, bias=bias, rounding=rd, **terms
     )
     pg = probs.reshape(b, g, r, t, s)
     dog = d_out.reshape(b, g, r, t, v.shape[-1])
@@ -112,14 +117,15 @@ def gradients(
     """Every gradient a case compares (see gradient_names), float64."""
     rd = rounding
     policy = masked_rows or case.mask.fully_masked_rows
-    attend, bias = build_mask(case)
+    # the case's mask with torch's extra key positions, and the policy's per-key fills
+    attend, bias, terms = masked_row_terms(case, policy)
     a, w = inputs.arrays, inputs.weights
     d_y = a["grad_output"]
     scale = case.effective_scale
     if case.mode == "kernel":
         d_q, d_k, d_v = kernel_backward(
             a["q"], a["k"], a["v"], d_y, scale=scale, attend=attend, bias=bias,
-            masked_rows=policy, rounding=rd,
+            masked_rows=policy, rounding=rd, terms=terms,
         )  # fmt: skip
         return {"grad_q": d_q, "grad_k": d_k, "grad_v": d_v}
     if case.shape.attention_axes:
@@ -130,11 +136,11 @@ def gradients(
     k = project_heads(key, w["wk"], w["bk"], rd)
     v = project_heads(value, w["wv"], w["bv"], rd)
     s = k.shape[2]
-    k_full, v_full, attend_full, bias_full = _append_extra_keys(case, w, k, v, attend, bias)
+    k_full, v_full = _extra_keys(case, w, k, v)
+    attend_full, bias_full = attend, bias
     heads, _ = dot_product_attention(
-        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, masked_rows=policy,
-        rounding=rd,
-    )  # fmt: skip
+        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, rounding=rd, **terms
+    )
     out = {
         "grad_wo": rd(np.einsum("bhtv,btd->hvd", heads, d_y)),
         "grad_bo": rd(d_y.sum(axis=(0, 1))),
@@ -142,7 +148,7 @@ def gradients(
     d_heads = rd(np.einsum("btd,hvd->bhtv", d_y, w["wo"]))
     d_q, d_k_full, d_v_full = kernel_backward(
         q, k_full, v_full, d_heads, scale=scale, attend=attend_full, bias=bias_full,
-        masked_rows=policy, rounding=rd,
+        masked_rows=policy, rounding=rd, terms=terms,
     )  # fmt: skip
     d_k, d_v = d_k_full[:, :, :s], d_v_full[:, :, :s]
     if case.add_bias_kv:
