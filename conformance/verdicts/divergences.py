@@ -4,7 +4,10 @@ Every divergence that applies to a case (Divergence.applies) takes part; their e
 
 - masked_rows: fully masked rows follow that policy instead of the case's. Two applicable
   divergences naming different policies cannot both hold: each policy is tried in declaration
-  order and the first that explains the result is the one reported.
+  order and the first that explains the result is the one reported. An "as-written(...)"
+  policy (conformance.cases.written: a fill per mask source) is narrowed to the sources the
+  case has, so the record names only what applies; the reference computes every fully masked
+  row from its fills, and the result must match it like any policy.
 - compute_dtype: the outputs it concerns (`outputs`, default all) are held to the tolerance of
   the lowest precision among the case dtype and every applicable compute_dtype, and, where that
   dtype has the baseline rule (float16, bfloat16), to K x the error of a same-dtype baseline *of
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..adapter_api.adapter import Divergence
 from ..cases.case import Case
+from ..cases.written import for_case
 from .compare import Comparison, baseline_error, compare
 from .tolerance import Tolerance, for_gradients, tolerance_for
 
@@ -66,6 +70,7 @@ def compose(
     chosen = policy or next(
         (d.masked_rows for d in divergences if d.masked_rows), case.mask.fully_masked_rows
     )
+    chosen = for_case(chosen, case)
     compute = {}
     for name in names:
         dtypes = [
@@ -120,7 +125,9 @@ def verify(
     if any(d.unverifiable for d in divergences):
         ids = ", ".join(d.id for d in divergences if d.unverifiable)
         return True, f"unverifiable by declaration ({ids}); measured errors are in the record"
-    policies = list(dict.fromkeys(d.masked_rows for d in divergences if d.masked_rows))
+    policies = list(
+        dict.fromkeys(for_case(d.masked_rows, case) for d in divergences if d.masked_rows)
+    )
     failures = []
     for policy in policies or [None]:
         composed = compose(divergences, case, names, policy)
@@ -149,7 +156,7 @@ def _not_shown(
         return []
     unused = []
     for divergence in composed.divergences:
-        if divergence.masked_rows and divergence.masked_rows != composed.policy:
+        if divergence.masked_rows and for_case(divergence.masked_rows, case) != composed.policy:
             unused.append(divergence.id)  # a conflicting policy that lost
             continue
         rest = [d for d in composed.divergences if d is not divergence]
