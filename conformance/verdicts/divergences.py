@@ -160,9 +160,11 @@ def _not_shown(
             unused.append(divergence.id)  # a conflicting policy that lost
             continue
         rest = [d for d in composed.divergences if d is not divergence]
-        rest_policy = next(
-            (d.masked_rows for d in rest if d.masked_rows), case.mask.fully_masked_rows
-        )
+        # Without it, the policy is the composed one only if another divergence names it: an
+        # alternative policy that lost was tried on its own account (verify), and explaining
+        # the result too does not make this one idle.
+        same = any(for_case(d.masked_rows, case) == composed.policy for d in rest if d.masked_rows)
+        rest_policy = composed.policy if same else case.mask.fully_masked_rows
         without = compose(rest, case, names, rest_policy)
         if all(c.ok for c in _compare(without, case, outputs, references, tol, names, floors)):
             unused.append(divergence.id)
