@@ -50,6 +50,7 @@ from conformance.cases.layouts import (
     bthk_to_bhtk,
 )
 from conformance.cases.masks import build_mask, causal_offset, combined_additive, fill_value
+from conformance.cases.written import BOOLEAN_SOURCES, AsWritten, Fill
 
 from .jax_runtime import (
     JAX_ENV,
@@ -128,6 +129,25 @@ QUERY_ZEROS = (
     "(_get_padding_mask_encoded: encoded *= mask), so those rows are 0 instead of NaN"
 )
 QUERY_ZEROS_LINK = f"{JAX_SRC}#L973-L976"
+
+# _apply_masks: jnp.where(combined_mask, logits, _get_large_negative(...)) after `bias` was
+# added, so a key the boolean mask, a flag or a sequence length hides carries -0.7 * float32
+# max (over any -inf of the bias there) and the softmax runs in float32; query_seq_lengths then
+# zeroes the padded query rows' output (_get_padding_mask_encoded).
+SEQ_LENGTHS_AS_WRITTEN = AsWritten(
+    (
+        Fill(BOOLEAN_SOURCES, -0.7 * float(np.finfo(np.float32).max)),
+        Fill({"additive-mask"}, "-inf"),
+    ),
+    precision="float32",
+    zeroed=frozenset({"query-padding"}),
+)
+QUERY_ZEROS_AND_UNIFORM = (
+    "a fully masked row's result depends on how it was emptied: "
+    + QUERY_ZEROS
+    + "; a valid query row whose keys are all masked has every logit replaced by the same "
+    "large finite negative (-0.7 * float32 max, _apply_masks) and gets uniform weights"
+)
 
 
 TF32 = (
@@ -209,6 +229,18 @@ def _dpa_divergences(
             masked_rows="uniform",
         )
     )
+    if query_zeros:
+        # A case with both row kinds: the padded query rows are 0, the rows the mask empties
+        # uniform. Tried after the single policies (the first that explains is reported).
+        masked.append(
+            Divergence(
+                id="query-padding-zeros-and-masked-rows-uniform",
+                reason=QUERY_ZEROS_AND_UNIFORM,
+                link=MASKED_UNIFORM_LINK,
+                when=frozenset({"fully-masked-rows", "query-padding"}),
+                masked_rows=SEQ_LENGTHS_AS_WRITTEN,
+            )
+        )
     if fill:  # issue 14: rows of finite fills are computed as written
         masked.append(FILL_AS_WRITTEN)
         masked.append(
