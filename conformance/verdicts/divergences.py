@@ -151,22 +151,34 @@ def _not_shown(
     names: Sequence[str],
     floors: Floors | None = None,
 ) -> list[str]:
-    """Ids of composed divergences the result is explained without (only when several)."""
+    """Ids of composed divergences the result is explained without (only when several).
+
+    Judged per effect, so a divergence another one restates (a combined entry, an
+    alternative policy that explains equally) is not called idle for that alone: a
+    masked-row policy did not show if the case's own policy explains the result too; a
+    compute dtype did not show if the result is explained without every divergence naming
+    that dtype; a divergence with both did not show if neither did. A conflicting policy that
+    lost did not show."""
     if len(composed.divergences) < 2:
         return []
+
+    def explains(candidate: Composed) -> bool:
+        compared = _compare(candidate, case, outputs, references, tol, names, floors)
+        return all(c.ok for c in compared)
+
+    everything = composed.divergences
     unused = []
-    for divergence in composed.divergences:
+    for divergence in everything:
         if divergence.masked_rows and for_case(divergence.masked_rows, case) != composed.policy:
             unused.append(divergence.id)  # a conflicting policy that lost
             continue
-        rest = [d for d in composed.divergences if d is not divergence]
-        # Without it, the policy is the composed one only if another divergence names it: an
-        # alternative policy that lost was tried on its own account (verify), and explaining
-        # the result too does not make this one idle.
-        same = any(for_case(d.masked_rows, case) == composed.policy for d in rest if d.masked_rows)
-        rest_policy = composed.policy if same else case.mask.fully_masked_rows
-        without = compose(rest, case, names, rest_policy)
-        if all(c.ok for c in _compare(without, case, outputs, references, tol, names, floors)):
+        idle = []
+        if divergence.masked_rows:
+            idle.append(explains(compose(everything, case, names, case.mask.fully_masked_rows)))
+        if divergence.compute_dtype:
+            rest = [d for d in everything if d.compute_dtype != divergence.compute_dtype]
+            idle.append(explains(compose(rest, case, names, composed.policy)))
+        if idle and all(idle):
             unused.append(divergence.id)
     return unused
 
