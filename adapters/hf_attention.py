@@ -53,6 +53,7 @@ from conformance.adapter_api.feature_sets import (
 from conformance.cases.case import Case, Mask
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask
+from conformance.cases.written import BOOLEAN_SOURCES, AsWritten, Fill
 
 from .torch_sdpa import (
     SDPA_MASKED_ROWS,
@@ -117,14 +118,28 @@ EAGER_FLOAT32_SOFTMAX = Divergence(
     compute_dtype="float32",
 )
 
-# A row whose every key is masked gets finfo.min everywhere: softmax of equal logits, uniform.
+# eager_mask (below) is masking_utils' eager convention: where(attend, additive, finfo.min).
+# A key a boolean source masks carries finfo(dtype).min (over any -inf of the additive mask
+# there), a key only the 0/-inf additive mask masks keeps its -inf, and the sum is taken in
+# the case dtype. A row the boolean mask empties is uniform over its keys (finfo.min swamps
+# the logits; in float16 logits beyond +-16 survive the rounding, which the reference models),
+# a row only the additive mask empties is NaN, and a row emptied partly by each is uniform
+# over the keys the boolean part masks.
+HF_AS_WRITTEN = AsWritten(
+    (Fill(BOOLEAN_SOURCES, "finfo-min"), Fill({"additive-mask"}, "-inf")), precision="case"
+)
+MASKING_UTILS = (
+    "https://github.com/huggingface/transformers/blob/main/src/transformers/masking_utils.py"
+)
 EAGER_MASKED_ROWS = Divergence(
-    id="hf-eager-masked-rows-uniform",
-    reason="transformers masks with torch.finfo(dtype).min, not -inf, so a fully masked row "
-    "softmaxes to uniform weights over all keys instead of NaN",
-    link="https://github.com/huggingface/transformers/blob/main/src/transformers/masking_utils.py",
+    id="hf-eager-masked-rows-as-written",
+    reason="transformers writes a boolean mask as torch.finfo(dtype).min, not -inf, and a 0/-inf "
+    "additive mask as given: a row a boolean mask empties softmaxes to uniform weights over "
+    "all keys instead of NaN, a row only -inf empties is NaN, and a row emptied partly by "
+    "each is uniform over the keys the boolean mask hides",
+    link=MASKING_UTILS,
     when=frozenset({"fully-masked-rows"}),
-    masked_rows="uniform",
+    masked_rows=HF_AS_WRITTEN,
 )
 
 # float64 and a fully masked row: the mask value finfo(float64).min (-1.8e308) overflows to
@@ -142,17 +157,29 @@ EAGER_MASKED_ROWS_FLOAT64 = Divergence(
     compute_dtype="float32",
 )
 
-# hf.sdpa with a finite bias: the bias and the mask travel as one float mask with finfo.min
-# where masked (create_position_bias_mask's convention), so SDPA sees finite logits and a fully
-# masked row is uniform, not the zeros of a boolean or -inf mask.
-SDPA_BIAS_MASKED_ROWS = Divergence(
-    id="hf-sdpa-bias-masked-rows-uniform",
-    reason="with a position bias transformers passes SDPA one float mask with finfo(dtype).min "
-    "where masked (create_position_bias_mask), so a fully masked row has finite, equal logits: "
-    "uniform weights instead of SDPA's zeros",
-    link=SDPA_SOURCE,
-    when=frozenset({"fully-masked-rows", "attn-bias"}),
-    masked_rows="uniform",
+# hf.sdpa with a float mask (a finite bias or a 0/-inf additive mask): the boolean pattern
+# and the float part travel as one float mask, eager's convention (create_position_bias_mask:
+# finfo.min where the boolean pattern masks), so SDPA sees finite, equal logits in a row the
+# boolean pattern empties (uniform, not zeros); a row only -inf empties is SDPA's zeros
+# (measured: torch 2.13 CPU returns 0 for an all -inf float-mask row). Without a float part
+# the boolean mask goes to SDPA as is: zeros (SDPA_MASKED_ROWS).
+SDPA_FLOAT_MASK_ROWS = dataclasses.replace(HF_AS_WRITTEN, empty="zeros")
+SDPA_FLOAT_MASK_REASON = (
+    "with a float mask (a bias or a 0/-inf additive mask) transformers passes SDPA one float "
+    "mask, finfo(dtype).min where the boolean pattern masks and the additive mask as given "
+    "(create_position_bias_mask), so a row the boolean pattern empties has finite, equal "
+    "logits: uniform weights instead of SDPA's zeros; a row only -inf empties is SDPA's zeros; "
+    "a row emptied partly by each is uniform over the keys the boolean pattern hides"
+)
+SDPA_BIAS_MASKED_ROWS = tuple(
+    Divergence(
+        id=f"hf-sdpa-{tag}-masked-rows-as-written",
+        reason=SDPA_FLOAT_MASK_REASON,
+        link=SDPA_SOURCE,
+        when=frozenset({"fully-masked-rows", tag}),
+        masked_rows=SDPA_FLOAT_MASK_ROWS,
+    )
+    for tag in ("attn-bias", "additive-mask")
 )
 
 ROPE_SOURCE = (
@@ -353,7 +380,7 @@ class HfSdpaAdapter(HfEagerAdapter):
         features=FEATURES,
         requires=REQUIRES,
         worker="torch",
-        divergences=(SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS, *ROPE_FLOAT32_TABLES),
+        divergences=(*SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS, *ROPE_FLOAT32_TABLES),
         unsupported_reasons=UNSUPPORTED,
         notes="Boolean mask (True = attend) as masking_utils' sdpa_mask builds it; a float mask "
         "when the case has a bias; a mask that is only top-left causal goes in as no mask and "

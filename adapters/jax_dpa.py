@@ -30,6 +30,7 @@ This module also holds the small helpers the Flax adapters share (device lookup,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -50,6 +51,7 @@ from conformance.cases.layouts import (
     bthk_to_bhtk,
 )
 from conformance.cases.masks import build_mask, causal_offset, combined_additive, fill_value
+from conformance.cases.written import BOOLEAN_SOURCES, AsWritten, Fill
 
 from .jax_runtime import (
     JAX_ENV,
@@ -122,12 +124,39 @@ MASKED_MIXED = (
     "by -inf in `bias` stay -inf (a row of only -inf gives NaN); a case mixing an additive "
     "0/-inf mask with fully masked rows gets a per-row mixture no single policy describes"
 )
+# The same, as the as-written policy (XLA_AS_WRITTEN below) states and checks it.
+MASKED_AS_WRITTEN = (
+    "a fully masked row's result depends on how its keys were masked: keys masked by the "
+    "boolean mask, a flag or a sequence length get -0.7 * float32 max (over any -inf of `bias` "
+    "there), keys masked only by -inf in `bias` stay -inf, and the softmax runs in float32: a "
+    "row of only -inf gives NaN, a row the boolean mask or a flag empties gives uniform "
+    "weights, a row masked partly each way is uniform over the keys the boolean side hides"
+)
 
 QUERY_ZEROS = (
     "query_seq_lengths zeroes the output of padded query rows after the softmax "
     "(_get_padding_mask_encoded: encoded *= mask), so those rows are 0 instead of NaN"
 )
 QUERY_ZEROS_LINK = f"{JAX_SRC}#L973-L976"
+
+# _apply_masks: jnp.where(combined_mask, logits, _get_large_negative(...)) after `bias` was
+# added, so a key the boolean mask, a flag or a sequence length hides carries -0.7 * float32
+# max (over any -inf of the bias there) and the softmax runs in float32; query_seq_lengths then
+# zeroes the padded query rows' output (_get_padding_mask_encoded).
+XLA_AS_WRITTEN = AsWritten(
+    (
+        Fill(BOOLEAN_SOURCES, -0.7 * float(np.finfo(np.float32).max)),
+        Fill({"additive-mask"}, "-inf"),
+    ),
+    precision="float32",
+)
+SEQ_LENGTHS_AS_WRITTEN = dataclasses.replace(XLA_AS_WRITTEN, zeroed=frozenset({"query-padding"}))
+QUERY_ZEROS_AND_UNIFORM = (
+    "a fully masked row's result depends on how it was emptied: "
+    + QUERY_ZEROS
+    + "; a valid query row whose keys are all masked has every logit replaced by the same "
+    "large finite negative (-0.7 * float32 max, _apply_masks) and gets uniform weights"
+)
 
 
 TF32 = (
@@ -209,26 +238,43 @@ def _dpa_divergences(
             masked_rows="uniform",
         )
     )
+    if query_zeros:
+        # A case with both row kinds: the padded query rows are 0, the rows the mask empties
+        # uniform. Tried after the single policies (the first that explains is reported).
+        masked.append(
+            Divergence(
+                id="query-padding-zeros-and-masked-rows-uniform",
+                reason=QUERY_ZEROS_AND_UNIFORM,
+                link=MASKED_UNIFORM_LINK,
+                when=frozenset({"fully-masked-rows", "query-padding"}),
+                masked_rows=SEQ_LENGTHS_AS_WRITTEN,
+            )
+        )
     if fill:  # issue 14: rows of finite fills are computed as written
         masked.append(FILL_AS_WRITTEN)
         masked.append(
             Divergence(
                 id="finite-fill-float64-overflows",
-                reason="the float32 softmax (see softmax-float32) casts a float64 fill of "
-                "finfo(float64).min to -inf, so a row whose every key carries it is NaN, not "
-                "the uniform average the fill gives in float64",
+                reason="the float32 softmax (see softmax-float32) rounds a float64 row of "
+                "logits + fill to float32: a fill of finfo(float64).min overflows to -inf, so "
+                "a row whose every key carries it is NaN, not the uniform average the fill "
+                "gives in float64, and a -10000 fill leaves the logits float32's 2**-10 steps",
                 link=SOFTMAX_F32_LINK,
                 when=frozenset({"finite-fill", "fully-masked-rows"}),
                 dtypes=frozenset({"float64"}),
-                masked_rows="nan",
+                masked_rows=AsWritten((Fill("*", "case"),), precision="float32"),
             )
         )
+    # Formerly declared unverifiable: a case mixing the two ways of masking a key is now
+    # computed as written and checked (conformance/cases/written.py). First, as before: it is
+    # the policy of any case with an additive mask (the fuzzer's bool-additive property reads
+    # the first applicable divergence's policy for each twin).
     mixed = Divergence(
         id="masked-rows-mixed-additive",
-        reason=MASKED_MIXED,
+        reason=MASKED_AS_WRITTEN,
         link=MASKED_UNIFORM_LINK,
         when=frozenset({"fully-masked-rows", "additive-mask"}),
-        unverifiable=True,
+        masked_rows=SEQ_LENGTHS_AS_WRITTEN if query_zeros else XLA_AS_WRITTEN,
     )
     return compose(masked, precision, first=(mixed,))
 

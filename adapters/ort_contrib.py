@@ -44,6 +44,7 @@ from conformance.cases.inputs import CaseInputs, make_inputs
 from conformance.cases.kv_cache import sequence_lengths
 from conformance.cases.layouts import merge_heads, split_heads
 from conformance.cases.masks import build_mask, causal_offset, combined_additive
+from conformance.cases.written import BOOLEAN_SOURCES, AsWritten, Fill
 
 from .ort_runtime import (
     OrtAdapter,
@@ -567,23 +568,51 @@ GQA_FEATURES = (
 
 CONTRIB_DOC = "https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md"
 
-# Left as a fail (issue 14, specs/packed.yaml): a fully masked row masked partly by
-# key_padding_mask (finite mask_filter_value) and partly by -inf attention_bias (causal,
-# packed segments) comes out as the softmax over the padded keys the -inf parts leave (checked
-# to ~3e-4, the float32 rounding of the -10000 shift): a left-padded causal batch's padding
-# rows, or the padded last segment of a packed row. No masked-row policy of the reference
-# describes that mixture ("unmasked" re-enables every key), so it is not declared here.
+# How MultiHeadAttention writes each mask source (measured on ORT 1.31 CPU, float32): the
+# key_padding_mask as mask_filter_value (-10000) added to the logits in float32, the causal flag
+# (unidirectional) as float32 lowest() in its place, and attention_bias (every other source,
+# 0/-inf) added on top, so -inf wins. A row emptied only by padding is then the softmax of its
+# logits - 10000 (float32 rounds that sum to multiples of 2**-10, which the reference models);
+# a left-padded causal batch's padding rows and a packed row's padded last segment are the
+# softmax over the padded keys the -inf and causal parts leave (specs/packed.yaml:
+# packed/left-padding-causal, packed/segments-padding). With T < S this adapter writes the causal
+# mask into attention_bias (unidirectional is neither alignment there), as -inf: the second
+# record. The two cannot be told apart by case features, so both are declared and each case
+# is verified against them in order (conformance.verdicts.divergences).
+MHA_WRITES = (
+    "key_padding_mask positions get mask_filter_value (default -10000) added to the logits, "
+    "not -inf, while attention_bias carries -inf: a fully masked row is the softmax over its "
+    "padded keys that no other source masks, each logit - 10000 in float32 (the softmax of the "
+    "unmasked row, to float32's 2**-10 rounding of the shifted logits, when padding alone "
+    "emptied it)"
+)
+BIAS_SOURCES = BOOLEAN_SOURCES - {"causal", "key-padding"} | {"additive-mask"}
 MHA_DIVERGENCES = (
     Divergence(
         id="ort-mha-mask-filter-value",
-        reason="key_padding_mask positions get mask_filter_value (default -10000) added to the "
-        "logits, not -inf: a row whose keys are all padding has every logit shifted by the "
-        "same amount, so its softmax is that of the unmasked row; the shift happens in "
-        "float32, which rounds those logits to multiples of 2**-10 (float16-like precision)",
+        reason=MHA_WRITES + "; the causal flag (unidirectional, T >= S) writes float32 "
+        "lowest() over the padding value, so a row the causal flag and attention_bias empty "
+        "is uniform over its causally masked keys",
         link=CONTRIB_DOC + "#com.microsoft.MultiHeadAttention",
         when=frozenset({"key-padding", "fully-masked-rows"}),
-        masked_rows="unmasked",
-        compute_dtype="float16",
+        masked_rows=AsWritten(
+            (
+                Fill(BIAS_SOURCES, "-inf"),
+                Fill({"causal"}, "finfo-min"),
+                Fill({"key-padding"}, -10000.0),
+            ),
+            precision="float32",
+        ),
+    ),
+    Divergence(
+        id="ort-mha-mask-filter-value-causal-bias",
+        reason=MHA_WRITES + "; with T < S the causal mask travels in attention_bias as -inf",
+        link=CONTRIB_DOC + "#com.microsoft.MultiHeadAttention",
+        when=frozenset({"key-padding", "fully-masked-rows", "causal"}),
+        masked_rows=AsWritten(
+            (Fill(BIAS_SOURCES | {"causal"}, "-inf"), Fill({"key-padding"}, -10000.0)),
+            precision="float32",
+        ),
     ),
 )
 

@@ -11,7 +11,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
+
 from conformance.cases.case import Case, Mask, Shape  # noqa: E402
+from conformance.cases.masks import build_mask  # noqa: E402
 from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
 CACHE = ReferenceCache()
@@ -72,7 +77,7 @@ def test_eager_float64_is_float32_accurate(adapters) -> None:
 
 
 @pytest.mark.parametrize(("dtype", "divergence"), [
-    ("float32", "hf-eager-masked-rows-uniform"),
+    ("float32", "hf-eager-masked-rows-as-written"),
     ("float64", "hf-eager-masked-rows-nan-float64"),
 ])  # fmt: skip
 def test_eager_fully_masked_rows(adapters, dtype: str, divergence: str) -> None:
@@ -81,3 +86,31 @@ def test_eager_fully_masked_rows(adapters, dtype: str, divergence: str) -> None:
     record = evaluate(adapters["eager"], case, "cpu", CACHE)
     assert record["verdict"] == "diverges", record.get("message")
     assert record["divergence"]["id"] == divergence
+
+
+def mixed_rows_case(dtype: str) -> Case:
+    """Key padding (a boolean source: finfo.min) and a 0/-inf additive mask, with a row
+    emptied partly by each (the fuzz finding of docs/adapters/transformers.md)."""
+    base = make_case("mixed-rows", dtype, mask=Mask(key_padding=(2, 6), additive_density=0.6))
+    for seed in range(100):
+        case = dataclasses.replace(base, seed=seed)
+        attend, bias = build_mask(case)
+        empty = ~(attend & np.isfinite(bias)).any(-1)
+        padding_only = (~attend & np.isfinite(bias)).any(-1)
+        if (empty & padding_only & (attend & ~np.isfinite(bias)).any(-1)).any():
+            return case
+    raise AssertionError("no seed gives a row emptied partly by each mask")
+
+
+@pytest.mark.parametrize(("which", "divergence"), [
+    ("eager", "hf-eager-masked-rows-as-written"),
+    ("sdpa", "hf-sdpa-additive-mask-masked-rows-as-written"),
+])  # fmt: skip
+def test_rows_emptied_by_two_masks_are_as_written(adapters, which: str, divergence: str) -> None:
+    """A boolean pattern goes in as finfo.min, the additive mask as -inf: a mixed row is
+    uniform over its padded keys, which no single named policy describes."""
+    case = mixed_rows_case("float32")
+    record = evaluate(adapters[which], case, "cpu", CACHE)
+    assert record["verdict"] == "diverges", record.get("message")
+    assert record["divergence"]["id"] == divergence
+    assert "as-written(key-padding=finfo-min; additive-mask=-inf | case" in record["message"]

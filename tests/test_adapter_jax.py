@@ -227,6 +227,18 @@ def test_dpa_fully_masked_rows(dpa) -> None:  # noqa: ANN001
     assert run(dpa["xla"], qpad)["divergence"]["id"] == "masked-rows-uniform"
 
 
+def test_seq_lengths_rows_of_both_kinds(dpa) -> None:  # noqa: ANN001
+    """Padded query rows (query_seq_lengths: 0) and rows emptied by key padding (uniform) in
+    one case: no single policy, the as-written declaration verified."""
+    case = make_case("qkpad", mode="kernel", dtype="float32",
+                     mask=Mask(query_padding=(5, 3), key_padding=(0, 5)))  # fmt: skip
+    r = run(dpa["seq"], case)
+    assert r["verdict"] == "diverges", r["message"]
+    assert r["divergence"]["id"] == "query-padding-zeros"  # the first of those that apply
+    assert "zeroed query-padding" in r["message"]
+    assert "query-padding-zeros-and-masked-rows-uniform" in [d["id"] for d in r["divergences"]]
+
+
 def test_dpa_value_dim_and_float16_cpu(dpa) -> None:  # noqa: ANN001
     case = make_case("basic", mode="kernel", dtype="float16", G=2)
     r = run(dpa["xla"], case)

@@ -19,6 +19,7 @@ from conformance.adapter_api.adapter import Unsupported  # noqa: E402
 from conformance.cases.case import FEATURES, Case  # noqa: E402
 from conformance.cases.inputs import make_inputs  # noqa: E402
 from conformance.oracle.reference import attention  # noqa: E402
+from conformance.paths import shipped_specs_dir  # noqa: E402
 from conformance.spec import load_spec  # noqa: E402
 from conformance.verdicts.evaluate import ReferenceCache, evaluate  # noqa: E402
 
@@ -391,6 +392,20 @@ def test_contrib_mha_key_padding_uses_a_finite_filter(onnx_adapters, cases, ref_
     record = verdict(onnx_adapters["ort.contrib.mha"], cases["keypad-zero"], ref_cache)
     assert record["verdict"] == "diverges", record["message"]
     assert record["divergence"]["id"] == "ort-mha-mask-filter-value"
+
+
+@pytest.mark.parametrize("name", ["left-padding-causal", "segments-padding"])
+def test_contrib_mha_rows_emptied_by_padding_and_bias(onnx_adapters, ref_cache, name) -> None:  # noqa: ANN001
+    """A row emptied partly by key_padding_mask (-10000) and partly by -inf attention_bias or
+    the causal flag is the softmax over its padded keys only: declared as written."""
+    case = next(
+        c
+        for c in load_spec(shipped_specs_dir() / "packed.yaml")
+        if c.id == f"packed/{name}[float32]"
+    )
+    record = verdict(onnx_adapters["ort.contrib.mha"], case, ref_cache)
+    assert record["verdict"] == "diverges", record["message"]
+    assert "key-padding=-10000.0 | float32)" in record["message"]
 
 
 @pytest.mark.parametrize(

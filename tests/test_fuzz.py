@@ -413,30 +413,6 @@ def test_installed_adapter_fuzz(
 # it as xfail with its reason. The test fails as soon as anything else turns up, and xpasses
 # once the adapter is fixed or declares the behaviour (then delete the entry).
 KNOWN_FINDINGS: dict[str, dict[str, str]] = {
-    "hf.eager": {
-        "bool-additive": "fully masked rows follow the mask's fill value (docs/adapters/"
-        "transformers.md): a boolean pattern goes in as transformers builds it (finfo.min: "
-        "uniform row), a 0/-inf additive mask as given (-inf: NaN row); a real difference of "
-        "eager_attention_forward, no single masked-row policy covers both",
-        "differential": "the same masked-row mix in one case: a row emptied partly by a "
-        "boolean mask (transformers' finfo.min) and partly by a 0/-inf additive mask is the "
-        "softmax over the finfo.min keys only, which no single masked-row policy (NaN, "
-        "uniform over every key) describes; surfaced at seed 0 in stop 24 once the generator "
-        "drew rope and caches (its draws moved)",
-    },
-    "jax.dpa.xla.seq-lengths": {
-        "differential": "a limitation of this project's masked-row policies, not of JAX: a case "
-        "with a padded query row (query_seq_lengths: zeros, declared query-padding-zeros) and a "
-        "valid row emptied by the mask (uniform, declared masked-rows-uniform) needs a policy "
-        "per row kind; the reference applies one policy to every fully masked row of a case "
-        "(found at seed 0 in stop 24: T=2, S=1, query_padding [1], random mask)",
-    },
-    "ort.contrib.mha": {
-        "differential": "a row emptied partly by key_padding_mask (ORT adds mask_filter_value, "
-        "-10000) and partly by the -inf attention_bias is the softmax over the padded keys "
-        "only, which no masked-row policy describes (docs/adapters/onnx.md; the shipped "
-        "packed/left-padding-causal and segments-padding cases fail the same way)",
-    },
     "openvino.onnx.attention": {
         "differential": "OpenVINO 2026.4.1's ONNX frontend ignores an explicit scale=0.0 on "
         "Attention and uses 1/sqrt(K) (its converter passes a scale only when != 0): shrunk to "
@@ -444,16 +420,6 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         "scale/zero-kernel fail (reproducer scripts/upstream/openvino_onnx_attention_scale_zero"
         ".py, docs/upstream.md). The 1.3e-4 'order dependence' once recorded here was the "
         "fuzzer's case-id collision, not OpenVINO (docs/adapters/openvino.md)",
-    },
-    "hf.sdpa": {
-        "bool-additive": "fully masked rows follow the mask form (docs/adapters/transformers.md):"
-        " a boolean mask reaches torch SDPA (safe softmax: zeros), a float mask carrying a "
-        "bias uses transformers' finfo.min fill (uniform); no single masked-row policy covers "
-        "both",
-        "differential": "the same masked-row mix in one case: a boolean and a 0/-inf additive "
-        "mask together go in as one finfo.min float mask, so a row both empty gives the "
-        "uniform row (B=T=S=1: the one value), which neither declared policy (zeros; uniform "
-        "for attn-bias) covers; surfaced at seed 0 once the generator drew rope and caches",
     },
     "openvino.sdpa.default": {
         "differential": "CPU-dependent (bf16 default hint, docs/adapters/openvino.md): under "

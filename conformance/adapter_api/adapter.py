@@ -22,6 +22,7 @@ import numpy as np
 
 from ..cases.case import DTYPES, FEATURES, Case
 from ..cases.inputs import CaseInputs
+from ..cases.written import AsWritten, parse
 
 
 class Unsupported(Exception):
@@ -37,7 +38,9 @@ class Divergence:
     divergence says happens instead, or it is a `fail`.
 
     - masked_rows: fully masked rows yield this policy ("zeros", "uniform", "unmasked", "nan")
-      instead of the case's expectation.
+      instead of the case's expectation; or an `AsWritten` record (conformance.cases.written)
+      when the answer depends on which mask sources emptied the row: per source, the fill the
+      implementation writes. Stored as its canonical text ("as-written(...)").
     - compute_dtype: the implementation computes in this (lower) precision; the result is held
       to that dtype's tolerance instead of the case dtype's.
     - outputs: which compared outputs the divergence concerns (default: all).
@@ -51,10 +54,18 @@ class Divergence:
     when: frozenset[str] = frozenset()
     dtypes: frozenset[str] | None = None
     devices: tuple[str, ...] | None = None  # device prefixes, e.g. ("cuda",)
-    masked_rows: str | None = None
+    masked_rows: str | AsWritten | None = None
     compute_dtype: str | None = None
     outputs: tuple[str, ...] | None = None
     unverifiable: bool = False
+
+    def __post_init__(self) -> None:
+        # An AsWritten travels as its text, like every policy (results files, caches, reports);
+        # a text is checked here, so a malformed one fails where it is declared.
+        if isinstance(self.masked_rows, AsWritten):
+            object.__setattr__(self, "masked_rows", str(self.masked_rows))
+        elif isinstance(self.masked_rows, str) and self.masked_rows.startswith("as-written"):
+            parse(self.masked_rows)
 
     def applies(self, case: Case, device: str) -> bool:
         if not self.when <= case.features:

@@ -61,12 +61,16 @@ def build_mask(
     case: Case,
     rows: tuple[int, int] | None = None,
     drawn: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+    parts: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(attend [B, 1|H, T, S] bool or None, bias [B, 1|H, T, S] float64 or None).
 
     `rows` = (t0, t1) builds query rows t0 <= t < t1 only ([B, 1|H, t1 - t0, S]): the
     reference works through long cases a block of rows at a time. `drawn` passes the
     case's drawn_masks() when the caller already has them (drawing once per case).
+    `parts`, when given, receives each mask source's own attend array (broadcast views keyed
+    by the source names of conformance.cases.written: "causal", "key-padding", ...); `attend`
+    is their AND. The "as-written" masked-row policy needs to know which sources hid a key.
     """
     s, m = case.shape, case.mask
     b, t, n = s.batch, s.query_len, s.kv_len
@@ -76,9 +80,11 @@ def build_mask(
     cols = np.arange(n)[None, :]
     attend = None
 
-    def restrict(extra: np.ndarray) -> None:
+    def restrict(extra: np.ndarray, source: str) -> None:
         nonlocal attend
         full = np.broadcast_to(extra, (b, heads, t1 - t0, n))
+        if parts is not None:
+            parts[source] = full if source not in parts else parts[source] & full
         attend = full.copy() if attend is None else attend & full
 
     offset = causal_offset(case)
@@ -87,33 +93,33 @@ def build_mask(
         # sequence (the loader requires bottom-right alignment), later keys are unused.
         held = np.asarray(case.cache.lengths)[:, None, None, None]
         offset = held - t
-        restrict(np.arange(n)[None, None, None, :] < held)
+        restrict(np.arange(n)[None, None, None, :] < held, "cache-lengths")
     if m.causal:
-        restrict(cols <= rows_ + offset)
+        restrict(cols <= rows_ + offset, "causal")
     if m.window is not None:
         left, right = m.window
-        restrict((cols >= rows_ + offset - left) & (cols <= rows_ + offset + right))
+        restrict((cols >= rows_ + offset - left) & (cols <= rows_ + offset + right), "window")
     left = m.padding_side == "left"  # issue 14: valid tokens end the row (generation batches)
     if m.key_padding is not None:
         lengths = np.asarray(m.key_padding)[:, None, None, None]
         keys = np.arange(n)[None, None, None, :]
-        restrict(keys >= n - lengths if left else keys < lengths)
+        restrict(keys >= n - lengths if left else keys < lengths, "key-padding")
     if m.query_padding is not None:
         lengths = np.asarray(m.query_padding)[:, None, None, None]
         queries = np.arange(t0, t1)[None, None, :, None]
-        restrict(queries >= t - lengths if left else queries < lengths)
+        restrict(queries >= t - lengths if left else queries < lengths, "query-padding")
     if m.segments is not None:  # issue 14: packed sequences attend within their segment
         ids = segment_ids(case)  # [B, T] (T = S)
-        restrict(ids[:, None, t0:t1, None] == ids[:, None, None, :])
+        restrict(ids[:, None, t0:t1, None] == ids[:, None, None, :], "segments")
     random_attend, bias = drawn if drawn is not None else drawn_masks(case)
     if random_attend is not None:
-        restrict(random_attend[:, :, t0:t1])
+        restrict(random_attend[:, :, t0:t1], "bool-mask")
     if m.masked_rows:
         keep = np.ones((b, 1, t1 - t0, 1), dtype=bool)
         for bi, ti in m.masked_rows:
             if t0 <= ti < t1:
                 keep[bi, 0, ti - t0, 0] = False
-        restrict(keep)
+        restrict(keep, "masked-rows")
     if bias is not None:
         bias = np.array(bias[:, :, t0:t1], dtype=np.float64)
     # ALiBi is an additive bias (conformance.cases.score_terms), built for these rows only.
@@ -146,14 +152,21 @@ def fill_value(case: Case) -> float:
     fill = case.mask.fill
     if fill is None:
         return -np.inf
-    from .dtypes import STORAGE, round_to
+    from .dtypes import round_to
 
     if fill == "finfo-min":
-        if case.dtype == "bfloat16":  # NumPy has no bfloat16: -(2 - 2^-7) * 2^127
-            return -(2.0 - 2.0**-7) * 2.0**127
-        return float(np.finfo(STORAGE[case.dtype]).min)
+        return dtype_min(case.dtype)
     with np.errstate(over="ignore"):
         return float(round_to(np.float64(fill), case.dtype))
+
+
+def dtype_min(dtype: str) -> float:
+    """The most negative finite number of `dtype` (torch.finfo(dtype).min)."""
+    if dtype == "bfloat16":  # NumPy has no bfloat16: -(2 - 2^-7) * 2^127
+        return -(2.0 - 2.0**-7) * 2.0**127
+    from .dtypes import STORAGE
+
+    return float(np.finfo(STORAGE[dtype]).min)
 
 
 def row_blocks(case: Case, budget: int) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from ..cases.dtypes import round_to
 from ..cases.inputs import make_inputs
 from ..cases.masks import build_mask, causal_offset, visible
 from ..cases.seeding import stream
+from ..cases.written import for_case
 from ..verdicts.evaluate import evaluate
 from .agreement import agree, pair_tolerance
 from .context import Context, ErrorFailed, Failure, HarnessError, PropertyFailed, Skip, run_once
@@ -190,10 +191,12 @@ def _row_select(case: Case, row_ok: np.ndarray) -> dict[str, np.ndarray]:
 
 def masked_row_policy(ctx: Context, case: Case) -> str:
     """What fully masked rows yield for this adapter: a declared divergence's policy or the
-    case's expectation."""
+    case's expectation. An "as-written" policy is narrowed to the case's mask sources, so two
+    cases whose rows the implementation writes differently (a boolean and an additive twin)
+    get different policies (conformance.cases.written.for_case)."""
     divergence = ctx.declaration.divergence_for(case, ctx.device)
     if divergence is not None and divergence.masked_rows:
-        return divergence.masked_rows
+        return for_case(divergence.masked_rows, case)
     return case.mask.fully_masked_rows
 
 

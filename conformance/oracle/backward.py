@@ -32,14 +32,14 @@ import numpy as np
 from ..cases.case import Case
 from ..cases.dtypes import round_to
 from ..cases.inputs import CaseInputs
-from ..cases.masks import build_mask
 from ..cases.rotary import apply_rope
 from ..cases.score_terms import ScoreTerms, without_alibi
 from .reference import (
     Rounding,
-    _append_extra_keys,
+    _extra_keys,
     _identity,
     dot_product_attention,
+    masked_row_terms,
     project_heads,
 )
 
@@ -80,18 +80,22 @@ def kernel_backward(
     bias: np.ndarray | None,
     masked_rows: str,
     rounding: Rounding = _identity,
+    row_terms: dict | None = None,
     terms: ScoreTerms | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of <d_out, attention(q, k, v)> w.r.t. q [B,H,T,K], k [B,G,S,K], v [B,G,S,V].
+    `row_terms`: dot_product_attention's policy keywords (reference.masked_row_terms); a fully
+    masked row written with fills (policy "fill" / "as-written") is differentiated as the
+    softmax of logits + fills: the fills are added, so gradients flow through them.
     `terms`: softcap and sinks (ALiBi belongs in `bias`, as the forward pass takes it)."""
     rd = rounding
     b, h, t, kd = q.shape
     g, s = k.shape[1], k.shape[2]
     r = h // g
+    row_terms = row_terms or {"masked_rows": masked_rows}
     _, probs = dot_product_attention(
-        q, k, v, scale=scale, attend=attend, bias=bias, masked_rows=masked_rows, rounding=rd,
-        terms=terms,
-    )  # fmt: skip
+        q, k, v, scale=scale, attend=attend, bias=bias, rounding=rd, terms=terms, **row_terms
+    )
     pg = probs.reshape(b, g, r, t, s)
     dog = d_out.reshape(b, g, r, t, v.shape[-1])
     d_v = rd(np.einsum("bgrts,bgrtv->bgsv", pg, dog))
@@ -124,7 +128,8 @@ def gradients(
     """Every gradient a case compares (see gradient_names), float64."""
     rd = rounding
     policy = masked_rows or case.mask.fully_masked_rows
-    attend, bias = build_mask(case)
+    # the case's mask with torch's extra key positions, and the policy's per-key fills
+    attend, bias, row_terms = masked_row_terms(case, policy)
     a, w = inputs.arrays, inputs.weights
     d_y = a["grad_output"]
     scale = case.effective_scale
@@ -133,7 +138,7 @@ def gradients(
         q, k = apply_rope(case, a["q"], a["k"], rd)
         d_q, d_k, d_v = kernel_backward(
             q, k, a["v"], d_y, scale=scale, attend=attend, bias=bias,
-            masked_rows=policy, rounding=rd, terms=terms,
+            masked_rows=policy, rounding=rd, row_terms=row_terms, terms=terms,
         )  # fmt: skip
         d_q, d_k = apply_rope(case, d_q, d_k, rd, inverse=True)
         return {"grad_q": d_q, "grad_k": d_k, "grad_v": d_v}
@@ -146,10 +151,11 @@ def gradients(
     v = project_heads(value, w["wv"], w["bv"], rd)
     q, k = apply_rope(case, q, k, rd)
     s = k.shape[2]
-    k_full, v_full, attend_full, bias_full = _append_extra_keys(case, w, k, v, attend, bias)
+    k_full, v_full = _extra_keys(case, w, k, v)
+    attend_full, bias_full = attend, bias
     heads, _ = dot_product_attention(
-        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, masked_rows=policy,
-        rounding=rd, terms=terms,
+        q, k_full, v_full, scale=scale, attend=attend_full, bias=bias_full, rounding=rd,
+        terms=terms, **row_terms,
     )  # fmt: skip
     out = {
         "grad_wo": rd(np.einsum("bhtv,btd->hvd", heads, d_y)),
@@ -158,7 +164,7 @@ def gradients(
     d_heads = rd(np.einsum("btd,hvd->bhtv", d_y, w["wo"]))
     d_q, d_k_full, d_v_full = kernel_backward(
         q, k_full, v_full, d_heads, scale=scale, attend=attend_full, bias=bias_full,
-        masked_rows=policy, rounding=rd, terms=terms,
+        masked_rows=policy, rounding=rd, row_terms=row_terms, terms=terms,
     )  # fmt: skip
     d_k, d_v = d_k_full[:, :, :s], d_v_full[:, :, :s]
     d_q, d_k = apply_rope(case, d_q, d_k, rd, inverse=True)

@@ -7,10 +7,13 @@ Query head h uses key/value head h // R (contiguous groups, like repeat_interlea
 A row of the logits whose every key is masked has no agreed answer; `masked_rows` picks the
 policy: "nan" (softmax of all -inf, IEEE), "zeros", "uniform" (a large finite negative in
 place of -inf: every key equally), "unmasked" (the finite-negative trick in high precision,
-where the row's own logits survive: softmax as if nothing were masked), or "fill" (issue 14:
+where the row's own logits survive: softmax as if nothing were masked), "fill" (issue 14:
 the row as a case's finite fill writes it, each logit plus the fill in float32 arithmetic,
 float64 for float64 cases: uniform once the fill swamps the logits, nearly unmasked when it
-does not, NaN when the fill overflowed to -inf in the case dtype).
+does not, NaN when the fill overflowed to -inf in the case dtype), or an "as-written(...)"
+text (conformance.cases.written): "fill" generalised to a fill per mask source, so a row's
+answer depends on which sources emptied it, as in implementations that write each source
+with its own value. Rows with a visible key never depend on the policy.
 
 `rounding` is applied after every operation. The oracle uses the identity (float64
 throughout); `baseline()` gives "a straightforward implementation in the same dtype" that the
@@ -33,7 +36,7 @@ import numpy as np
 from ..cases.case import MASKED_ROW_POLICIES, Case
 from ..cases.dtypes import round_to
 from ..cases.inputs import CaseInputs
-from ..cases.masks import build_mask, drawn_masks, fill_value, row_blocks
+from ..cases.masks import build_mask, drawn_masks, row_blocks
 from ..cases.rotary import apply_rope
 from ..cases.score_terms import (
     ScoreTerms,
@@ -42,6 +45,7 @@ from ..cases.score_terms import (
     softcap,
     without_alibi,
 )
+from ..cases.written import AsWritten, is_as_written, parse
 
 ROW_BLOCK_ELEMENTS = 2**22  # logits of one block of query rows: 32 MiB of float64
 WEIGHTS_KEPT_ELEMENTS = 2**22  # [B, H, T, S] weights returned uncompared up to this size
@@ -60,30 +64,37 @@ def softmax_rows(
     masked_rows: str = "nan",
     rounding: Rounding = _identity,
     sink: np.ndarray | None = None,
-    fill: float = -np.inf,
+    fill: float | np.ndarray = -np.inf,
     written: str = "float64",
+    *,
+    all_inf: str = "nan",
+    zeroed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax over the last axis of `logits` restricted to `visible` keys.
 
     logits [..., S] finite; visible [..., S] bool (broadcastable). Rows with no visible key
     follow `masked_rows`. `sink` [H] (logits [B, H, T, S]): a sink logit per head in every
     denominator; a row with no visible key then gives all its weight to the sink (zeros).
-    `fill`, `written`: the "fill" policy's fill value and the precision its sum is rounded to.
+    `fill`, `written`: the "fill" policy's fill value (one for every key, or one per key
+    [..., S], -inf allowed: conformance.cases.written) and the precision its sum is rounded
+    to; `all_inf`: what a written row of only -inf yields ("nan" or "zeros"); `zeroed`
+    [..., 1]: rows set to zero after the softmax.
     """
     if masked_rows not in POLICIES:
         raise ValueError(f"masked_rows must be one of {POLICIES}, got {masked_rows!r}")
     visible = np.broadcast_to(visible, logits.shape)
     empty = ~visible.any(axis=-1, keepdims=True)  # [..., 1]
+    dead = None  # "fill": empty rows whose every written logit is -inf
     # For "unmasked", an empty row keeps all its keys: softmax as if it had no mask.
     if masked_rows == "unmasked":
         visible = visible | empty
-    elif masked_rows == "fill":  # issue 14: the row as written, every key carrying the fill
+    elif masked_rows == "fill":  # issue 14: the row as written, each key carrying its fill
         with np.errstate(over="ignore", invalid="ignore"):
-            as_written = logits + fill
-            if written != "float64":
-                as_written = as_written.astype(np.float32).astype(np.float64)
+            as_written = round_to(logits + fill, written)
         logits = np.where(empty, as_written, logits)
-        visible = visible | empty
+        finite = np.isfinite(logits)
+        dead = empty & ~finite.any(axis=-1, keepdims=True)
+        visible = np.where(empty, finite, visible)
     masked = np.where(visible, logits, -np.inf)
     peak = np.max(np.where(visible, logits, -np.inf), axis=-1, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
@@ -95,6 +106,10 @@ def softmax_rows(
         if sink is not None:
             total = rounding(total + rounding(sink_denominator_term(sink, peak)))
         probs = rounding(exps / total)  # empty rows: 0 / 0 = nan
+    if dead is not None and all_inf == "zeros":
+        probs = np.where(dead, 0.0, probs)
+    if zeroed is not None:
+        probs = np.where(zeroed, 0.0, probs)
     if masked_rows == "zeros":
         probs = np.where(empty, 0.0, probs)
     elif masked_rows == "uniform":
@@ -114,8 +129,10 @@ def dot_product_attention(
     rounding: Rounding = _identity,
     terms: ScoreTerms | None = None,
     alibi_offset: int = 0,
-    fill: float = -np.inf,
+    fill: float | np.ndarray = -np.inf,
     written: str = "float64",
+    all_inf: str = "nan",
+    zeroed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """q [B,H,T,K], k [B,G,S,K], v [B,G,S,V], attend/bias [B,1|H,T,S] -> (out [B,H,T,V],
     probs [B,H,T,S]). `terms`: softcap, ALiBi (query t at key t + alibi_offset) and sinks, in
@@ -141,8 +158,9 @@ def dot_product_attention(
         visible = visible & np.isfinite(bias)
         logits = rounding(logits + np.where(np.isfinite(bias), bias, 0.0))
     probs = softmax_rows(
-        logits, visible, masked_rows, rounding, sink=terms.sink, fill=fill, written=written
-    )
+        logits, visible, masked_rows, rounding, sink=terms.sink, fill=fill, written=written,
+        all_inf=all_inf, zeroed=zeroed,
+    )  # fmt: skip
     pg = probs.reshape(b, g, r, t, s)
     out = rounding(np.einsum("bgrts,bgsv->bgrtv", pg, v).reshape(b, h, t, v.shape[-1]))
     return out, probs
@@ -174,13 +192,30 @@ def _extra_mask(n: int, attend, bias) -> tuple:  # noqa: ANN001
     return attend, bias
 
 
-def _append_extra_keys(
-    case: Case, weights: dict, k: np.ndarray, v: np.ndarray, attend, bias
-) -> tuple:
-    """K, V and the full mask with torch's extra key positions (the backward pass's form)."""
-    k, v = _extra_keys(case, weights, k, v)
+def masked_row_terms(
+    case: Case,
+    policy: str,
+    rows: tuple[int, int] | None = None,
+    drawn: tuple | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """(attend, bias, keywords for dot_product_attention) of query rows `rows` under a
+    masked-row policy, torch's extra key positions included. "fill" and "as-written(...)"
+    become the "fill" policy with a fill per key (conformance.cases.written)."""
+    parts: dict[str, np.ndarray] = {}
+    attend, bias = build_mask(case, rows, drawn, parts=parts)
+    if policy != "fill" and not is_as_written(policy):
+        attend, bias = _extra_mask(case.extra_keys, attend, bias)
+        return attend, bias, {"masked_rows": policy}
+    written: AsWritten = parse(policy)
+    fill = written.fill_array(case, parts, bias)
+    if case.extra_keys:  # appended keys are always visible: they carry no fill
+        pad = [(0, 0)] * (fill.ndim - 1) + [(0, case.extra_keys)]
+        fill = np.pad(np.broadcast_to(fill, (*fill.shape[:-1], case.shape.kv_len)), pad)
     attend, bias = _extra_mask(case.extra_keys, attend, bias)
-    return k, v, attend, bias
+    return attend, bias, {
+        "masked_rows": "fill", "fill": fill, "written": written.dtype(case),
+        "all_inf": written.empty, "zeroed": written.zeroed_rows(parts),
+    }  # fmt: skip
 
 
 def attend_rows(
@@ -204,16 +239,12 @@ def attend_rows(
     weights = np.empty((b, h, t, k.shape[2])) if keep_weights else None
     drawn = drawn_masks(case)
     terms = without_alibi(case).scores  # ALiBi arrives inside `bias` (build_mask)
-    # issue 14: the "fill" policy's fill and the precision a kernel adds it in (float32 logits
-    # for every dtype but float64, as torch's kernels upcast half-precision logits)
-    fill = fill_value(case)
-    written = "float64" if case.dtype == "float64" else "float32"
     for t0, t1 in row_blocks(case, ROW_BLOCK_ELEMENTS):
-        attend, bias = build_mask(case, (t0, t1), drawn)
-        attend, bias = _extra_mask(case.extra_keys, attend, bias)
+        # issue 14: "fill" and "as-written" policies carry a fill per key (masked_row_terms)
+        attend, bias, policy = masked_row_terms(case, masked_rows, (t0, t1), drawn)
         o, p = dot_product_attention(
             q[:, :, t0:t1], k, v, scale=case.effective_scale, attend=attend, bias=bias,
-            masked_rows=masked_rows, rounding=rounding, terms=terms, fill=fill, written=written,
+            rounding=rounding, terms=terms, **policy,
         )  # fmt: skip
         out[:, :, t0:t1] = o
         if weights is not None:

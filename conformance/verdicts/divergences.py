@@ -4,7 +4,10 @@ Every divergence that applies to a case (Divergence.applies) takes part; their e
 
 - masked_rows: fully masked rows follow that policy instead of the case's. Two applicable
   divergences naming different policies cannot both hold: each policy is tried in declaration
-  order and the first that explains the result is the one reported.
+  order and the first that explains the result is the one reported. An "as-written(...)"
+  policy (conformance.cases.written: a fill per mask source) is narrowed to the sources the
+  case has, so the record names only what applies; the reference computes every fully masked
+  row from its fills, and the result must match it like any policy.
 - compute_dtype: the outputs it concerns (`outputs`, default all) are held to the tolerance of
   the lowest precision among the case dtype and every applicable compute_dtype, and, where that
   dtype has the baseline rule (float16, bfloat16), to K x the error of a same-dtype baseline *of
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..adapter_api.adapter import Divergence
 from ..cases.case import Case
+from ..cases.written import for_case
 from .compare import Comparison, baseline_error, compare
 from .tolerance import Tolerance, for_gradients, tolerance_for
 
@@ -66,6 +70,7 @@ def compose(
     chosen = policy or next(
         (d.masked_rows for d in divergences if d.masked_rows), case.mask.fully_masked_rows
     )
+    chosen = for_case(chosen, case)
     compute = {}
     for name in names:
         dtypes = [
@@ -120,7 +125,9 @@ def verify(
     if any(d.unverifiable for d in divergences):
         ids = ", ".join(d.id for d in divergences if d.unverifiable)
         return True, f"unverifiable by declaration ({ids}); measured errors are in the record"
-    policies = list(dict.fromkeys(d.masked_rows for d in divergences if d.masked_rows))
+    policies = list(
+        dict.fromkeys(for_case(d.masked_rows, case) for d in divergences if d.masked_rows)
+    )
     failures = []
     for policy in policies or [None]:
         composed = compose(divergences, case, names, policy)
@@ -144,20 +151,34 @@ def _not_shown(
     names: Sequence[str],
     floors: Floors | None = None,
 ) -> list[str]:
-    """Ids of composed divergences the result is explained without (only when several)."""
+    """Ids of composed divergences the result is explained without (only when several).
+
+    Judged per effect, so a divergence another one restates (a combined entry, an
+    alternative policy that explains equally) is not called idle for that alone: a
+    masked-row policy did not show if the case's own policy explains the result too; a
+    compute dtype did not show if the result is explained without every divergence naming
+    that dtype; a divergence with both did not show if neither did. A conflicting policy that
+    lost did not show."""
     if len(composed.divergences) < 2:
         return []
+
+    def explains(candidate: Composed) -> bool:
+        compared = _compare(candidate, case, outputs, references, tol, names, floors)
+        return all(c.ok for c in compared)
+
+    everything = composed.divergences
     unused = []
-    for divergence in composed.divergences:
-        if divergence.masked_rows and divergence.masked_rows != composed.policy:
+    for divergence in everything:
+        if divergence.masked_rows and for_case(divergence.masked_rows, case) != composed.policy:
             unused.append(divergence.id)  # a conflicting policy that lost
             continue
-        rest = [d for d in composed.divergences if d is not divergence]
-        rest_policy = next(
-            (d.masked_rows for d in rest if d.masked_rows), case.mask.fully_masked_rows
-        )
-        without = compose(rest, case, names, rest_policy)
-        if all(c.ok for c in _compare(without, case, outputs, references, tol, names, floors)):
+        idle = []
+        if divergence.masked_rows:
+            idle.append(explains(compose(everything, case, names, case.mask.fully_masked_rows)))
+        if divergence.compute_dtype:
+            rest = [d for d in everything if d.compute_dtype != divergence.compute_dtype]
+            idle.append(explains(compose(rest, case, names, composed.policy)))
+        if idle and all(idle):
             unused.append(divergence.id)
     return unused
 
