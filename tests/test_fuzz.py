@@ -462,12 +462,6 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         "jax.nn.dot_product_attention needs equal head dims), on every property"
         for prop in PROPERTIES
     },
-    "ort.contrib.gqa": {
-        "differential": "fail with reason (docs/adapters/onnx.md): under causal=1 output_qk "
-        "of a fully masked row is NaN on the visible keys and exactly 0 beyond the diagonal "
-        "(never computed); output is NaN like the reference. No reference masked-row policy "
-        "expresses that mix, so it cannot be a verified divergence without a core change",
-    },
     "torch.onnx.sdpa.opset18": {
         "differential": "fail with reason, the known torchlib dtype.min fill bug "
         "(docs/adapters/onnx.md): a row a boolean mask (e.g. a window) leaves empty gets "
