@@ -308,3 +308,14 @@ def test_a_declaration_is_checked_not_trusted(adapter, case, verdict) -> None:  
         assert "fully masked rows match policy 'as-written(" in record["message"]
     else:
         assert "does not explain it" in record["message"] or "not explain" in record["message"]
+
+
+def test_reports_describe_as_written_policies_in_words() -> None:
+    from conformance.cases.written import describe
+
+    ort = ("as-written(additive-mask,bool-mask,cache-lengths,masked-rows,query-padding,segments,"
+           "window=-inf; causal=finfo-min; key-padding=-10000.0 | float32)")  # fmt: skip
+    assert describe(ort) == (
+        "as written: causal the dtype's lowest, key-padding -10000, the rest -inf (in float32)"
+    )
+    assert describe("uniform") == "uniform"

@@ -239,3 +239,34 @@ def case_sources(case: Case) -> frozenset[str]:
         "additive-mask": m.additive_density is not None,
     }
     return frozenset(name for name, on in present.items() if on)
+
+
+_VALUE_WORDS = {"-inf": "-inf", "finfo-min": "the dtype's lowest", "case": "the case's fill"}
+
+
+def describe(policy: str) -> str:
+    """An as-written policy in words, for reports: 'as written: key-padding -10000, causal the
+    dtype's lowest, the rest -inf (in float32)'. Named policies are returned unchanged."""
+    if not is_as_written(policy):
+        return policy
+    written = parse(policy)
+    widest = max(written.fills, key=lambda f: len(f.sources), default=None)
+    named, rest = [], []
+    for fill in written.fills:
+        value = fill.value
+        word = _VALUE_WORDS[value] if isinstance(value, str) else f"{value:.6g}"
+        if fill.sources == BOOLEAN_SOURCES:
+            named.append(f"boolean mask parts {word}")
+        elif fill is widest and len(fill.sources) > 3:
+            rest.append(f"{'the rest' if len(written.fills) > 1 else 'every mask'} {word}")
+        else:
+            named.append(f"{', '.join(sorted(fill.sources))} {word}")
+    precision = {"case": "the case dtype", "logits": None}.get(written.precision,
+                                                                written.precision)  # fmt: skip
+    notes = [f"in {precision}"] if precision else []
+    if written.empty == "zeros":
+        notes.append("an all -inf row gives 0")
+    if written.zeroed:
+        notes.append(", ".join(sorted(written.zeroed)) + " rows zeroed")
+    text = "as written: " + ", ".join(named + rest)
+    return text + (f" ({'; '.join(notes)})" if notes else "")

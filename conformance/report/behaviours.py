@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from ..cases.case import Case
+from ..cases.written import describe
 from .results import adapter_names
 
 REFERENCE_ROWS = {"nan": "NaN", "zeros": "zeros", "uniform": "uniform weights (mean of V)",
@@ -58,7 +59,7 @@ def _row_value(doc: dict, record: dict, case: dict | None) -> str | None:
         return None
     div = declared(doc, record)
     if verdict == "diverges" and div.get("masked_rows"):
-        return REFERENCE_ROWS.get(div["masked_rows"], div["masked_rows"])
+        return REFERENCE_ROWS.get(div["masked_rows"], describe(div["masked_rows"]))
     if verdict == "pass":
         # A case that asks for another convention (fully_masked_rows: zeros) says nothing
         # about the implementation's own; only the reference's NaN is informative.
