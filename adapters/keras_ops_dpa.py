@@ -38,7 +38,7 @@ from conformance.cases.case import Case
 from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask, combined_additive
 
-from .jax_dpa import MASKED_MIXED, MASKED_UNIFORM_LINK
+from .jax_dpa import MASKED_AS_WRITTEN, MASKED_UNIFORM_LINK, XLA_AS_WRITTEN
 from .keras_common import (
     DotProductAttentionCounter,
     KerasAdapter,
@@ -95,10 +95,10 @@ TF_MULTI_QUERY_BUG = (
 # causal + additive 0/-inf, one key row).
 JAX_MIXED_ROWS = Divergence(
     id="masked-rows-mixed-additive",
-    reason=MASKED_MIXED,
+    reason=MASKED_AS_WRITTEN,
     link=MASKED_UNIFORM_LINK,
     when=frozenset({"fully-masked-rows", "additive-mask"}),
-    unverifiable=True,
+    masked_rows=XLA_AS_WRITTEN,  # verified as jax.dpa.xla's (formerly unverifiable)
 )
 TORCH_INF_BIAS_ROWS = Divergence(
     id="fully-masked-rows-zeros-inf-bias",

@@ -451,12 +451,6 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         "tf.einsum (an error result; docs/adapters/keras_ops.md), on every property"
         for prop in PROPERTIES
     },
-    "keras.ops.dpa.jax": {
-        "bool-additive": "fully masked rows follow the mask form (docs/adapters/keras_ops.md): "
-        "a boolean mask is filled with Keras's finite -0.7 * float max (uniform row, the "
-        "declared divergence), a 0/-inf additive mask goes in as `bias` unchanged (NaN row); "
-        "no single masked-row policy covers both",
-    },
     "keras.jax.fused": {
         prop: "the adapter raises KerasBug for value_dim != key_dim (Keras 3.15 jax backend: "
         "jax.nn.dot_product_attention needs equal head dims), on every property"
