@@ -456,6 +456,12 @@ KNOWN_FINDINGS: dict[str, dict[str, str]] = {
         "jax.nn.dot_product_attention needs equal head dims), on every property"
         for prop in PROPERTIES
     },
+    "ort.contrib.gqa": {
+        "differential": "ORT's GroupQueryAttention reads scale=0 as 'not given' and uses "
+        "1/sqrt(head_size) (gqa_attention_base.h: scale_ == 0.0f ? ...): the known finding "
+        "ort-contrib-scale-zero-is-default behind the shipped scale/zero-kernel-k8 fail "
+        "(adapters/findings/ort_contrib.json, docs/adapters/onnx.md)",
+    },
     "torch.onnx.sdpa.opset18": {
         "differential": "fail with reason, the known torchlib dtype.min fill bug "
         "(docs/adapters/onnx.md): a row a boolean mask (e.g. a window) leaves empty gets "
