@@ -55,6 +55,7 @@ from conformance.cases.inputs import CaseInputs
 from conformance.cases.masks import build_mask
 from conformance.cases.written import BOOLEAN_SOURCES, AsWritten, Fill
 
+from .autodiff import vjp
 from .torch_sdpa import (
     SDPA_MASKED_ROWS,
     only_causal,
@@ -106,6 +107,13 @@ UNSUPPORTED = {
     "dropout-training": "not covered: training-mode dropout is not wired in this adapter",
     "gradients": "not covered: this adapter runs the forward only",
 }
+# hf.eager and hf.sdpa differentiate with torch's autograd, except through fully masked rows.
+GRADIENT_MASKED_ROWS = (
+    "gradients through fully masked rows are not wired: where transformers writes such a row "
+    "with finfo.min (eager; sdpa with a bias) the fill absorbs the logits in float32 and no "
+    "gradient reaches them, which the oracle's as-written backward (fills added in float64) "
+    "does not model yet"
+)
 
 # Measured (transformers 5.25, torch 2.13 CPU): float64 inputs come back float64, but the
 # softmax ran in float32 (`softmax(..., dtype=torch.float32).to(query.dtype)`).
@@ -297,7 +305,7 @@ class HfEagerAdapter(Adapter):
         summary="transformers eager_attention_forward (modeling_llama), kernel: matmul, additive "
         "finfo.min mask, float32 softmax, matmul",
         framework="transformers",
-        features=FEATURES | {"weights"},
+        features=FEATURES | {"weights", "gradients"},
         requires=REQUIRES,
         worker="torch",
         divergences=(
@@ -306,7 +314,9 @@ class HfEagerAdapter(Adapter):
             EAGER_FLOAT32_SOFTMAX,
             *ROPE_FLOAT32_TABLES,
         ),  # fmt: skip
-        unsupported_reasons={k: v for k, v in UNSUPPORTED.items() if k != "weights"},
+        unsupported_reasons={
+            k: v for k, v in UNSUPPORTED.items() if k not in ("weights", "gradients")
+        },
         notes="Masks as transformers' masking_utils builds them for eager (0 attended, "
         "finfo(dtype).min masked, bias added). scaling = case scale or K**-0.5.",
     )
@@ -343,22 +353,35 @@ class HfEagerAdapter(Adapter):
         q = to_torch(inputs.native("q"), case.dtype, device)
         k = to_torch(inputs.native("k"), case.dtype, device)
         v = to_torch(inputs.native("v"), case.dtype, device)
-        if case.rope is not None:  # issue 14: the model layer rotates q and k first
-            with torch.no_grad():
-                q, k = self.rotary(case, q, k)
+        if case.gradients and "fully-masked-rows" in case.features:
+            raise Unsupported(GRADIENT_MASKED_ROWS)
         mask, is_causal = self.arguments(case, device)
         scaling = case.scale if case.scale is not None else s.key_dim**-0.5
         extra = {} if is_causal is None else {"is_causal": is_causal}
-        with torch.no_grad():
+
+        def forward(q: Any, k: Any, v: Any) -> tuple[Any, Any]:
+            if case.rope is not None:  # issue 14: the model layer rotates q and k first
+                q, k = self.rotary(case, q, k)
             out, weights = self._function()(
                 module, q, k, v, mask, scaling=scaling, dropout=0.0, **extra
             )
+            return out.transpose(1, 2), weights  # [B, T, H, V] -> [B, H, T, V]
+
+        grads = None
+        if case.gradients:  # torch autograd through transformers' rotary and attention code
+            d_out = to_torch(inputs.native("grad_output"), case.dtype, device)
+            (out, weights), grads = vjp("torch", forward, (q, k, v), d_out)
+        else:
+            with torch.no_grad():
+                out, weights = forward(q, k, v)
         if out.dtype != q.dtype:
             raise RuntimeError(f"output dtype {out.dtype} differs from the input's {q.dtype}")
-        result = {"output": to_numpy(out.transpose(1, 2))}  # [B, T, H, V] -> [B, H, T, V]
+        result = {"output": to_numpy(out)}
         self.check_weights(weights)
         if weights is not None and "weights" in case.features:
             result["weights"] = to_numpy(weights)
+        if grads is not None:  # K/V stay at G heads (repeat_kv inside): canonical already
+            result.update(zip(("grad_q", "grad_k", "grad_v"), map(to_numpy, grads), strict=True))
         return result
 
     def rotary(self, case: Case, q: Any, k: Any) -> tuple[Any, Any]:
@@ -377,11 +400,11 @@ class HfSdpaAdapter(HfEagerAdapter):
         summary="transformers ALL_ATTENTION_FUNCTIONS['sdpa'] (sdpa_attention_forward), kernel: "
         "GQA handling, then F.scaled_dot_product_attention",
         framework="transformers",
-        features=FEATURES,
+        features=FEATURES | {"gradients"},
         requires=REQUIRES,
         worker="torch",
         divergences=(*SDPA_BIAS_MASKED_ROWS, SDPA_MASKED_ROWS, *ROPE_FLOAT32_TABLES),
-        unsupported_reasons=UNSUPPORTED,
+        unsupported_reasons={k: v for k, v in UNSUPPORTED.items() if k != "gradients"},
         notes="Boolean mask (True = attend) as masking_utils' sdpa_mask builds it; a float mask "
         "when the case has a bias; a mask that is only top-left causal goes in as no mask and "
         "is_causal=True. scaling = case scale or K**-0.5.",

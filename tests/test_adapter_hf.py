@@ -114,3 +114,40 @@ def test_rows_emptied_by_two_masks_are_as_written(adapters, which: str, divergen
     assert record["verdict"] == "diverges", record.get("message")
     assert record["divergence"]["id"] == divergence
     assert "as-written(key-padding=finfo-min; additive-mask=-inf | case" in record["message"]
+
+
+GRADIENT_CASES = {  # shipped cases: grouped-query, rotary both styles, a bias
+    "gradients/grouped-query-kernel[float64]": {"eager": "diverges", "sdpa": "pass"},
+    "gradients/rope-half-kernel[float64]": {"eager": "diverges", "sdpa": "diverges"},
+    "gradients/rope-interleaved-kernel[float64]": {"eager": "diverges", "sdpa": "diverges"},
+    "gradients/additive-bias-kernel[float64]": {"eager": "diverges", "sdpa": "pass"},
+}
+
+
+@pytest.mark.parametrize("which", ["eager", "sdpa"])
+@pytest.mark.parametrize("cid", sorted(GRADIENT_CASES))
+def test_gradients_through_transformers_rotary_and_attention(
+    adapters, which: str, cid: str
+) -> None:
+    """torch autograd through apply_rotary_pos_emb and the attention function agrees with the
+    analytic backward, to float32 accuracy where a float32 step is declared (eager's softmax,
+    transformers' rotary tables)."""
+    from conformance.spec import load_spec, shipped_specs_dir
+
+    case = {c.id: c for c in load_spec(shipped_specs_dir() / "gradients.yaml")}[cid]
+    record = evaluate(adapters[which], case, "cpu", CACHE)
+    assert record["verdict"] == GRADIENT_CASES[cid][which], record.get("message")
+    assert "grad_k" in record["compared"]
+    if record["verdict"] == "diverges":
+        assert record["divergence"]["id"] in ("hf-eager-softmax-float32", "hf-rope-float32-tables")
+
+
+def test_gradients_through_fully_masked_rows_are_refused_with_the_reason(adapters) -> None:
+    from conformance.spec import load_spec, shipped_specs_dir
+
+    case = {c.id: c for c in load_spec(shipped_specs_dir() / "gradients.yaml")}[
+        "gradients/masked-rows-kernel[float64]"
+    ]
+    record = evaluate(adapters["eager"], case, "cpu", CACHE)
+    assert record["verdict"] == "unsupported"
+    assert "absorbs the logits" in record["message"]
