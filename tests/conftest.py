@@ -58,6 +58,18 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     )  # fmt: skip
 
 
+def assert_verdict_tally(results: list[dict], adapter: str, expected: tuple[dict, str]) -> None:
+    """The verdict counts of `adapter` in a run's records equal expected[0]; skipped when the
+    module expected[1] (the adapter's framework) is not installed."""
+    import importlib.util
+    from collections import Counter
+
+    tally, module = expected
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    assert dict(Counter(r["verdict"] for r in results if r["adapter"] == adapter)) == tally
+
+
 # --- background work: expensive child processes started as soon as collection ends --------
 #
 # A fuzz run of a compiling framework is a child process of a minute or more that pytest would

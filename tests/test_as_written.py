@@ -319,3 +319,4 @@ def test_reports_describe_as_written_policies_in_words() -> None:
         "as written: causal the dtype's lowest, key-padding -10000, the rest -inf (in float32)"
     )
     assert describe("uniform") == "uniform"
+    assert describe("as-written(nonsense") == "as-written(nonsense"  # a foreign file's text

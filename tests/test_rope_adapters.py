@@ -6,12 +6,11 @@ the machine. Adapters whose framework is missing are skipped."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import BACKGROUND, cli_job, session_basetemp
+from conftest import BACKGROUND, assert_verdict_tally, cli_job, session_basetemp
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "rope.yaml"
 
@@ -66,14 +65,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 @pytest.mark.parametrize("adapter", sorted(EXPECTED))
 def test_rope_verdicts(results: list[dict], adapter: str) -> None:
-    tally, module = EXPECTED[adapter]
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
-    got: dict[str, int] = {}
-    for record in results:
-        if record["adapter"] == adapter:
-            got[record["verdict"]] = got.get(record["verdict"], 0) + 1
-    assert got == tally
+    assert_verdict_tally(results, adapter, EXPECTED[adapter])
 
 
 def test_only_the_trap_fails_and_only_on_interleaved_cases(results: list[dict]) -> None:

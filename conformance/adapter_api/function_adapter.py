@@ -85,6 +85,18 @@ class FunctionAdapter(Adapter):
             out["weights_mean"] = out["weights"].mean(axis=1)
         return out
 
+    def _mask_and_options(self, case: Case, device: str) -> tuple[np.ndarray | None, dict]:
+        """The mask in the function's convention and its keyword options: a function that takes
+        `bias` gets the boolean part as the mask and the additive part as `bias`."""
+        conv, fn = self.convention, type(self).function
+        options = self._options(case, device)
+        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
+            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
+            options["bias"] = self._array(bias, case, device)
+        else:
+            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        return mask, options
+
 
 class KernelFunctionAdapter(FunctionAdapter):
     def run(self, case: Case, inputs: CaseInputs, device: str) -> dict[str, np.ndarray]:
@@ -94,12 +106,8 @@ class KernelFunctionAdapter(FunctionAdapter):
             k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
         if conv["layout"] == "BTHK":
             q, k, v = bhtk_to_bthk(q), bhtk_to_bthk(k), bhtk_to_bthk(v)
-        fn, options = type(self).function, self._options(case, device)
-        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
-            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
-            options["bias"] = self._array(bias, case, device)
-        else:
-            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        fn = type(self).function
+        mask, options = self._mask_and_options(case, device)
         if conv.get("qkv") == "packed":
             return self._run_packed(case, q, k, v, mask, options, device)
         args = [self._array(a, case, device) for a in (q, k, v, mask)]
@@ -185,12 +193,8 @@ class LayerFunctionAdapter(FunctionAdapter):
             name: self._array(a, case, device)
             for name, a in layer_params(case, inputs, conv["weights"]).items()
         }
-        fn, options = type(self).function, self._options(case, device)
-        if conv["mask"] in ("attend", "masked") and _accepts(fn, "bias"):
-            mask, bias = _split_mask(case, conv["mask"], conv["broadcast_mask"])
-            options["bias"] = self._array(bias, case, device)
-        else:
-            mask = mask_for(case, conv["mask"], broadcast=conv["broadcast_mask"])
+        fn = type(self).function
+        mask, options = self._mask_and_options(case, device)
         mask = self._array(mask, case, device)
         if case.gradients and conv.get("gradients") == "autodiff":
             return self._run_autodiff(

@@ -249,7 +249,10 @@ def describe(policy: str) -> str:
     dtype's lowest, the rest -inf (in float32)'. Named policies are returned unchanged."""
     if not is_as_written(policy):
         return policy
-    written = parse(policy)
+    try:
+        written = parse(policy)
+    except ValueError:  # a results file may come from anywhere: show its text as it is
+        return policy
     widest = max(written.fills, key=lambda f: len(f.sources), default=None)
     named, rest = [], []
     for fill in written.fills:

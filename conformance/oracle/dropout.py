@@ -354,6 +354,13 @@ def check_draws(
     return findings, stats
 
 
+def _raised(what: str, error: Exception) -> str:
+    """'draw 3: ValueError: ... (at file:line)': an implementation's exception as a result."""
+    last = traceback.extract_tb(error.__traceback__)[-1:]
+    where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{what}: {type(error).__name__}: {error}{where}"
+
+
 def evaluate_training(
     adapter: Adapter, case: Case, device: str, cache: ReferenceCache, record: dict
 ) -> dict:
@@ -372,11 +379,7 @@ def evaluate_training(
             record.update(verdict="unsupported", message=f"{decl.name}: {error}")
             return record
         except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
-            last = traceback.extract_tb(error.__traceback__)[-1:]
-            where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-            record.update(
-                verdict="error", message=f"draw {seed}: {type(error).__name__}: {error}{where}"
-            )
+            record.update(verdict="error", message=_raised(f"draw {seed}", error))
             record["duration_s"] = time.perf_counter() - start
             return record
         if "output" not in result or not isinstance(result["output"], np.ndarray):
@@ -405,10 +408,13 @@ def evaluate_training(
     try:
         again = adapter.run(draw_case(case, 0), inputs, device)["output"]
     except Exception as error:  # noqa: BLE001 - an implementation's exception is a result
-        record.update(verdict="error", message=f"draw 0, again: {type(error).__name__}: {error}")
+        record.update(verdict="error", message=_raised("draw 0, again", error))
         return record
     first = np.asarray(outputs[0]["output"], dtype=np.float64)
-    if not np.allclose(np.asarray(again, np.float64), first, tol.rtol, tol.atol, equal_nan=True):
+    again = np.asarray(again, dtype=np.float64)
+    if again.shape != first.shape or not np.allclose(
+        again, first, tol.rtol, tol.atol, equal_nan=True
+    ):
         record.update(
             verdict="fail",
             message="draw 0 run twice gave different outputs: the dropout seed does not "
